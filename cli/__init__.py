@@ -1,0 +1,1 @@
+"""The `herlev` command line (installed as the import package `herlev_cli`)."""

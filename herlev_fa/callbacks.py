@@ -1,0 +1,86 @@
+"""Small fastai callbacks, one job each.
+
+- `LossParts`: mean of each loss component (CE, MSE) over an epoch's train and valid batches.
+- `EpochLog`: rewrites the per-epoch CSV log atomically after every epoch.
+- `KeepBest`: keeps the weights of the best epoch (validation loss) in memory and restores them
+  when fitting ends, so no pickle checkpoint is written during training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+from fastai.callback.core import Callback
+from fastai.callback.tracker import TrackerCallback
+from fastai.torch_core import find_bs
+
+from herlev_fa.atomic import atomic_path
+
+
+class LossParts(Callback):
+    """Per-epoch means of `learn.loss_func.parts`, as `train_ce`, `valid_mse`, ... in `self.last`."""
+
+    order, run_valid = 55, True
+
+    def before_epoch(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def after_loss(self) -> None:
+        parts = getattr(self.learn.loss_func, "parts", {})
+        bs = find_bs(self.learn.yb)
+        split = "train" if self.training else "valid"
+        for name, value in parts.items():
+            key = f"{split}_{name}"
+            # stays on the device: no host synchronisation per batch
+            self.sums[key] = self.sums.get(key, 0) + value.float() * bs
+            self.counts[key] = self.counts.get(key, 0) + bs
+
+    def after_epoch(self) -> None:
+        self.last = {k: float(self.sums[k]) / self.counts[k] for k in sorted(self.sums)}
+
+
+class EpochLog(Callback):
+    """Append one row per epoch (recorder values + loss parts) to `path`, rewriting it atomically."""
+
+    order = 65  # after Recorder (50), LossParts (55) and trackers (60)
+
+    def __init__(self, path: str | Path, **extra: object):
+        self.path, self.extra, self.rows = Path(path), extra, []
+
+    def after_epoch(self) -> None:
+        if hasattr(self.learn, "lr_finder"):
+            return
+        rec = self.learn.recorder
+        row = {"epoch": len(self.rows), **self.extra}
+        row.update({n: v for n, v in zip(rec.metric_names[1:], rec.log[1:]) if n != "time"})
+        parts = getattr(getattr(self.learn, "loss_parts", None), "last", {})
+        row.update(parts)
+        row["lr"] = float(self.learn.opt.hypers[-1]["lr"])
+        self.rows.append(row)
+        with atomic_path(self.path) as tmp:
+            pd.DataFrame(self.rows).to_csv(tmp, index=False)
+
+
+class KeepBest(TrackerCallback):
+    """Keep the best epoch's weights (by `monitor`, default validation loss) and restore them after fit."""
+
+    order = 61
+
+    def __init__(self, monitor: str = "valid_loss"):
+        super().__init__(monitor=monitor)
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_epoch = -1
+
+    def after_epoch(self) -> None:
+        super().after_epoch()
+        if self.new_best:
+            self.best_epoch = self.epoch
+            self.best_state = {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
+
+    def after_fit(self) -> None:
+        if self.run and self.best_state is not None:
+            self.learn.model.load_state_dict(self.best_state)
+        super().after_fit()

@@ -1,0 +1,113 @@
+"""Frozen configuration of a training run: data, model and schedule, one comment per field.
+
+The CLI only parses options into these; library functions take them. Validation lives in
+``__post_init__`` so that nonsense numbers fail early with one clear `HerlevError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from herlev_fa.errors import HerlevError
+from herlev_fa.labels import TASK_NAMES
+
+HEADS = ("cls", "reg", "cls_reg")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise HerlevError(message)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data: Path  # dataset root: class folders at most two levels down
+    task: str = "severity"  # severity (5 classes) | herlev7 | binary; ignored with `classes`
+    classes: Path | None = None  # class map file (YAML/JSON) for other folder-per-class datasets
+    size: int = 224  # images are letterboxed to size x size pixels
+    folds: int = 4  # stratified k-fold cross-validation
+    seed: int = 42  # seeds folds, augmentation, initialisation and shuffling
+    bs: int = 32  # batch size
+    skip_bad: bool = False  # skip unreadable images with a warning instead of stopping
+    workers: int | None = None  # DataLoader workers; None = 0 on CPU, up to 8 on CUDA
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", Path(self.data))
+        if self.classes is not None:
+            object.__setattr__(self, "classes", Path(self.classes))
+        _check(self.classes is not None or self.task in TASK_NAMES,
+               f"unknown task '{self.task}': choose one of {', '.join(TASK_NAMES)}, or pass --classes FILE")
+        _check(16 <= self.size <= 2048, f"--size {self.size} is out of range: use 16..2048 pixels (the paper used 224)")
+        _check(2 <= self.folds <= 20, f"--folds {self.folds} is out of range: use 2..20")
+        _check(self.bs >= 2, f"--bs {self.bs} is out of range: a batch needs at least 2 images (batch norm)")
+        _check(self.workers is None or self.workers >= 0, f"--workers {self.workers} must be >= 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "resnet101"  # any timm architecture name
+    head: str = "cls_reg"  # cls (cross-entropy) | reg (MSE on severity) | cls_reg (CE + lambda * MSE)
+    pretrained: bool = True  # start from ImageNet weights (timm hub download), as in the paper
+    weights: Path | None = None  # local weights file (safetensors / state dict) instead of the hub
+    mse_weight: float = 1.0  # lambda: weight of the MSE term of cls_reg
+
+    def __post_init__(self) -> None:
+        if self.weights is not None:
+            object.__setattr__(self, "weights", Path(self.weights))
+        _check(self.head in HEADS, f"unknown head '{self.head}': choose one of {', '.join(HEADS)}")
+        _check(self.mse_weight >= 0, f"--mse-weight {self.mse_weight} must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig  # what to train on
+    model: ModelConfig = field(default_factory=ModelConfig)  # what to train
+    epochs: int = 20  # epochs (after one frozen epoch when fine-tuning pretrained weights)
+    lr: float | None = 1e-3  # peak learning rate; None = fastai's lr_find suggestion
+    wd: float = 0.05  # AdamW weight decay
+    fold: int | None = 0  # held-out fold; None = train every fold
+    device: str = "auto"  # auto | cpu | cuda
+    out: Path = Path("runs")  # runs are written under this folder
+    name: str | None = None  # run folder name; default: <time>-<arch>-<head>
+    quiet: bool = False  # no progress bars
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+        _check(1 <= self.epochs <= 10_000, f"--epochs {self.epochs} is out of range: use 1 or more")
+        _check(self.lr is None or 0 < self.lr < 10, f"--lr {self.lr} is out of range: use a positive number or 'auto'")
+        _check(self.wd >= 0, f"--wd {self.wd} must be >= 0")
+        _check(self.fold is None or 0 <= self.fold < self.data.folds,
+               f"--fold {self.fold} is out of range: use 0..{self.data.folds - 1} or 'all'")
+        _check(self.device in DEVICES, f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain-JSON form (paths as strings) for the run's herlev.json."""
+
+        def plain(v: Any) -> Any:
+            if isinstance(v, Path):
+                return str(v)
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            return v
+
+        return plain(dataclasses.asdict(self))
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; HERLEV_DEVICE overrides 'auto'.
+
+    Raises:
+        HerlevError: 'cuda' was asked for and no GPU is visible.
+    """
+    import torch
+
+    if device == "auto":
+        device = os.environ.get("HERLEV_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise HerlevError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return device

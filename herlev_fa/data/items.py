@@ -1,0 +1,136 @@
+"""From a folder to labelled items: find the class folders, pair images with masks, assign folds.
+
+What lives here: the Herlev layout reader (`scan`), its mask pairing rule, and the seeded
+stratified k-fold split. What does not: decoding pixels (``herlev_fa.data.images``) or
+building DataLoaders (``herlev_fa.data.block``).
+
+The item table is a pandas DataFrame, one row per image, with columns
+``path`` (absolute), ``rel`` (relative to the dataset root, as saved in a run's folds file),
+``mask`` (absolute path or ""), ``folder`` (as on disk), ``label`` (task class),
+``y`` (class index in severity order) and ``severity``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold
+
+from herlev_fa.errors import HerlevError
+from herlev_fa.labels import IMAGE_EXTENSIONS, MASK_SUFFIXES, Task
+
+COLUMNS = ["path", "rel", "mask", "folder", "label", "y", "severity"]
+
+
+def is_mask_file(path: Path) -> bool:
+    """`<stem>-d.bmp` / `<stem>-d.png`: a segmentation mask, never an image."""
+    return path.name.lower().endswith(MASK_SUFFIXES)
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not is_mask_file(path)
+
+
+def mask_for(image: Path, siblings: dict[str, Path] | None = None) -> Path | None:
+    """The mask beside an image (`X.BMP` -> `X-d.bmp` or `X-d.png`, any case), or None.
+
+    `siblings` (lower-cased file name -> path of the image's folder) saves a listing per call.
+    """
+    if siblings is None:
+        siblings = {p.name.lower(): p for p in image.parent.iterdir()}
+    for suffix in MASK_SUFFIXES:
+        found = siblings.get((image.stem + suffix).lower())
+        if found is not None and found.is_file():
+            return found
+    return None
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as e:
+        raise HerlevError(f"cannot read folder '{folder}': {e.strerror or e}") from e
+
+
+def _listing(folder: Path) -> dict[str, Path]:
+    """Lower-cased file name -> path, for the files of one folder."""
+    return {p.name.lower(): p for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def find_class_root(root: Path, task: Task, max_depth: int = 2) -> Path:
+    """The folder whose subfolders are the classes: `root` itself or up to `max_depth` levels down.
+
+    Raises:
+        HerlevError: `root` is missing, or no known class folder is found.
+    """
+    if not root.exists():
+        raise HerlevError(f"data folder '{root}' does not exist")
+    if not root.is_dir():
+        raise HerlevError(f"data path '{root}' is not a folder")
+    level = [root]
+    for _ in range(max_depth + 1):
+        for candidate in level:
+            if any(task.class_of_folder(d.name) for d in _subdirs(candidate)):
+                return candidate
+        level = [d for parent in level for d in _subdirs(parent)]
+    known = ", ".join(sorted(task.folder_to_class))
+    raise HerlevError(
+        f"no class folder found in '{root}' (looked {max_depth} levels down for: {known}); "
+        "for another dataset pass --classes FILE"
+    )
+
+
+def scan(root: str | Path, task: Task) -> pd.DataFrame:
+    """Read a folder-per-class dataset into the item table (see module docstring).
+
+    Raises:
+        HerlevError: missing folder, no class folder, an unknown class folder, or no image at all.
+    """
+    root = Path(root).expanduser().resolve()
+    class_root = find_class_root(root, task)
+    rows = []
+    for folder in _subdirs(class_root):
+        siblings = _listing(folder)
+        images = sorted(p for p in siblings.values() if is_image_file(p))
+        label = task.class_of_folder(folder.name)
+        if label is None:
+            if not images:
+                continue  # an unrelated empty or image-less folder, e.g. a results folder
+            known = ", ".join(sorted(task.folder_to_class))
+            raise HerlevError(
+                f"folder '{folder}' is not a known class of task '{task.name}' (known: {known}); "
+                "pass --classes FILE to map it"
+            )
+        if not images:
+            warnings.warn(f"class folder '{folder}' holds no image", stacklevel=2)
+        y = task.classes.index(label)
+        for image in images:
+            mask = mask_for(image, siblings)
+            rows.append((str(image), image.relative_to(root).as_posix(), str(mask) if mask else "",
+                         folder.name, label, y, task.severities[y]))
+    if not rows:
+        raise HerlevError(f"no image found under '{class_root}' (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def assign_folds(items: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
+    """Seeded stratified k-fold: fold index per item, shape [N].
+
+    Stratified by class, so every fold holds each class in proportion.
+
+    Raises:
+        HerlevError: a class has fewer images than folds.
+    """
+    counts = items["label"].value_counts()
+    too_few = counts[counts < n_folds]
+    if len(too_few):
+        name, n = too_few.index[0], int(too_few.iloc[0])
+        raise HerlevError(f"class '{name}' has only {n} image(s), fewer than the {n_folds} folds; use --folds {max(2, n)} or add images")
+    folds = np.empty(len(items), dtype=np.int64)
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for k, (_, valid) in enumerate(splitter.split(np.zeros(len(items)), items["y"].to_numpy())):
+        folds[valid] = k
+    return folds

@@ -1,0 +1,102 @@
+"""Evaluate a run: predictions on its held-out fold (or another folder), metrics, figures.
+
+`write_evaluation` is shared with training, which evaluates the best epoch the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from fastai.learner import Learner
+from fastcore.basics import noop
+
+from herlev_fa.atomic import write_json
+from herlev_fa.config import resolve_device
+from herlev_fa.data.block import build_dataloaders
+from herlev_fa.data.images import decode_all
+from herlev_fa.data.items import scan
+from herlev_fa.errors import HerlevError
+from herlev_fa.labels import Task
+from herlev_fa.loss import SeverityLoss
+from herlev_fa.metrics import decode, severity_metrics
+from herlev_fa.plots import confusion_matrix_png, score_distribution_png
+from herlev_fa.runs import Run, load_run
+
+
+def write_evaluation(out_dir: Path, out: np.ndarray, y: np.ndarray, task: Task, head: str,
+                     extra: dict | None = None) -> dict:
+    """Metrics of raw outputs [N, C] against classes [N]: `metrics.json` + the two figures."""
+    metrics = severity_metrics(out, y, head, task.severities)
+    metrics = {**(extra or {}), **metrics, "classes": list(task.classes)}
+    write_json(out_dir / "metrics.json", metrics)
+    confusion_matrix_png(np.array(metrics["confusion_matrix"]), task.classes, out_dir / "confusion_matrix.png",
+                         title=f"{head}: accuracy {metrics['accuracy']:.3f}, n={metrics['n']}")
+    _, score, _ = decode(out, head, task.severities)
+    score_distribution_png(score, y, task.classes, task.severities, out_dir / "score_distribution.png")
+    return metrics
+
+
+def held_out_items(run: Run, data: str | Path | None = None) -> pd.DataFrame:
+    """Items of the run's held-out fold, read from its folds file under `data` (default: the run's data root).
+
+    Raises:
+        HerlevError: the data root is gone, or held-out images are missing from it.
+    """
+    root = Path(data) if data is not None else Path(run.meta["data_root"])
+    folds = run.folds()
+    held = folds[folds["fold"] == run.fold].reset_index(drop=True)
+    paths = [root / rel for rel in held["rel"]]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise HerlevError(f"{len(missing)} held-out image(s) of run '{run.path}' are missing, e.g. '{missing[0]}'; "
+                          "pass --data DIR pointing to the dataset it was trained on")
+    unknown = set(held["label"]) - set(run.task.classes)
+    if unknown:
+        raise HerlevError(f"folds file of run '{run.path}' names classes {sorted(unknown)} not in its task")
+    y = held["label"].map(run.task.classes.index)
+    return pd.DataFrame({"path": [str(p) for p in paths], "rel": held["rel"], "mask": "", "folder": "",
+                         "label": held["label"], "y": y, "severity": [run.task.severities[i] for i in y]})
+
+
+def predict_items(run: Run, items: pd.DataFrame, bs: int = 64, device: str = "cpu",
+                  skip_bad: bool = False, progress: bool = True) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Raw model outputs [N, C] and classes [N] for labelled items, with the validation preprocessing.
+
+    Returns the items actually predicted (unreadable ones dropped with `skip_bad`).
+    """
+    cache, bad = decode_all(items["path"], run.size, skip_bad=skip_bad, progress=progress)
+    items = items[~items["path"].isin(bad)].reset_index(drop=True)
+    dls = build_dataloaders(items, cache, run.task, valid=np.ones(len(items), bool), bs=bs, mean=run.mean,
+                            std=run.std, device=device, inference=True)
+    learn = Learner(dls, run.model.to(device), loss_func=SeverityLoss(run.head, run.task.severities))
+    with learn.no_bar(), learn.no_logging():
+        out, y = learn.get_preds(dl=dls.valid, act=noop)
+    return out.float().numpy(), y.numpy(), items
+
+
+def evaluate(run_dir: str | Path, data: str | Path | None = None, out: str | Path | None = None, bs: int = 64,
+             device: str = "auto", skip_bad: bool = False, progress: bool = True) -> dict:
+    """Evaluate a run on its held-out fold, or on every image of another folder (`data`).
+
+    Writes `metrics.json`, `confusion_matrix.png`, `score_distribution.png` into `out`
+    (default: the run folder for the held-out fold, `RUN/eval-<folder name>` for another folder).
+
+    Raises:
+        HerlevError: bad run folder, missing data, unreadable images.
+    """
+    run = load_run(run_dir)
+    device = resolve_device(device)
+    if data is None:
+        items, source = held_out_items(run), f"held-out fold {run.fold}"
+        out_dir = Path(out) if out else run.path
+    else:
+        items, source = scan(data, run.task), str(Path(data))
+        out_dir = Path(out) if out else run.path / f"eval-{Path(data).resolve().name}"
+    with torch.no_grad():
+        outputs, y, items = predict_items(run, items, bs=bs, device=device, skip_bad=skip_bad, progress=progress)
+    metrics = write_evaluation(out_dir, outputs, y, run.task, run.head, extra={"run": str(run.path), "data": source})
+    metrics["out_dir"] = str(out_dir)
+    return metrics

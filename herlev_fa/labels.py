@@ -1,0 +1,188 @@
+"""Domain facts of the Herlev Pap-smear data, stated once and imported everywhere.
+
+What lives here: the seven archive classes with their folder aliases and severities, the
+three tasks built on them (`severity`, `herlev7`, `binary`), the optional user class map for
+other folder-per-class datasets, and the segmentation-mask colour codes.
+
+What does not: reading folders (``herlev_fa.data.items``) or decoding masks.
+
+Class order is always the severity order, never alphabetical: the regression term of the
+``cls_reg`` head maps class *index* to severity, so an alphabetical vocab would silently
+scramble the ordinal meaning.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from herlev_fa.errors import HerlevError
+
+# The seven classes of the Herlev archive ("smear2005"), in severity order, with the severity
+# score each carries (normals 0, then light .. carcinoma in situ = 1 .. 4).
+HERLEV7: tuple[tuple[str, int], ...] = (
+    ("normal_superficial", 0),
+    ("normal_intermediate", 0),
+    ("normal_columnar", 0),
+    ("light_dysplastic", 1),
+    ("moderate_dysplastic", 2),
+    ("severe_dysplastic", 3),
+    ("carcinoma_in_situ", 4),
+)
+
+# Folder names seen in real copies of the archive, lower-cased, mapped to the canonical name.
+FOLDER_ALIASES: dict[str, str] = {
+    "normal_superficiel": "normal_superficial",  # the archive's own (French) spelling
+    "normal_superficial": "normal_superficial",
+    "normal_intermediate": "normal_intermediate",
+    "normal_columnar": "normal_columnar",
+    "light_dysplastic": "light_dysplastic",
+    "moderate_dysplastic": "moderate_dysplastic",
+    "severe_dysplastic": "severe_dysplastic",
+    "carcinoma_in_situ": "carcinoma_in_situ",
+}
+
+# The folder names the archive itself uses; the synthetic generator writes these.
+ARCHIVE_FOLDERS: dict[str, str] = {
+    "normal_superficial": "normal_superficiel",
+    "normal_intermediate": "normal_intermediate",
+    "normal_columnar": "normal_columnar",
+    "light_dysplastic": "light_dysplastic",
+    "moderate_dysplastic": "moderate_dysplastic",
+    "severe_dysplastic": "severe_dysplastic",
+    "carcinoma_in_situ": "carcinoma_in_situ",
+}
+
+# Segmentation-mask colour codes (RGB) of the archive's `X-d.bmp` files.
+NUCLEUS_RGB = (0, 0, 255)
+CYTOPLASM_RGB = (0, 0, 128)
+BACKGROUND_RGB = (255, 0, 0)
+BORDER_RGB = (128, 128, 128)  # grey band, mostly along the cell border
+
+IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff")
+MASK_SUFFIXES = ("-d.bmp", "-d.png")  # `<stem>-d.bmp` (archive) or `<stem>-d.png` beside `<stem>.*`
+
+TASK_NAMES = ("severity", "herlev7", "binary")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A labelling of the folders: which folder goes to which class, and each class's severity.
+
+    `classes` is in severity order; `severities[i]` is the severity score of `classes[i]`;
+    `folder_to_class` maps a canonical (or, for a class map, lower-cased) folder name to a class.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    severities: tuple[float, ...]
+    folder_to_class: dict[str, str]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def class_of_folder(self, folder: str) -> str | None:
+        """The class of a folder name (case-insensitive, archive aliases allowed), or None."""
+        key = folder.strip().lower()
+        return self.folder_to_class.get(key) or self.folder_to_class.get(FOLDER_ALIASES.get(key, key))
+
+    def severity_of(self, cls: str) -> float:
+        return self.severities[self.classes.index(cls)]
+
+    def abnormal(self) -> tuple[bool, ...]:
+        """Per class: is it abnormal (severity > 0)? Binary accuracy and AUC rest on this."""
+        return tuple(s > 0 for s in self.severities)
+
+    def has_unique_severities(self) -> bool:
+        return len(set(self.severities)) == len(self.severities)
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "classes": list(self.classes),
+            "severities": list(self.severities),
+            "folder_to_class": dict(self.folder_to_class),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Task":
+        try:
+            return cls(
+                name=str(d["name"]),
+                classes=tuple(str(c) for c in d["classes"]),
+                severities=tuple(float(s) for s in d["severities"]),
+                folder_to_class={str(k): str(v) for k, v in d["folder_to_class"].items()},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise HerlevError(f"task description is malformed ({e!r}); the run folder may be damaged") from e
+
+
+def get_task(name: str) -> Task:
+    """One of the built-in tasks on the Herlev folders.
+
+    Raises:
+        HerlevError: `name` is not a built-in task.
+    """
+    folders = [f for f, _ in HERLEV7]
+    if name == "herlev7":
+        return Task(name, tuple(folders), tuple(float(s) for _, s in HERLEV7), {f: f for f in folders})
+    if name == "severity":
+        classes = ("normal", "light_dysplastic", "moderate_dysplastic", "severe_dysplastic", "carcinoma_in_situ")
+        mapping = {f: ("normal" if s == 0 else f) for f, s in HERLEV7}
+        return Task(name, classes, (0.0, 1.0, 2.0, 3.0, 4.0), mapping)
+    if name == "binary":
+        mapping = {f: ("normal" if s == 0 else "abnormal") for f, s in HERLEV7}
+        return Task(name, ("normal", "abnormal"), (0.0, 1.0), mapping)
+    raise HerlevError(f"unknown task '{name}': choose one of {', '.join(TASK_NAMES)}, or pass --classes FILE")
+
+
+def load_class_map(path: str | Path) -> Task:
+    """Read a user class map (YAML or JSON) for another folder-per-class dataset.
+
+    The file maps each folder name to its class and severity, e.g. (YAML)::
+
+        im_superficial-intermediate: {class: normal, severity: 0}
+        im_koilocytotic: {class: abnormal, severity: 1}
+
+    A plain number instead of a mapping means "class = folder name, with this severity".
+    Classes are ordered by severity, ties by first appearance in the file.
+
+    Raises:
+        HerlevError: the file is missing, unreadable or malformed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HerlevError(f"class map '{path}' does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".json":
+            raw = json.loads(text)
+        else:
+            import yaml
+
+            raw = yaml.safe_load(text)
+    except Exception as e:  # json.JSONDecodeError, yaml.YAMLError
+        raise HerlevError(f"class map '{path}' is not valid {path.suffix.lstrip('.').upper() or 'YAML'}: {e}") from e
+    if not isinstance(raw, dict) or not raw:
+        raise HerlevError(f"class map '{path}' must map folder names to {{class, severity}}")
+    folder_to_class: dict[str, str] = {}
+    severity: dict[str, float] = {}
+    for folder, spec in raw.items():
+        if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+            cls, sev = str(folder), float(spec)
+        elif isinstance(spec, dict) and "severity" in spec:
+            cls = str(spec.get("class", folder))
+            try:
+                sev = float(spec["severity"])
+            except (TypeError, ValueError):
+                raise HerlevError(f"class map '{path}': severity of '{folder}' is not a number") from None
+        else:
+            raise HerlevError(f"class map '{path}': entry '{folder}' needs a severity, e.g. {{class: x, severity: 1}}")
+        if cls in severity and severity[cls] != sev:
+            raise HerlevError(f"class map '{path}': class '{cls}' is given two severities ({severity[cls]} and {sev})")
+        severity[cls] = sev
+        folder_to_class[str(folder).strip().lower()] = cls
+    order = sorted(severity, key=lambda c: (severity[c], list(severity).index(c)))
+    return Task(f"classmap:{path.name}", tuple(order), tuple(severity[c] for c in order), folder_to_class)

@@ -1,0 +1,86 @@
+"""Metrics of a severity classifier: pure functions on arrays, then thin fastai wrappers.
+
+All take the raw model output `out` [N, C] (see ``herlev_fa.model.heads``) and the true class
+indices `y` [N]. Binary (normal vs abnormal) metrics use the task's severities: a class is
+abnormal when its severity is above 0. AUC-ROC of abnormal vs normal scores P(abnormal) (sum of
+the abnormal classes' probabilities) for class heads, and the severity score for `reg`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import partial
+
+import numpy as np
+import torch
+from fastai.metrics import AccumMetric, ActivationType
+from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
+
+from herlev_fa.model.heads import nearest_class, split_output
+
+SCALAR_METRICS = ("accuracy", "binary_accuracy", "auc", "mse", "kappa")
+
+
+def decode(out: np.ndarray, head: str, severities: Sequence[float]) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Raw output [N, C] -> (probabilities [N, K] or None for `reg`, score [N], predicted class [N])."""
+    sev = torch.tensor(list(severities), dtype=torch.float32)
+    logits, score = split_output(torch.as_tensor(out, dtype=torch.float32), head, sev)
+    if logits is None:
+        return None, score.numpy(), nearest_class(score, sev).numpy()
+    probs = logits.softmax(dim=1)
+    return probs.numpy(), score.numpy(), probs.argmax(dim=1).numpy()
+
+
+def binary_auc(is_abnormal: np.ndarray, abnormal_score: np.ndarray) -> float:
+    """AUC-ROC of abnormal vs normal; NaN when only one of the two is present."""
+    if len(np.unique(is_abnormal)) < 2:
+        return math.nan
+    return float(roc_auc_score(is_abnormal, abnormal_score))
+
+
+def severity_metrics(out: np.ndarray, y: np.ndarray, head: str, severities: Sequence[float],
+                     full: bool = True) -> dict:
+    """Every metric of the tool for one set of predictions.
+
+    Returns:
+        accuracy, binary_accuracy, auc, mse (of the severity score), kappa (quadratic weighted),
+        and with `full` also per_class_recall [K] (NaN for absent classes), confusion_matrix
+        [K, K] (rows true, columns predicted) and n.
+    """
+    out, y = np.asarray(out, dtype=np.float32), np.asarray(y, dtype=np.int64)
+    sev = np.asarray(severities, dtype=np.float64)
+    k = len(sev)
+    probs, score, pred = decode(out, head, severities)
+    abnormal = sev > 0
+    p_abnormal = score if probs is None else probs[:, abnormal].sum(axis=1)
+    cm = confusion_matrix(y, pred, labels=list(range(k)))
+    kappa = cohen_kappa_score(y, pred, weights="quadratic", labels=list(range(k))) if len(np.unique(np.r_[y, pred])) > 1 else math.nan
+    result = {
+        "accuracy": float((pred == y).mean()),
+        "binary_accuracy": float((abnormal[pred] == abnormal[y]).mean()),
+        "auc": binary_auc(abnormal[y], p_abnormal),
+        "mse": float(((score - sev[y]) ** 2).mean()),
+        "kappa": float(kappa),
+    }
+    if full:
+        support = cm.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recall = np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
+        result.update(per_class_recall=[float(r) for r in recall], confusion_matrix=cm.tolist(), n=int(len(y)))
+    return result
+
+
+def _one_metric(out: torch.Tensor, y: torch.Tensor, name: str, head: str, severities: tuple[float, ...]) -> float:
+    out_np = out.detach().float().cpu().numpy()  # float first: numpy has no bfloat16
+    return severity_metrics(out_np, y.cpu().numpy(), head, severities, full=False)[name]
+
+
+def fastai_metrics(head: str, severities: Sequence[float]) -> list[AccumMetric]:
+    """The scalar metrics as fastai metrics, computed over the whole validation set each epoch."""
+    sev = tuple(float(s) for s in severities)
+    return [
+        AccumMetric(partial(_one_metric, name=name, head=head, severities=sev), name=name,
+                    activation=ActivationType.No, flatten=False)
+        for name in SCALAR_METRICS
+    ]

@@ -1,0 +1,158 @@
+"""timm body + pipeline head -> fastai Learner, and the safe loading of weights.
+
+Pretrained weights come from timm's hub download (online users) or a local file (`--weights`);
+asking for pretrained weights that cannot be had is an error, never a silent random init.
+Local files load without unpickling code: safetensors, or `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import fastai.callback.progress  # noqa: F401  (progress bar + no_bar/no_logging on Learner)
+import fastai.callback.schedule  # noqa: F401  (fit_one_cycle, fine_tune, lr_find on Learner)
+import timm
+import torch
+from fastai.learner import Learner
+from fastai.optimizer import Adam
+from torch import Tensor, nn
+
+from herlev_fa.config import ModelConfig
+from herlev_fa.errors import HerlevError
+from herlev_fa.labels import Task
+from herlev_fa.loss import SeverityLoss
+from herlev_fa.metrics import fastai_metrics
+from herlev_fa.model.heads import SeverityModel, n_outputs
+
+
+def check_arch(arch: str) -> None:
+    """Raises HerlevError naming close matches when `arch` is not a timm architecture."""
+    if timm.is_model(arch) or timm.is_model(arch.split(".")[0]):
+        return
+    close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(close)}?)" if close else " (see timm.list_models())"
+    raise HerlevError(f"unknown architecture '{arch}'{hint}")
+
+
+def load_weights_file(path: str | Path) -> dict[str, Tensor]:
+    """A state dict from a local weights file, without executing code.
+
+    Accepts `.safetensors`, or a torch file holding a state dict (optionally under `state_dict`,
+    `model` or `state_dict_ema`), loaded with `weights_only=True`; `module.` / `net.` prefixes
+    (DataParallel, this tool's wrapper) are stripped.
+
+    Raises:
+        HerlevError: missing file, a file that would need unpickling code, or not a state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HerlevError(f"weights file '{path}' does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError, safetensors errors, RuntimeError on bad zip
+        reason = str(e).strip().split("\n")[0][:200]
+        raise HerlevError(f"cannot load weights '{path}' safely ({type(e).__name__}: {reason}); "
+                          "give a .safetensors file or a plain state dict") from None
+    for key in ("state_dict_ema", "state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise HerlevError(f"weights file '{path}' does not hold a state dict of tensors")
+    for prefix in ("module.", "net."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def _classifier_keys(net: nn.Module) -> set[str]:
+    names = net.pretrained_cfg.get("classifier") or ()
+    names = (names,) if isinstance(names, str) else tuple(names)
+    return {k for k in net.state_dict() if any(k.startswith(n + ".") for n in names)}
+
+
+def load_into(net: nn.Module, sd: dict[str, Tensor], source: str) -> None:
+    """Load `sd` into a timm `net`; a classifier of another width is dropped (re-initialised).
+
+    Raises:
+        HerlevError: the weights are for another architecture.
+    """
+    own = net.state_dict()
+    clf = _classifier_keys(net)
+    sd = {k: v for k, v in sd.items() if not (k in clf and k in own and v.shape != own[k].shape)}
+    missing, unexpected = net.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if k not in clf]
+    if missing or unexpected:
+        example = (missing or unexpected)[0]
+        raise HerlevError(f"weights '{source}' do not fit architecture '{net.pretrained_cfg.get('architecture')}': "
+                          f"{len(missing)} missing and {len(unexpected)} unexpected tensors (e.g. '{example}')")
+
+
+def create_net(arch: str, n_out: int, pretrained: bool = False, weights: str | Path | None = None) -> nn.Module:
+    """A timm model with an `n_out`-wide classifier, from hub weights, a local file, or random init.
+
+    Raises:
+        HerlevError: unknown arch; pretrained weights asked for and unavailable; unusable weights file.
+    """
+    check_arch(arch)
+    if weights is not None:
+        net = timm.create_model(arch, pretrained=False, num_classes=n_out)
+        load_into(net, load_weights_file(weights), str(weights))
+        return net
+    if not pretrained:
+        return timm.create_model(arch, pretrained=False, num_classes=n_out)
+    cfg = timm.models.get_pretrained_cfg(arch.split(".")[0]) if "." not in arch else None
+    if cfg is not None and not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise HerlevError(f"timm has no pretrained weights for '{arch}': pass --weights FILE or --no-pretrained")
+    try:
+        return timm.create_model(arch, pretrained=True, num_classes=n_out)
+    except Exception as e:  # hub / network / cache errors of many types
+        reason = str(e).strip().split("\n")[0][:160]
+        raise HerlevError(f"could not get pretrained weights for '{arch}' ({type(e).__name__}: {reason}); "
+                          "pass --weights FILE with a local copy, or --no-pretrained to train from scratch") from None
+
+
+def build_model(cfg: ModelConfig, task: Task) -> SeverityModel:
+    """The network for a task: timm body with a classifier of `n_outputs(head, K)` + the head.
+
+    Raises:
+        HerlevError: `reg` on a task whose classes share a severity (the score could not tell them apart).
+    """
+    if cfg.head == "reg" and not task.has_unique_severities():
+        raise HerlevError(f"the reg head needs one class per severity, and task '{task.name}' has classes "
+                          "sharing a severity; use --head cls or cls_reg, or --task severity")
+    net = create_net(cfg.arch, n_outputs(cfg.head, task.n_classes), cfg.pretrained, cfg.weights)
+    return SeverityModel(net, cfg.head, task.severities)
+
+
+def normalisation(net: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std from the timm model's pretrained config."""
+    data_cfg = timm.data.resolve_data_config({}, model=net)
+    return tuple(float(m) for m in data_cfg["mean"]), tuple(float(s) for s in data_cfg["std"])
+
+
+def body_head_splitter(model: SeverityModel) -> list[list[nn.Parameter]]:
+    """Parameter groups [body, classifier] of the timm net, for freezing when fine-tuning.
+
+    The head's fixed severity layer belongs to no group, so fastai's freeze/unfreeze never
+    makes it trainable.
+    """
+    head = list(model.net.get_classifier().parameters())
+    head_ids = {id(p) for p in head}
+    return [[p for p in model.net.parameters() if id(p) not in head_ids], head]
+
+
+def build_learner(dls, model: SeverityModel, task: Task, mse_weight: float = 1.0, wd: float = 0.05,
+                  cbs: Sequence = (), path: str | Path = ".") -> Learner:
+    """A fastai Learner (AdamW, the head's loss and metrics) over `dls`."""
+    return Learner(dls, model.to(dls.device), loss_func=SeverityLoss(model.head_name, task.severities, mse_weight),
+                   opt_func=partial(Adam, decouple_wd=True), metrics=fastai_metrics(model.head_name, task.severities),
+                   splitter=body_head_splitter, wd=wd, cbs=list(cbs), path=Path(path))

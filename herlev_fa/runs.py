@@ -1,0 +1,166 @@
+"""The run folder: what a training run leaves behind, and loading it back without pickle.
+
+A run folder holds:
+
+| file                | what                                                                    |
+|---------------------|-------------------------------------------------------------------------|
+| `model.safetensors` | weights of the timm network (loads into `timm.create_model(arch, num_classes=n)`) |
+| `config.json`       | timm's config (architecture, num_classes, pretrained_cfg with mean/std, label names) |
+| `herlev.json`       | this tool's sidecar: task, classes, severities, head, size, normalisation, fold, metrics, versions |
+| `folds.csv`         | every image of the dataset (path relative to the data root), its class and fold |
+| `log.csv`           | one row per epoch                                                        |
+| `metrics.json`      | final metrics on the held-out fold                                       |
+| `*.png`             | confusion matrix, score distribution, training curves                    |
+
+Every file is written atomically; `herlev.json` is written last, so a folder without it is an
+incomplete run (interrupted) and is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from herlev_fa.atomic import atomic_path, write_json
+from herlev_fa.errors import HerlevError
+from herlev_fa.labels import Task
+from herlev_fa.model.heads import SeverityModel, n_outputs
+
+FORMAT = "herlev_fa.run/1"
+REQUIRED = {"format": str, "arch": str, "head": str, "task": dict, "image_size": int, "mean": list,
+            "std": list, "fold": int, "n_folds": int, "data_root": str}
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that shape a run's numbers."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("herlev_fa", "torch", "timm", "fastai", "albumentations", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def save_model(run_dir: Path, model: SeverityModel, task: Task, size: int, mean, std) -> None:
+    """Write `model.safetensors` + timm's `config.json` for the run's network."""
+    from safetensors.torch import save_file
+
+    net = model.net
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    with atomic_path(run_dir / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    pretrained_cfg = {k: v for k, v in dict(net.pretrained_cfg).items() if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
+    pretrained_cfg.update(input_size=[3, size, size], mean=list(mean), std=list(std), num_classes=n_outputs(model.head_name, task.n_classes))
+    write_json(run_dir / "config.json", {
+        "architecture": pretrained_cfg.get("architecture") or type(net).__name__.lower(),
+        "num_classes": n_outputs(model.head_name, task.n_classes),
+        "num_features": int(getattr(net, "num_features", 0)),
+        "pretrained_cfg": pretrained_cfg,
+        "label_names": list(task.classes) if model.head_name != "reg" else ["severity"],
+    })
+
+
+def save_folds(run_dir: Path, items: pd.DataFrame, folds) -> None:
+    frame = pd.DataFrame({"rel": items["rel"], "label": items["label"], "fold": folds})
+    with atomic_path(run_dir / "folds.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+@dataclass
+class Run:
+    """A loaded run folder: its sidecar, its task, and the model in eval mode on the CPU."""
+
+    path: Path
+    meta: dict[str, Any]
+    task: Task
+    model: SeverityModel
+
+    @property
+    def head(self) -> str:
+        return self.meta["head"]
+
+    @property
+    def size(self) -> int:
+        return int(self.meta["image_size"])
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(self.meta["mean"])
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self.meta["std"])
+
+    @property
+    def fold(self) -> int:
+        return int(self.meta["fold"])
+
+    def folds(self) -> pd.DataFrame:
+        """The run's folds file: rel, label, fold for every image it was split over."""
+        path = self.path / self.meta.get("folds_file", "folds.csv")
+        if not path.is_file():
+            raise HerlevError(f"run '{self.path}' has no folds file '{path.name}'; the run folder is incomplete")
+        return pd.read_csv(path, dtype={"rel": str, "label": str, "fold": int})
+
+
+def read_meta(run_dir: str | Path) -> dict[str, Any]:
+    """The validated `herlev.json` of a run folder.
+
+    Raises:
+        HerlevError: not a run folder, an incomplete one, or a malformed sidecar.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise HerlevError(f"run folder '{run_dir}' does not exist")
+    meta_path = run_dir / "herlev.json"
+    if not meta_path.is_file():
+        hint = " (it holds fold*/ runs: pass one of them)" if any(run_dir.glob("fold*/herlev.json")) else \
+            " (the run did not finish, or this is not a run folder)"
+        raise HerlevError(f"'{run_dir}' has no herlev.json{hint}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HerlevError(f"'{meta_path}' is not valid JSON ({e}); the run folder is damaged") from None
+    if not isinstance(meta, dict):
+        raise HerlevError(f"'{meta_path}' must hold a JSON object; the run folder is damaged")
+    for key, kind in REQUIRED.items():
+        if key not in meta:
+            raise HerlevError(f"'{meta_path}' lacks '{key}'; the run folder is damaged or from another tool")
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise HerlevError(f"'{meta_path}': '{key}' should be {kind.__name__}, found {type(meta[key]).__name__}")
+    if meta["format"] != FORMAT:
+        raise HerlevError(f"'{meta_path}' has format '{meta['format']}', this version reads '{FORMAT}'")
+    return meta
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Load a run folder: sidecar, task and weights (safetensors only; nothing is unpickled).
+
+    Raises:
+        HerlevError: incomplete or damaged run folder, or weights that do not fit its config.
+    """
+    from herlev_fa.model.learner import create_net, load_into, load_weights_file
+
+    run_dir = Path(run_dir)
+    meta = read_meta(run_dir)
+    task = Task.from_json(meta["task"])
+    weights = run_dir / "model.safetensors"
+    if not weights.is_file():
+        raise HerlevError(f"run '{run_dir}' has no model.safetensors; the run folder is incomplete")
+    net = create_net(meta["arch"], n_outputs(meta["head"], task.n_classes), pretrained=False)
+    load_into(net, load_weights_file(weights), str(weights))
+    model = SeverityModel(net, meta["head"], task.severities).eval()
+    return Run(run_dir, meta, task, model)
+
+
+def device_model(run: Run, device: str) -> SeverityModel:
+    """The run's model on `device`, in eval mode."""
+    return run.model.to(torch.device(device)).eval()

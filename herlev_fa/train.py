@@ -1,0 +1,215 @@
+"""Training: a config -> one run folder per trained fold (and a cross-validated summary).
+
+The steps, each in its own module: scan the folder (`data.items`), split into stratified folds,
+decode every image once (`data.images`), build the fold's DataLoaders (`data.block`) and
+Learner (`model.learner`), fit (fine-tune when starting from pretrained weights, one-cycle from
+scratch), keep the best epoch (`callbacks.KeepBest`), evaluate it (`evaluate`) and save the run
+(`runs`). `lr_find` shares the same preparation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from fastai.torch_core import set_seed
+from fastcore.basics import noop
+
+from herlev_fa.atomic import write_json, write_text
+from herlev_fa.callbacks import EpochLog, KeepBest, LossParts
+from herlev_fa.config import TrainConfig, resolve_device
+from herlev_fa.data.block import build_dataloaders
+from herlev_fa.data.images import decode_all
+from herlev_fa.data.items import assign_folds, scan
+from herlev_fa.errors import HerlevError
+from herlev_fa.evaluate import write_evaluation
+from herlev_fa.labels import Task, get_task, load_class_map
+from herlev_fa.metrics import SCALAR_METRICS
+from herlev_fa.model.learner import build_learner, build_model, check_arch, normalisation
+from herlev_fa.plots import lr_find_png, training_curves_png
+from herlev_fa.runs import FORMAT, save_folds, save_model, versions
+
+
+@dataclass
+class Prepared:
+    """A dataset ready for training: task, item table with a `fold` column, decoded cache."""
+
+    task: Task
+    items: pd.DataFrame
+    cache: dict[str, np.ndarray]
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    """What `train` produced: run folders (one per fold), their metrics, the CV summary if any."""
+
+    root: Path
+    runs: list[Path]
+    metrics: list[dict]
+    summary: dict | None = None
+
+
+def resolve_task(cfg: TrainConfig) -> Task:
+    return load_class_map(cfg.data.classes) if cfg.data.classes is not None else get_task(cfg.data.task)
+
+
+def prepare(cfg: TrainConfig) -> Prepared:
+    """Scan, decode (once, for every fold) and split the dataset of `cfg`."""
+    task = resolve_task(cfg)
+    items = scan(cfg.data.data, task)
+    cache, bad = decode_all(items["path"], cfg.data.size, skip_bad=cfg.data.skip_bad, progress=not cfg.quiet)
+    items = items[~items["path"].isin(bad)].reset_index(drop=True)
+    items["fold"] = assign_folds(items, cfg.data.folds, cfg.data.seed)
+    return Prepared(task, items, cache, bad)
+
+
+def _fit_learner(cfg: TrainConfig, data: Prepared, fold: int, device: str, cbs: list, path: Path):
+    set_seed(cfg.data.seed, reproducible=True)
+    model = build_model(cfg.model, data.task)
+    mean, std = normalisation(model.net)
+    dls = build_dataloaders(data.items, data.cache, data.task, valid=(data.items["fold"] == fold).to_numpy(),
+                            bs=cfg.data.bs, mean=mean, std=std, device=device, workers=cfg.data.workers)
+    learn = build_learner(dls, model, data.task, cfg.model.mse_weight, cfg.wd, cbs=cbs, path=path)
+    return learn, mean, std
+
+
+def _quiet(learn, quiet: bool):
+    if not quiet:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(learn.no_bar())
+    stack.enter_context(learn.no_logging())
+    return stack
+
+
+def _suggest_lr(learn) -> tuple[float, list[float], list[float]]:
+    suggestion = learn.lr_find(show_plot=False)
+    lr = float(suggestion.valley)
+    if not math.isfinite(lr) or lr <= 0:
+        raise HerlevError("lr_find found no usable learning rate (the loss never fell); pass --lr explicitly")
+    rec = learn.recorder
+    return lr, [float(x) for x in rec.lrs], [float(x) for x in rec.losses]
+
+
+def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, device: str) -> dict:
+    """Train on every fold but `fold`, evaluate the best epoch on `fold`, write the run folder."""
+    started = time.time()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_folds(run_dir, data.items, data.items["fold"].to_numpy())
+    keep = KeepBest()
+    cbs = [LossParts(), keep, EpochLog(run_dir / "log.csv", fold=fold)]
+    with tempfile.TemporaryDirectory() as scratch:  # fastai's lr_find saves its temporary state here
+        learn, mean, std = _fit_learner(cfg, data, fold, device, cbs, Path(scratch))
+        with _quiet(learn, cfg.quiet):
+            lr = cfg.lr if cfg.lr is not None else _suggest_lr(learn)[0]
+            if cfg.model.pretrained or cfg.model.weights is not None:
+                learn.fine_tune(cfg.epochs, base_lr=lr, freeze_epochs=1)
+            else:
+                learn.fit_one_cycle(cfg.epochs, lr_max=lr)
+            out, y = learn.get_preds(dl=learn.dls.valid, act=noop)
+    model = learn.model.cpu().eval()
+    metrics = write_evaluation(run_dir, out.float().numpy(), y.numpy(), data.task, cfg.model.head,
+                               extra={"fold": fold, "best_epoch": int(keep.best_epoch)})
+    save_model(run_dir, model, data.task, cfg.data.size, mean, std)
+    log = run_dir / "log.csv"
+    if log.is_file():
+        training_curves_png(pd.read_csv(log), run_dir / "training_curves.png")
+    write_json(run_dir / "herlev.json", {
+        "format": FORMAT,
+        "arch": cfg.model.arch,
+        "head": cfg.model.head,
+        "task": data.task.to_json(),
+        "image_size": cfg.data.size,
+        "mean": list(mean),
+        "std": list(std),
+        "mse_weight": cfg.model.mse_weight,
+        "fold": fold,
+        "n_folds": cfg.data.folds,
+        "seed": cfg.data.seed,
+        "data_root": str(Path(cfg.data.data).expanduser().resolve()),
+        "folds_file": "folds.csv",
+        "lr": lr,
+        "best_epoch": int(keep.best_epoch),
+        "skipped_images": data.skipped,
+        "metrics": {k: metrics[k] for k in SCALAR_METRICS},
+        "train_seconds": round(time.time() - started, 1),
+        "device": device,
+        "versions": versions(),
+        "config": cfg.to_json(),
+    })
+    return metrics
+
+
+def summarize(metrics: list[dict]) -> dict:
+    """Mean and std (ddof 0) of each scalar metric over folds."""
+    out = {}
+    for name in SCALAR_METRICS:
+        values = np.array([m[name] for m in metrics], dtype=float)
+        out[name] = {"mean": float(np.nanmean(values)), "std": float(np.nanstd(values)), "folds": values.tolist()}
+    return out
+
+
+def summary_markdown(summary: dict, title: str) -> str:
+    lines = [f"# {title}", "", "| metric | mean | std | per fold |", "|---|---|---|---|"]
+    for name, s in summary.items():
+        folds = ", ".join(f"{v:.3f}" for v in s["folds"])
+        lines.append(f"| {name} | {s['mean']:.3f} | {s['std']:.3f} | {folds} |")
+    return "\n".join(lines) + "\n"
+
+
+def _run_root(cfg: TrainConfig) -> Path:
+    name = cfg.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.arch}-{cfg.model.head}"
+    root = cfg.out / name
+    if root.exists() and any(root.iterdir()):
+        raise HerlevError(f"run folder '{root}' already exists and is not empty; pass another --name or --out")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HerlevError(f"cannot create run folder '{root}': {e.strerror or e}; choose another --out") from None
+    return root
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train `cfg.fold` (or every fold) and write one run folder per fold.
+
+    Raises:
+        HerlevError: any problem a user can fix (data, options, output folder, weights).
+    """
+    check_arch(cfg.model.arch)
+    device = resolve_device(cfg.device)
+    data = prepare(cfg)
+    # build the model once before any output exists, so weight problems fail fast and clean
+    build_model(cfg.model, data.task)
+    root = _run_root(cfg)
+    folds = range(cfg.data.folds) if cfg.fold is None else [cfg.fold]
+    runs, metrics = [], []
+    for fold in folds:
+        run_dir = root if cfg.fold is not None else root / f"fold{fold}"
+        metrics.append(train_fold(cfg, data, fold, run_dir, device))
+        runs.append(run_dir)
+    summary = None
+    if cfg.fold is None:
+        summary = summarize(metrics)
+        write_json(root / "cv_summary.json", summary)
+        write_text(root / "cv_summary.md", summary_markdown(summary, f"{cfg.model.arch} / {cfg.model.head}: "
+                                                                      f"{cfg.data.folds}-fold cross-validation"))
+    return TrainResult(root, runs, metrics, summary)
+
+
+def lr_find(cfg: TrainConfig, out: str | Path) -> tuple[float, Path]:
+    """fastai's lr_find on fold `cfg.fold` (default 0): the suggested learning rate and the plot's path."""
+    check_arch(cfg.model.arch)
+    device = resolve_device(cfg.device)
+    data = prepare(cfg)
+    with tempfile.TemporaryDirectory() as scratch:
+        learn, _, _ = _fit_learner(cfg, data, cfg.fold or 0, device, [], Path(scratch))
+        with _quiet(learn, cfg.quiet):
+            lr, lrs, losses = _suggest_lr(learn)
+    return lr, lr_find_png(lrs, losses, lr, Path(out) / "lr_find.png")
