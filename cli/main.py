@@ -1,1 +1,185 @@
-def main(): pass
+"""The `herlev` command: one short function per command; each parses, builds a config, calls the library.
+
+Nothing here trains or reads data itself. User mistakes surface as `HerlevError`, printed on one
+line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+import herlev_fa
+from herlev_cli.app import (DEFAULT_RUNS, Arch, Bs, Classes, Data, Device, Folds, Head, Pretrained, Quiet, Seed, Size,
+                            SkipBad, Task, Weights, app, out, user_errors)
+from herlev_fa.config import DataConfig, ModelConfig, TrainConfig
+from herlev_fa.errors import HerlevError
+
+
+def _lr(value: str) -> float | None:
+    if value == "auto":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise HerlevError(f"--lr '{value}' is not a number or 'auto'") from None
+
+
+def _fold(value: str) -> int | None:
+    if value == "all":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise HerlevError(f"--fold '{value}' is not a fold number or 'all'") from None
+
+
+def _metrics_table(title: str, rows: dict[str, dict]) -> Table:
+    table = Table(title=title)
+    table.add_column("run")
+    names = ("accuracy", "binary_accuracy", "auc", "mse", "kappa")
+    for name in names:
+        table.add_column(name, justify="right")
+    for run, m in rows.items():
+        table.add_row(run, *(f"{m[n]:.3f}" for n in names))
+    return table
+
+
+@app.command(rich_help_panel="Data")
+@user_errors
+def synth(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT", help="Folder to create (must be new or empty).")],
+    per_class: Annotated[int, typer.Option(help="Images per class folder (7 folders).")] = 30,
+    size: Annotated[int, typer.Option(help="Image width in pixels (height varies 80-100%).")] = 96,
+    seed: Seed = 0,
+) -> None:
+    """Write a synthetic dataset in the exact Herlev layout (.BMP images, -d.bmp masks)."""
+    path = herlev_fa.write_synthetic(out_dir, per_class=per_class, size=size, seed=seed)
+    out.print(f"wrote {7 * per_class} synthetic cells to [bold]{path}[/]")
+
+
+@app.command(rich_help_panel="Training")
+@user_errors
+def train(
+    data: Data,
+    arch: Arch = "resnet101",
+    head: Head = "cls_reg",
+    task: Task = "severity",
+    classes: Classes = None,
+    pretrained: Pretrained = True,
+    weights: Weights = None,
+    mse_weight: Annotated[float, typer.Option(help="Lambda: weight of the MSE term of cls_reg.")] = 1.0,
+    folds: Folds = 4,
+    fold: Annotated[str, typer.Option(help="Held-out fold number, or 'all' to cross-validate.")] = "0",
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 20,
+    lr: Annotated[str, typer.Option(help="Peak learning rate, or 'auto' for fastai's lr_find suggestion.")] = "1e-3",
+    wd: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
+    bs: Bs = 32,
+    size: Size = 224,
+    seed: Seed = 42,
+    device: Device = "auto",
+    out_dir: Annotated[Path, typer.Option("--out", help="Runs are written under this folder.")] = DEFAULT_RUNS,
+    name: Annotated[Optional[str], typer.Option(help="Run folder name (default: time-arch-head).")] = None,
+    skip_bad: SkipBad = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train a severity classifier; writes a run folder with weights, metrics and plots."""
+    cfg = TrainConfig(
+        DataConfig(data, task=task, classes=classes, size=size, folds=folds, seed=seed, bs=bs, skip_bad=skip_bad),
+        ModelConfig(arch, head=head, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
+        epochs=epochs, lr=_lr(lr), wd=wd, fold=_fold(fold), device=device, out=out_dir, name=name, quiet=quiet,
+    )
+    result = herlev_fa.train(cfg)
+    out.print(_metrics_table("held-out metrics", {r.name: m for r, m in zip(result.runs, result.metrics)}))
+    if result.summary:
+        out.print(f"cross-validated summary: [bold]{result.root / 'cv_summary.md'}[/]")
+    out.print(f"run folder: [bold]{result.root}[/]")
+
+
+@app.command(rich_help_panel="Training")
+@user_errors
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder (holds herlev.json).")],
+    data: Annotated[Optional[Path], typer.Option(help="Evaluate every image of this folder instead of the held-out fold.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write metrics and plots.")] = None,
+    bs: Bs = 64,
+    device: Device = "auto",
+    skip_bad: SkipBad = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+) -> None:
+    """Metrics, confusion matrix and score distribution of a run on its held-out fold (or --data)."""
+    metrics = herlev_fa.evaluate(run, data=data, out=out_dir, bs=bs, device=device, skip_bad=skip_bad,
+                                 progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(metrics))
+        return
+    out.print(_metrics_table(f"{metrics['data']} (n={metrics['n']})", {run.name: metrics}))
+    recall = ", ".join(f"{c} {r:.2f}" for c, r in zip(metrics["classes"], metrics["per_class_recall"]))
+    out.print(f"per-class recall: {recall}")
+    out.print(f"written to [bold]{metrics['out_dir']}[/] (metrics.json, confusion_matrix.png, score_distribution.png)")
+
+
+@app.command("lr-find", rich_help_panel="Training")
+@user_errors
+def lr_find(
+    data: Data,
+    arch: Arch = "resnet101",
+    head: Head = "cls_reg",
+    task: Task = "severity",
+    classes: Classes = None,
+    pretrained: Pretrained = True,
+    weights: Weights = None,
+    folds: Folds = 4,
+    bs: Bs = 32,
+    size: Size = 224,
+    seed: Seed = 42,
+    device: Device = "auto",
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to write lr_find.png.")] = Path("."),
+    quiet: Quiet = False,
+) -> None:
+    """Run fastai's learning-rate finder on fold 0; prints the suggestion and writes lr_find.png."""
+    cfg = TrainConfig(
+        DataConfig(data, task=task, classes=classes, size=size, folds=folds, seed=seed, bs=bs),
+        ModelConfig(arch, head=head, pretrained=pretrained, weights=weights),
+        device=device, out=out_dir, quiet=quiet,
+    )
+    lr, plot = herlev_fa.lr_find(cfg, out_dir)
+    out.print(f"suggested learning rate: [bold]{lr:.2e}[/] (plot: {plot})")
+
+
+@app.command(rich_help_panel="Getting started")
+@user_errors
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the demo data and run.")] = Path("herlev_demo"),
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 20,
+    quiet: Quiet = False,
+) -> None:
+    """The built-in default job: synthetic Herlev data -> small model on the CPU -> evaluation."""
+    data = out_dir / "data"
+    if not (data / "README.txt").is_file():
+        herlev_fa.write_synthetic(data, per_class=40, size=64, seed=0)
+        out.print(f"synthetic Herlev-format data: [bold]{data}[/]")
+    cfg = TrainConfig(DataConfig(data, size=64, bs=32, seed=0), ModelConfig("test_resnet", pretrained=False),
+                      epochs=epochs, lr=3e-3, device="cpu", out=out_dir / "runs", quiet=quiet)
+    result = herlev_fa.train(cfg)
+    metrics = herlev_fa.evaluate(result.runs[0], device="cpu", progress=not quiet)
+    out.print(_metrics_table("held-out fold 0 of the synthetic data", {result.runs[0].name: metrics}))
+    run = result.runs[0]
+    out.print(f"model:   [bold]{run / 'model.safetensors'}[/] (+ config.json, herlev.json)")
+    out.print(f"metrics: [bold]{run / 'metrics.json'}[/], per epoch: {run / 'log.csv'}")
+    out.print(f"plots:   [bold]{run / 'confusion_matrix.png'}[/], {run / 'score_distribution.png'}, "
+              f"{run / 'training_curves.png'}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The Typer app object, its consoles, the error wrapper and the options shared by several commands.
+
+Command modules (`herlev_cli.main`, `herlev_cli.explain`) import `app` from here and register on it.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+import herlev_fa
+from herlev_fa.errors import HerlevError
+
+app = typer.Typer(name="herlev", help="Train, evaluate and explain cervical-cell severity classifiers on Herlev-format data.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+DEFAULT_RUNS = Path("runs")
+
+
+def user_errors(fn):
+    """Print a HerlevError (or an interrupt) as one line and exit non-zero, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except HerlevError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("[bold red]interrupted[/]: finished files are whole; an unfinished run has no herlev.json")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        out.print(f"herlev_fa {herlev_fa.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                                        help="Print the version and exit.")] = False) -> None:
+    """Train, evaluate and explain cervical-cell severity classifiers on Herlev-format data."""
+
+
+# Options shared by train and lr-find, declared once.
+Data = Annotated[Path, typer.Option("--data", help="Dataset root: one folder per class, at most two levels down.")]
+Arch = Annotated[str, typer.Option(help="Any timm architecture, e.g. resnet101, test_resnet, convnext_tiny.")]
+Head = Annotated[str, typer.Option(help="cls (cross-entropy) | reg (MSE on severity) | cls_reg (CE + lambda*MSE).")]
+Task = Annotated[str, typer.Option(help="severity (5 classes) | herlev7 | binary.")]
+Classes = Annotated[Optional[Path], typer.Option("--classes", help="Class map (YAML/JSON): folder -> class and severity.")]
+Pretrained = Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Start from ImageNet weights (timm hub).")]
+Weights = Annotated[Optional[Path], typer.Option(help="Local weights file (safetensors / state dict) for offline use.")]
+Folds = Annotated[int, typer.Option(help="Number of stratified folds.")]
+Size = Annotated[int, typer.Option(help="Images are letterboxed to SIZE x SIZE pixels.")]
+Bs = Annotated[int, typer.Option(help="Batch size.")]
+Seed = Annotated[int, typer.Option(help="Seed for folds, initialisation and augmentation.")]
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda.")]
+SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images with a warning instead of stopping.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or epoch table.")]
