@@ -60,9 +60,8 @@ def resolve_task(cfg: TrainConfig) -> Task:
     return load_class_map(cfg.data.classes) if cfg.data.classes is not None else get_task(cfg.data.task)
 
 
-def prepare(cfg: TrainConfig) -> Prepared:
+def prepare(cfg: TrainConfig, task: Task) -> Prepared:
     """Scan, decode (once, for every fold) and split the dataset of `cfg`."""
-    task = resolve_task(cfg)
     items = scan(cfg.data.data, task)
     cache, bad = decode_all(items["path"], cfg.data.size, skip_bad=cfg.data.skip_bad, progress=not cfg.quiet)
     items = items[~items["path"].isin(bad)].reset_index(drop=True)
@@ -182,11 +181,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     Raises:
         HerlevError: any problem a user can fix (data, options, output folder, weights).
     """
-    check_arch(cfg.model.arch)
     device = resolve_device(cfg.device)
-    data = prepare(cfg)
-    # build the model once before any output exists, so weight problems fail fast and clean
-    build_model(cfg.model, data.task)
+    task = resolve_task(cfg)
+    # build the model once before any decoding or output, so weight problems fail fast and clean
+    build_model(cfg.model, task)
+    data = prepare(cfg, task)
     root = _run_root(cfg)
     folds = range(cfg.data.folds) if cfg.fold is None else [cfg.fold]
     runs, metrics = [], []
@@ -205,9 +204,10 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 def lr_find(cfg: TrainConfig, out: str | Path) -> tuple[float, Path]:
     """fastai's lr_find on fold `cfg.fold` (default 0): the suggested learning rate and the plot's path."""
-    check_arch(cfg.model.arch)
     device = resolve_device(cfg.device)
-    data = prepare(cfg)
+    task = resolve_task(cfg)
+    check_arch(cfg.model.arch)
+    data = prepare(cfg, task)
     with tempfile.TemporaryDirectory() as scratch:
         learn, _, _ = _fit_learner(cfg, data, cfg.fold or 0, device, [], Path(scratch))
         with _quiet(learn, cfg.quiet):

@@ -96,6 +96,32 @@ def load_into(net: nn.Module, sd: dict[str, Tensor], source: str) -> None:
                           f"{len(missing)} missing and {len(unexpected)} unexpected tensors (e.g. '{example}')")
 
 
+def _hub_unreachable(cfg) -> str | None:
+    """Why the hub weights of `cfg` cannot be had right now (None: cached, or the hub answers).
+
+    A 3-second probe, so that offline users get the error at once instead of after the hub
+    client's minute of retries.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not cfg.hf_hub_id:
+        return None
+    repo = cfg.hf_hub_id.split("@")[0]
+    if any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin")):
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set and the weights are not in the local cache"
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError as e:
+        return f"{host} is unreachable ({e.strerror or e}) and the weights are not in the local cache"
+    return None
+
+
 def create_net(arch: str, n_out: int, pretrained: bool = False, weights: str | Path | None = None) -> nn.Module:
     """A timm model with an `n_out`-wide classifier, from hub weights, a local file, or random init.
 
@@ -109,9 +135,13 @@ def create_net(arch: str, n_out: int, pretrained: bool = False, weights: str | P
         return net
     if not pretrained:
         return timm.create_model(arch, pretrained=False, num_classes=n_out)
-    cfg = timm.models.get_pretrained_cfg(arch.split(".")[0]) if "." not in arch else None
+    cfg = timm.models.get_pretrained_cfg(arch)
     if cfg is not None and not (cfg.hf_hub_id or cfg.url or cfg.file):
         raise HerlevError(f"timm has no pretrained weights for '{arch}': pass --weights FILE or --no-pretrained")
+    why = _hub_unreachable(cfg) if cfg is not None else None
+    if why:
+        raise HerlevError(f"could not get pretrained weights for '{arch}': {why}; "
+                          "pass --weights FILE with a local copy, or --no-pretrained to train from scratch")
     try:
         return timm.create_model(arch, pretrained=True, num_classes=n_out)
     except Exception as e:  # hub / network / cache errors of many types
