@@ -51,8 +51,8 @@ class EpochLog(Callback):
         self.path, self.extra, self.rows = Path(path), extra, []
 
     def after_epoch(self) -> None:
-        if hasattr(self.learn, "lr_finder"):
-            return
+        if hasattr(self.learn, "lr_finder") or hasattr(self.learn, "gather_preds"):
+            return  # not a training epoch
         rec = self.learn.recorder
         row = {"epoch": len(self.rows), **self.extra}
         row.update({n: v for n, v in zip(rec.metric_names[1:], rec.log[1:]) if n != "time"})
@@ -75,6 +75,8 @@ class KeepBest(TrackerCallback):
         self.best_epoch = -1
 
     def after_epoch(self) -> None:
+        if hasattr(self.learn, "gather_preds"):
+            return  # get_preds runs an epoch's events outside training
         super().after_epoch()
         if self.new_best:
             self.best_epoch = self.epoch

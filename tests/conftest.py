@@ -23,3 +23,27 @@ def shared_herlev() -> Path:
 def device() -> str:
     """Device for tests: HERLEV_TEST_DEVICE (default cpu), so the same suite runs on a GPU."""
     return os.environ.get("HERLEV_TEST_DEVICE", "cpu")
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    """A small synthetic Herlev-layout dataset (7 folders x 24 cells, 64 px), made once per session."""
+    from herlev_fa.data.synth import write_synthetic
+
+    return write_synthetic(tmp_path_factory.mktemp("synth") / "data", per_class=24, size=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_run(synth_data, tmp_path_factory, device) -> Path:
+    """A cls_reg test_resnet run trained on `synth_data` through the CLI, fold 0 held out."""
+    from typer.testing import CliRunner
+
+    from herlev_cli.main import app
+
+    out = tmp_path_factory.mktemp("runs")
+    result = CliRunner().invoke(app, ["train", "--data", str(synth_data), "--arch", "test_resnet", "--no-pretrained",
+                                      "--head", "cls_reg", "--size", "48", "--epochs", "15", "--lr", "3e-3",
+                                      "--bs", "16", "--seed", "0", "--device", device, "--out", str(out),
+                                      "--name", "run", "--quiet"])
+    assert result.exit_code == 0, result.output
+    return out / "run"

@@ -1,0 +1,106 @@
+"""End to end through the CLI: synth -> train -> evaluate -> lr-find, and the run folder contract."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+from typer.testing import CliRunner
+
+from herlev_cli.main import app
+from herlev_fa.runs import load_run
+
+runner = CliRunner()
+
+
+def test_synth_command_writes_the_herlev_layout(tmp_path):
+    result = runner.invoke(app, ["synth", str(tmp_path / "s"), "--per-class", "3", "--size", "32", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert "21 synthetic cells" in result.output
+    assert len(list((tmp_path / "s").glob("*/*.BMP"))) == 21
+    assert len(list((tmp_path / "s").glob("*/*-d.bmp"))) == 21
+
+
+def test_train_writes_a_complete_run_that_learned(trained_run):
+    files = {p.name for p in trained_run.iterdir()}
+    assert {"model.safetensors", "config.json", "herlev.json", "folds.csv", "log.csv", "metrics.json",
+            "confusion_matrix.png", "score_distribution.png", "training_curves.png"} <= files
+    assert not [f for f in files if f.endswith(".tmp")]
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    # majority class (the three merged normal folders) is 3/7 = 0.43 of the data
+    assert metrics["accuracy"] > 0.6, metrics
+    assert metrics["binary_accuracy"] > 0.8 and metrics["auc"] > 0.85
+    assert metrics["n"] == 42  # fold 0 of 168 images
+    log = pd.read_csv(trained_run / "log.csv")
+    assert len(log) == 15
+    assert {"train_loss", "valid_loss", "accuracy", "auc", "kappa", "train_ce", "train_mse", "valid_ce", "valid_mse"} <= set(log)
+    # the loss is CE + 1.0 * MSE, component by component (validation loss is a plain mean, like the parts)
+    assert np.allclose(log["valid_loss"], log["valid_ce"] + log["valid_mse"], rtol=1e-4)
+    assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0]
+
+
+def test_run_sidecar_and_folds(trained_run, synth_data):
+    meta = json.loads((trained_run / "herlev.json").read_text())
+    assert meta["task"]["classes"][0] == "normal" and meta["head"] == "cls_reg"
+    assert meta["image_size"] == 48 and meta["mean"] == [0.5, 0.5, 0.5]
+    folds = pd.read_csv(trained_run / "folds.csv")
+    assert len(folds) == 168 and sorted(folds["fold"].unique()) == [0, 1, 2, 3]
+    assert folds[folds.fold == 0]["label"].value_counts().to_dict() == {
+        "normal": 18, "light_dysplastic": 6, "moderate_dysplastic": 6, "severe_dysplastic": 6, "carcinoma_in_situ": 6}
+    assert (synth_data / folds["rel"].iloc[0]).is_file()
+
+
+def test_checkpoint_round_trip_and_plain_timm(trained_run):
+    run = load_run(trained_run)
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        ours = run.model(x)
+        plain = timm.create_model("test_resnet", num_classes=5, checkpoint_path=str(trained_run / "model.safetensors")).eval()(x)
+        local = timm.create_model(f"local-dir:{trained_run}", pretrained=True).eval()(x)
+    assert ours.shape == (2, 6)
+    assert torch.allclose(ours[:, :5], plain, atol=1e-5) and torch.allclose(plain, local, atol=1e-6)
+    assert torch.allclose(ours[:, 5], (plain.softmax(1) * torch.arange(5.0)).sum(1), atol=1e-5)
+
+
+def test_evaluate_reproduces_training_metrics_and_writes_files(trained_run, tmp_path):
+    train_metrics = json.loads((trained_run / "metrics.json").read_text())
+    out = tmp_path / "ev"
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--out", str(out), "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    assert metrics["accuracy"] == pytest.approx(train_metrics["accuracy"])
+    assert metrics["confusion_matrix"] == train_metrics["confusion_matrix"]
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "confusion_matrix.png", "score_distribution.png"}
+
+
+def test_evaluate_on_another_folder(trained_run, tmp_path):
+    runner.invoke(app, ["synth", str(tmp_path / "other"), "--per-class", "4", "--size", "40", "--seed", "5"])
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--data", str(tmp_path / "other"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((trained_run / "eval-other" / "metrics.json").read_text())
+    assert metrics["n"] == 28 and sum(map(sum, metrics["confusion_matrix"])) == 28
+
+
+def test_lr_find_writes_plot_and_prints_suggestion(synth_data, tmp_path):
+    result = runner.invoke(app, ["lr-find", "--data", str(synth_data), "--arch", "test_resnet", "--no-pretrained",
+                                 "--size", "32", "--bs", "16", "--out", str(tmp_path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    lr = float(result.output.split("suggested learning rate:")[1].split()[0])
+    assert 1e-7 < lr < 10
+    assert (tmp_path / "lr_find.png").stat().st_size > 1000
+    assert not (tmp_path / "models").exists()
+
+
+def test_fold_all_writes_every_fold_and_a_summary(synth_data, tmp_path):
+    result = runner.invoke(app, ["train", "--data", str(synth_data), "--arch", "test_resnet", "--no-pretrained",
+                                 "--head", "reg", "--folds", "2", "--fold", "all", "--epochs", "1", "--size", "32",
+                                 "--bs", "32", "--out", str(tmp_path), "--name", "cv", "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "cv" / "cv_summary.json").read_text())
+    for fold in (0, 1):
+        m = json.loads((tmp_path / "cv" / f"fold{fold}" / "metrics.json").read_text())
+        assert summary["mse"]["folds"][fold] == pytest.approx(m["mse"])
+    assert summary["accuracy"]["mean"] == pytest.approx(np.mean(summary["accuracy"]["folds"]))
+    assert "| accuracy |" in (tmp_path / "cv" / "cv_summary.md").read_text()
