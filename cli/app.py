@@ -6,6 +6,7 @@ Command modules (`herlev_cli.main`, `herlev_cli.explain`) import `app` from here
 from __future__ import annotations
 
 import functools
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -40,6 +41,10 @@ def user_errors(fn):
     return wrapper
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
 def version_callback(value: bool) -> None:
     if value:
         out.print(f"herlev_fa {herlev_fa.__version__}")
@@ -50,6 +55,7 @@ def version_callback(value: bool) -> None:
 def main_callback(version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
                                                         help="Print the version and exit.")] = False) -> None:
     """Train, evaluate and explain cervical-cell severity classifiers on Herlev-format data."""
+    warnings.showwarning = _show_warning  # one readable line per warning, no source location
 
 
 # Options shared by train and lr-find, declared once.

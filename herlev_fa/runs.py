@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from herlev_fa.atomic import atomic_path, write_json
 from herlev_fa.errors import HerlevError
@@ -156,11 +155,6 @@ def load_run(run_dir: str | Path) -> Run:
     if not weights.is_file():
         raise HerlevError(f"run '{run_dir}' has no model.safetensors; the run folder is incomplete")
     net = create_net(meta["arch"], n_outputs(meta["head"], task.n_classes), pretrained=False)
-    load_into(net, load_weights_file(weights), str(weights))
+    load_into(net, load_weights_file(weights), str(weights), new_classifier=False)
     model = SeverityModel(net, meta["head"], task.severities).eval()
     return Run(run_dir, meta, task, model)
-
-
-def device_model(run: Run, device: str) -> SeverityModel:
-    """The run's model on `device`, in eval mode."""
-    return run.model.to(torch.device(device)).eval()

@@ -79,15 +79,23 @@ def _classifier_keys(net: nn.Module) -> set[str]:
     return {k for k in net.state_dict() if any(k.startswith(n + ".") for n in names)}
 
 
-def load_into(net: nn.Module, sd: dict[str, Tensor], source: str) -> None:
-    """Load `sd` into a timm `net`; a classifier of another width is dropped (re-initialised).
+def load_into(net: nn.Module, sd: dict[str, Tensor], source: str, new_classifier: bool = True) -> None:
+    """Load `sd` into a timm `net`.
+
+    With `new_classifier` (starting weights), a classifier of another width is dropped and keeps
+    its fresh initialisation; without it (a trained run), every tensor must fit exactly.
 
     Raises:
-        HerlevError: the weights are for another architecture.
+        HerlevError: the weights are for another architecture (or another classifier width).
     """
     own = net.state_dict()
-    clf = _classifier_keys(net)
+    clf = _classifier_keys(net) if new_classifier else set()
     sd = {k: v for k, v in sd.items() if not (k in clf and k in own and v.shape != own[k].shape)}
+    mismatched = [k for k, v in sd.items() if k in own and v.shape != own[k].shape]
+    if mismatched:
+        raise HerlevError(f"weights '{source}' do not fit architecture '{net.pretrained_cfg.get('architecture')}': "
+                          f"tensor '{mismatched[0]}' has shape {tuple(sd[mismatched[0]].shape)}, "
+                          f"expected {tuple(own[mismatched[0]].shape)}")
     missing, unexpected = net.load_state_dict(sd, strict=False)
     missing = [k for k in missing if k not in clf]
     if missing or unexpected:

@@ -1,0 +1,177 @@
+"""Bad input through the CLI: one-line error, exit 2, no traceback, nothing half-written.
+
+Each case builds its input in a fresh folder and names the words the error must contain.
+"""
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from helpers import herlev_folder, write_image
+from herlev_cli.main import app
+
+runner = CliRunner()
+TRAIN = ["train", "--arch", "test_resnet", "--no-pretrained", "--size", "32", "--epochs", "1", "--bs", "8",
+         "--folds", "2", "--quiet"]
+
+
+def _data(tmp_path):
+    return herlev_folder(tmp_path / "data", per_class=2)
+
+
+def _missing(tmp_path):
+    return ["--data", str(tmp_path / "nope")]
+
+
+def _empty(tmp_path):
+    (tmp_path / "empty").mkdir()
+    return ["--data", str(tmp_path / "empty")]
+
+
+def _no_class(tmp_path):
+    write_image(tmp_path / "d" / "holiday" / "a.png")
+    return ["--data", str(tmp_path / "d")]
+
+
+def _unknown_class(tmp_path):
+    root = _data(tmp_path)
+    write_image(root / "koilocytes" / "k.png")
+    return ["--data", str(root)]
+
+
+def _truncated(tmp_path):
+    root = _data(tmp_path)
+    good = root / "light_dysplastic" / "lig0.BMP"
+    (root / "light_dysplastic" / "broken.BMP").write_bytes(good.read_bytes()[:100])
+    return ["--data", str(root)]
+
+
+def _text_as_image(tmp_path):
+    root = _data(tmp_path)
+    (root / "severe_dysplastic" / "notes.jpg").write_text("hello")
+    return ["--data", str(root)]
+
+
+def _with(option, value):
+    def build(tmp_path):
+        return ["--data", str(_data(tmp_path)), option, value]
+    return build
+
+
+CASES = {
+    "missing folder": (_missing, "data folder '.*nope' does not exist"),
+    "empty folder": (_empty, "no class folder found"),
+    "no known class folder": (_no_class, "no class folder found"),
+    "unknown class folder": (_unknown_class, "koilocytes' is not a known class"),
+    "truncated image": (_truncated, "broken.BMP.*--skip-bad"),
+    "text file as image": (_text_as_image, "notes.jpg.*--skip-bad"),
+    "epochs 0": (_with("--epochs", "0"), "--epochs 0 is out of range"),
+    "negative batch": (_with("--bs", "-1"), "--bs -1 is out of range"),
+    "tiny size": (_with("--size", "8"), "--size 8 is out of range"),
+    "fold out of range": (_with("--fold", "5"), "--fold 5 is out of range"),
+    "fold not a number": (_with("--fold", "last"), "--fold 'last' is not a fold number"),
+    "lr not a number": (_with("--lr", "fast"), "--lr 'fast' is not a number"),
+    "unknown arch": (_with("--arch", "resnet1O1"), "unknown architecture 'resnet1O1'"),
+    "unknown head": (_with("--head", "svm"), "unknown head 'svm'"),
+    "unknown task": (_with("--task", "sipakmed"), "unknown task 'sipakmed'"),
+    "missing weights file": (_with("--weights", "/nonexistent/w.safetensors"), "weights file .* does not exist"),
+    "missing class map": (_with("--classes", "/nonexistent/map.yaml"), "class map .* does not exist"),
+}
+
+
+def assert_one_line_error(result, pattern):
+    import re
+
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: ")
+    assert re.search(pattern, lines[0]), lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_train_bad_input(tmp_path, case):
+    build, pattern = CASES[case]
+    args = build(tmp_path)
+    out = tmp_path / "runs"
+    result = runner.invoke(app, TRAIN + args + ["--out", str(out)])
+    assert_one_line_error(result, pattern)
+    assert not out.exists() or not any(out.rglob("*")), "a failed run left files behind"
+
+
+def test_skip_bad_trains_and_records_the_skipped_file(tmp_path):
+    args = _truncated(tmp_path)
+    result = runner.invoke(app, TRAIN + args + ["--skip-bad", "--out", str(tmp_path / "runs"), "--name", "r"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "runs" / "r" / "herlev.json").read_text())
+    assert [p.rsplit("/", 1)[-1] for p in meta["skipped_images"]] == ["broken.BMP"]
+
+
+def test_output_folder_that_is_a_file(tmp_path):
+    (tmp_path / "runs").write_text("I am a file")
+    result = runner.invoke(app, TRAIN + ["--data", str(_data(tmp_path)), "--out", str(tmp_path / "runs")])
+    assert_one_line_error(result, "cannot create run folder")
+
+
+def test_existing_run_name_is_not_overwritten(tmp_path):
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    (tmp_path / "runs" / "r" / "keep.txt").write_text("precious")
+    result = runner.invoke(app, TRAIN + ["--data", str(_data(tmp_path)), "--out", str(tmp_path / "runs"), "--name", "r"])
+    assert_one_line_error(result, "already exists")
+    assert (tmp_path / "runs" / "r" / "keep.txt").read_text() == "precious"
+
+
+@pytest.fixture(scope="module")
+def copy_of_run(trained_run, tmp_path_factory):
+    def make(name):
+        dst = tmp_path_factory.mktemp("runcopy") / name
+        shutil.copytree(trained_run, dst)
+        return dst
+    return make
+
+
+def _drop(name):
+    return lambda run: (run / name).unlink()
+
+
+def _edit_meta(change):
+    def apply(run):
+        meta = json.loads((run / "herlev.json").read_text())
+        change(meta)
+        (run / "herlev.json").write_text(json.dumps(meta))
+    return apply
+
+
+RUN_CASES = {
+    "no herlev.json": (_drop("herlev.json"), "has no herlev.json"),
+    "no weights": (_drop("model.safetensors"), "has no model.safetensors"),
+    "no folds file": (_drop("folds.csv"), "has no folds file"),
+    "sidecar not json": (lambda run: (run / "herlev.json").write_text("{oops"), "is not valid JSON"),
+    "sidecar wrong type": (_edit_meta(lambda m: m.update(image_size="big")), "'image_size' should be int"),
+    "sidecar missing key": (_edit_meta(lambda m: m.pop("head")), "lacks 'head'"),
+    "weights of another task": (_edit_meta(lambda m: m["task"].update(classes=["a", "b"], severities=[0, 1])),
+                                "do not fit architecture"),
+    "data moved away": (_edit_meta(lambda m: m.update(data_root="/nonexistent")), "held-out image.*missing.*--data"),
+}
+
+
+@pytest.mark.parametrize("case", RUN_CASES)
+def test_evaluate_bad_run_folder(copy_of_run, case):
+    damage, pattern = RUN_CASES[case]
+    run = copy_of_run(case.replace(" ", "_"))
+    damage(run)
+    result = runner.invoke(app, ["evaluate", str(run), "--device", "cpu"])
+    assert_one_line_error(result, pattern)
+
+
+def test_evaluate_on_a_folder_of_another_task(trained_run, tmp_path):
+    root = herlev_folder(tmp_path / "sip", folders={"im_Koilocytotic": 2})
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--data", str(root)])
+    assert_one_line_error(result, "no class folder found in '.*sip'")
+
+
+def test_missing_run_folder():
+    assert_one_line_error(runner.invoke(app, ["evaluate", "/nonexistent/run"]), "run folder .* does not exist")
