@@ -1,0 +1,488 @@
+"""Integrated Gradients for a run's model, on exactly the preprocessing it saw at validation.
+
+What this is: a thin layer over captum's `IntegratedGradients` (Sundararajan, Taly & Yan,
+"Axiomatic Attribution for Deep Networks", ICML 2017) that
+
+* rebuilds the validation input: `letterbox(size)` (keep aspect, edge-replicate pad to a
+  square), then `(pixel / 255 - mean) / std` with the run's own normalisation, as fastai's
+  `IntToFloatTensor` + `Normalize` do in the DataLoaders;
+* chooses the scalar to explain (`TARGETS`): the *logit* of a class for `cls` / `cls_reg`,
+  the severity score for `reg` (or, on request, for any head);
+* builds the baseline (`BASELINES`), calls captum with Gauss-Legendre steps, internal batching
+  and `return_convergence_delta=True`, and sums the attribution over colour channels;
+* maps the [S, S] map of the model's letterboxed grid back to the input image's own pixel
+  grid (`letterbox_box`, `unletterbox`: pure functions, tested exhaustively).
+
+Why the logit and not the probability: a softmax probability of class c also moves when the
+*other* classes' evidence moves, and it saturates near 0 and 1, so its IG path integral is
+spent in a short stretch of the path and its attributions mix "evidence for c" with
+"evidence against the rest". The logit is the last quantity the network computes for c alone;
+its IG answers "which pixels raise the score of c". For `reg` the single output, the severity
+score, is the natural target. `score` explains the expected severity for `cls` / `cls_reg` too.
+
+Convergence: captum's delta is `sum(attributions) - (f(x) - f(baseline))` (completeness).
+`relative_delta` divides |delta| by |f(x) - f(baseline)| (at least `GAP_FLOOR`); above `tol`
+the result is flagged and a warning suggests more steps.
+
+What it is not: overlap with mask regions (``explain.overlap``), figures and files
+(``explain.report``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from herlev_fa.errors import HerlevError
+from herlev_fa.model.heads import nearest_class, split_output
+
+BASELINES = ("mean", "black", "white", "blur")
+PRECISIONS = ("fp32", "bf16")
+DEFAULT_BASELINE = "mean"
+DEFAULT_TOL = 0.05  # relative completeness error above which a result is flagged
+GAP_FLOOR = 0.1  # |f(x) - f(baseline)| below this (logit units) is measured against this instead
+BLUR_SIGMA = 0.125  # blur baseline: Gaussian sigma as a fraction of the model's input size
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry: the letterbox and its inverse (pure)
+
+
+@dataclass(frozen=True)
+class Box:
+    """Where an image's content sits in the letterboxed square: rows top..top+height, cols left..left+width."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.top, self.top + self.height), slice(self.left, self.left + self.width)
+
+
+def letterbox_box(height: int, width: int, size: int) -> Box:
+    """The content box of an `height` x `width` image after `data.augment.letterbox(size)`.
+
+    Mirrors albumentations 2.0: `LongestMaxSize` scales by `size / max(h, w)` and truncates
+    each side to int; `PadIfNeeded` (centre) pads `int(missing / 2)` before and the rest after.
+    """
+    scale = size / max(height, width)
+    new_h, new_w = int(height * scale), int(width * scale)
+    if (new_h, new_w) == (height, width) or max(height, width) == size:
+        new_h, new_w = (height, width) if max(height, width) == size else (new_h, new_w)
+    top = int((size - new_h) / 2.0) if new_h < size else 0
+    left = int((size - new_w) / 2.0) if new_w < size else 0
+    return Box(top, left, new_h, new_w)
+
+
+def content_mask(box: Box, size: int) -> np.ndarray:
+    """[size, size] bool: True on the image's own pixels, False on the letterbox padding."""
+    keep = np.zeros((size, size), bool)
+    keep[box.slices()] = True
+    return keep
+
+
+def unletterbox(grid: np.ndarray, height: int, width: int) -> np.ndarray:
+    """An attribution map of the letterboxed grid back to the input image's own pixel grid.
+
+    The padding is cropped off and the content resized to `height` x `width` (area averaging
+    when shrinking, bilinear when enlarging), then scaled by (content pixels) / (H * W) so that
+    the map keeps its attribution mass: its sum equals the sum over the content box (exactly
+    for integer scale factors, to interpolation error otherwise). Padding attribution is dropped.
+
+    Args:
+        grid: [S, S] float attribution in the model's grid.
+
+    Returns:
+        [height, width] float32.
+    """
+    size = grid.shape[0]
+    if grid.ndim != 2 or grid.shape[1] != size:
+        raise ValueError(f"expected a square [S, S] map, got shape {grid.shape}")
+    box = letterbox_box(height, width, size)
+    crop = np.ascontiguousarray(grid[box.slices()], dtype=np.float32)  # [h', w']
+    if crop.shape == (height, width):
+        return crop
+    shrink = height * width <= crop.size
+    out = cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)  # [H, W]
+    return (out * (crop.size / (height * width))).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: normalisation and baselines (tensor functions)
+
+
+def normalise(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Letterboxed uint8 images [B, S, S, 3] -> float [B, 3, S, S], `(x / 255 - mean) / std`.
+
+    The same arithmetic as fastai's `IntToFloatTensor` followed by `Normalize.from_stats`.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0  # [B, 3, S, S]
+    m = torch.tensor(list(mean), dtype=torch.float32)[None, :, None, None]  # [1, 3, 1, 1]
+    s = torch.tensor(list(std), dtype=torch.float32)[None, :, None, None]
+    return (x - m) / s
+
+
+def make_baseline(x: Tensor, kind: str, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """The IG baseline for normalised inputs x [B, 3, S, S], same shape.
+
+    * `mean`: all zeros, i.e. the normalisation mean colour (for pretrained timm models the
+      ImageNet mean grey-brown; 0.5 grey for models without pretrained statistics);
+    * `black` / `white`: a constant 0 / 255 image, normalised ((0 - mean) / std, (1 - mean) / std);
+    * `blur`: the image itself under a heavy Gaussian blur (sigma = `BLUR_SIGMA` x S, edges
+      replicated): the colours stay, shapes and texture go.
+    """
+    if kind not in BASELINES:
+        raise HerlevError(f"unknown baseline '{kind}': choose one of {', '.join(BASELINES)}")
+    if kind == "mean":
+        return torch.zeros_like(x)
+    m = torch.tensor(list(mean), dtype=x.dtype, device=x.device)[None, :, None, None]  # [1, 3, 1, 1]
+    s = torch.tensor(list(std), dtype=x.dtype, device=x.device)[None, :, None, None]
+    if kind in ("black", "white"):
+        value = 0.0 if kind == "black" else 1.0
+        return ((value - m) / s).expand_as(x).contiguous()
+    return gaussian_blur(x, BLUR_SIGMA * x.shape[-1])
+
+
+def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of x [B, C, H, W] with edge replication; keeps constants constant."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).to(x.dtype)  # [2r + 1]
+    c = x.shape[1]
+    out = torch.nn.functional.pad(x, (radius, radius, 0, 0), mode="replicate")  # [B, C, H, W + 2r]
+    out = torch.nn.functional.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)  # [B, C, H, W]
+    out = torch.nn.functional.pad(out, (0, 0, radius, radius), mode="replicate")  # [B, C, H + 2r, W]
+    return torch.nn.functional.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)  # [B, C, H, W]
+
+
+# ---------------------------------------------------------------------------------------------
+# The explained scalar
+
+
+class ExplainedOutputs(nn.Module):
+    """A SeverityModel seen as the scalars IG can explain.
+
+    Input [B, 3, S, S]; output [B, K + 1] (class logits, then the severity score) for `cls` and
+    `cls_reg`, [B, 1] (the severity score) for `reg`. Column `score_index` is the score.
+    """
+
+    def __init__(self, model: nn.Module, head: str, severities: Sequence[float]):
+        super().__init__()
+        self.model = model
+        self.head = head
+        self.register_buffer("severities", torch.tensor(list(severities), dtype=torch.float32), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits, score = split_output(self.model(x), self.head, self.severities)  # [B, K] | None, [B]
+        if logits is None:
+            return score.float()[:, None]  # [B, 1]
+        return torch.cat([logits.float(), score.float()[:, None]], dim=1)  # [B, K + 1]
+
+
+def target_column(target: str, head: str, classes: Sequence[str]) -> int | None:
+    """The output column of `ExplainedOutputs` to explain; None = each image's predicted class.
+
+    `target` is `predicted`, `score`, or a class name (not for `reg`, which has no class outputs).
+
+    Raises:
+        HerlevError: an unknown class, or a class asked of a `reg` run.
+    """
+    score_index = 0 if head == "reg" else len(classes)
+    if target == "score" or (target == "predicted" and head == "reg"):
+        return score_index
+    if target == "predicted":
+        return None
+    if target not in classes:
+        raise HerlevError(f"unknown --target '{target}': use predicted, score, or one of {', '.join(classes)}")
+    if head == "reg":
+        raise HerlevError(f"--target {target}: a reg run has no class outputs; it explains the severity score "
+                          "(--target predicted or score)")
+    return list(classes).index(target)
+
+
+@dataclass
+class BatchAttribution:
+    """IG of one batch in the model's grid (all numpy, B images, K classes)."""
+
+    attribution: np.ndarray  # [B, S, S] float32, summed over colour channels
+    delta: np.ndarray  # [B] captum's convergence delta: sum(attribution) - (f(x) - f(baseline))
+    gap: np.ndarray  # [B] f(x) - f(baseline) of the explained scalar
+    target: np.ndarray  # [B] int, explained column of ExplainedOutputs
+    probs: np.ndarray | None  # [B, K] softmax of the class logits; None for reg
+    score: np.ndarray  # [B] severity score
+    predicted: np.ndarray  # [B] int, predicted class (nearest severity for reg)
+
+    @property
+    def relative_delta(self) -> np.ndarray:
+        """[B] |delta| / max(|f(x) - f(baseline)|, GAP_FLOOR)."""
+        return np.abs(self.delta) / np.maximum(np.abs(self.gap), GAP_FLOOR)
+
+
+def _restore_requires_grad(model: nn.Module):
+    """Freeze parameters during attribution (IG needs input gradients only) and restore them on exit."""
+    stack = contextlib.ExitStack()
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    stack.callback(lambda: [p.requires_grad_(f) for p, f in flags])
+    return stack
+
+
+class Explainer:
+    """Holds a model on its device with the run's preprocessing and IG settings; call it on batches.
+
+    Args:
+        model: a SeverityModel (input [B, 3, S, S], output as in `model.heads`).
+        head, classes, severities, mean, std, size: as stored in the run.
+        steps: Gauss-Legendre steps of the path integral.
+        baseline: one of `BASELINES`.
+        device: 'cpu' or 'cuda[:n]' (already resolved).
+        internal_batch_size: images x steps per forward/backward pass; None = sized automatically
+            (a memory budget on the CPU, a measured memory probe on CUDA).
+        precision: 'fp32', or 'bf16' autocast (faster on recent GPUs, larger delta).
+    """
+
+    def __init__(self, model: nn.Module, head: str, classes: Sequence[str], severities: Sequence[float],
+                 mean: Sequence[float], std: Sequence[float], size: int, steps: int = 50,
+                 baseline: str = DEFAULT_BASELINE, device: str = "cpu", internal_batch_size: int | None = None,
+                 precision: str = "fp32", tol: float = DEFAULT_TOL):
+        if steps < 1:
+            raise HerlevError(f"--steps {steps} must be at least 1 (50 is captum's default)")
+        if baseline not in BASELINES:
+            raise HerlevError(f"unknown baseline '{baseline}': choose one of {', '.join(BASELINES)}")
+        if precision not in PRECISIONS:
+            raise HerlevError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
+        self.head, self.classes, self.severities = head, tuple(classes), tuple(severities)
+        self.mean, self.std, self.size = tuple(mean), tuple(std), int(size)
+        self.steps, self.baseline, self.precision, self.tol = int(steps), baseline, precision, float(tol)
+        self.device = torch.device(device)
+        self.internal_batch_size = internal_batch_size
+        self.channels_last = self.device.type == "cuda"  # faster convolutions on GPUs; slower on this CPU path
+        model = model.to(self.device).eval()
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.outputs = ExplainedOutputs(model, head, severities).to(self.device).eval()
+        self._chunk_cache: dict[int, int] = {}
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _to_device(self, x: Tensor) -> Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _chunk(self, n_images: int) -> int:
+        """Images x steps per pass for a batch of `n_images` (at least n_images, at most n_images x steps)."""
+        if self.internal_batch_size is not None:
+            return max(n_images, self.internal_batch_size)
+        per_pass = self._chunk_cache.get(0)
+        if per_pass is None:
+            per_pass = self._cuda_budget() if self.device.type == "cuda" else max(1, int(2 ** 20 / self.size ** 2))
+            self._chunk_cache[0] = per_pass
+        return int(min(max(n_images, per_pass), n_images * self.steps))
+
+    def _cuda_budget(self) -> int:
+        """Inputs per forward/backward that fit in half the free GPU memory, from one measured probe."""
+        probe = 4
+        x = torch.zeros(probe, 3, self.size, self.size, device=self.device, requires_grad=True)
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        with self._autocast(), _restore_requires_grad(self.outputs):
+            out = self.outputs(self._to_device(x))[:, 0].sum()
+            torch.autograd.grad(out, x)
+        per_input = max(1, (torch.cuda.max_memory_allocated(self.device) - before) // probe)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return max(probe, int(0.5 * free / per_input))
+
+    def __call__(self, images: np.ndarray, target: int | None = None) -> BatchAttribution:
+        """IG of letterboxed uint8 images [B, S, S, 3] for output column `target` (None: predicted class)."""
+        from captum.attr import IntegratedGradients
+
+        if images.ndim != 4 or images.shape[1:] != (self.size, self.size, 3):
+            raise ValueError(f"expected letterboxed images [B, {self.size}, {self.size}, 3], got {images.shape}")
+        x = self._to_device(normalise(images, self.mean, self.std))  # [B, 3, S, S]
+        base = self._to_device(make_baseline(x, self.baseline, self.mean, self.std))  # [B, 3, S, S]
+        n = x.shape[0]
+        with torch.no_grad(), self._autocast():
+            out = self.outputs(x).float()  # [B, K + 1] or [B, 1]
+            out_base = self.outputs(base).float()
+        score = out[:, -1]  # [B]
+        if self.head == "reg":
+            probs = None
+            predicted = nearest_class(score, torch.tensor(self.severities))  # [B]
+        else:
+            logits = out[:, :-1]  # [B, K]
+            probs = logits.softmax(dim=1)
+            predicted = logits.argmax(dim=1)
+        t = predicted if target is None else torch.full((n,), target, dtype=torch.long, device=out.device)  # [B]
+        gap = (out - out_base).gather(1, t[:, None])[:, 0]  # [B]
+        ig = IntegratedGradients(self.outputs)
+        with self._autocast(), _restore_requires_grad(self.outputs):
+            attr, delta = ig.attribute(x, baselines=base, target=t, n_steps=self.steps, method="gausslegendre",
+                                       internal_batch_size=self._chunk(n), return_convergence_delta=True)
+        attr = attr.float().sum(dim=1)  # [B, 3, S, S] -> [B, S, S]
+        return BatchAttribution(
+            attribution=attr.detach().cpu().numpy().astype(np.float32),
+            delta=delta.detach().float().cpu().numpy(),
+            gap=gap.cpu().numpy(),
+            target=t.cpu().numpy(),
+            probs=None if probs is None else probs.cpu().numpy(),
+            score=score.cpu().numpy(),
+            predicted=predicted.cpu().numpy(),
+        )
+
+
+def explainer_for(run, steps: int = 50, baseline: str = DEFAULT_BASELINE, device: str = "auto",
+                  internal_batch_size: int | None = None, precision: str = "fp32", tol: float = DEFAULT_TOL) -> Explainer:
+    """An `Explainer` with a loaded run's model and preprocessing; `device` 'auto' | 'cpu' | 'cuda'."""
+    from herlev_fa.config import resolve_device
+
+    return Explainer(run.model, run.head, run.task.classes, run.task.severities, run.mean, run.std, run.size,
+                     steps=steps, baseline=baseline, device=resolve_device(device),
+                     internal_batch_size=internal_batch_size, precision=precision, tol=tol)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-image results and the public entry point
+
+
+@dataclass
+class Explanation:
+    """IG of one image. Maps are numpy; `attribution` is in the input image's own pixel grid."""
+
+    name: str  # output file stem
+    path: Path  # the input image
+    image: np.ndarray  # [H, W, 3] uint8, the decoded input
+    attribution: np.ndarray  # [H, W] float32, IG summed over channels, mapped back to the input grid
+    grid_attribution: np.ndarray  # [S, S] float32, IG in the model's letterboxed grid
+    box: Box  # the image's content in the letterboxed grid
+    target: str  # explained scalar: a class name (its logit) or 'score'
+    predicted: str  # predicted class
+    probs: dict[str, float] | None  # class probabilities (None for reg)
+    score: float  # severity score
+    delta: float  # completeness error: sum(grid_attribution) - (f(x) - f(baseline))
+    gap: float  # f(x) - f(baseline) of the explained scalar
+    relative_delta: float  # |delta| / max(|gap|, GAP_FLOOR)
+    converged: bool  # relative_delta <= tol
+
+
+def output_names(paths: Sequence[Path]) -> list[str]:
+    """File stems for outputs: the image stem, prefixed by its folder (then numbered) where stems repeat."""
+    stems = [p.stem for p in paths]
+    names = [s if stems.count(s) == 1 else f"{p.parent.name}_{s}" for p, s in zip(paths, stems)]
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if names.count(name) == 1 else f"{name}_{seen[name]}")
+    return out
+
+
+def results_of(batch: BatchAttribution, explainer: Explainer, paths: Sequence[Path], names: Sequence[str],
+               images: Sequence[np.ndarray]) -> list[Explanation]:
+    """Split a batch into per-image `Explanation`s, mapping each map back to its input grid."""
+    classes = explainer.classes
+    score_index = 0 if explainer.head == "reg" else len(classes)
+    out = []
+    for i, (path, name, image) in enumerate(zip(paths, names, images)):
+        h, w = image.shape[:2]
+        grid = batch.attribution[i]  # [S, S]
+        t = int(batch.target[i])
+        rel = float(batch.relative_delta[i])
+        out.append(Explanation(
+            name=name, path=Path(path), image=image, attribution=unletterbox(grid, h, w), grid_attribution=grid,
+            box=letterbox_box(h, w, explainer.size), target="score" if t == score_index else classes[t],
+            predicted=classes[int(batch.predicted[i])],
+            probs=None if batch.probs is None else {c: float(p) for c, p in zip(classes, batch.probs[i])},
+            score=float(batch.score[i]), delta=float(batch.delta[i]), gap=float(batch.gap[i]),
+            relative_delta=rel, converged=rel <= explainer.tol,
+        ))
+    return out
+
+
+def warn_unconverged(results: Iterable[Explanation], steps: int, tol: float) -> None:
+    """One warning naming the worst image when any result's relative delta is above `tol`."""
+    results = list(results)
+    bad = [r for r in results if not r.converged]
+    if bad:
+        worst = max(bad, key=lambda r: r.relative_delta)
+        warnings.warn(
+            f"IG convergence delta above {tol:.0%} of f(x) - f(baseline) for {len(bad)} of {len(results)} image(s) "
+            f"(worst: {worst.name}, {worst.relative_delta:.1%}); rerun with more steps, e.g. --steps {2 * steps}",
+            stacklevel=3,
+        )
+
+
+def iter_explanations(run, paths: Sequence[str | Path], target: str = "predicted", steps: int = 50,
+                      baseline: str = DEFAULT_BASELINE, device: str = "auto", bs: int = 8,
+                      internal_batch_size: int | None = None, precision: str = "fp32",
+                      tol: float = DEFAULT_TOL) -> Iterator[Explanation]:
+    """Explain images `bs` at a time, yielding one `Explanation` per image in order (streaming).
+
+    Raises:
+        HerlevError: bad run, target, baseline or steps; a missing or unreadable image.
+    """
+    from herlev_fa.data.augment import letterbox
+    from herlev_fa.data.images import load_image
+    from herlev_fa.runs import Run, load_run
+
+    run = run if isinstance(run, Run) else load_run(run)
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise HerlevError("no image given to explain")
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise HerlevError(f"image '{missing[0]}' does not exist" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if bs < 1:
+        raise HerlevError(f"--bs {bs} must be at least 1")
+    column = target_column(target, run.head, run.task.classes)
+    explainer = explainer_for(run, steps=steps, baseline=baseline, device=device,
+                              internal_batch_size=internal_batch_size, precision=precision, tol=tol)
+    names = output_names(paths)
+    resize = letterbox(run.size)
+    for start in range(0, len(paths), bs):
+        chunk = paths[start:start + bs]
+        images = [load_image(p) for p in chunk]  # [H, W, 3] uint8 each
+        boxed = np.stack([resize(image=im)["image"] for im in images])  # [B, S, S, 3]
+        yield from results_of(explainer(boxed, column), explainer, chunk, names[start:start + bs], images)
+
+
+def explain(run, paths: Sequence[str | Path], target: str = "predicted", steps: int = 50,
+            baseline: str = DEFAULT_BASELINE, device: str = "auto", bs: int = 8,
+            internal_batch_size: int | None = None, precision: str = "fp32",
+            tol: float = DEFAULT_TOL) -> list[Explanation]:
+    """Integrated Gradients of a run's model for each image, batched `bs` images at a time.
+
+    Args:
+        run: a loaded `Run` or a run folder.
+        paths: image files (bmp/jpg/png/tif; RGB, RGBA or grayscale).
+        target: 'predicted' (each image's predicted class logit; the score for reg), 'score'
+            (the severity score), or a class name (its logit).
+        steps: Gauss-Legendre steps. baseline: one of `BASELINES` (default 'mean': zero input).
+        tol: relative convergence delta above which a warning is issued.
+
+    Returns:
+        One `Explanation` per image, in order; `attribution` is [H, W] in the image's own grid.
+
+    Raises:
+        HerlevError: bad run, target, baseline or steps; a missing or unreadable image.
+    """
+    results = list(iter_explanations(run, paths, target=target, steps=steps, baseline=baseline, device=device, bs=bs,
+                                     internal_batch_size=internal_batch_size, precision=precision, tol=tol))
+    warn_unconverged(results, steps, tol)
+    return results
