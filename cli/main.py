@@ -105,7 +105,8 @@ def train(
 @user_errors
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder (holds herlev.json).")],
-    data: Annotated[Optional[Path], typer.Option(help="Evaluate every image of this folder instead of the held-out fold.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Data folder: the training data moved here, or another folder to evaluate whole.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="valid (the run's held-out fold) | all (every image of --data); default: valid, or all when --data is another data set.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write metrics and plots.")] = None,
     bs: Bs = 64,
     device: Device = "auto",
@@ -113,7 +114,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
     """Metrics, confusion matrix and score distribution of a run on its held-out fold (or --data)."""
-    metrics = herlev_fa.evaluate(run, data=data, out=out_dir, bs=bs, device=device, skip_bad=skip_bad,
+    metrics = herlev_fa.evaluate(run, data=data, split=split, out=out_dir, bs=bs, device=device, skip_bad=skip_bad,
                                  progress=not as_json)
     if as_json:
         typer.echo(json.dumps(metrics))

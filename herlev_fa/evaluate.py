@@ -52,7 +52,7 @@ def held_out_items(run: Run, data: str | Path | None = None) -> pd.DataFrame:
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise HerlevError(f"{len(missing)} held-out image(s) of run '{run.path}' are missing, e.g. '{missing[0]}'; "
-                          "pass --data DIR pointing to the dataset it was trained on")
+                          "pass --data DIR pointing to where the data set it was trained on is now")
     unknown = set(held["label"]) - set(run.task.classes)
     if unknown:
         raise HerlevError(f"folds file of run '{run.path}' names classes {sorted(unknown)} not in its task")
@@ -77,24 +77,50 @@ def predict_items(run: Run, items: pd.DataFrame, bs: int = 64, device: str = "cp
     return out.float().numpy(), y.numpy(), items
 
 
-def evaluate(run_dir: str | Path, data: str | Path | None = None, out: str | Path | None = None, bs: int = 64,
-             device: str = "auto", skip_bad: bool = False, progress: bool = True) -> dict:
-    """Evaluate a run on its held-out fold, or on every image of another folder (`data`).
+def evaluation_items(run: Run, data: str | Path | None = None, split: str | None = None) -> tuple[pd.DataFrame, str]:
+    """The items to evaluate, and a description of them.
 
-    Writes `metrics.json`, `confusion_matrix.png`, `score_distribution.png` into `out`
-    (default: the run folder for the held-out fold, `RUN/eval-<folder name>` for another folder).
+    `split="valid"`: the run's held-out fold, under `data` (the same data set, moved) or the
+    recorded data root; `split="all"`: every image of `data`. Without `split`, `data` holding
+    the held-out images means "valid", any other folder means "all".
+
+    Raises:
+        HerlevError: unknown split, `all` without `data`, missing images.
+    """
+    if split not in (None, "valid", "all"):
+        raise HerlevError(f"unknown split '{split}': choose valid or all")
+    if split == "all" and data is None:
+        raise HerlevError("--split all needs --data DIR (the folder whose images to evaluate)")
+    if data is not None and split is None:
+        held = run.folds()
+        held = held[held["fold"] == run.fold]
+        split = "valid" if all((Path(data) / rel).is_file() for rel in held["rel"]) else "all"
+    if split == "all":
+        return scan(data, run.task), f"every image of {Path(data)}"
+    return held_out_items(run, data), f"held-out fold {run.fold}"
+
+
+def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | None = None,
+             out: str | Path | None = None, bs: int = 64, device: str = "auto", skip_bad: bool = False,
+             progress: bool = True) -> dict:
+    """Evaluate a run on its held-out fold, or on every image of another folder.
+
+    See `evaluation_items` for `data` and `split`. Writes `metrics.json`, `confusion_matrix.png`
+    and `score_distribution.png` into `out` (default: the run folder for the held-out fold,
+    `RUN/eval-<folder name>` for every image of another folder).
 
     Raises:
         HerlevError: bad run folder, missing data, unreadable images.
     """
     run = load_run(run_dir)
     device = resolve_device(device)
-    if data is None:
-        items, source = held_out_items(run), f"held-out fold {run.fold}"
-        out_dir = Path(out) if out else run.path
+    items, source = evaluation_items(run, data, split)
+    if out is not None:
+        out_dir = Path(out)
+    elif source.startswith("held-out"):
+        out_dir = run.path
     else:
-        items, source = scan(data, run.task), str(Path(data))
-        out_dir = Path(out) if out else run.path / f"eval-{Path(data).resolve().name}"
+        out_dir = run.path / f"eval-{Path(data).resolve().name}"
     with torch.no_grad():
         outputs, y, items = predict_items(run, items, bs=bs, device=device, skip_bad=skip_bad, progress=progress)
     metrics = write_evaluation(out_dir, outputs, y, run.task, run.head, extra={"run": str(run.path), "data": source})

@@ -104,3 +104,17 @@ def test_fold_all_writes_every_fold_and_a_summary(synth_data, tmp_path):
         assert summary["mse"]["folds"][fold] == pytest.approx(m["mse"])
     assert summary["accuracy"]["mean"] == pytest.approx(np.mean(summary["accuracy"]["folds"]))
     assert "| accuracy |" in (tmp_path / "cv" / "cv_summary.md").read_text()
+
+
+def test_evaluate_finds_the_held_out_fold_in_moved_data(trained_run, synth_data, tmp_path):
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(synth_data, moved)
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--data", str(moved), "--out", str(tmp_path / "ev"), "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    assert metrics["n"] == 42 and metrics["data"] == "held-out fold 0"
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--data", str(moved), "--split", "all", "--json",
+                                 "--out", str(tmp_path / "ev2")])
+    assert json.loads(result.output)["n"] == 168

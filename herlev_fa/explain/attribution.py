@@ -73,13 +73,12 @@ class Box:
 def letterbox_box(height: int, width: int, size: int) -> Box:
     """The content box of an `height` x `width` image after `data.augment.letterbox(size)`.
 
-    Mirrors albumentations 2.0: `LongestMaxSize` scales by `size / max(h, w)` and truncates
-    each side to int; `PadIfNeeded` (centre) pads `int(missing / 2)` before and the rest after.
+    Mirrors albumentations 2.0: `LongestMaxSize` scales by `size / max(h, w)` and rounds each
+    side (Python's `round`, at least 1); `PadIfNeeded` (centre) pads `int(missing / 2)` before
+    and the rest after.
     """
     scale = size / max(height, width)
-    new_h, new_w = int(height * scale), int(width * scale)
-    if (new_h, new_w) == (height, width) or max(height, width) == size:
-        new_h, new_w = (height, width) if max(height, width) == size else (new_h, new_w)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
     top = int((size - new_h) / 2.0) if new_h < size else 0
     left = int((size - new_w) / 2.0) if new_w < size else 0
     return Box(top, left, new_h, new_w)
