@@ -74,7 +74,8 @@ def _fit_learner(cfg: TrainConfig, data: Prepared, fold: int, device: str, cbs: 
     model = build_model(cfg.model, data.task)
     mean, std = normalisation(model.net)
     dls = build_dataloaders(data.items, data.cache, data.task, valid=(data.items["fold"] == fold).to_numpy(),
-                            bs=cfg.data.bs, mean=mean, std=std, device=device, workers=cfg.data.workers)
+                            bs=cfg.data.bs, mean=mean, std=std, device=device, workers=cfg.data.workers,
+                            seed=cfg.data.seed)
     learn = build_learner(dls, model, data.task, cfg.model.mse_weight, cfg.wd, cbs=cbs, path=path)
     return learn, mean, std
 

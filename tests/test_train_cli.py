@@ -118,3 +118,16 @@ def test_evaluate_finds_the_held_out_fold_in_moved_data(trained_run, synth_data,
     result = runner.invoke(app, ["evaluate", str(trained_run), "--data", str(moved), "--split", "all", "--json",
                                  "--out", str(tmp_path / "ev2")])
     assert json.loads(result.output)["n"] == 168
+
+
+def test_fine_tune_from_a_previous_run_with_lr_auto(trained_run, synth_data, tmp_path):
+    result = runner.invoke(app, ["train", "--data", str(synth_data), "--arch", "test_resnet", "--size", "48",
+                                 "--weights", str(trained_run / "model.safetensors"), "--lr", "auto", "--epochs", "1",
+                                 "--bs", "16", "--out", str(tmp_path), "--name", "ft", "--quiet"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "ft" / "herlev.json").read_text())
+    assert 1e-7 < meta["lr"] < 1 and meta["lr"] != 1e-3  # lr_find's suggestion, not the default
+    log = pd.read_csv(tmp_path / "ft" / "log.csv")
+    assert len(log) == 2  # fine_tune: one frozen epoch, then one unfrozen
+    # started from trained weights: already far better than chance after the frozen epoch
+    assert log["accuracy"].iloc[0] > 0.6

@@ -10,6 +10,7 @@ train pipeline on the training split and the (identity) valid pipeline on valida
 import albumentations as A
 import cv2
 import numpy as np
+import torch
 from fastai.vision.core import PILImage
 
 from fastai.vision.augment import RandTransform
@@ -25,8 +26,11 @@ def letterbox(size: int) -> A.Compose:
         A.PadIfNeeded(min_height=size, min_width=size, border_mode=cv2.BORDER_REPLICATE),
     ])
 
-def train_augment() -> A.Compose:
+def train_augment(seed: int | None = None) -> A.Compose:
     """Random augmentation for cytology, applied to letterboxed images.
+
+    Albumentations draws from its own generator, which global seeds do not reach: `seed` makes
+    the stream reproducible.
 
     A cell has no up or left, so every element of the dihedral group is as likely as the
     original; a small affine jitters size and position; mild brightness/contrast/hue changes
@@ -38,19 +42,30 @@ def train_augment() -> A.Compose:
                  border_mode=cv2.BORDER_REPLICATE, p=0.75),
         A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
         A.HueSaturationValue(hue_shift_limit=5, sat_shift_limit=10, val_shift_limit=0, p=0.5),
-    ])
+    ], seed=seed)
 
 class AlbumentationsTransform(RandTransform):
-    """Apply `train_aug` on the training split and `valid_aug` (default: none) on validation."""
+    """Apply `train_aug` on the training split and `valid_aug` (default: none) on validation.
+
+    In DataLoader worker processes the pipelines are reseeded from the worker's torch seed, so
+    workers do not repeat each other's augmentations and a seeded run stays reproducible.
+    """
 
     split_idx, order = None, 2
 
     def __init__(self, train_aug: A.Compose, valid_aug: A.Compose | None = None):
         super().__init__()
         self.train_aug, self.valid_aug = train_aug, valid_aug
+        self._worker_seed: int | None = None
 
     def before_call(self, b, split_idx: int) -> None:
         self.idx = split_idx
+        info = torch.utils.data.get_worker_info()
+        if info is not None and info.seed != self._worker_seed:
+            self._worker_seed = info.seed  # differs per worker and per epoch, derived from torch's seed
+            for aug in (self.train_aug, self.valid_aug):
+                if aug is not None:
+                    aug.set_random_seed(info.seed % 2**32)
 
     def encodes(self, img: PILImage) -> PILImage:
         aug = self.train_aug if self.idx == 0 else self.valid_aug

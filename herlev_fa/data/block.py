@@ -36,7 +36,7 @@ def _both_splits(items: pd.DataFrame) -> tuple[list[int], list[int]]:
 
 def build_dataloaders(items: pd.DataFrame, cache: dict[str, np.ndarray], task: Task, valid: np.ndarray,
                       bs: int, mean: tuple[float, ...], std: tuple[float, ...], device: str = "cpu",
-                      workers: int | None = None, inference: bool = False) -> DataLoaders:
+                      workers: int | None = None, inference: bool = False, seed: int | None = None) -> DataLoaders:
     """DataLoaders over `items` with `valid` (bool [N]) marking the validation rows.
 
     Batches are float [B, 3, S, S], normalised with the model's `mean`/`std`; targets are
@@ -56,7 +56,7 @@ def build_dataloaders(items: pd.DataFrame, cache: dict[str, np.ndarray], task: T
         get_x=CachedImage(cache),
         get_y=ColReader("label"),
         splitter=_both_splits if inference else ColSplitter("is_valid"),
-        item_tfms=[] if inference else [AlbumentationsTransform(train_augment())],
+        item_tfms=[] if inference else [AlbumentationsTransform(train_augment(seed))],
         batch_tfms=[Normalize.from_stats(list(mean), list(std))],
     )
     if workers is None:

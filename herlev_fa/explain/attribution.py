@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -414,17 +414,18 @@ def results_of(batch: BatchAttribution, explainer: Explainer, paths: Sequence[Pa
     return out
 
 
-def warn_unconverged(results: Iterable[Explanation], steps: int, tol: float) -> None:
-    """One warning naming the worst image when any result's relative delta is above `tol`."""
-    results = list(results)
-    bad = [r for r in results if not r.converged]
+def warn_unconverged(names: Sequence[str], relative_deltas: Sequence[float], steps: int, tol: float) -> int:
+    """Warn once, naming the worst image, when any relative delta is above `tol`; returns how many are."""
+    rel = np.asarray(relative_deltas, dtype=np.float64)
+    bad = int((rel > tol).sum())
     if bad:
-        worst = max(bad, key=lambda r: r.relative_delta)
+        worst = int(np.argmax(rel))
         warnings.warn(
-            f"IG convergence delta above {tol:.0%} of f(x) - f(baseline) for {len(bad)} of {len(results)} image(s) "
-            f"(worst: {worst.name}, {worst.relative_delta:.1%}); rerun with more steps, e.g. --steps {2 * steps}",
-            stacklevel=3,
+            f"IG convergence delta above {tol:.0%} of f(x) - f(baseline) for {bad} of {len(rel)} image(s) "
+            f"(worst: {names[worst]}, {rel[worst]:.1%}); rerun with more steps, e.g. --steps {2 * steps}",
+            UserWarning, stacklevel=3,
         )
+    return bad
 
 
 def iter_explanations(run, paths: Sequence[str | Path], target: str = "predicted", steps: int = 50,
@@ -483,5 +484,5 @@ def explain(run, paths: Sequence[str | Path], target: str = "predicted", steps: 
     """
     results = list(iter_explanations(run, paths, target=target, steps=steps, baseline=baseline, device=device, bs=bs,
                                      internal_batch_size=internal_batch_size, precision=precision, tol=tol))
-    warn_unconverged(results, steps, tol)
+    warn_unconverged([r.name for r in results], [r.relative_delta for r in results], steps, tol)
     return results

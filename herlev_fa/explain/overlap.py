@@ -57,12 +57,14 @@ def region_shares(attr: np.ndarray, regions: np.ndarray, keep: np.ndarray | None
         raise ValueError(f"keep {keep.shape} must match the attribution grid {attr.shape}")
     a = attr[keep]  # [N] kept pixels
     r = regions[keep].astype(np.int64)  # [N]
+    n_regions = len(REGION_NAMES)
     if a.size == 0:
         raise ValueError("no pixel to count (keep is all False)")
-    n_regions = len(REGION_NAMES)
-    pos = np.bincount(r, weights=np.clip(a, 0, None), minlength=n_regions)[:n_regions]  # [R]
-    absolute = np.bincount(r, weights=np.abs(a), minlength=n_regions)[:n_regions]
-    area = np.bincount(r, minlength=n_regions)[:n_regions] / a.size
+    if r.min() < 0 or r.max() >= n_regions:
+        raise ValueError(f"region codes must be 0..{n_regions - 1}, found {r.min()}..{r.max()}")
+    pos = np.bincount(r, weights=np.clip(a, 0, None), minlength=n_regions)  # [R]
+    absolute = np.bincount(r, weights=np.abs(a), minlength=n_regions)
+    area = np.bincount(r, minlength=n_regions) / a.size
     pos_share = pos / pos.sum() if pos.sum() > 0 else np.full(n_regions, np.nan)
     abs_share = absolute / absolute.sum() if absolute.sum() > 0 else np.full(n_regions, np.nan)
     out: dict[str, float] = {}

@@ -1,0 +1,382 @@
+"""Files and figures of the explanations: per-image IG figures, and `quantify` over a dataset.
+
+What lives here:
+
+* `write_explanation` / `explain_images`: `NAME_ig.png` (cell | heat map | overlay) and
+  `NAME_ig.npy` (the [H, W] attribution in the image's own grid) per image, plus
+  `explanations.csv`; this is what `herlev explain` runs.
+* `quantify`: IG of every image that has a mask, its overlap with the mask regions
+  (``explain.overlap``), streamed image batch by image batch with a progress bar; writes
+  `quantify.csv` (one row per image), `quantify.md` (per-class mean, median, IQR) and
+  `quantify.png` (nucleus attribution share per class beside the nucleus area share).
+
+What does not: the attribution itself (``explain.attribution``) and the overlap maths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from herlev_fa.atomic import atomic_path, save_figure, write_text  # noqa: E402
+from herlev_fa.errors import HerlevError  # noqa: E402
+from herlev_fa.explain.attribution import (  # noqa: E402
+    DEFAULT_BASELINE,
+    DEFAULT_TOL,
+    Explanation,
+    content_mask,
+    explainer_for,
+    iter_explanations,
+    letterbox_box,
+    output_names,
+    target_column,
+    warn_unconverged,
+)
+from herlev_fa.explain.overlap import padding_share, region_shares  # noqa: E402
+
+# Per-class summary: the columns and how the markdown / rich table label them.
+SUMMARY_METRICS: dict[str, str] = {
+    "nucleus_pos_share": "nucleus share of + attribution",
+    "nucleus_abs_share": "nucleus share of |attribution|",
+    "nucleus_area_share": "nucleus share of area",
+    "nucleus_enrichment": "nucleus enrichment (+ share / area share)",
+    "nucleus_top5": "top 5% pixels in nucleus",
+    "nucleus_top10": "top 10% pixels in nucleus",
+    "cytoplasm_pos_share": "cytoplasm share of + attribution",
+    "background_pos_share": "background share of + attribution",
+}
+SPLITS = ("valid", "all")
+
+
+def _short(name: str) -> str:
+    return name.replace("_dysplastic", "").replace("carcinoma_in_situ", "CIS").replace("normal_", "n_")
+
+
+def _progress(enabled: bool, description: str, total: int):
+    """A rich progress bar (or nothing) and the function that advances it by n."""
+    if not enabled:
+        return contextlib.nullcontext(), lambda n: None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   transient=True)
+    task = bar.add_task(description, total=total)
+    return bar, lambda n: bar.advance(task, n)
+
+
+# ---------------------------------------------------------------------------------------------
+# explain: one figure and one map per image
+
+
+def explanation_figure(result: Explanation, baseline: str, steps: int):
+    """The figure of one explanation: the cell | the attribution heat map | the overlay (input grid)."""
+    attr = result.attribution  # [H, W]
+    vmax = float(np.percentile(np.abs(attr), 99.5)) or float(np.abs(attr).max()) or 1.0
+    fig, axes = plt.subplots(1, 3, figsize=(11, 4.2))
+    axes[0].imshow(result.image)
+    axes[0].set_title("cell")
+    heat = axes[1].imshow(attr, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+    axes[1].set_title("IG attribution (red: for, blue: against)")
+    fig.colorbar(heat, ax=axes[1], fraction=0.046, pad=0.04)
+    grey = result.image.astype(np.float32).mean(axis=2)  # [H, W]
+    axes[2].imshow(grey, cmap="gray", vmin=0, vmax=255)
+    axes[2].imshow(attr, cmap="RdBu_r", vmin=-vmax, vmax=vmax, alpha=np.clip(np.abs(attr) / vmax, 0, 1) * 0.85)
+    axes[2].set_title("overlay")
+    for ax in axes:
+        ax.set_axis_off()
+    what = "severity score" if result.target == "score" else f"logit of {result.target}"
+    lines = [f"{result.name}: predicted {result.predicted}, severity score {result.score:.2f}"]
+    if result.probs is not None:
+        lines.append("p: " + "  ".join(f"{_short(c)} {p:.2f}" for c, p in result.probs.items()))
+    lines.append(f"IG of the {what}, baseline {baseline}, {steps} steps; "
+                 f"delta {result.delta:+.3g} ({result.relative_delta:.1%} of f(x) - f(baseline))")
+    fig.suptitle("\n".join(lines), fontsize=9)
+    return fig
+
+
+def write_explanation(result: Explanation, out_dir: str | Path, baseline: str, steps: int) -> tuple[Path, Path]:
+    """Write `NAME_ig.png` and `NAME_ig.npy` ([H, W] float32, input grid) atomically; returns both paths."""
+    out_dir = Path(out_dir)
+    npy = out_dir / f"{result.name}_ig.npy"
+    with atomic_path(npy) as tmp, open(tmp, "wb") as f:
+        np.save(f, result.attribution.astype(np.float32))
+    png = save_figure(explanation_figure(result, baseline, steps), out_dir / f"{result.name}_ig.png")
+    return png, npy
+
+
+def explanation_row(result: Explanation) -> dict:
+    """The scalars of one explanation, as a row of `explanations.csv`."""
+    row = {"name": result.name, "path": str(result.path), "predicted": result.predicted, "target": result.target,
+           "score": result.score}
+    if result.probs is not None:
+        row.update({f"p_{c}": p for c, p in result.probs.items()})
+    row.update(gap=result.gap, delta=result.delta, relative_delta=result.relative_delta, converged=result.converged,
+               attribution_sum=float(result.attribution.sum()))
+    return row
+
+
+def explain_images(run, paths: Sequence[str | Path], out: str | Path | None = None, target: str = "predicted",
+                   steps: int = 50, baseline: str = DEFAULT_BASELINE, device: str = "auto", bs: int = 8,
+                   internal_batch_size: int | None = None, precision: str = "fp32", tol: float = DEFAULT_TOL,
+                   progress: bool = True) -> tuple[pd.DataFrame, Path]:
+    """Explain images and write `NAME_ig.png`, `NAME_ig.npy` per image and `explanations.csv` into `out`.
+
+    `out` defaults to `RUN/explain`. Maps are written as they are computed (streaming).
+
+    Returns:
+        The rows of `explanations.csv`, and the output folder.
+
+    Raises:
+        HerlevError: bad run, target, baseline or steps; a missing or unreadable image.
+    """
+    from herlev_fa.runs import Run, load_run
+
+    run = run if isinstance(run, Run) else load_run(run)
+    out_dir = Path(out) if out is not None else run.path / "explain"
+    rows = []
+    bar, advance = _progress(progress and len(paths) > 1, "explaining", len(paths))
+    with bar:
+        for result in iter_explanations(run, paths, target=target, steps=steps, baseline=baseline, device=device,
+                                        bs=bs, internal_batch_size=internal_batch_size, precision=precision, tol=tol):
+            png, npy = write_explanation(result, out_dir, baseline, steps)
+            rows.append({**explanation_row(result), "figure": str(png), "map": str(npy)})
+            advance(1)
+    table = pd.DataFrame(rows)
+    with atomic_path(out_dir / "explanations.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    warn_unconverged(table["name"].tolist(), table["relative_delta"].tolist(), steps, tol)
+    return table, out_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# quantify: overlap of IG with the mask regions over a dataset
+
+
+def load_cell(image_path: str | Path, mask_path: str | Path,
+              size: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """An image and its mask regions, letterboxed together.
+
+    Returns:
+        uint8 [S, S, 3] image, uint8 [S, S] region codes, and the image's own (H, W).
+
+    The mask goes through the same `letterbox(size)` as the image (nearest-neighbour resize,
+    same padding), so region codes and pixels stay aligned.
+
+    Raises:
+        HerlevError: unreadable image or mask, or a mask of another size than its image.
+    """
+    from herlev_fa.data.augment import letterbox
+    from herlev_fa.data.images import load_image
+    from herlev_fa.explain.masks import read_mask
+
+    image = load_image(image_path)  # [H, W, 3]
+    regions = read_mask(mask_path)  # [h, w]
+    if regions.shape != image.shape[:2]:
+        raise HerlevError(f"mask '{mask_path}' is {regions.shape[1]}x{regions.shape[0]} px but its image "
+                          f"'{image_path}' is {image.shape[1]}x{image.shape[0]}; a mask must have its image's size")
+    boxed = letterbox(size)(image=image, mask=regions)
+    return boxed["image"], boxed["mask"], image.shape[:2]
+
+
+def quantify_items(run, data: str | Path | None = None, split: str = "valid") -> tuple[pd.DataFrame, int]:
+    """The items `quantify` explains: the held-out fold (`valid`) or every image (`all`) that has a mask.
+
+    Returns:
+        The item table with its `mask` column filled, and how many items had no mask.
+
+    Raises:
+        HerlevError: unknown split, missing data, or no image with a mask.
+    """
+    from herlev_fa.data.items import mask_for, scan
+    from herlev_fa.evaluate import held_out_items
+
+    if split not in SPLITS:
+        raise HerlevError(f"unknown --split '{split}': choose valid (the run's held-out fold) or all")
+    if split == "valid":
+        items = held_out_items(run, data)
+    else:
+        items = scan(data if data is not None else run.meta["data_root"], run.task)
+    masks = [mask_for(Path(p)) for p in items["path"]]
+    items = items.assign(mask=[str(m) if m else "" for m in masks])
+    with_mask = items[items["mask"] != ""].reset_index(drop=True)
+    if with_mask.empty:
+        raise HerlevError(f"none of the {len(items)} image(s) of split '{split}' has a mask "
+                          "(<stem>-d.bmp or <stem>-d.png beside the image); quantify needs masks")
+    return with_mask, len(items) - len(with_mask)
+
+
+@dataclass
+class QuantifyResult:
+    """What `quantify` wrote and found."""
+
+    table: pd.DataFrame  # one row per image (quantify.csv)
+    summary: pd.DataFrame  # per class and 'all': n, then mean/median/q25/q75 of SUMMARY_METRICS
+    out_dir: Path
+    files: list[Path]
+    skipped: int  # images without a mask
+    unconverged: int  # images whose relative delta is above tol
+
+
+def quantify(run, data: str | Path | None = None, split: str = "valid", out: str | Path | None = None,
+             target: str = "predicted", steps: int = 50, baseline: str = DEFAULT_BASELINE, device: str = "auto",
+             bs: int = 8, internal_batch_size: int | None = None, precision: str = "fp32",
+             tol: float = DEFAULT_TOL, progress: bool = True) -> QuantifyResult:
+    """How much of each image's IG falls on the nucleus, cytoplasm and background of its mask.
+
+    Explains every image with a mask (the run's held-out fold, or `split='all'`), overlaps its
+    map with the mask regions in the model's letterboxed grid (padding excluded; see
+    ``explain.overlap``), and writes `quantify.csv`, `quantify.md` and `quantify.png` into `out`
+    (default `RUN/quantify-<split>`). Maps are not kept: memory stays flat over the dataset.
+
+    Raises:
+        HerlevError: bad run or options, missing data, an unreadable image or mask, a mask of
+            another size than its image, or no image with a mask.
+    """
+    from herlev_fa.runs import Run, load_run
+
+    run = run if isinstance(run, Run) else load_run(run)
+    if bs < 1:
+        raise HerlevError(f"--bs {bs} must be at least 1")
+    column = target_column(target, run.head, run.task.classes)
+    items, skipped = quantify_items(run, data, split)
+    explainer = explainer_for(run, steps=steps, baseline=baseline, device=device,
+                              internal_batch_size=internal_batch_size, precision=precision, tol=tol)
+    out_dir = Path(out) if out is not None else run.path / f"quantify-{split}"
+    names = output_names([Path(p) for p in items["path"]])
+    score_index = 0 if run.head == "reg" else len(run.task.classes)
+    rows = []
+    bar, advance = _progress(progress, "quantifying", len(items))
+    with bar:
+        for start in range(0, len(items), bs):
+            chunk = items.iloc[start:start + bs]
+            cells = [load_cell(p, m, run.size) for p, m in zip(chunk["path"], chunk["mask"])]
+            batch = explainer(np.stack([c[0] for c in cells]), column)  # [B, S, S] maps inside
+            for i, (item, (_, regions, (h, w))) in enumerate(zip(chunk.itertuples(index=False), cells)):
+                keep = content_mask(letterbox_box(h, w, run.size), run.size)  # [S, S]
+                grid = batch.attribution[i]  # [S, S]
+                t = int(batch.target[i])
+                predicted = run.task.classes[int(batch.predicted[i])]
+                rows.append({
+                    "name": names[start + i], "path": item.path, "label": item.label, "predicted": predicted,
+                    "target": "score" if t == score_index else run.task.classes[t], "score": float(batch.score[i]),
+                    "p_predicted": float(batch.probs[i].max()) if batch.probs is not None else np.nan,
+                    "gap": float(batch.gap[i]), "delta": float(batch.delta[i]),
+                    "relative_delta": float(batch.relative_delta[i]),
+                    **region_shares(grid, regions, keep),
+                    "padding_abs_share": padding_share(grid, keep),
+                })
+            advance(len(chunk))
+    table = pd.DataFrame(rows)
+    summary = summarize(table, run.task.classes)
+    title = f"IG overlap with mask regions: run {run.path.name}, split {split}, n={len(table)}"
+    settings = f"target {target}, baseline {baseline}, {steps} Gauss-Legendre steps"
+    files = [out_dir / "quantify.csv", out_dir / "quantify.md", out_dir / "quantify.png"]
+    with atomic_path(files[0]) as tmp:
+        table.to_csv(tmp, index=False)
+    write_text(files[1], summary_markdown(summary, title, settings))
+    distribution_png(table, run.task.classes, files[2], title=f"{run.path.name}: {settings}")
+    unconverged = warn_unconverged(table["name"].tolist(), table["relative_delta"].tolist(), steps, tol)
+    return QuantifyResult(table, summary, out_dir, files, skipped, unconverged)
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary table, markdown and figure (plain DataFrames in, files out)
+
+
+def summarize(table: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+    """Per true class (task order) and over all images: n, and mean / median / q25 / q75 of each summary metric.
+
+    NaNs (e.g. the enrichment of an image without nucleus pixels) are left out of each statistic.
+    """
+    groups = [(c, table[table["label"] == c]) for c in classes if (table["label"] == c).any()]
+    rows = []
+    for name, part in [*groups, ("all", table)]:
+        row: dict = {"class": name, "n": len(part)}
+        for metric in SUMMARY_METRICS:
+            values = part[metric].to_numpy(dtype=np.float64)
+            values = values[np.isfinite(values)]
+            stats = (values.mean(), np.median(values), *np.percentile(values, [25, 75])) if values.size else (np.nan,) * 4
+            row.update({f"{metric}_{s}": float(v) for s, v in zip(("mean", "median", "q25", "q75"), stats)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_markdown(summary: pd.DataFrame, title: str, settings: str = "") -> str:
+    """The per-class summary as markdown: one table per metric, rows = classes, mean / median / IQR."""
+    lines = [f"# {title}", ""]
+    if settings:
+        lines += [settings, ""]
+    lines += ["Enrichment = nucleus share of positive attribution / nucleus share of area "
+              "(1 = no more than its size; see docs/explainability.md).", ""]
+    for metric, label in SUMMARY_METRICS.items():
+        lines += [f"## {label} (`{metric}`)", "", "| class | n | mean | median | IQR (q25 - q75) |",
+                  "|---|---:|---:|---:|---:|"]
+        for _, r in summary.iterrows():
+            lines.append(f"| {r['class']} | {r['n']} | {r[f'{metric}_mean']:.3f} | {r[f'{metric}_median']:.3f} | "
+                         f"{r[f'{metric}_q25']:.3f} - {r[f'{metric}_q75']:.3f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def summary_table(summary: pd.DataFrame, title: str = ""):
+    """The per-class summary as a rich Table: medians with IQR for the nucleus, the mean enrichment."""
+    from rich.table import Table
+
+    table = Table(title=title or None)
+    for col in ("class", "n", "nucleus + share", "nucleus area", "enrichment mean", "enrichment median [IQR]",
+                "top 10% in nucleus"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+
+    def iqr(r, m: str) -> str:
+        return f"{r[f'{m}_median']:.2f} [{r[f'{m}_q25']:.2f}-{r[f'{m}_q75']:.2f}]"
+
+    for _, r in summary.iterrows():
+        table.add_row(str(r["class"]), str(r["n"]), iqr(r, "nucleus_pos_share"), iqr(r, "nucleus_area_share"),
+                      f"{r['nucleus_enrichment_mean']:.2f}", iqr(r, "nucleus_enrichment"), iqr(r, "nucleus_top10"),
+                      end_section=r["class"] == summary["class"].iloc[-2] if len(summary) > 1 else False)
+    return table
+
+
+def distribution_png(table: pd.DataFrame, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """Per class: nucleus share of positive attribution beside nucleus share of area (left), enrichment (right)."""
+    present = [c for c in classes if (table["label"] == c).any()]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(8, 1.9 * len(present) + 4), 4.2),
+                                      gridspec_kw={"width_ratios": [3, 2]})
+    rng = np.random.default_rng(0)
+    pos = np.arange(len(present))
+    for offset, metric, colour, label in ((-0.18, "nucleus_pos_share", "tab:red", "share of + attribution"),
+                                          (0.18, "nucleus_area_share", "tab:grey", "share of area")):
+        groups = [table.loc[table["label"] == c, metric].dropna().to_numpy() for c in present]
+        box = left.boxplot([g if len(g) else [np.nan] for g in groups], positions=pos + offset, widths=0.3,
+                           showfliers=False, patch_artist=True)
+        for patch in box["boxes"]:
+            patch.set(facecolor=colour, alpha=0.35)
+        for k, g in enumerate(groups):
+            left.scatter(k + offset + rng.uniform(-0.07, 0.07, len(g)), g, s=7, color=colour, alpha=0.6)
+        left.plot([], [], color=colour, lw=6, alpha=0.5, label=label)
+    left.set_xticks(pos, [_short(c) for c in present], rotation=30)
+    left.set_ylim(-0.02, 1.02)
+    left.set_ylabel("nucleus share")
+    left.legend(loc="upper left", fontsize=8)
+    left.set_title("nucleus: attribution vs area")
+    groups = [table.loc[table["label"] == c, "nucleus_enrichment"].dropna().to_numpy() for c in present]
+    right.boxplot([g if len(g) else [np.nan] for g in groups], positions=pos, widths=0.5, showfliers=False)
+    for k, g in enumerate(groups):
+        right.scatter(k + rng.uniform(-0.12, 0.12, len(g)), g, s=7, alpha=0.6)
+    right.axhline(1.0, color="red", ls="--", lw=1)
+    right.set_xticks(pos, [_short(c) for c in present], rotation=30)
+    finite = table["nucleus_enrichment"].replace([np.inf, -np.inf], np.nan).dropna()
+    if len(finite) and finite.min() > 0:
+        right.set_yscale("log")
+    right.set_title("nucleus enrichment (red: no enrichment)")
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)
