@@ -41,7 +41,7 @@ def _fold(value: str) -> int | None:
 
 def _metrics_table(title: str, rows: dict[str, dict]) -> Table:
     table = Table(title=title)
-    table.add_column("run")
+    table.add_column("run", overflow="fold")
     names = ("accuracy", "binary_accuracy", "auc", "mse", "kappa")
     for name in names:
         table.add_column(name, justify="right")
