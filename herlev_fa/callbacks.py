@@ -4,6 +4,9 @@
 - `EpochLog`: rewrites the per-epoch CSV log atomically after every epoch.
 - `KeepBest`: keeps the weights of the best epoch (validation loss) in memory and restores them
   when fitting ends, so no pickle checkpoint is written during training.
+
+Epochs that fastai skips when a resumed fit starts later (`start_epoch`) still fire
+`after_epoch`; these callbacks ignore them.
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ class LossParts(Callback):
         self.last = {k: float(self.sums[k]) / self.counts[k] for k in sorted(self.sums)}
 
 
+def _not_training_epoch(cb: Callback) -> bool:
+    """True for epochs that trained nothing: skipped on resume, lr_find's, get_preds' pass."""
+    skipped, cb.skipped = getattr(cb, "skipped", False), False
+    return skipped or hasattr(cb.learn, "lr_finder") or hasattr(cb.learn, "gather_preds")
+
+
 class EpochLog(Callback):
     """Append one row per epoch (recorder values + loss parts) to `path`, rewriting it atomically."""
 
@@ -50,9 +59,12 @@ class EpochLog(Callback):
     def __init__(self, path: str | Path, **extra: object):
         self.path, self.extra, self.rows = Path(path), extra, []
 
+    def after_cancel_epoch(self) -> None:
+        self.skipped = True
+
     def after_epoch(self) -> None:
-        if hasattr(self.learn, "lr_finder") or hasattr(self.learn, "gather_preds"):
-            return  # not a training epoch
+        if _not_training_epoch(self):
+            return
         rec = self.learn.recorder
         row = {"epoch": len(self.rows), **self.extra}
         row.update({n: v for n, v in zip(rec.metric_names[1:], rec.log[1:]) if n != "time"})
@@ -72,14 +84,26 @@ class KeepBest(TrackerCallback):
     def __init__(self, monitor: str = "valid_loss"):
         super().__init__(monitor=monitor)
         self.best_state: dict[str, torch.Tensor] | None = None
-        self.best_epoch = -1
+        self.best_epoch = -1  # counted over every fit (a fine-tune's two phases)
+        self.seen = 0  # training epochs seen over every fit
+        self.pending = None  # (best, best_epoch, seen, best_state) to restore when a resumed fit starts
+
+    def before_fit(self) -> None:
+        super().before_fit()
+        if self.pending is not None:
+            self.best, self.best_epoch, self.seen, self.best_state = self.pending
+            self.pending = None
+
+    def after_cancel_epoch(self) -> None:
+        self.skipped = True
 
     def after_epoch(self) -> None:
-        if hasattr(self.learn, "gather_preds"):
-            return  # get_preds runs an epoch's events outside training
+        if _not_training_epoch(self):
+            return
         super().after_epoch()
+        self.seen += 1
         if self.new_best:
-            self.best_epoch = self.epoch
+            self.best_epoch = self.seen - 1
             self.best_state = {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
 
     def after_fit(self) -> None:

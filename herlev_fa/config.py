@@ -75,6 +75,7 @@ class TrainConfig:
     out: Path = Path("runs")  # runs are written under this folder
     name: str | None = None  # run folder name; default: <time>-<arch>-<head>
     quiet: bool = False  # no progress bars
+    resume: bool = False  # continue an interrupted run (`name`, or the newest unfinished under `out`)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))

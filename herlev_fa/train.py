@@ -10,6 +10,7 @@ scratch), keep the best epoch (`callbacks.KeepBest`), evaluate it (`evaluate`) a
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import tempfile
 import time
@@ -21,6 +22,7 @@ import pandas as pd
 from fastai.torch_core import set_seed
 from fastcore.basics import noop
 
+from herlev_fa import checkpoint
 from herlev_fa.atomic import write_json, write_text
 from herlev_fa.callbacks import EpochLog, KeepBest, LossParts
 from herlev_fa.config import TrainConfig, resolve_device
@@ -98,21 +100,79 @@ def _suggest_lr(learn) -> tuple[float, list[float], list[float]]:
     return lr, [float(x) for x in rec.lrs], [float(x) for x in rec.losses]
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One fastai one-cycle fit: the whole from-scratch schedule, or a stage of fine-tuning."""
+
+    epochs: int
+    lr: float | slice
+    pct_start: float
+    div: float
+    frozen: bool
+
+
+def schedule(cfg: TrainConfig, lr: float) -> list[Phase]:
+    """The fits of a run: fastai's `fine_tune` stages for starting weights, one-cycle from scratch.
+
+    Written out (rather than calling `fine_tune`) so that a resumed run can start inside either stage.
+    """
+    if cfg.model.pretrained or cfg.model.weights is not None:
+        return [Phase(1, slice(lr), pct_start=0.99, div=25.0, frozen=True),
+                Phase(cfg.epochs, slice(lr / 2 / 100, lr / 2), pct_start=0.3, div=5.0, frozen=False)]
+    return [Phase(cfg.epochs, lr, pct_start=0.25, div=25.0, frozen=False)]
+
+
+def _resume_state(cfg: TrainConfig, run_dir: Path) -> checkpoint.Resume | None:
+    resume = checkpoint.find(run_dir)
+    if resume is not None and resume.state.get("config") != _comparable(cfg):
+        raise HerlevError(f"run '{run_dir}' was started with other settings; resume it with the same options "
+                          "(see its checkpoint/state.json) or train under another --name")
+    return resume
+
+
+def _comparable(cfg: TrainConfig) -> dict:
+    """The settings a resumed run must share with the interrupted one."""
+    plain = cfg.to_json()
+    for key in ("quiet", "name", "out", "resume"):
+        plain.pop(key, None)
+    plain["data"].pop("workers", None)
+    return plain
+
+
 def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, device: str) -> dict:
-    """Train on every fold but `fold`, evaluate the best epoch on `fold`, write the run folder."""
+    """Train on every fold but `fold`, evaluate the best epoch on `fold`, write the run folder.
+
+    With `cfg.resume`, a checkpoint in `run_dir` is continued from its last completed epoch.
+    """
     started = time.time()
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_folds(run_dir, data.items, data.items["fold"].to_numpy())
-    keep = KeepBest()
-    cbs = [LossParts(), keep, EpochLog(run_dir / "log.csv", fold=fold)]
+    resume = _resume_state(cfg, run_dir) if cfg.resume else None
+    if resume is None:
+        save_folds(run_dir, data.items, data.items["fold"].to_numpy())
+    keep, log = KeepBest(), EpochLog(run_dir / "log.csv", fold=fold)
     with tempfile.TemporaryDirectory() as scratch:  # fastai's lr_find saves its temporary state here
-        learn, mean, std = _fit_learner(cfg, data, fold, device, cbs, Path(scratch))
+        learn, mean, std = _fit_learner(cfg, data, fold, device, [LossParts(), keep, log], Path(scratch))
         with _quiet(learn, cfg.quiet):
-            lr = cfg.lr if cfg.lr is not None else _suggest_lr(learn)[0]
-            if cfg.model.pretrained or cfg.model.weights is not None:
-                learn.fine_tune(cfg.epochs, base_lr=lr, freeze_epochs=1)
-            else:
-                learn.fit_one_cycle(cfg.epochs, lr_max=lr)
+            lr = resume.lr if resume else (cfg.lr if cfg.lr is not None else _suggest_lr(learn)[0])
+            for i, phase in enumerate(schedule(cfg, lr)):
+                start = 0
+                if resume is not None:
+                    if i < resume.phase:
+                        continue
+                    start = resume.epoch + 1 if i == resume.phase else 0
+                    if start >= phase.epochs:
+                        continue
+                learn.freeze() if phase.frozen else learn.unfreeze()
+                if resume is not None:
+                    checkpoint.restore(learn, keep, log, resume)
+                    resume = None
+                saver = checkpoint.SaveCheckpoint(run_dir, keep, log, i, lr, _comparable(cfg))
+                learn.fit_one_cycle(phase.epochs, phase.lr, pct_start=phase.pct_start, div=phase.div,
+                                    start_epoch=start, cbs=[saver])
+            if resume is not None:  # killed after the last epoch: only the best weights are left to restore
+                best = {k[5:]: v for k, v in resume.tensors.items() if k.startswith("best/")}
+                learn.model.load_state_dict(best or {k[6:]: v for k, v in resume.tensors.items() if k.startswith("model/")})
+                keep.best_epoch = int(resume.state["best"]["epoch"])
             out, y = learn.get_preds(dl=learn.dls.valid, act=noop)
     model = learn.model.cpu().eval()
     metrics = write_evaluation(run_dir, out.float().numpy(), y.numpy(), data.task, cfg.model.head,
@@ -139,11 +199,12 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
         "best_epoch": int(keep.best_epoch),
         "skipped_images": data.skipped,
         "metrics": {k: metrics[k] for k in SCALAR_METRICS},
-        "train_seconds": round(time.time() - started, 1),
+        "train_seconds": round(time.time() - started, 1),  # of the last session, if resumed
         "device": device,
         "versions": versions(),
         "config": cfg.to_json(),
     })
+    checkpoint.remove(run_dir)
     return metrics
 
 
@@ -164,11 +225,28 @@ def summary_markdown(summary: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _resumable_root(cfg: TrainConfig) -> Path:
+    """The run folder to resume: `--name`, or the newest unfinished run under `--out`."""
+    if cfg.name:
+        root = cfg.out / cfg.name
+        if not root.is_dir():
+            raise HerlevError(f"nothing to resume: run folder '{root}' does not exist")
+        return root
+    unfinished = [p.parent for p in cfg.out.glob("*/checkpoint") if p.is_dir()]
+    unfinished += [p.parent.parent for p in cfg.out.glob("*/fold*/checkpoint") if p.is_dir()]
+    if not unfinished:
+        raise HerlevError(f"nothing to resume under '{cfg.out}': no run with a checkpoint; pass --name")
+    return max(unfinished, key=lambda p: p.stat().st_mtime)
+
+
 def _run_root(cfg: TrainConfig) -> Path:
+    if cfg.resume:
+        return _resumable_root(cfg)
     name = cfg.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.arch}-{cfg.model.head}"
     root = cfg.out / name
     if root.exists() and any(root.iterdir()):
-        raise HerlevError(f"run folder '{root}' already exists and is not empty; pass another --name or --out")
+        raise HerlevError(f"run folder '{root}' already exists and is not empty; pass --resume to continue it, "
+                          "or another --name or --out")
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -192,7 +270,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     runs, metrics = [], []
     for fold in folds:
         run_dir = root if cfg.fold is not None else root / f"fold{fold}"
-        metrics.append(train_fold(cfg, data, fold, run_dir, device))
+        if cfg.resume and (run_dir / "herlev.json").is_file():  # finished before the interruption
+            metrics.append(json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")))
+        else:
+            metrics.append(train_fold(cfg, data, fold, run_dir, device))
         runs.append(run_dir)
     summary = None
     if cfg.fold is None:

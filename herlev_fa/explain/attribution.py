@@ -222,6 +222,7 @@ class BatchAttribution:
     probs: np.ndarray | None  # [B, K] softmax of the class logits; None for reg
     score: np.ndarray  # [B] severity score
     predicted: np.ndarray  # [B] int, predicted class (nearest severity for reg)
+    change: np.ndarray  # [B, S, S] float32, sum over channels of |x - baseline|: what IG multiplies the gradients by
 
     @property
     def relative_delta(self) -> np.ndarray:
@@ -290,7 +291,7 @@ class Explainer:
             return max(n_images, self.internal_batch_size)
         per_pass = self._chunk_cache.get(0)
         if per_pass is None:
-            per_pass = self._cuda_budget() if self.device.type == "cuda" else max(1, int(2 ** 20 / self.size ** 2))
+            per_pass = self._cuda_budget() if self.device.type == "cuda" else max(1, int(2 ** 19 / self.size ** 2))
             self._chunk_cache[0] = per_pass
         return int(min(max(n_images, per_pass), n_images * self.steps))
 
@@ -335,6 +336,7 @@ class Explainer:
             attr, delta = ig.attribute(x, baselines=base, target=t, n_steps=self.steps, method="gausslegendre",
                                        internal_batch_size=self._chunk(n), return_convergence_delta=True)
         attr = attr.float().sum(dim=1)  # [B, 3, S, S] -> [B, S, S]
+        change = (x - base).abs().float().sum(dim=1)  # [B, S, S]
         return BatchAttribution(
             attribution=attr.detach().cpu().numpy().astype(np.float32),
             delta=delta.detach().float().cpu().numpy(),
@@ -343,6 +345,7 @@ class Explainer:
             probs=None if probs is None else probs.cpu().numpy(),
             score=score.cpu().numpy(),
             predicted=predicted.cpu().numpy(),
+            change=change.cpu().numpy(),
         )
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -49,6 +50,7 @@ SUMMARY_METRICS: dict[str, str] = {
     "nucleus_abs_share": "nucleus share of |attribution|",
     "nucleus_area_share": "nucleus share of area",
     "nucleus_enrichment": "nucleus enrichment (+ share / area share)",
+    "nucleus_change_enrichment": "enrichment of |x - baseline| alone (uniform-gradient control)",
     "nucleus_top5": "top 5% pixels in nucleus",
     "nucleus_top10": "top 10% pixels in nucleus",
     "cytoplasm_pos_share": "cytoplasm share of + attribution",
@@ -85,7 +87,7 @@ def explanation_figure(result: Explanation, baseline: str, steps: int):
     axes[0].imshow(result.image)
     axes[0].set_title("cell")
     heat = axes[1].imshow(attr, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-    axes[1].set_title("IG attribution (red: for, blue: against)")
+    axes[1].set_title("IG (red: for, blue: against)")
     fig.colorbar(heat, ax=axes[1], fraction=0.046, pad=0.04)
     grey = result.image.astype(np.float32).mean(axis=2)  # [H, W]
     axes[2].imshow(grey, cmap="gray", vmin=0, vmax=255)
@@ -272,6 +274,7 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
                     "gap": float(batch.gap[i]), "delta": float(batch.delta[i]),
                     "relative_delta": float(batch.relative_delta[i]),
                     **region_shares(grid, regions, keep),
+                    "nucleus_change_enrichment": region_shares(batch.change[i], regions, keep)["nucleus_enrichment"],
                     "padding_abs_share": padding_share(grid, keep),
                 })
             advance(len(chunk))
@@ -328,20 +331,26 @@ def summary_markdown(summary: pd.DataFrame, title: str, settings: str = "") -> s
 
 
 def summary_table(summary: pd.DataFrame, title: str = ""):
-    """The per-class summary as a rich Table: medians with IQR for the nucleus, the mean enrichment."""
+    """The per-class summary as a rich Table.
+
+    Columns: nucleus share of positive attribution and of area (median [IQR]), nucleus
+    enrichment (mean, median [IQR]), the control (median enrichment of |x - baseline| alone),
+    and the fraction of the top 10% pixels in the nucleus (median [IQR]).
+    """
     from rich.table import Table
 
     table = Table(title=title or None)
-    for col in ("class", "n", "nucleus + share", "nucleus area", "enrichment mean", "enrichment median [IQR]",
-                "top 10% in nucleus"):
+    for col in ("class", "n", "nucleus attr.", "nucleus area", "enrich. mean", "enrich. median [IQR]", "control",
+                "top 10%"):
         table.add_column(col, justify="left" if col == "class" else "right")
 
     def iqr(r, m: str) -> str:
         return f"{r[f'{m}_median']:.2f} [{r[f'{m}_q25']:.2f}-{r[f'{m}_q75']:.2f}]"
 
     for _, r in summary.iterrows():
-        table.add_row(str(r["class"]), str(r["n"]), iqr(r, "nucleus_pos_share"), iqr(r, "nucleus_area_share"),
-                      f"{r['nucleus_enrichment_mean']:.2f}", iqr(r, "nucleus_enrichment"), iqr(r, "nucleus_top10"),
+        table.add_row(_short(str(r["class"])), str(r["n"]), iqr(r, "nucleus_pos_share"), iqr(r, "nucleus_area_share"),
+                      f"{r['nucleus_enrichment_mean']:.2f}", iqr(r, "nucleus_enrichment"),
+                      f"{r['nucleus_change_enrichment_median']:.2f}", iqr(r, "nucleus_top10"),
                       end_section=r["class"] == summary["class"].iloc[-2] if len(summary) > 1 else False)
     return table
 
@@ -377,6 +386,8 @@ def distribution_png(table: pd.DataFrame, classes: Sequence[str], path: str | Pa
     finite = table["nucleus_enrichment"].replace([np.inf, -np.inf], np.nan).dropna()
     if len(finite) and finite.min() > 0:
         right.set_yscale("log")
+        right.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        right.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     right.set_title("nucleus enrichment (red: no enrichment)")
     fig.suptitle(title, fontsize=9)
     return save_figure(fig, path)

@@ -1,0 +1,62 @@
+"""`herlev reproduce`: the paper's three heads on identical folds, printed beside the paper's numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from herlev_cli.app import Arch, Bs, Data, Device, Folds, Pretrained, Quiet, Seed, Size, Task, Weights, app, out, user_errors
+from herlev_fa.config import DataConfig, ModelConfig, TrainConfig
+from herlev_fa.metrics import SCALAR_METRICS
+from herlev_fa.reproduce import COLUMNS, ReproduceConfig, ReproduceResult, ours_cell, paper_cell
+from herlev_fa.reproduce import reproduce as reproduce_heads
+
+
+def _table(result: ReproduceResult) -> Table:
+    """Rows: metrics; per head our mean ± std over folds, then the paper's number."""
+    n_folds = len(next(iter(result.runs.values())))
+    table = Table(title=f"{n_folds}-fold cross-validation: ours (mean ± std) vs the paper (4-fold)")
+    table.add_column("metric")
+    for head in result.summary:
+        table.add_column(head, justify="right", no_wrap=True)
+        table.add_column("paper", justify="right", style="dim", no_wrap=True)
+    for metric in SCALAR_METRICS:
+        cells = [c for head, s in result.summary.items() for c in (ours_cell(metric, s[metric]), paper_cell(head, metric))]
+        table.add_row(COLUMNS[metric], *cells)
+    return table
+
+
+@app.command(rich_help_panel="Training")
+@user_errors
+def reproduce(
+    data: Data,
+    arch: Arch = "resnet101",
+    task: Task = "severity",
+    folds: Folds = 4,
+    epochs: Annotated[int, typer.Option(help="Training epochs of every fold run.")] = 20,
+    size: Size = 224,
+    bs: Bs = 32,
+    pretrained: Pretrained = True,
+    weights: Weights = None,
+    mse_weight: Annotated[float, typer.Option(help="Lambda: weight of the MSE term of cls_reg.")] = 1.0,
+    seed: Seed = 42,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: runs/reproduce-ARCH); "
+                                                                  "rerun the same command to resume it.")] = None,
+    device: Device = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Train cls, reg and cls_reg on identical folds and compare with the paper's table (resumable)."""
+    cfg = ReproduceConfig(TrainConfig(
+        DataConfig(data, task=task, size=size, folds=folds, seed=seed, bs=bs),
+        ModelConfig(arch, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
+        epochs=epochs, device=device, quiet=quiet,
+    ), out=out_dir)
+    result = reproduce_heads(cfg, log=None if quiet else out.print)
+    out.print(_table(result))
+    reused = sum(len(r) for r in result.runs.values()) - len(result.trained)
+    out.print(f"trained {len(result.trained)} fold run(s), reused {reused} finished before")
+    out.print(f"results: [bold]{result.files['results_md']}[/], {result.files['results_csv'].name}, "
+              f"{result.files['comparison_png'].name}; pooled figures in {result.root}/<head>/")

@@ -1,0 +1,223 @@
+"""Predict unlabelled images with a trained run: class, class probabilities, severity score, normal/abnormal.
+
+What lives here: finding the images to predict (`find_images`: files and folders, masks
+skipped), the dihedral test-time augmentation as pure functions on tensors (`dihedral`,
+`average_views`, `dihedral_tta`), and `predict`, which batches the images with the run's own
+validation preprocessing (letterbox to the run's size, the run's mean/std, fastai DataLoaders)
+and returns one row per image. What does not: metrics against true labels (``herlev_fa.evaluate``).
+
+Test-time augmentation (TTA) averages over the 8 elements of the dihedral group D4 (4 rotations,
+each with and without a transpose), the same symmetries training draws from (`A.D4`). Class
+heads average the class probabilities; the severity score is the expected severity of the
+averaged probabilities, which by linearity equals the mean of the 8 scores; `reg` averages the
+score.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from herlev_fa.config import resolve_device
+from herlev_fa.data.block import build_dataloaders
+from herlev_fa.data.images import decode_all
+from herlev_fa.data.items import is_image_file, is_mask_file
+from herlev_fa.errors import HerlevError
+from herlev_fa.labels import IMAGE_EXTENSIONS
+from herlev_fa.metrics import decode
+from herlev_fa.model.heads import split_output
+from herlev_fa.runs import Run, load_run
+
+N_VIEWS = 8  # elements of the dihedral group D4
+CHUNK = 1024  # images decoded and held in memory at a time
+MANY = 50  # from this many images on, show a progress bar
+
+
+def dihedral(x: Tensor, k: int) -> Tensor:
+    """Element `k` (0..7) of D4 applied to square images [..., S, S]: transposed if k >= 4, then k % 4 quarter turns."""
+    if not 0 <= k < N_VIEWS:
+        raise ValueError(f"dihedral element {k} is not in 0..7")
+    if k >= 4:
+        x = x.transpose(-2, -1)
+    return torch.rot90(x, k % 4, dims=(-2, -1))
+
+
+def average_views(outs: Tensor, head: str, severities: Sequence[float]) -> Tensor:
+    """Raw outputs of V views [V, B, C] -> one raw output [B, C] in the head's format.
+
+    Class heads: the averaged probabilities p̄ [B, K] are returned as their log, so that
+    softmax gives back p̄ exactly; `cls_reg` appends the score p̄ · severities (= the mean of the
+    V scores, the score being linear in p). `reg`: the mean score [B, 1].
+    """
+    v, b, _ = outs.shape
+    outs = outs.float()
+    if head == "reg":
+        return outs.mean(dim=0)  # [B, 1]
+    sev = torch.tensor(list(severities), dtype=torch.float32, device=outs.device)
+    logits, _ = split_output(outs.flatten(0, 1), head, sev)  # [V * B, K]
+    log_p = logits.log_softmax(dim=1).view(v, b, -1)  # [V, B, K]
+    log_mean = torch.logsumexp(log_p, dim=0) - math.log(v)  # [B, K], log of the mean probability, no underflow
+    if head == "cls":
+        return log_mean
+    score = log_mean.exp() @ sev  # [B]
+    return torch.cat([log_mean, score[:, None]], dim=1)  # [B, K + 1]
+
+
+def dihedral_tta(model: Callable[[Tensor], Tensor], x: Tensor, head: str, severities: Sequence[float]) -> Tensor:
+    """Model output averaged over the 8 dihedral views of x [B, 3, S, S] -> raw output [B, C] (see `average_views`)."""
+    outs = torch.stack([model(dihedral(x, k)) for k in range(N_VIEWS)])  # [8, B, C]
+    return average_views(outs, head, severities)
+
+
+def _walk(folder: Path) -> list[Path]:
+    """Image files under `folder`, recursively, sorted; hidden files and folders skipped."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).parts
+        if any(part.startswith(".") for part in rel) or not path.is_file():
+            continue
+        if is_image_file(path):
+            found.append(path)
+    return found
+
+
+def find_images(inputs: Sequence[str | Path], skip_bad: bool = False) -> list[Path]:
+    """The image files named by `inputs` (files, or folders searched recursively), in order, without duplicates.
+
+    Masks (`-d.bmp`, `-d.png`) are skipped: silently inside folders, with a warning when named.
+
+    Raises:
+        HerlevError: nothing given, a missing path, a folder without images, a named file that
+            is not an image (with `skip_bad`: warned and skipped), or no image at all.
+    """
+    if not inputs:
+        raise HerlevError("no image or folder given: pass image files or a folder of images")
+    paths: list[Path] = []
+    for given in map(Path, inputs):
+        if given.is_dir():
+            found = _walk(given)
+            if not found:
+                raise HerlevError(f"folder '{given}' holds no image (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+            paths += found
+        elif given.is_file():
+            if is_mask_file(given):
+                warnings.warn(f"skipped '{given}': a segmentation mask, not a cell image", stacklevel=2)
+            elif is_image_file(given):
+                paths.append(given)
+            elif skip_bad:
+                warnings.warn(f"skipped '{given}': not an image file", stacklevel=2)
+            else:
+                raise HerlevError(f"'{given}' is not an image file (extensions: {', '.join(IMAGE_EXTENSIONS)}); "
+                                  "remove it, or pass --skip-bad to skip it")
+        else:
+            raise HerlevError(f"'{given}' does not exist")
+    unique = list(dict.fromkeys(paths))  # a file named twice, or inside a named folder too, is predicted once
+    if not unique:
+        raise HerlevError("no image to predict: every file given was skipped")
+    return unique
+
+
+def _chunks(items: list, n: int) -> Iterator[list]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def _progress(show: bool):
+    import contextlib
+
+    if not show:
+        return contextlib.nullcontext(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+
+
+def predict_outputs(run: Run, paths: Sequence[str], tta: bool = False, bs: int = 64, device: str = "cpu",
+                    skip_bad: bool = False, progress: bool = True) -> tuple[np.ndarray, list[str]]:
+    """Raw model outputs [N, C] for image files, with the run's validation preprocessing.
+
+    Images are decoded `CHUNK` at a time, so memory does not grow with the number of images.
+
+    Returns:
+        The outputs, and the paths they belong to (unreadable ones dropped with `skip_bad`).
+    """
+    model = run.model.to(device).eval()
+    outputs: list[Tensor] = []
+    kept: list[str] = []
+    try:
+        with _progress(progress and len(paths) >= MANY) as bar, torch.inference_mode():
+            task_id = bar.add_task("predicting", total=len(paths)) if bar is not None else None
+            for chunk in _chunks(list(paths), CHUNK):
+                cache, bad = decode_all(chunk, run.size, skip_bad=skip_bad, progress=False)
+                good = [p for p in chunk if p in cache]
+                if bar is not None and bad:
+                    bar.advance(task_id, len(bad))
+                if not good:
+                    continue
+                # the label column only satisfies the DataBlock; its targets are never used
+                items = pd.DataFrame({"path": good, "label": run.task.classes[0]})
+                dls = build_dataloaders(items, cache, run.task, valid=np.ones(len(items), bool), bs=bs,
+                                        mean=run.mean, std=run.std, device=device, inference=True)
+                for xb, _ in dls.valid:
+                    x = xb.as_subclass(Tensor)  # [B, 3, S, S], plain tensor: no fastai type dispatch in the model
+                    out = dihedral_tta(model, x, run.head, run.task.severities) if tta else model(x)
+                    outputs.append(out.float().cpu())
+                    if bar is not None:
+                        bar.advance(task_id, len(x))
+                kept += good
+    finally:
+        run.model.cpu()  # a Run keeps its model on the CPU
+    if not outputs:
+        raise HerlevError("no image could be read: nothing to predict")
+    return torch.cat(outputs).numpy(), kept
+
+
+def prediction_table(out: np.ndarray, paths: Sequence[str], run: Run) -> pd.DataFrame:
+    """Raw outputs [N, C] -> one row per image: path, pred, p_<class>... (class heads), score, abnormal, abnormal_prob."""
+    probs, score, pred = decode(out, run.head, run.task.severities)
+    abnormal = np.asarray(run.task.abnormal())  # [K] per class
+    frame = pd.DataFrame({"path": [str(p) for p in paths], "pred": [run.task.classes[i] for i in pred]})
+    if probs is not None:
+        for i, cls in enumerate(run.task.classes):
+            frame[f"p_{cls}"] = probs[:, i]
+    frame["score"] = score
+    frame["abnormal"] = abnormal[pred]
+    if probs is not None:
+        frame["abnormal_prob"] = probs[:, abnormal].sum(axis=1)
+    return frame
+
+
+def predict(run: str | Path | Run, inputs: Sequence[str | Path], tta: bool = False, bs: int = 64,
+            device: str = "auto", skip_bad: bool = False, progress: bool = True) -> pd.DataFrame:
+    """Predict image files, or every image in folders, with a trained run.
+
+    Args:
+        run: a run folder (holds herlev.json) or a loaded `Run`.
+        inputs: image files (.bmp/.jpg/.png/.tif, any size and mode) and folders (searched
+            recursively; masks `-d.bmp`/`-d.png` skipped).
+        tta: average over the 8 dihedral views (see the module docstring).
+        skip_bad: warn about and skip unreadable images instead of stopping.
+
+    Returns:
+        One row per image, in input order: `path`, `pred` (class), `p_<class>` for every class
+        (class heads; they sum to 1), `score` (severity), `abnormal` (the predicted class has
+        severity > 0) and `abnormal_prob` (sum of the abnormal classes' probabilities; class heads).
+
+    Raises:
+        HerlevError: bad run folder, missing input, folder without images, unreadable image,
+            bad `bs` or device.
+    """
+    if bs < 1:
+        raise HerlevError(f"--bs {bs} is out of range: use 1 or more")
+    run = run if isinstance(run, Run) else load_run(run)
+    device = resolve_device(device)
+    paths = [str(p) for p in find_images(inputs, skip_bad=skip_bad)]
+    out, kept = predict_outputs(run, paths, tta=tta, bs=bs, device=device, skip_bad=skip_bad, progress=progress)
+    return prediction_table(out, kept, run)

@@ -1,0 +1,381 @@
+"""Reproduce the paper's comparison: the three heads on identical folds, beside the published numbers.
+
+Pirovano, Almeida, Ladjal, *Regression Constraint for an Explainable Cervical Cancer Classifier*
+(2019) compare a classifier (`cls`), a regressor (`reg`) and a classifier with a regression
+constraint (`cls_reg`) in 4-fold cross-validation on Herlev. `reproduce` trains each head on every
+fold with one shared configuration (same split, schedule and seed; images decoded once), then
+writes, under OUT:
+
+| path | what |
+|---|---|
+| `reproduce.json` | the settings, written first; a rerun with other settings is refused |
+| `<head>/fold<k>/` | an ordinary run folder (`herlev_fa.runs`) + `predictions.csv` of its held-out fold |
+| `<head>/confusion_matrix.png`, `<head>/score_distribution.png`, `<head>/pooled_metrics.json` | predictions pooled over folds |
+| `results.csv` | one row per head and fold: every scalar metric (as in each fold's `metrics.json`) |
+| `results.md` | mean ± std per head beside the paper's numbers (`PAPER`) |
+| `comparison.png` | bar chart: ours (mean ± std over folds) vs the paper, per metric and head |
+
+It resumes: a fold run that finished (has `herlev.json`, with this reproduction's settings) is
+kept; a fold folder without `herlev.json` (interrupted) is removed and trained again.
+
+What it is not: a new training loop. Every fold run comes from `herlev_fa.train.train_fold`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from herlev_fa.atomic import atomic_path, save_figure, write_json, write_text  # noqa: E402
+from herlev_fa.config import HEADS, TrainConfig, resolve_device  # noqa: E402
+from herlev_fa.errors import HerlevError  # noqa: E402
+from herlev_fa.metrics import SCALAR_METRICS, decode, severity_metrics  # noqa: E402
+from herlev_fa.model.learner import build_model  # noqa: E402
+from herlev_fa.plots import confusion_matrix_png, score_distribution_png  # noqa: E402
+from herlev_fa.runs import read_meta, versions  # noqa: E402
+from herlev_fa.train import Prepared, prepare, resolve_task, summarize, train_fold  # noqa: E402
+
+FORMAT = "herlev_fa.reproduce/1"
+PREDICTIONS = "predictions.csv"
+
+# Pirovano et al. (2019): 4-fold cross-validation on Herlev, 5 severity classes; in this tool's
+# units (accuracies as fractions). None: not reported.
+PAPER: dict[str, dict[str, float | None]] = {
+    "cls": {"accuracy": 0.676, "binary_accuracy": 0.903, "auc": 0.90, "mse": None, "kappa": None},
+    "reg": {"accuracy": 0.582, "binary_accuracy": 0.893, "auc": None, "mse": 0.71, "kappa": None},
+    "cls_reg": {"accuracy": 0.726, "binary_accuracy": 0.95, "auc": 0.94, "mse": 0.59, "kappa": None},
+}
+PAPER_NAMES = {"cls": "Cls", "reg": "Reg", "cls_reg": "Cls+Reg"}
+
+# column titles, in table order; accuracies are shown in percent, as in the paper
+COLUMNS = {"accuracy": "accuracy (%)", "binary_accuracy": "binary accuracy (%)", "auc": "AUC-ROC",
+           "mse": "MSE", "kappa": "quadratic kappa"}
+PERCENT = ("accuracy", "binary_accuracy")
+NOT_REPORTED = "–"
+
+# the settings that shape the numbers; a resumed reproduction must share them (device, workers,
+# quiet and the output folder do not count)
+_DATA_KEYS = ("data", "task", "classes", "size", "folds", "seed", "bs", "skip_bad")
+_MODEL_KEYS = ("arch", "pretrained", "weights", "mse_weight")
+_SCHEDULE_KEYS = ("epochs", "lr", "wd")
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    train: TrainConfig  # shared by every head: data, arch, weights, schedule, seed; its head, fold, out, name are ignored
+    heads: tuple[str, ...] = HEADS  # the pipelines to compare, each trained on every fold
+    out: Path | None = None  # output folder; None = <train.out>/reproduce-<arch>
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "heads", tuple(self.heads))
+        if self.out is not None:
+            object.__setattr__(self, "out", Path(self.out))
+        bad = [h for h in self.heads if h not in HEADS]
+        if not self.heads or bad or len(set(self.heads)) != len(self.heads):
+            raise HerlevError(f"heads {list(self.heads)} are not a list of distinct heads among {', '.join(HEADS)}")
+
+    @property
+    def root(self) -> Path:
+        return self.out if self.out is not None else self.train.out / f"reproduce-{self.train.model.arch}"
+
+
+@dataclass
+class ReproduceResult:
+    """What `reproduce` produced; every dict is keyed by head, lists are in fold order."""
+
+    root: Path
+    runs: dict[str, list[Path]]
+    metrics: dict[str, list[dict]]  # each fold run's metrics.json
+    summary: dict[str, dict]  # `herlev_fa.train.summarize` of each head: metric -> mean, std, folds
+    pooled: dict[str, dict]  # metrics of the predictions pooled over folds
+    trained: list[Path] = field(default_factory=list)  # fold runs trained by this call (the others were reused)
+    files: dict[str, Path] = field(default_factory=dict)  # results_csv, results_md, comparison_png
+
+
+def paper_cell(head: str, metric: str) -> str:
+    """The paper's number as shown beside ours ('–' when not reported)."""
+    value = PAPER.get(head, {}).get(metric)
+    return NOT_REPORTED if value is None else _number(metric, value)
+
+
+def ours_cell(metric: str, stats: dict) -> str:
+    """'mean ± std' of one metric over folds, in the table's unit."""
+    return f"{_number(metric, stats['mean'])} ± {_number(metric, stats['std'])}"
+
+
+def _number(metric: str, value: float) -> str:
+    return f"{100 * value:.1f}" if metric in PERCENT else f"{value:.2f}"
+
+
+def comparison_png(heads: Sequence[str], metrics: Sequence[str], mean: np.ndarray, std: np.ndarray,
+                   paper: np.ndarray, path: str | Path, title: str = "") -> Path:
+    """One panel per metric: our mean ± std (error bars) beside the paper's value, per head.
+
+    `mean`, `std`, `paper` are [H, M] (heads x metrics), in the metrics' own units; NaN in
+    `paper` means not reported.
+    """
+    mean, std, paper = (np.asarray(a, dtype=float) for a in (mean, std, paper))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), squeeze=False)
+    x, w = np.arange(len(heads)), 0.38
+    for j, (ax, metric) in enumerate(zip(axes[0], metrics)):
+        scale = 100.0 if metric in PERCENT else 1.0
+        ax.bar(x - w / 2, mean[:, j] * scale, w, yerr=std[:, j] * scale, capsize=3, label="ours", color="tab:blue")
+        reported = ~np.isnan(paper[:, j])
+        ax.bar(x[reported] + w / 2, paper[reported, j] * scale, w, label="paper", color="tab:orange", hatch="//")
+        for i in np.flatnonzero(~reported):
+            ax.text(x[i] + w / 2, 0, "n/r", ha="center", va="bottom", fontsize=7, color="grey")
+        ax.set_xticks(x, [PAPER_NAMES.get(h, h) for h in heads])
+        ax.set_title(COLUMNS.get(metric, metric))
+        if metric != "mse":  # bounded above by 1; kappa may go below 0
+            low = np.nanmin(np.r_[(mean[:, j] - std[:, j]) * scale, 0.0])
+            ax.set_ylim(low * 1.1, scale * 1.05)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", ncol=2, frameon=False)
+    fig.suptitle(title or "ours (mean ± std over folds) vs the paper (n/r: not reported)", x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    return save_figure(fig, path)
+
+
+def _settings(config: dict) -> dict:
+    """The settings of a TrainConfig's JSON form (`TrainConfig.to_json`) that shape the numbers."""
+    data, model = config.get("data") or {}, config.get("model") or {}
+    flat = {**{k: data.get(k) for k in _DATA_KEYS}, **{k: model.get(k) for k in _MODEL_KEYS},
+            **{k: config.get(k) for k in _SCHEDULE_KEYS}}
+    return json.loads(json.dumps(flat))  # tuples -> lists, as read back from a file
+
+
+def _differences(old: dict, new: dict) -> str:
+    keys = [k for k in {**old, **new} if old.get(k) != new.get(k)]
+    return "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys)
+
+
+def _absolute(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with absolute paths, so that the stored settings do not depend on the working folder."""
+
+    def absolute(p: Path | None) -> Path | None:
+        return None if p is None else Path(p).expanduser().resolve()
+
+    return replace(cfg, data=replace(cfg.data, data=absolute(cfg.data.data), classes=absolute(cfg.data.classes)),
+                   model=replace(cfg.model, weights=absolute(cfg.model.weights)))
+
+
+def fold_config(base: TrainConfig, head: str, fold: int, root: Path) -> TrainConfig:
+    """The training config of one head and fold: `base` with only the head and fold changed."""
+    return replace(base, model=replace(base.model, head=head), fold=fold, out=root / head, name=f"fold{fold}")
+
+
+def _check_root(root: Path, settings: dict) -> bool:
+    """Refuse an output folder holding anything but this reproduction. True when it was started before."""
+    if root.exists() and not root.is_dir():
+        raise HerlevError(f"output folder '{root}' is a file; pass another --out")
+    claim = root / "reproduce.json"
+    if claim.is_file():
+        try:
+            stored = json.loads(claim.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise HerlevError(f"'{claim}' is not valid JSON ({e}); pass another --out") from None
+        if not isinstance(stored, dict) or stored.get("format") != FORMAT:
+            raise HerlevError(f"'{claim}' is not a reproduction record of this version; pass another --out")
+        diff = _differences(stored.get("settings") or {}, settings)
+        if diff:
+            raise HerlevError(f"'{root}' holds a reproduction made with other settings ({diff}); rerun with its "
+                              "settings to resume it, or pass another --out")
+        return True
+    if root.is_dir() and any(root.iterdir()):
+        raise HerlevError(f"output folder '{root}' is not empty and holds no reproduce.json; pass another --out")
+    return False
+
+
+def _fold_status(run_dir: Path, cfg: TrainConfig, head: str, fold: int) -> str:
+    """'new', 'interrupted' (a folder without herlev.json) or 'finished'.
+
+    Raises:
+        HerlevError: a finished run in the folder was trained with other settings, or is damaged.
+    """
+    if not run_dir.exists():
+        return "new"
+    if not (run_dir / "herlev.json").is_file():
+        return "interrupted"
+    meta = read_meta(run_dir)
+    if meta["head"] != head or meta["fold"] != fold or _settings(meta.get("config") or {}) != _settings(cfg.to_json()):
+        raise HerlevError(f"fold run '{run_dir}' was not trained with this reproduction's settings; delete it to "
+                          "train it again, or pass another --out")
+    if not (run_dir / "metrics.json").is_file():
+        raise HerlevError(f"fold run '{run_dir}' has no metrics.json; the run folder is damaged: delete it to train it again")
+    return "finished"
+
+
+def _check_split(run_dir: Path, data: Prepared) -> None:
+    folds = pd.read_csv(run_dir / "folds.csv", dtype={"rel": str, "label": str, "fold": "int64"})
+    ours = data.items[["rel", "label", "fold"]].astype({"fold": "int64"}).reset_index(drop=True)
+    if not folds.equals(ours):
+        raise HerlevError(f"fold run '{run_dir}' was split over other images than the data folder holds now "
+                          "(the data set changed?); pass another --out to start a new reproduction")
+
+
+def _predict_held_out(run_dir: Path, data: Prepared, fold: int, device: str, bs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Raw outputs [N, C] and classes [N] of a saved run on its held-out fold, from the decoded cache."""
+    import torch
+    from fastai.learner import Learner
+    from fastcore.basics import noop
+
+    from herlev_fa.data.block import build_dataloaders
+    from herlev_fa.loss import SeverityLoss
+    from herlev_fa.runs import load_run
+
+    run = load_run(run_dir)
+    held = data.items[data.items["fold"] == fold].reset_index(drop=True)
+    dls = build_dataloaders(held, data.cache, run.task, valid=np.ones(len(held), bool), bs=bs, mean=run.mean,
+                            std=run.std, device=device, inference=True)
+    learn = Learner(dls, run.model.to(device), loss_func=SeverityLoss(run.head, run.task.severities))
+    with torch.no_grad(), learn.no_bar(), learn.no_logging():
+        out, y = learn.get_preds(dl=dls.valid, act=noop)
+    run.model.cpu()
+    return out.float().numpy(), y.numpy()
+
+
+def _write_predictions(run_dir: Path, data: Prepared, fold: int, out: np.ndarray, y: np.ndarray, head: str) -> None:
+    held = data.items[data.items["fold"] == fold].reset_index(drop=True)
+    _, score, pred = decode(out, head, data.task.severities)
+    frame = pd.DataFrame({"rel": held["rel"], "label": held["label"], "fold": fold, "y": y, "pred": pred, "score": score})
+    frame = pd.concat([frame, pd.DataFrame(out, columns=[f"out_{i}" for i in range(out.shape[1])])], axis=1)
+    with atomic_path(run_dir / PREDICTIONS) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def _read_predictions(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    frame = pd.read_csv(run_dir / PREDICTIONS)
+    cols = [c for c in frame.columns if c.startswith("out_")]
+    return frame[cols].to_numpy(np.float32), frame["y"].to_numpy(np.int64)
+
+
+def _results_markdown(cfg: TrainConfig, heads: Sequence[str], summary: dict[str, dict], n_images: int) -> str:
+    d, m = cfg.data, cfg.model
+    start = f"weights {m.weights.name}" if m.weights else ("ImageNet weights" if m.pretrained else "no pretrained weights")
+    header = ["head"] + [c for metric in SCALAR_METRICS for c in (COLUMNS[metric], "paper")]
+    lines = [
+        f"# Reproduction: {m.arch}, {d.folds}-fold cross-validation",
+        "",
+        f"Data `{d.data}` (task {d.task if d.classes is None else d.classes.name}, {n_images} images), {d.size} px, {cfg.epochs} epochs, batch {d.bs}, "
+        f"lr {cfg.lr if cfg.lr is not None else 'auto'}, {start}, λ (mse weight) {m.mse_weight}, seed {d.seed}.",
+        "",
+        "Ours: mean ± std over folds (std with ddof 0). Paper: Pirovano et al. (2019), 4-fold "
+        f"cross-validation on Herlev; {NOT_REPORTED}: not reported.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for head in heads:
+        cells = [head] + [c for metric in SCALAR_METRICS
+                          for c in (ours_cell(metric, summary[head][metric]), paper_cell(head, metric))]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Per fold: `results.csv`. Chart: `comparison.png`. Pooled over folds, per head: "
+              "`<head>/confusion_matrix.png`, `<head>/score_distribution.png`, `<head>/pooled_metrics.json`."]
+    return "\n".join(lines) + "\n"
+
+
+def reproduce(cfg: ReproduceConfig, log: Callable[[str], None] | None = None) -> ReproduceResult:
+    """Train every head of `cfg.heads` on every fold, then write the comparison with the paper.
+
+    Images are decoded once; each fold run is `herlev_fa.train.train_fold` with the shared
+    config, only the head and held-out fold changing. Finished fold runs of an earlier call
+    are reused; interrupted ones are removed and trained again. `log` receives one line per
+    fold run (trained / reused).
+
+    Raises:
+        HerlevError: a problem a user can fix (data, options, weights), or an output folder
+            holding another reproduction or anything else.
+    """
+    say = log or (lambda message: None)
+    base = _absolute(cfg.train)
+    root = cfg.root
+    device = resolve_device(base.device)
+    task = resolve_task(base)
+    settings = _settings(base.to_json())
+    started_before = _check_root(root, {**settings, "heads": list(cfg.heads)})
+    folds = range(base.data.folds)
+    plan = {(h, k): _fold_status(root / h / f"fold{k}", fold_config(base, h, k, root), h, k)
+            for h in cfg.heads for k in folds}
+    todo_heads = sorted({h for (h, _), status in plan.items() if status != "finished"}, key=cfg.heads.index)
+    for head in todo_heads:  # fail fast on weights or head/task problems, before any output or decoding
+        build_model(replace(base.model, head=head), task)
+    if not started_before:
+        write_json(root / "reproduce.json", {"format": FORMAT, "settings": {**settings, "heads": list(cfg.heads)},
+                                             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": versions()})
+    need_data = bool(todo_heads) or any(not (root / h / f"fold{k}" / PREDICTIONS).is_file() for h, k in plan)
+    data = prepare(base, task) if need_data else None
+
+    runs: dict[str, list[Path]] = {h: [] for h in cfg.heads}
+    metrics: dict[str, list[dict]] = {h: [] for h in cfg.heads}
+    outputs: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {h: [] for h in cfg.heads}
+    trained: list[Path] = []
+    for i, (head, fold) in enumerate(plan, start=1):
+        run_dir, status = root / head / f"fold{fold}", plan[(head, fold)]
+        if status == "finished":
+            if data is not None:
+                _check_split(run_dir, data)
+            say(f"{head} fold {fold} ({i}/{len(plan)}): finished before, reused")
+        else:
+            if status == "interrupted":
+                shutil.rmtree(run_dir)
+            say(f"{head} fold {fold} ({i}/{len(plan)}): training" + (" again (interrupted)" if status == "interrupted" else ""))
+            train_fold(fold_config(base, head, fold, root), data, fold, run_dir, device)
+            trained.append(run_dir)
+        if not (run_dir / PREDICTIONS).is_file():
+            out, y = _predict_held_out(run_dir, data, fold, device, base.data.bs)
+            _write_predictions(run_dir, data, fold, out, y, head)
+        outputs[head].append(_read_predictions(run_dir))
+        metrics[head].append(json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")))
+        runs[head].append(run_dir)
+
+    summary = {h: summarize(metrics[h]) for h in cfg.heads}
+    pooled = {h: _write_pooled(root / h, h, outputs[h], task) for h in cfg.heads}
+    files = _write_results(root, base, cfg.heads, runs, metrics, summary)
+    return ReproduceResult(root, runs, metrics, summary, pooled, trained, files)
+
+
+def _write_pooled(head_dir: Path, head: str, outputs: list[tuple[np.ndarray, np.ndarray]], task) -> dict:
+    out = np.concatenate([o for o, _ in outputs])  # [N, C] over every fold
+    y = np.concatenate([t for _, t in outputs])  # [N]
+    pooled = severity_metrics(out, y, head, task.severities)
+    write_json(head_dir / "pooled_metrics.json", {**pooled, "classes": list(task.classes), "folds": len(outputs)})
+    confusion_matrix_png(np.array(pooled["confusion_matrix"]), task.classes, head_dir / "confusion_matrix.png",
+                         title=f"{head}, {len(outputs)} folds pooled: accuracy {pooled['accuracy']:.3f}, n={pooled['n']}")
+    _, score, _ = decode(out, head, task.severities)
+    score_distribution_png(score, y, task.classes, task.severities, head_dir / "score_distribution.png",
+                           title=f"{head}, {len(outputs)} folds pooled: predicted severity per true class")
+    return pooled
+
+
+def _write_results(root: Path, cfg: TrainConfig, heads: Sequence[str], runs: dict[str, list[Path]],
+                   metrics: dict[str, list[dict]], summary: dict[str, dict]) -> dict[str, Path]:
+    rows: list[dict[str, Any]] = []
+    for head in heads:
+        for run_dir, m in zip(runs[head], metrics[head]):
+            rows.append({"head": head, "fold": m.get("fold"), "run": run_dir.relative_to(root).as_posix(),
+                         **{k: m[k] for k in SCALAR_METRICS}, "n": m.get("n"), "best_epoch": m.get("best_epoch")})
+    files = {"results_csv": root / "results.csv", "results_md": root / "results.md",
+             "comparison_png": root / "comparison.png"}
+    with atomic_path(files["results_csv"]) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+    n_images = sum(int(m.get("n", 0)) for m in metrics[heads[0]])  # the held-out folds cover every image once
+    write_text(files["results_md"], _results_markdown(cfg, heads, summary, n_images))
+    names = list(SCALAR_METRICS)
+    mean = np.array([[summary[h][k]["mean"] for k in names] for h in heads])  # [H, M]
+    std = np.array([[summary[h][k]["std"] for k in names] for h in heads])  # [H, M]
+    paper = np.array([[np.nan if PAPER.get(h, {}).get(k) is None else PAPER[h][k] for k in names] for h in heads])
+    comparison_png(heads, names, mean, std, paper, files["comparison_png"],
+                   title=f"{cfg.model.arch}, {cfg.data.folds}-fold CV: ours (mean ± std) vs Pirovano et al. (4-fold)")
+    return files

@@ -1,0 +1,109 @@
+"""Killed runs (SIGKILL) resume from their last completed epoch, and every file left behind is whole."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+
+from herlev_fa.checkpoint import find
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _cmd(data, out, name, *extra):
+    return [sys.executable, "-m", "herlev_cli.main", "train", "--data", str(data), "--arch", "test_resnet",
+            "--size", "32", "--epochs", "6", "--bs", "16", "--seed", "1", "--device", "cpu", "--out", str(out),
+            "--name", name, "--quiet", *extra]
+
+
+def _run(cmd):
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _kill_when(cmd, ready, timeout=240):
+    """Start `cmd`, SIGKILL it as soon as `ready()` holds; True if it was killed before finishing."""
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.05)
+    proc.wait()
+    return False
+
+
+def _log_rows(path):
+    try:
+        return len(pd.read_csv(path))
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return 0
+
+
+@pytest.mark.parametrize("start", ["scratch", "finetune"])
+def test_killed_run_resumes_to_the_same_result(synth_data, trained_run, tmp_path, start):
+    extra = ["--no-pretrained"] if start == "scratch" else ["--weights", str(trained_run / "model.safetensors")]
+    _run(_cmd(synth_data, tmp_path, "reference", *extra))
+    # scratch: 6 one-cycle epochs; finetune: 1 frozen + 6 unfrozen. Kill inside the last fit.
+    killed = _kill_when(_cmd(synth_data, tmp_path, "killed", *extra),
+                        lambda: _log_rows(tmp_path / "killed" / "log.csv") >= 3)
+    assert killed, "the run finished before it could be killed"
+    assert not (tmp_path / "killed" / "herlev.json").exists()
+    resume = find(tmp_path / "killed")
+    assert resume is not None and resume.epoch >= 1
+    _run(_cmd(synth_data, tmp_path, "killed", *extra, "--resume"))
+
+    ref = json.loads((tmp_path / "reference" / "metrics.json").read_text())
+    got = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    for name in ("accuracy", "auc", "mse", "kappa"):
+        assert got[name] == pytest.approx(ref[name], abs=1e-5), name
+    assert got["confusion_matrix"] == ref["confusion_matrix"]
+    ref_log, got_log = pd.read_csv(tmp_path / "reference" / "log.csv"), pd.read_csv(tmp_path / "killed" / "log.csv")
+    assert len(got_log) == len(ref_log) == (6 if start == "scratch" else 7)
+    assert np.allclose(got_log["valid_loss"], ref_log["valid_loss"], atol=1e-5)
+    assert not (tmp_path / "killed" / "checkpoint").exists()  # removed once the run finished
+
+
+def _check_whole(path):
+    """Open every file of a run folder the way the tool would; raise if any is partial."""
+    for f in path.rglob("*"):
+        if f.is_dir():
+            continue
+        if f.suffix == ".json":
+            json.loads(f.read_text())
+        elif f.suffix == ".csv":
+            pd.read_csv(f)
+        elif f.suffix == ".safetensors":
+            load_file(str(f))
+        elif f.suffix == ".png":
+            Image.open(f).load()
+        elif f.name.endswith(".tmp"):
+            continue  # a temporary name: never read by the tool
+        else:
+            raise AssertionError(f"unexpected file {f}")
+
+
+def test_files_are_whole_after_kills_at_random_points(synth_data, tmp_path):
+    rng = np.random.default_rng(0)
+    for i, delay in enumerate(rng.uniform(4.0, 12.0, size=3)):
+        t0 = time.time()
+        _kill_when(_cmd(synth_data, tmp_path, f"k{i}", "--no-pretrained"), lambda: time.time() - t0 > delay)
+        run = tmp_path / f"k{i}"
+        if run.exists():
+            _check_whole(run)
+            if (run / "herlev.json").exists():
+                from herlev_fa.runs import load_run
+
+                assert load_run(run).meta["fold"] == 0
+            else:
+                find(run)  # a checkpoint, if any, loads
