@@ -88,6 +88,8 @@ def train(
     skip_bad: SkipBad = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run (--name, or the newest "
                                                           "unfinished one under --out) from its last completed epoch.")] = False,
+    deterministic: Annotated[bool, typer.Option("--deterministic", help="GPU: deterministic kernels and no cuDNN "
+                                                                        "autotuning (slower). CPU runs are always reproducible.")] = False,
     quiet: Quiet = False,
 ) -> None:
     """Train a severity classifier; writes a run folder with weights, metrics and plots."""
@@ -95,7 +97,7 @@ def train(
         DataConfig(data, task=task, classes=classes, size=size, folds=folds, seed=seed, bs=bs, skip_bad=skip_bad),
         ModelConfig(arch, head=head, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
         epochs=epochs, lr=_lr(lr), wd=wd, fold=_fold(fold), device=device, out=out_dir, name=name, quiet=quiet,
-        resume=resume,
+        resume=resume, deterministic=deterministic,
     )
     result = herlev_fa.train(cfg)
     out.print(_metrics_table("held-out metrics", {r.name: m for r, m in zip(result.runs, result.metrics)}))

@@ -76,6 +76,7 @@ class TrainConfig:
     name: str | None = None  # run folder name; default: <time>-<arch>-<head>
     quiet: bool = False  # no progress bars
     resume: bool = False  # continue an interrupted run (`name`, or the newest unfinished under `out`)
+    deterministic: bool = False  # GPU: deterministic kernels, no cuDNN autotuning (slower); CPU runs are always
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))

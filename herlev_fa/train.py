@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from fastai.torch_core import set_seed
 from fastcore.basics import noop
 
@@ -71,8 +73,21 @@ def prepare(cfg: TrainConfig, task: Task) -> Prepared:
     return Prepared(task, items, cache, bad)
 
 
+def set_determinism(seed: int, deterministic: bool) -> None:
+    """Seed every generator; with `deterministic`, also force deterministic GPU kernels.
+
+    CPU training is reproducible either way. On a GPU, `deterministic` turns off cuDNN's
+    autotuner and makes torch pick deterministic kernels (warning where none exists), at a cost
+    in speed.
+    """
+    set_seed(seed, reproducible=deterministic)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def _fit_learner(cfg: TrainConfig, data: Prepared, fold: int, device: str, cbs: list, path: Path):
-    set_seed(cfg.data.seed, reproducible=True)
+    set_determinism(cfg.data.seed, cfg.deterministic)
     model = build_model(cfg.model, data.task)
     mean, std = normalisation(model.net)
     dls = build_dataloaders(data.items, data.cache, data.task, valid=(data.items["fold"] == fold).to_numpy(),
@@ -133,7 +148,7 @@ def _resume_state(cfg: TrainConfig, run_dir: Path) -> checkpoint.Resume | None:
 def _comparable(cfg: TrainConfig) -> dict:
     """The settings a resumed run must share with the interrupted one."""
     plain = cfg.to_json()
-    for key in ("quiet", "name", "out", "resume"):
+    for key in ("quiet", "name", "out", "resume", "deterministic"):
         plain.pop(key, None)
     plain["data"].pop("workers", None)
     return plain

@@ -23,3 +23,17 @@ def test_same_seed_same_folds_and_metrics(synth_data, tmp_path):
     numeric = ["train_loss", "valid_loss", "accuracy", "auc", "mse", "kappa", "train_ce", "valid_mse"]
     assert (log_a[numeric] - log_b[numeric]).abs().max().max() <= 1e-6
     assert (log_a["train_loss"] - log_c["train_loss"]).abs().max() > 1e-4
+
+
+def test_deterministic_flag_sets_the_framework_flags():
+    import torch
+
+    from herlev_fa.train import set_determinism
+
+    try:
+        set_determinism(0, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
