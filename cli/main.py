@@ -20,6 +20,9 @@ from herlev_cli.app import (DEFAULT_RUNS, Arch, Bs, Classes, Data, Device, Folds
 from herlev_fa.config import DataConfig, ModelConfig, TrainConfig
 from herlev_fa.errors import HerlevError
 
+import herlev_cli.predict  # noqa: E402,F401  (registers predict)
+import herlev_cli.reproduce  # noqa: E402,F401  (registers reproduce)
+
 
 def _lr(value: str) -> float | None:
     if value == "auto":
@@ -111,7 +114,7 @@ def train(
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder (holds herlev.json).")],
     data: Annotated[Optional[Path], typer.Option(help="Data folder: the training data moved here, or another folder to evaluate whole.")] = None,
-    split: Annotated[Optional[str], typer.Option(help="valid (the run's held-out fold) | all (every image of --data); default: valid, or all when --data is another data set.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="valid (the run's held-out fold, under --data if the data moved) | all (every image of --data). Default: all when --data is given, else valid.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write metrics and plots.")] = None,
     bs: Bs = 64,
     device: Device = "auto",

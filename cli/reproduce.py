@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from herlev_cli.app import Arch, Bs, Data, Device, Folds, Pretrained, Quiet, Seed, Size, Task, Weights, app, out, user_errors
+from herlev_cli.app import (Arch, Bs, Data, Device, Folds, Pretrained, Quiet, Seed, Size, Task, Weights, app, out,
+                            user_errors)
 from herlev_fa.config import DataConfig, ModelConfig, TrainConfig
 from herlev_fa.metrics import SCALAR_METRICS
 from herlev_fa.reproduce import COLUMNS, ReproduceConfig, ReproduceResult, ours_cell, paper_cell
@@ -24,7 +25,8 @@ def _table(result: ReproduceResult) -> Table:
         table.add_column(head, justify="right", no_wrap=True)
         table.add_column("paper", justify="right", style="dim", no_wrap=True)
     for metric in SCALAR_METRICS:
-        cells = [c for head, s in result.summary.items() for c in (ours_cell(metric, s[metric]), paper_cell(head, metric))]
+        cells = [c for head, s in result.summary.items()
+                 for c in (ours_cell(metric, s[metric]), paper_cell(head, metric))]
         table.add_row(COLUMNS[metric], *cells)
     return table
 

@@ -23,11 +23,14 @@ from herlev_fa.errors import HerlevError  # noqa: E402
 from herlev_fa.evaluate import evaluate  # noqa: E402
 from herlev_fa.labels import Task, get_task, load_class_map  # noqa: E402
 from herlev_fa.model.learner import build_learner, build_model  # noqa: E402
+from herlev_fa.predict import predict  # noqa: E402
+from herlev_fa.reproduce import ReproduceConfig, reproduce  # noqa: E402
 from herlev_fa.runs import Run, load_run  # noqa: E402
 from herlev_fa.train import TrainResult, lr_find, train  # noqa: E402
 
 __all__ = [
     "DataConfig", "ModelConfig", "TrainConfig", "HerlevError", "Task", "Run", "TrainResult",
     "get_task", "load_class_map", "load_dataset", "write_synthetic",
-    "build_model", "build_learner", "train", "lr_find", "evaluate", "load_run",
+    "build_model", "build_learner", "train", "lr_find", "evaluate", "load_run", "predict",
+    "ReproduceConfig", "reproduce",
 ]

@@ -81,8 +81,9 @@ def evaluation_items(run: Run, data: str | Path | None = None, split: str | None
     """The items to evaluate, and a description of them.
 
     `split="valid"`: the run's held-out fold, under `data` (the same data set, moved) or the
-    recorded data root; `split="all"`: every image of `data`. Without `split`, `data` holding
-    the held-out images means "valid", any other folder means "all".
+    recorded data root; `split="all"`: every image of `data`. Without `split`: "valid" unless
+    `data` is a folder other than the recorded data root (file names alone cannot tell a moved
+    copy from another data set with the same names, so a moved copy needs `split="valid"`).
 
     Raises:
         HerlevError: unknown split, `all` without `data`, missing images.
@@ -91,10 +92,9 @@ def evaluation_items(run: Run, data: str | Path | None = None, split: str | None
         raise HerlevError(f"unknown split '{split}': choose valid or all")
     if split == "all" and data is None:
         raise HerlevError("--split all needs --data DIR (the folder whose images to evaluate)")
-    if data is not None and split is None:
-        held = run.folds()
-        held = held[held["fold"] == run.fold]
-        split = "valid" if all((Path(data) / rel).is_file() for rel in held["rel"]) else "all"
+    if split is None:
+        same_root = data is None or Path(data).expanduser().resolve() == Path(run.meta["data_root"])
+        split = "valid" if same_root else "all"
     if split == "all":
         return scan(data, run.task), f"every image of {Path(data)}"
     return held_out_items(run, data), f"held-out fold {run.fold}"

@@ -15,6 +15,7 @@ score.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -130,8 +131,7 @@ def _chunks(items: list, n: int) -> Iterator[list]:
 
 
 def _progress(show: bool):
-    import contextlib
-
+    """A rich progress bar over images (transient), or a context yielding None."""
     if not show:
         return contextlib.nullcontext(None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -194,14 +194,14 @@ def prediction_table(out: np.ndarray, paths: Sequence[str], run: Run) -> pd.Data
     return frame
 
 
-def predict(run: str | Path | Run, inputs: Sequence[str | Path], tta: bool = False, bs: int = 64,
+def predict(run: str | Path | Run, inputs: str | Path | Sequence[str | Path], tta: bool = False, bs: int = 64,
             device: str = "auto", skip_bad: bool = False, progress: bool = True) -> pd.DataFrame:
     """Predict image files, or every image in folders, with a trained run.
 
     Args:
         run: a run folder (holds herlev.json) or a loaded `Run`.
         inputs: image files (.bmp/.jpg/.png/.tif, any size and mode) and folders (searched
-            recursively; masks `-d.bmp`/`-d.png` skipped).
+            recursively; masks `-d.bmp`/`-d.png` skipped); one path or a sequence of them.
         tta: average over the 8 dihedral views (see the module docstring).
         skip_bad: warn about and skip unreadable images instead of stopping.
 
@@ -216,6 +216,8 @@ def predict(run: str | Path | Run, inputs: Sequence[str | Path], tta: bool = Fal
     """
     if bs < 1:
         raise HerlevError(f"--bs {bs} is out of range: use 1 or more")
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
     run = run if isinstance(run, Run) else load_run(run)
     device = resolve_device(device)
     paths = [str(p) for p in find_images(inputs, skip_bad=skip_bad)]

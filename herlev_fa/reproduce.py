@@ -9,8 +9,8 @@ writes, under OUT:
 | path | what |
 |---|---|
 | `reproduce.json` | the settings, written first; a rerun with other settings is refused |
-| `<head>/fold<k>/` | an ordinary run folder (`herlev_fa.runs`) + `predictions.csv` of its held-out fold |
-| `<head>/confusion_matrix.png`, `<head>/score_distribution.png`, `<head>/pooled_metrics.json` | predictions pooled over folds |
+| `<head>/fold<k>/` | an ordinary run folder (`herlev_fa.runs`, with `predictions.csv` of its held-out fold) |
+| `<head>/confusion_matrix.png`, `score_distribution.png`, `pooled_metrics.json` | predictions pooled over folds |
 | `results.csv` | one row per head and fold: every scalar metric (as in each fold's `metrics.json`) |
 | `results.md` | mean ± std per head beside the paper's numbers (`PAPER`) |
 | `comparison.png` | bar chart: ours (mean ± std over folds) vs the paper, per metric and head |
@@ -41,14 +41,15 @@ import pandas as pd  # noqa: E402
 from herlev_fa.atomic import atomic_path, save_figure, write_json, write_text  # noqa: E402
 from herlev_fa.config import HEADS, TrainConfig, resolve_device  # noqa: E402
 from herlev_fa.errors import HerlevError  # noqa: E402
+from herlev_fa.labels import Task  # noqa: E402
 from herlev_fa.metrics import SCALAR_METRICS, decode, severity_metrics  # noqa: E402
 from herlev_fa.model.learner import build_model  # noqa: E402
 from herlev_fa.plots import confusion_matrix_png, score_distribution_png  # noqa: E402
 from herlev_fa.runs import read_meta, versions  # noqa: E402
+from herlev_fa.runs import PREDICTIONS  # noqa: E402
 from herlev_fa.train import Prepared, prepare, resolve_task, summarize, train_fold  # noqa: E402
 
 FORMAT = "herlev_fa.reproduce/1"
-PREDICTIONS = "predictions.csv"
 
 # Pirovano et al. (2019): 4-fold cross-validation on Herlev, 5 severity classes; in this tool's
 # units (accuracies as fractions). None: not reported.
@@ -74,7 +75,9 @@ _SCHEDULE_KEYS = ("epochs", "lr", "wd")
 
 @dataclass(frozen=True)
 class ReproduceConfig:
-    train: TrainConfig  # shared by every head: data, arch, weights, schedule, seed; its head, fold, out, name are ignored
+    """One reproduction: the training config every head shares, the heads, the output folder."""
+
+    train: TrainConfig  # shared by every head (data, arch, weights, schedule, seed); head, fold, out, name ignored
     heads: tuple[str, ...] = HEADS  # the pipelines to compare, each trained on every fold
     out: Path | None = None  # output folder; None = <train.out>/reproduce-<arch>
 
@@ -212,8 +215,10 @@ def _fold_status(run_dir: Path, cfg: TrainConfig, head: str, fold: int) -> str:
     if meta["head"] != head or meta["fold"] != fold or _settings(meta.get("config") or {}) != _settings(cfg.to_json()):
         raise HerlevError(f"fold run '{run_dir}' was not trained with this reproduction's settings; delete it to "
                           "train it again, or pass another --out")
-    if not (run_dir / "metrics.json").is_file():
-        raise HerlevError(f"fold run '{run_dir}' has no metrics.json; the run folder is damaged: delete it to train it again")
+    for name in ("metrics.json", PREDICTIONS):
+        if not (run_dir / name).is_file():
+            raise HerlevError(f"fold run '{run_dir}' has no {name}; the run folder is damaged: "
+                              "delete it to train it again")
     return "finished"
 
 
@@ -225,36 +230,6 @@ def _check_split(run_dir: Path, data: Prepared) -> None:
                           "(the data set changed?); pass another --out to start a new reproduction")
 
 
-def _predict_held_out(run_dir: Path, data: Prepared, fold: int, device: str, bs: int) -> tuple[np.ndarray, np.ndarray]:
-    """Raw outputs [N, C] and classes [N] of a saved run on its held-out fold, from the decoded cache."""
-    import torch
-    from fastai.learner import Learner
-    from fastcore.basics import noop
-
-    from herlev_fa.data.block import build_dataloaders
-    from herlev_fa.loss import SeverityLoss
-    from herlev_fa.runs import load_run
-
-    run = load_run(run_dir)
-    held = data.items[data.items["fold"] == fold].reset_index(drop=True)
-    dls = build_dataloaders(held, data.cache, run.task, valid=np.ones(len(held), bool), bs=bs, mean=run.mean,
-                            std=run.std, device=device, inference=True)
-    learn = Learner(dls, run.model.to(device), loss_func=SeverityLoss(run.head, run.task.severities))
-    with torch.no_grad(), learn.no_bar(), learn.no_logging():
-        out, y = learn.get_preds(dl=dls.valid, act=noop)
-    run.model.cpu()
-    return out.float().numpy(), y.numpy()
-
-
-def _write_predictions(run_dir: Path, data: Prepared, fold: int, out: np.ndarray, y: np.ndarray, head: str) -> None:
-    held = data.items[data.items["fold"] == fold].reset_index(drop=True)
-    _, score, pred = decode(out, head, data.task.severities)
-    frame = pd.DataFrame({"rel": held["rel"], "label": held["label"], "fold": fold, "y": y, "pred": pred, "score": score})
-    frame = pd.concat([frame, pd.DataFrame(out, columns=[f"out_{i}" for i in range(out.shape[1])])], axis=1)
-    with atomic_path(run_dir / PREDICTIONS) as tmp:
-        frame.to_csv(tmp, index=False)
-
-
 def _read_predictions(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     frame = pd.read_csv(run_dir / PREDICTIONS)
     cols = [c for c in frame.columns if c.startswith("out_")]
@@ -263,12 +238,13 @@ def _read_predictions(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _results_markdown(cfg: TrainConfig, heads: Sequence[str], summary: dict[str, dict], n_images: int) -> str:
     d, m = cfg.data, cfg.model
-    start = f"weights {m.weights.name}" if m.weights else ("ImageNet weights" if m.pretrained else "no pretrained weights")
+    start = f"weights {m.weights.name}" if m.weights else "ImageNet weights" if m.pretrained else "random init"
+    task = d.task if d.classes is None else d.classes.name
     header = ["head"] + [c for metric in SCALAR_METRICS for c in (COLUMNS[metric], "paper")]
     lines = [
         f"# Reproduction: {m.arch}, {d.folds}-fold cross-validation",
         "",
-        f"Data `{d.data}` (task {d.task if d.classes is None else d.classes.name}, {n_images} images), {d.size} px, {cfg.epochs} epochs, batch {d.bs}, "
+        f"Data `{d.data}` (task {task}, {n_images} images), {d.size} px, {cfg.epochs} epochs, batch {d.bs}, "
         f"lr {cfg.lr if cfg.lr is not None else 'auto'}, {start}, λ (mse weight) {m.mse_weight}, seed {d.seed}.",
         "",
         "Ours: mean ± std over folds (std with ddof 0). Paper: Pirovano et al. (2019), 4-fold "
@@ -314,8 +290,7 @@ def reproduce(cfg: ReproduceConfig, log: Callable[[str], None] | None = None) ->
     if not started_before:
         write_json(root / "reproduce.json", {"format": FORMAT, "settings": {**settings, "heads": list(cfg.heads)},
                                              "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": versions()})
-    need_data = bool(todo_heads) or any(not (root / h / f"fold{k}" / PREDICTIONS).is_file() for h, k in plan)
-    data = prepare(base, task) if need_data else None
+    data = prepare(base, task) if todo_heads else None
 
     runs: dict[str, list[Path]] = {h: [] for h in cfg.heads}
     metrics: dict[str, list[dict]] = {h: [] for h in cfg.heads}
@@ -330,12 +305,10 @@ def reproduce(cfg: ReproduceConfig, log: Callable[[str], None] | None = None) ->
         else:
             if status == "interrupted":
                 shutil.rmtree(run_dir)
-            say(f"{head} fold {fold} ({i}/{len(plan)}): training" + (" again (interrupted)" if status == "interrupted" else ""))
+            again = " again (interrupted)" if status == "interrupted" else ""
+            say(f"{head} fold {fold} ({i}/{len(plan)}): training{again}")
             train_fold(fold_config(base, head, fold, root), data, fold, run_dir, device)
             trained.append(run_dir)
-        if not (run_dir / PREDICTIONS).is_file():
-            out, y = _predict_held_out(run_dir, data, fold, device, base.data.bs)
-            _write_predictions(run_dir, data, fold, out, y, head)
         outputs[head].append(_read_predictions(run_dir))
         metrics[head].append(json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")))
         runs[head].append(run_dir)
@@ -346,16 +319,18 @@ def reproduce(cfg: ReproduceConfig, log: Callable[[str], None] | None = None) ->
     return ReproduceResult(root, runs, metrics, summary, pooled, trained, files)
 
 
-def _write_pooled(head_dir: Path, head: str, outputs: list[tuple[np.ndarray, np.ndarray]], task) -> dict:
+def _write_pooled(head_dir: Path, head: str, outputs: list[tuple[np.ndarray, np.ndarray]], task: Task) -> dict:
+    """Metrics and figures of the held-out predictions of every fold together."""
     out = np.concatenate([o for o, _ in outputs])  # [N, C] over every fold
     y = np.concatenate([t for _, t in outputs])  # [N]
     pooled = severity_metrics(out, y, head, task.severities)
     write_json(head_dir / "pooled_metrics.json", {**pooled, "classes": list(task.classes), "folds": len(outputs)})
+    title = f"{head}, {len(outputs)} folds pooled"
     confusion_matrix_png(np.array(pooled["confusion_matrix"]), task.classes, head_dir / "confusion_matrix.png",
-                         title=f"{head}, {len(outputs)} folds pooled: accuracy {pooled['accuracy']:.3f}, n={pooled['n']}")
+                         title=f"{title}: accuracy {pooled['accuracy']:.3f}, n={pooled['n']}")
     _, score, _ = decode(out, head, task.severities)
     score_distribution_png(score, y, task.classes, task.severities, head_dir / "score_distribution.png",
-                           title=f"{head}, {len(outputs)} folds pooled: predicted severity per true class")
+                           title=f"{title}: predicted severity per true class")
     return pooled
 
 

@@ -10,6 +10,7 @@ A run folder holds:
 | `folds.csv`         | every image of the dataset (path relative to the data root), its class and fold |
 | `log.csv`           | one row per epoch                                                        |
 | `metrics.json`      | final metrics on the held-out fold                                       |
+| `predictions.csv`   | per held-out image: rel, label, fold, y, pred, score, raw outputs out_0.. |
 | `*.png`             | confusion matrix, score distribution, training curves                    |
 
 Every file is written atomically; `herlev.json` is written last, so a folder without it is an
@@ -31,6 +32,7 @@ from herlev_fa.labels import Task
 from herlev_fa.model.heads import SeverityModel, n_outputs
 
 FORMAT = "herlev_fa.run/1"
+PREDICTIONS = "predictions.csv"
 REQUIRED = {"format": str, "arch": str, "head": str, "task": dict, "image_size": int, "mean": list,
             "std": list, "fold": int, "n_folds": int, "data_root": str}
 
@@ -70,6 +72,18 @@ def save_model(run_dir: Path, model: SeverityModel, task: Task, size: int, mean,
 def save_folds(run_dir: Path, items: pd.DataFrame, folds) -> None:
     frame = pd.DataFrame({"rel": items["rel"], "label": items["label"], "fold": folds})
     with atomic_path(run_dir / "folds.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def save_predictions(run_dir: Path, held: pd.DataFrame, fold: int, out, y, head: str, severities) -> None:
+    """The held-out predictions: one row per image of `held` (rel, label), raw outputs [N, C] as out_i."""
+    from herlev_fa.metrics import decode
+
+    _, score, pred = decode(out, head, severities)
+    frame = pd.DataFrame({"rel": held["rel"].to_numpy(), "label": held["label"].to_numpy(), "fold": fold, "y": y,
+                          "pred": pred, "score": score})
+    frame = pd.concat([frame, pd.DataFrame(out, columns=[f"out_{i}" for i in range(out.shape[1])])], axis=1)
+    with atomic_path(run_dir / PREDICTIONS) as tmp:
         frame.to_csv(tmp, index=False)
 
 

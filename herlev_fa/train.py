@@ -37,7 +37,7 @@ from herlev_fa.labels import Task, get_task, load_class_map
 from herlev_fa.metrics import SCALAR_METRICS
 from herlev_fa.model.learner import build_learner, build_model, check_arch, normalisation
 from herlev_fa.plots import lr_find_png, training_curves_png
-from herlev_fa.runs import FORMAT, save_folds, save_model, versions
+from herlev_fa.runs import FORMAT, save_folds, save_model, save_predictions, versions
 
 
 @dataclass
@@ -148,7 +148,7 @@ def _resume_state(cfg: TrainConfig, run_dir: Path) -> checkpoint.Resume | None:
 def _comparable(cfg: TrainConfig) -> dict:
     """The settings a resumed run must share with the interrupted one."""
     plain = cfg.to_json()
-    for key in ("quiet", "name", "out", "resume", "deterministic"):
+    for key in ("quiet", "name", "out", "resume", "deterministic", "device"):
         plain.pop(key, None)
     plain["data"].pop("workers", None)
     return plain
@@ -190,7 +190,10 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
                 keep.best_epoch = int(resume.state["best"]["epoch"])
             out, y = learn.get_preds(dl=learn.dls.valid, act=noop)
     model = learn.model.cpu().eval()
-    metrics = write_evaluation(run_dir, out.float().numpy(), y.numpy(), data.task, cfg.model.head,
+    out, y = out.float().numpy(), y.numpy()
+    held = data.items[data.items["fold"] == fold]  # get_preds keeps the valid split's order
+    save_predictions(run_dir, held, fold, out, y, cfg.model.head, data.task.severities)
+    metrics = write_evaluation(run_dir, out, y, data.task, cfg.model.head,
                                extra={"fold": fold, "best_epoch": int(keep.best_epoch)})
     save_model(run_dir, model, data.task, cfg.data.size, mean, std)
     log = run_dir / "log.csv"
@@ -257,8 +260,11 @@ def _resumable_root(cfg: TrainConfig) -> Path:
 def _run_root(cfg: TrainConfig) -> Path:
     if cfg.resume:
         return _resumable_root(cfg)
-    name = cfg.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.arch}-{cfg.model.head}"
-    root = cfg.out / name
+    root = cfg.out / (cfg.name or f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model.arch}-{cfg.model.head}")
+    if cfg.name is None:  # two default names in the same second: number the second one
+        base, n = root, 2
+        while root.exists():
+            root, n = base.with_name(f"{base.name}-{n}"), n + 1
     if root.exists() and any(root.iterdir()):
         raise HerlevError(f"run folder '{root}' already exists and is not empty; pass --resume to continue it, "
                           "or another --name or --out")

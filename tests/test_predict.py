@@ -190,13 +190,27 @@ def test_image_modes_sizes_and_formats(trained_run, tmp_path):
     assert np.allclose(probs[1:4], probs[0], atol=1e-6)
 
 
+def test_chunks_batches_and_skipped_files_keep_the_order(trained_run, tmp_path, monkeypatch):
+    from herlev_fa.predict import predict_outputs
+
+    paths = [write_image(tmp_path / f"{i}.png", h=30 + i, w=40, value=12 * i) for i in range(7)]
+    whole = predict(trained_run, paths, device="cpu", progress=False)
+    (tmp_path / "3.png").write_bytes(b"broken")
+    monkeypatch.setitem(predict_outputs.__globals__, "CHUNK", 3)  # decode 3 images at a time
+    with pytest.warns(UserWarning, match="3.png"):
+        parts = predict(trained_run, paths, bs=2, device="cpu", skip_bad=True, progress=False)
+    assert list(parts["path"]) == [str(p) for i, p in enumerate(paths) if i != 3]
+    expected = whole.drop(index=3).reset_index(drop=True)
+    assert np.allclose(parts.filter(regex="^p_"), expected.filter(regex="^p_"), atol=1e-6)
+
+
 def test_a_reg_run_has_no_probability_columns(synth_data, tmp_path):
     from herlev_fa import DataConfig, ModelConfig, TrainConfig, train
 
     cfg = TrainConfig(DataConfig(synth_data, size=32, bs=32, folds=2), ModelConfig("test_resnet", head="reg", pretrained=False),
                       epochs=1, device="cpu", out=tmp_path, name="reg", quiet=True)
     run_dir = train(cfg).runs[0]
-    preds = predict(run_dir, [synth_data / "light_dysplastic"], tta=True, device="cpu", progress=False)
+    preds = predict(run_dir, synth_data / "light_dysplastic", tta=True, device="cpu", progress=False)  # one path
     assert list(preds.columns) == ["path", "pred", "score", "abnormal"]
     assert len(preds) == 24
     nearest = np.clip(np.rint(preds["score"]), 0, 4).astype(int)  # severities 0..4: nearest = rounded and clipped

@@ -50,6 +50,12 @@ def test_run_sidecar_and_folds(trained_run, synth_data):
     assert folds[folds.fold == 0]["label"].value_counts().to_dict() == {
         "normal": 18, "light_dysplastic": 6, "moderate_dysplastic": 6, "severe_dysplastic": 6, "carcinoma_in_situ": 6}
     assert (synth_data / folds["rel"].iloc[0]).is_file()
+    preds = pd.read_csv(trained_run / "predictions.csv")
+    classes = meta["task"]["classes"]
+    assert len(preds) == 42 and (preds["y"] == preds["label"].map(classes.index)).all()
+    assert set(preds["rel"]) == set(folds[folds.fold == 0]["rel"])
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert (preds["pred"] == preds["y"]).mean() == pytest.approx(metrics["accuracy"])
 
 
 def test_checkpoint_round_trip_and_plain_timm(trained_run):
@@ -106,16 +112,17 @@ def test_fold_all_writes_every_fold_and_a_summary(synth_data, tmp_path):
     assert "| accuracy |" in (tmp_path / "cv" / "cv_summary.md").read_text()
 
 
-def test_evaluate_finds_the_held_out_fold_in_moved_data(trained_run, synth_data, tmp_path):
+def test_evaluate_held_out_fold_of_moved_data_and_whole_other_folder(trained_run, synth_data, tmp_path):
     import shutil
 
     moved = tmp_path / "moved"
     shutil.copytree(synth_data, moved)
-    result = runner.invoke(app, ["evaluate", str(trained_run), "--data", str(moved), "--out", str(tmp_path / "ev"), "--json"])
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--data", str(moved), "--split", "valid",
+                                 "--out", str(tmp_path / "ev"), "--json"])
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output)
     assert metrics["n"] == 42 and metrics["data"] == "held-out fold 0"
-    result = runner.invoke(app, ["evaluate", str(trained_run), "--data", str(moved), "--split", "all", "--json",
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--data", str(moved), "--json",
                                  "--out", str(tmp_path / "ev2")])
     assert json.loads(result.output)["n"] == 168
 
