@@ -1,0 +1,174 @@
+"""The bad-input battery: each data case x each command that reads data, with the behaviour expected.
+
+The table `CASES` is the contract, and docs/bad_input.md documents it case by case:
+- "works": exit 0 and the command's output written;
+- "warns": exit 0 with a warning naming the file (the file skipped);
+- "error": exit 2, one line `error: ...` naming the file or folder, no traceback, no output written.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from helpers import herlev_folder, write_image, write_mask
+from herlev_cli.main import app
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _base(tmp):
+    return herlev_folder(tmp / "da ta", per_class=2)  # a space in every path
+
+
+def _truncated(tmp):
+    root = _base(tmp)
+    good = (root / "light_dysplastic" / "lig0.BMP").read_bytes()
+    (root / "light_dysplastic" / "bad.BMP").write_bytes(good[: len(good) // 2])
+    return root
+
+
+def _zero_byte(tmp):
+    root = _base(tmp)
+    (root / "light_dysplastic" / "bad.bmp").write_bytes(b"")
+    return root
+
+
+def _text(tmp):
+    root = _base(tmp)
+    (root / "light_dysplastic" / "bad.png").write_text("not an image")
+    return root
+
+
+def _sized(h, w):
+    def build(tmp):
+        root = _base(tmp)
+        write_image(root / "severe_dysplastic" / "odd.png", h=h, w=w)
+        return root
+    return build
+
+
+def _modes(tmp):
+    root = _base(tmp)
+    for mode, name in (("L", "gray.png"), ("RGBA", "rgba.png"), ("I;16", "deep.tif"), ("P", "pal.png")):
+        write_image(root / "moderate_dysplastic" / name, mode=mode)
+    return root
+
+
+def _mask_size(tmp):
+    root = _base(tmp)
+    write_mask(root / "light_dysplastic" / "lig0-d.bmp", h=11, w=13)  # image is 20 x 24
+    return root
+
+
+def _mask_colours(tmp):
+    root = _base(tmp)
+    Image.fromarray(np.full((20, 24, 3), (10, 200, 30), np.uint8)).save(root / "light_dysplastic" / "lig0-d.bmp")
+    return root
+
+
+def _no_mask(tmp):
+    root = _base(tmp)
+    (root / "light_dysplastic" / "lig0-d.bmp").unlink()
+    return root
+
+
+def _empty_class(tmp):
+    root = herlev_folder(tmp / "data", folders={"normal_columnar": 2, "light_dysplastic": 2, "severe_dysplastic": 2})
+    (root / "carcinoma_in_situ").mkdir()
+    return root
+
+
+def _unknown_class(tmp):
+    root = _base(tmp)
+    write_image(root / "koilocytes" / "k.png")
+    return root
+
+
+def _duplicates(tmp):
+    root = _base(tmp)
+    write_image(root / "light_dysplastic" / "same.png", value=1)
+    write_image(root / "severe_dysplastic" / "same.png", value=2)
+    return root
+
+
+def _unicode(tmp):
+    root = herlev_folder(tmp / "données été", per_class=2)
+    write_image(root / "light_dysplastic" / "cellule n°1 ü.png")
+    return root
+
+
+def _symlink_loop(tmp):
+    root = _base(tmp)
+    os.symlink("loop", root / "light_dysplastic" / "loop")  # a link to itself
+    os.symlink(root, root / "severe_dysplastic" / "up")  # a link to an ancestor
+    return root
+
+
+# case -> (builder, file or folder the message must name, expected behaviour per command)
+CASES = {
+    "truncated image": (_truncated, "bad.BMP", dict(train="error", evaluate="error", predict="error", lr_find="error")),
+    "zero-byte file": (_zero_byte, "bad.bmp", dict(train="error", evaluate="error", predict="error", lr_find="error")),
+    "text file with an image extension": (_text, "bad.png", dict(train="error", evaluate="error", predict="error",
+                                                                  lr_find="error")),
+    "1x1 image": (_sized(1, 1), None, dict(train="works", evaluate="works", predict="works")),
+    "5000x5000 image": (_sized(5000, 5000), None, dict(train="works", evaluate="works", predict="works")),
+    "grayscale, RGBA, 16-bit, palette images": (_modes, None, dict(train="works", evaluate="works", predict="works")),
+    "mask of another size than its image": (_mask_size, None, dict(train="works", predict="works")),
+    "mask with unexpected colours": (_mask_colours, None, dict(train="works", predict="works")),
+    "image without mask": (_no_mask, None, dict(train="works", predict="works")),
+    "empty class folder": (_empty_class, "carcinoma_in_situ", dict(train="warns", evaluate="warns")),
+    "unknown class folder": (_unknown_class, "koilocytes", dict(train="error", evaluate="error", lr_find="error")),
+    "duplicate file names across classes": (_duplicates, None, dict(train="works", evaluate="works", predict="works")),
+    "paths with spaces and non-ASCII characters": (_unicode, None, dict(train="works", evaluate="works",
+                                                                         predict="works")),
+    "symlink loop": (_symlink_loop, None, dict(train="works", predict="works")),
+}
+
+TRAIN = ["--arch", "test_resnet", "--no-pretrained", "--size", "32", "--bs", "4", "--folds", "2", "--quiet"]
+
+
+def _invoke(command, root, tmp, trained_run):
+    out = tmp / "out"
+    if command == "train":
+        args = ["train", "--data", str(root), *TRAIN, "--epochs", "1", "--out", str(out), "--name", "r"]
+    elif command == "lr_find":
+        args = ["lr-find", "--data", str(root), *TRAIN, "--out", str(out)]
+    elif command == "evaluate":
+        args = ["evaluate", str(trained_run), "--data", str(root), "--out", str(out), "--device", "cpu"]
+    else:
+        args = ["predict", str(root), "--run", str(trained_run), "--out", str(out / "p.csv"), "--device", "cpu"]
+    return runner.invoke(app, args), out
+
+
+MATRIX = [(case, command) for case, (_, _, expect) in CASES.items() for command in expect]
+
+
+@pytest.mark.parametrize("case,command", MATRIX, ids=[f"{c}-{m}" for c, m in MATRIX])
+def test_battery(case, command, tmp_path, trained_run):
+    build, named, expect = CASES[case]
+    root = build(tmp_path)
+    result, out = _invoke(command, root, tmp_path, trained_run)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert "Traceback" not in result.output
+    if expect[command] == "error":
+        assert result.exit_code == 2, result.output
+        errors = [line for line in lines if line.startswith("error: ")]
+        assert len(errors) == 1 and named in errors[0], result.output
+        assert not out.exists() or not any(p.is_file() for p in out.rglob("*")), "an error left output behind"
+    else:
+        assert result.exit_code == 0, result.output
+        assert out.exists() and any(p.is_file() for p in out.rglob("*"))
+        warnings = [line for line in lines if line.startswith("warning: ")]
+        if expect[command] == "warns":
+            assert any(named in w for w in warnings), result.output
+
+
+def test_every_case_is_documented():
+    doc = (REPO / "docs" / "bad_input.md").read_text()
+    for case in CASES:
+        assert f"| {case} |" in doc, case
