@@ -6,6 +6,7 @@ Command modules (`herlev_cli.main`, `herlev_cli.explain`) import `app` from here
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from pathlib import Path
 from typing import Annotated, Optional
@@ -21,7 +22,32 @@ app = typer.Typer(name="herlev", help="Train, evaluate and explain cervical-cell
 out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
-DEFAULT_RUNS = Path("runs")
+DEFAULT_RUNS = Path(os.environ.get("HERLEV_RUNS", "runs"))  # where train writes, and where a missing --run is looked for
+DEFAULT_DATA = Path("data/herlev")  # used when neither --data nor HERLEV_DATA is given
+
+
+def data_dir(value: Path | None) -> Path:
+    """--data, else $HERLEV_DATA, else ./data/herlev; an error naming all three when none exists."""
+    if value is not None:
+        return value
+    env = os.environ.get("HERLEV_DATA")
+    candidate = Path(env) if env else DEFAULT_DATA
+    if not candidate.is_dir():
+        where = f"HERLEV_DATA={env}" if env else f"the default {DEFAULT_DATA}/ (HERLEV_DATA is not set)"
+        raise HerlevError(f"no data folder: pass --data DIR, set HERLEV_DATA, or put the data in {DEFAULT_DATA}/; "
+                          f"looked at {where}")
+    return candidate
+
+
+def run_dir(value: Path | None) -> Path:
+    """The run folder given, else the newest finished run under the default runs folder (said aloud)."""
+    if value is not None:
+        return value
+    from herlev_fa.runs import latest_run
+
+    found = latest_run(DEFAULT_RUNS)
+    err.print(f"using the newest run: {found}", highlight=False, soft_wrap=True)
+    return found
 
 
 def user_errors(fn):
@@ -59,7 +85,10 @@ def main_callback(version: Annotated[bool, typer.Option("--version", callback=ve
 
 
 # Options shared by train and lr-find, declared once.
-Data = Annotated[Path, typer.Option("--data", help="Dataset root: one folder per class, at most two levels down.")]
+Data = Annotated[Optional[Path], typer.Option("--data", help="Dataset root: one folder per class, at most two levels "
+                                                            "down. Default: $HERLEV_DATA, else ./data/herlev.")]
+RunOption = Annotated[Optional[Path], typer.Option("--run", help="Run folder (holds herlev.json). Default: the newest "
+                                                                 "finished run under ./runs (or $HERLEV_RUNS).")]
 Arch = Annotated[str, typer.Option(help="Any timm architecture, e.g. resnet101, test_resnet, convnext_tiny.")]
 Head = Annotated[str, typer.Option(help="cls (cross-entropy) | reg (MSE on severity) | cls_reg (CE + lambda*MSE).")]
 Task = Annotated[str, typer.Option(help="severity (5 classes) | herlev7 | binary.")]

@@ -16,7 +16,7 @@ from rich.table import Table
 
 import herlev_fa
 from herlev_cli.app import (DEFAULT_RUNS, Arch, Bs, Classes, Data, Device, Folds, Head, Pretrained, Quiet, Seed, Size,
-                            SkipBad, Task, Weights, app, out, user_errors)
+                            SkipBad, Task, Weights, app, data_dir, out, run_dir, user_errors)
 from herlev_fa.config import DataConfig, ModelConfig, TrainConfig
 from herlev_fa.errors import HerlevError
 
@@ -69,7 +69,7 @@ def synth(
 @app.command(rich_help_panel="Training")
 @user_errors
 def train(
-    data: Data,
+    data: Data = None,
     arch: Arch = "resnet101",
     head: Head = "cls_reg",
     task: Task = "severity",
@@ -97,7 +97,8 @@ def train(
 ) -> None:
     """Train a severity classifier; writes a run folder with weights, metrics and plots."""
     cfg = TrainConfig(
-        DataConfig(data, task=task, classes=classes, size=size, folds=folds, seed=seed, bs=bs, skip_bad=skip_bad),
+        DataConfig(data_dir(data), task=task, classes=classes, size=size, folds=folds, seed=seed, bs=bs,
+                   skip_bad=skip_bad),
         ModelConfig(arch, head=head, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
         epochs=epochs, lr=_lr(lr), wd=wd, fold=_fold(fold), device=device, out=out_dir, name=name, quiet=quiet,
         resume=resume, deterministic=deterministic,
@@ -112,7 +113,8 @@ def train(
 @app.command(rich_help_panel="Training")
 @user_errors
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="Run folder (holds herlev.json).")],
+    run: Annotated[Optional[Path], typer.Argument(help="Run folder (holds herlev.json). Default: the newest finished run "
+                                                       "under ./runs (or $HERLEV_RUNS).")] = None,
     data: Annotated[Optional[Path], typer.Option(help="Data folder: the training data moved here, or another folder to evaluate whole.")] = None,
     split: Annotated[Optional[str], typer.Option(help="valid (the run's held-out fold, under --data if the data moved) | all (every image of --data). Default: all when --data is given, else valid.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write metrics and plots.")] = None,
@@ -122,6 +124,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
     """Metrics, confusion matrix and score distribution of a run on its held-out fold (or --data)."""
+    run = run_dir(run)
     metrics = herlev_fa.evaluate(run, data=data, split=split, out=out_dir, bs=bs, device=device, skip_bad=skip_bad,
                                  progress=not as_json)
     if as_json:
@@ -136,7 +139,7 @@ def evaluate(
 @app.command("lr-find", rich_help_panel="Training")
 @user_errors
 def lr_find(
-    data: Data,
+    data: Data = None,
     arch: Arch = "resnet101",
     head: Head = "cls_reg",
     task: Task = "severity",
@@ -153,7 +156,7 @@ def lr_find(
 ) -> None:
     """Run fastai's learning-rate finder on fold 0; prints the suggestion and writes lr_find.png."""
     cfg = TrainConfig(
-        DataConfig(data, task=task, classes=classes, size=size, folds=folds, seed=seed, bs=bs),
+        DataConfig(data_dir(data), task=task, classes=classes, size=size, folds=folds, seed=seed, bs=bs),
         ModelConfig(arch, head=head, pretrained=pretrained, weights=weights),
         device=device, out=out_dir, quiet=quiet,
     )

@@ -10,7 +10,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from herlev_cli.app import Bs, Device, SkipBad, app, out, user_errors
+from herlev_cli.app import Bs, Device, RunOption, SkipBad, app, out, run_dir, user_errors
 from herlev_fa.atomic import atomic_path
 from herlev_fa.errors import HerlevError
 from herlev_fa.predict import predict as predict_images
@@ -35,7 +35,7 @@ def _table(preds: pd.DataFrame, run: Path, tta: bool) -> Table:
 @user_errors
 def predict(
     images: Annotated[list[Path], typer.Argument(metavar="IMAGE|DIR", help="Image files, or folders searched recursively (masks skipped).")],
-    run: Annotated[Path, typer.Option("--run", help="Run folder (holds herlev.json).")],
+    run: RunOption = None,
     out_file: Annotated[Path, typer.Option("--out", help="CSV to write (replaced if it exists).")] = Path("preds.csv"),
     tta: Annotated[bool, typer.Option("--tta", help="Average over the 8 flips and quarter turns of each image.")] = False,
     bs: Bs = 64,
@@ -46,6 +46,7 @@ def predict(
     """Predict the class, class probabilities and severity score of images; writes a CSV, one row per image."""
     if out_file.is_dir():  # before any work
         raise HerlevError(f"--out '{out_file}' is a folder; give a file name, e.g. '{out_file / 'preds.csv'}'")
+    run = run_dir(run)
     preds = predict_images(run, images, tta=tta, bs=bs, device=device, skip_bad=skip_bad, progress=not as_json)
     with atomic_path(out_file) as tmp:
         preds.to_csv(tmp, index=False)

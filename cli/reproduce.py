@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from herlev_cli.app import (Arch, Bs, Data, Device, Folds, Pretrained, Quiet, Seed, Size, Task, Weights, app, out,
+from herlev_cli.app import (Arch, Bs, Data, Device, Folds, Pretrained, Quiet, Seed, Size, Task, Weights, app, data_dir, out,
                             user_errors)
 from herlev_fa.config import DataConfig, ModelConfig, TrainConfig
 from herlev_fa.metrics import SCALAR_METRICS
@@ -34,7 +34,7 @@ def _table(result: ReproduceResult) -> Table:
 @app.command(rich_help_panel="Training")
 @user_errors
 def reproduce(
-    data: Data,
+    data: Data = None,
     arch: Arch = "resnet101",
     task: Task = "severity",
     folds: Folds = 4,
@@ -52,7 +52,7 @@ def reproduce(
 ) -> None:
     """Train cls, reg and cls_reg on identical folds and compare with the paper's table (resumable)."""
     cfg = ReproduceConfig(TrainConfig(
-        DataConfig(data, task=task, size=size, folds=folds, seed=seed, bs=bs),
+        DataConfig(data_dir(data), task=task, size=size, folds=folds, seed=seed, bs=bs),
         ModelConfig(arch, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
         epochs=epochs, device=device, quiet=quiet,
     ), out=out_dir)

@@ -124,6 +124,19 @@ class Run:
         return pd.read_csv(path, dtype={"rel": str, "label": str, "fold": int})
 
 
+def latest_run(root: str | Path) -> Path:
+    """The most recently finished run folder under `root` (searched three levels down).
+
+    Raises:
+        HerlevError: no finished run there.
+    """
+    root = Path(root)
+    found = [p.parent for depth in ("*", "*/*", "*/*/*") for p in root.glob(f"{depth}/herlev.json")]
+    if not found:
+        raise HerlevError(f"no finished run under '{root}': train one first, or pass the run folder")
+    return max(found, key=lambda p: (p / "herlev.json").stat().st_mtime)
+
+
 def read_meta(run_dir: str | Path) -> dict[str, Any]:
     """The validated `herlev.json` of a run folder.
 

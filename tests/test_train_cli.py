@@ -138,3 +138,32 @@ def test_fine_tune_from_a_previous_run_with_lr_auto(trained_run, synth_data, tmp
     assert len(log) == 2  # fine_tune: one frozen epoch, then one unfrozen
     # started from trained weights: already far better than chance after the frozen epoch
     assert log["accuracy"].iloc[0] > 0.6
+
+
+def test_commands_default_to_the_newest_run_and_say_so(trained_run, synth_data, tmp_path, monkeypatch):
+    import herlev_cli.app
+
+    monkeypatch.setattr(herlev_cli.app, "DEFAULT_RUNS", trained_run.parent)
+    result = runner.invoke(app, ["evaluate", "--out", str(tmp_path / "ev"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert f"using the newest run: {trained_run}" in result.output
+    img = next(synth_data.glob("light_dysplastic/*.BMP"))
+    result = runner.invoke(app, ["predict", str(img), "--out", str(tmp_path / "p.csv"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 1
+    monkeypatch.setattr(herlev_cli.app, "DEFAULT_RUNS", tmp_path / "empty")
+    result = runner.invoke(app, ["evaluate"])
+    assert result.exit_code == 2 and "no finished run under" in result.output
+
+
+def test_data_defaults_to_env_then_local_folder(synth_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HERLEV_DATA", raising=False)
+    args = ["lr-find", "--arch", "test_resnet", "--no-pretrained", "--size", "32", "--bs", "16", "--quiet"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "pass --data DIR, set HERLEV_DATA, or put the data in data/herlev/" in result.output
+    monkeypatch.setenv("HERLEV_DATA", str(synth_data))
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "lr_find.png").is_file()
