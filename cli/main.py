@@ -94,16 +94,22 @@ def train(
     deterministic: Annotated[bool, typer.Option("--deterministic", help="GPU: deterministic kernels and no cuDNN "
                                                                         "autotuning (slower). CPU runs are always reproducible.")] = False,
     quiet: Quiet = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run folders and metrics as JSON on stdout "
+                                                         "(implies --quiet).")] = False,
 ) -> None:
     """Train a severity classifier; writes a run folder with weights, metrics and plots."""
     cfg = TrainConfig(
         DataConfig(data_dir(data), task=task, classes=classes, size=size, folds=folds, seed=seed, bs=bs,
                    skip_bad=skip_bad),
         ModelConfig(arch, head=head, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
-        epochs=epochs, lr=_lr(lr), wd=wd, fold=_fold(fold), device=device, out=out_dir, name=name, quiet=quiet,
-        resume=resume, deterministic=deterministic,
+        epochs=epochs, lr=_lr(lr), wd=wd, fold=_fold(fold), device=device, out=out_dir, name=name,
+        quiet=quiet or as_json, resume=resume, deterministic=deterministic,
     )
     result = herlev_fa.train(cfg)
+    if as_json:
+        typer.echo(json.dumps({"root": str(result.root), "runs": [str(r) for r in result.runs],
+                               "metrics": result.metrics, "summary": result.summary}))
+        return
     out.print(_metrics_table("held-out metrics", {r.name: m for r, m in zip(result.runs, result.metrics)}))
     if result.summary:
         out.print(f"cross-validated summary: [bold]{result.root / 'cv_summary.md'}[/]")

@@ -102,8 +102,11 @@ def test_lr_find_writes_plot_and_prints_suggestion(synth_data, tmp_path):
 def test_fold_all_writes_every_fold_and_a_summary(synth_data, tmp_path):
     result = runner.invoke(app, ["train", "--data", str(synth_data), "--arch", "test_resnet", "--no-pretrained",
                                  "--head", "reg", "--folds", "2", "--fold", "all", "--epochs", "1", "--size", "32",
-                                 "--bs", "32", "--out", str(tmp_path), "--name", "cv", "--quiet"])
+                                 "--bs", "32", "--out", str(tmp_path), "--name", "cv", "--json"])
     assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed["runs"] == [str(tmp_path / "cv" / "fold0"), str(tmp_path / "cv" / "fold1")]
+    assert printed["summary"]["mse"]["folds"] == [m["mse"] for m in printed["metrics"]]
     summary = json.loads((tmp_path / "cv" / "cv_summary.json").read_text())
     for fold in (0, 1):
         m = json.loads((tmp_path / "cv" / f"fold{fold}" / "metrics.json").read_text())
