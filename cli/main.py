@@ -20,9 +20,6 @@ from herlev_cli.app import (DEFAULT_RUNS, Arch, Bs, Classes, Data, Device, Folds
 from herlev_fa.config import DataConfig, ModelConfig, TrainConfig
 from herlev_fa.errors import HerlevError
 
-import herlev_cli.predict  # noqa: E402,F401  (registers predict)
-import herlev_cli.reproduce  # noqa: E402,F401  (registers reproduce)
-
 
 def _lr(value: str) -> float | None:
     if value == "auto":
@@ -192,6 +189,13 @@ def demo(
     out.print(f"metrics: [bold]{run / 'metrics.json'}[/], per epoch: {run / 'log.csv'}")
     out.print(f"plots:   [bold]{run / 'confusion_matrix.png'}[/], {run / 'score_distribution.png'}, "
               f"{run / 'training_curves.png'}")
+
+
+# the other command modules register on the same app; imported here so that the help lists
+# the core commands first
+import herlev_cli.explain  # noqa: E402,F401  (explain, quantify)
+import herlev_cli.predict  # noqa: E402,F401  (predict)
+import herlev_cli.reproduce  # noqa: E402,F401  (reproduce)
 
 
 def main() -> None:

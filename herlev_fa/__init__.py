@@ -5,6 +5,8 @@ The public API, one name per thing the CLI does:
     from herlev_fa import DataConfig, ModelConfig, TrainConfig, train, evaluate, load_run
     result = train(TrainConfig(DataConfig("herlev/"), ModelConfig("resnet101", head="cls_reg")))
     metrics = evaluate(result.runs[0])
+    predictions = predict(result.runs[0], ["cells/"])
+    maps = explain(result.runs[0], ["cell.bmp"])  # Integrated Gradients
 """
 
 import os
@@ -21,6 +23,9 @@ from herlev_fa.data.items import scan as load_dataset  # noqa: E402
 from herlev_fa.data.synth import write_synthetic  # noqa: E402
 from herlev_fa.errors import HerlevError  # noqa: E402
 from herlev_fa.evaluate import evaluate  # noqa: E402
+from herlev_fa.explain.attribution import explain  # noqa: E402
+from herlev_fa.explain.masks import read_mask  # noqa: E402
+from herlev_fa.explain.report import quantify  # noqa: E402
 from herlev_fa.labels import Task, get_task, load_class_map  # noqa: E402
 from herlev_fa.model.learner import build_learner, build_model  # noqa: E402
 from herlev_fa.predict import predict  # noqa: E402
@@ -32,5 +37,5 @@ __all__ = [
     "DataConfig", "ModelConfig", "TrainConfig", "HerlevError", "Task", "Run", "TrainResult",
     "get_task", "load_class_map", "load_dataset", "write_synthetic",
     "build_model", "build_learner", "train", "lr_find", "evaluate", "load_run", "predict",
-    "ReproduceConfig", "reproduce",
+    "ReproduceConfig", "reproduce", "explain", "quantify", "read_mask",
 ]

@@ -17,7 +17,7 @@ from herlev_fa.atomic import write_json
 from herlev_fa.config import resolve_device
 from herlev_fa.data.block import build_dataloaders
 from herlev_fa.data.images import decode_all
-from herlev_fa.data.items import scan
+from herlev_fa.data.items import mask_for, scan
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import Task
 from herlev_fa.loss import SeverityLoss
@@ -57,7 +57,9 @@ def held_out_items(run: Run, data: str | Path | None = None) -> pd.DataFrame:
     if unknown:
         raise HerlevError(f"folds file of run '{run.path}' names classes {sorted(unknown)} not in its task")
     y = held["label"].map(run.task.classes.index)
-    return pd.DataFrame({"path": [str(p) for p in paths], "rel": held["rel"], "mask": "", "folder": "",
+    masks = [mask_for(p) for p in paths]
+    return pd.DataFrame({"path": [str(p) for p in paths], "rel": held["rel"], "mask": [str(m) if m else "" for m in masks],
+                         "folder": [p.parent.name for p in paths],
                          "label": held["label"], "y": y, "severity": [run.task.severities[i] for i in y]})
 
 
@@ -81,7 +83,7 @@ def evaluation_items(run: Run, data: str | Path | None = None, split: str | None
     """The items to evaluate, and a description of them.
 
     `split="valid"`: the run's held-out fold, under `data` (the same data set, moved) or the
-    recorded data root; `split="all"`: every image of `data`. Without `split`: "valid" unless
+    recorded data root; `split="all"`: every image of `data` (default: the recorded data root). Without `split`: "valid" unless
     `data` is a folder other than the recorded data root (file names alone cannot tell a moved
     copy from another data set with the same names, so a moved copy needs `split="valid"`).
 
@@ -89,14 +91,13 @@ def evaluation_items(run: Run, data: str | Path | None = None, split: str | None
         HerlevError: unknown split, `all` without `data`, missing images.
     """
     if split not in (None, "valid", "all"):
-        raise HerlevError(f"unknown split '{split}': choose valid or all")
-    if split == "all" and data is None:
-        raise HerlevError("--split all needs --data DIR (the folder whose images to evaluate)")
+        raise HerlevError(f"unknown --split '{split}': choose valid (the run's held-out fold) or all")
     if split is None:
         same_root = data is None or Path(data).expanduser().resolve() == Path(run.meta["data_root"])
         split = "valid" if same_root else "all"
     if split == "all":
-        return scan(data, run.task), f"every image of {Path(data)}"
+        root = Path(data) if data is not None else Path(run.meta["data_root"])
+        return scan(root, run.task), f"every image of {root}"
     return held_out_items(run, data), f"held-out fold {run.fold}"
 
 

@@ -111,22 +111,31 @@ def _symlink_loop(tmp):
 
 # case -> (builder, file or folder the message must name, expected behaviour per command)
 CASES = {
-    "truncated image": (_truncated, "bad.BMP", dict(train="error", evaluate="error", predict="error", lr_find="error")),
-    "zero-byte file": (_zero_byte, "bad.bmp", dict(train="error", evaluate="error", predict="error", lr_find="error")),
+    "truncated image": (_truncated, "bad.BMP", dict(train="error", evaluate="error", predict="error", lr_find="error",
+                                                    explain="error", quantify="warns")),  # no mask: skipped first
+    "zero-byte file": (_zero_byte, "bad.bmp", dict(train="error", evaluate="error", predict="error", lr_find="error",
+                                                   explain="error")),
     "text file with an image extension": (_text, "bad.png", dict(train="error", evaluate="error", predict="error",
-                                                                  lr_find="error")),
-    "1x1 image": (_sized(1, 1), None, dict(train="works", evaluate="works", predict="works")),
-    "5000x5000 image": (_sized(5000, 5000), None, dict(train="works", evaluate="works", predict="works")),
-    "grayscale, RGBA, 16-bit, palette images": (_modes, None, dict(train="works", evaluate="works", predict="works")),
-    "mask of another size than its image": (_mask_size, None, dict(train="works", predict="works")),
-    "mask with unexpected colours": (_mask_colours, None, dict(train="works", predict="works")),
-    "image without mask": (_no_mask, None, dict(train="works", predict="works")),
-    "empty class folder": (_empty_class, "carcinoma_in_situ", dict(train="warns", evaluate="warns")),
-    "unknown class folder": (_unknown_class, "koilocytes", dict(train="error", evaluate="error", lr_find="error")),
-    "duplicate file names across classes": (_duplicates, None, dict(train="works", evaluate="works", predict="works")),
+                                                                  lr_find="error", explain="error")),
+    "1x1 image": (_sized(1, 1), None, dict(train="works", evaluate="works", predict="works", explain="works")),
+    "5000x5000 image": (_sized(5000, 5000), None, dict(train="works", evaluate="works", predict="works",
+                                                       explain="works")),
+    "grayscale, RGBA, 16-bit, palette images": (_modes, None, dict(train="works", evaluate="works", predict="works",
+                                                                    explain="works")),
+    "mask of another size than its image": (_mask_size, "lig0-d.bmp", dict(train="works", predict="works",
+                                                                            quantify="error")),
+    "mask with unexpected colours": (_mask_colours, "lig0-d.bmp", dict(train="works", predict="works",
+                                                                        quantify="error")),
+    "image without mask": (_no_mask, "lig0.BMP", dict(train="works", predict="works", quantify="warns")),
+    "empty class folder": (_empty_class, "carcinoma_in_situ", dict(train="warns", evaluate="warns", quantify="works")),
+    "unknown class folder": (_unknown_class, "koilocytes", dict(train="error", evaluate="error", lr_find="error",
+                                                                quantify="error")),
+    "duplicate file names across classes": (_duplicates, None, dict(train="works", evaluate="works", predict="works",
+                                                                     explain="works")),
     "paths with spaces and non-ASCII characters": (_unicode, None, dict(train="works", evaluate="works",
-                                                                         predict="works")),
-    "symlink loop": (_symlink_loop, None, dict(train="works", predict="works")),
+                                                                         predict="works", explain="works",
+                                                                         quantify="works")),
+    "symlink loop": (_symlink_loop, None, dict(train="works", predict="works", quantify="works")),
 }
 
 TRAIN = ["--arch", "test_resnet", "--no-pretrained", "--size", "32", "--bs", "4", "--folds", "2", "--quiet"]
@@ -140,6 +149,13 @@ def _invoke(command, root, tmp, trained_run):
         args = ["lr-find", "--data", str(root), *TRAIN, "--out", str(out)]
     elif command == "evaluate":
         args = ["evaluate", str(trained_run), "--data", str(root), "--out", str(out), "--device", "cpu"]
+    elif command == "explain":
+        images = [str(p) for p in sorted(root.rglob("*.*")) if p.is_file() and not p.name.lower().endswith(("-d.bmp", "-d.png"))]
+        args = ["explain", *images, "--run", str(trained_run), "--out", str(out), "--steps", "8", "--device", "cpu",
+                "--quiet"]
+    elif command == "quantify":
+        args = ["quantify", "--run", str(trained_run), "--data", str(root), "--split", "all", "--out", str(out),
+                "--steps", "8", "--device", "cpu", "--quiet"]
     else:
         args = ["predict", str(root), "--run", str(trained_run), "--out", str(out / "p.csv"), "--device", "cpu"]
     return runner.invoke(app, args), out

@@ -16,6 +16,7 @@ What does not: the attribution itself (``explain.attribution``) and the overlap 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,6 @@ SUMMARY_METRICS: dict[str, str] = {
     "cytoplasm_pos_share": "cytoplasm share of + attribution",
     "background_pos_share": "background share of + attribution",
 }
-SPLITS = ("valid", "all")
 
 
 def _short(name: str) -> str:
@@ -198,22 +198,19 @@ def quantify_items(run, data: str | Path | None = None, split: str = "valid") ->
     Raises:
         HerlevError: unknown split, missing data, or no image with a mask.
     """
-    from herlev_fa.data.items import mask_for, scan
-    from herlev_fa.evaluate import held_out_items
+    from herlev_fa.evaluate import evaluation_items
 
-    if split not in SPLITS:
-        raise HerlevError(f"unknown --split '{split}': choose valid (the run's held-out fold) or all")
-    if split == "valid":
-        items = held_out_items(run, data)
-    else:
-        items = scan(data if data is not None else run.meta["data_root"], run.task)
-    masks = [mask_for(Path(p)) for p in items["path"]]
-    items = items.assign(mask=[str(m) if m else "" for m in masks])
+    items, _ = evaluation_items(run, data, split)
     with_mask = items[items["mask"] != ""].reset_index(drop=True)
     if with_mask.empty:
         raise HerlevError(f"none of the {len(items)} image(s) of split '{split}' has a mask "
                           "(<stem>-d.bmp or <stem>-d.png beside the image); quantify needs masks")
-    return with_mask, len(items) - len(with_mask)
+    skipped = len(items) - len(with_mask)
+    if skipped:
+        first = items.loc[items["mask"] == "", "path"].iloc[0]
+        warnings.warn(f"{skipped} of {len(items)} image(s) have no mask (<stem>-d.bmp or <stem>-d.png) and are "
+                      f"skipped, e.g. '{first}'", UserWarning, stacklevel=3)
+    return with_mask, skipped
 
 
 @dataclass
@@ -307,7 +304,8 @@ def summarize(table: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
         for metric in SUMMARY_METRICS:
             values = part[metric].to_numpy(dtype=np.float64)
             values = values[np.isfinite(values)]
-            stats = (values.mean(), np.median(values), *np.percentile(values, [25, 75])) if values.size else (np.nan,) * 4
+            stats = (values.mean(), np.median(values), *np.percentile(values, [25, 75])) if values.size \
+                else (np.nan,) * 4
             row.update({f"{metric}_{s}": float(v) for s, v in zip(("mean", "median", "q25", "q75"), stats)})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -386,6 +384,7 @@ def distribution_png(table: pd.DataFrame, classes: Sequence[str], path: str | Pa
     finite = table["nucleus_enrichment"].replace([np.inf, -np.inf], np.nan).dropna()
     if len(finite) and finite.min() > 0:
         right.set_yscale("log")
+        right.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         right.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         right.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     right.set_title("nucleus enrichment (red: no enrichment)")

@@ -1,0 +1,195 @@
+"""Pure functions of the explanation: letterbox geometry and its inverse, region shares, top-k fractions."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import albumentations as A
+import cv2
+import numpy as np
+import pytest
+
+from herlev_fa.data.augment import letterbox
+from herlev_fa.explain.attribution import Box, content_mask, gaussian_blur, letterbox_box, unletterbox
+from herlev_fa.explain.masks import BACKGROUND, BORDER, CYTOPLASM, NUCLEUS, OTHER
+from herlev_fa.explain.overlap import padding_share, region_shares, top_fraction_in
+
+
+def _zero_padded(size: int) -> A.Compose:
+    """The project's letterbox with its padding made black, so that the content box can be seen."""
+    resize, pad = copy.deepcopy(letterbox(size).transforms)
+    pad.border_mode, pad.fill = cv2.BORDER_CONSTANT, 0
+    return A.Compose([resize, pad])
+
+
+@pytest.mark.parametrize("size", [16, 48, 64, 200, 224])
+def test_letterbox_box_matches_the_letterbox_on_many_shapes(size):
+    rng = np.random.default_rng(size)
+    shapes = [(1, 1), (size, size), (size, 1), (3, size * 3), (size + 1, size - 1), (2 * size, size)]
+    shapes += [tuple(int(v) for v in rng.integers(1, 4 * size, 2)) for _ in range(60)]
+    boxed = _zero_padded(size)
+    for h, w in shapes:
+        seen = boxed(image=np.full((h, w, 3), 200, np.uint8))["image"][..., 0] > 0  # [S, S]
+        box = letterbox_box(h, w, size)
+        assert (content_mask(box, size) == seen).all(), (h, w, box)
+
+
+def test_letterbox_box_by_hand():
+    assert letterbox_box(32, 16, 64) == Box(top=0, left=16, height=64, width=32)
+    assert letterbox_box(128, 96, 64) == Box(top=0, left=8, height=64, width=48)
+    assert letterbox_box(10, 30, 64) == Box(top=21, left=0, height=21, width=64)  # 21.33 -> 21; pad 43 = 21 + 22
+    assert letterbox_box(64, 64, 64) == Box(0, 0, 64, 64)
+
+
+def test_mask_follows_the_image_through_the_letterbox():
+    h, w, size = 30, 50, 64
+    image = np.full((h, w, 3), 230, np.uint8)
+    regions = np.full((h, w), BACKGROUND, np.uint8)
+    regions[10:20, 5:45] = CYTOPLASM
+    regions[12:18, 20:30] = NUCLEUS
+    image[regions == NUCLEUS] = 20  # the nucleus is the dark patch
+    out = letterbox(size)(image=image, mask=regions)
+    dark = out["image"][..., 0] < 125  # [S, S]
+    nucleus = out["mask"] == NUCLEUS
+    assert out["mask"].dtype == np.uint8 and set(np.unique(out["mask"])) <= {BACKGROUND, CYTOPLASM, NUCLEUS}
+    iou = (dark & nucleus).sum() / (dark | nucleus).sum()
+    assert iou > 0.8, iou
+
+
+def test_unletterbox_is_identity_on_a_square_image_of_the_model_size():
+    grid = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)
+    assert np.array_equal(unletterbox(grid, 64, 64), grid)
+
+
+def test_unletterbox_integer_shrink_is_exact_and_keeps_the_mass():
+    # a 32 x 16 image is enlarged x2 to a 64 x 32 box at columns 16..48 of a 64 grid
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(32, 16)).astype(np.float32)  # one value per input pixel
+    grid = np.full((64, 64), 1e6, np.float32)  # padding: must not leak
+    grid[:, 16:48] = np.kron(values, np.ones((2, 2), np.float32))  # each input pixel -> a 2 x 2 block
+    back = unletterbox(grid, 32, 16)
+    assert back.shape == (32, 16) and back.dtype == np.float32
+    np.testing.assert_allclose(back, 4 * values, rtol=1e-5, atol=1e-6)  # the 4 pixels' mass on one pixel
+    assert back.sum() == pytest.approx(grid[:, 16:48].sum(), rel=1e-5)
+
+
+def test_unletterbox_enlarging_keeps_the_mass_of_a_constant_map():
+    # a 128 x 96 image is shrunk x0.5 to a 64 x 48 box at columns 8..56
+    grid = np.zeros((64, 64), np.float32)
+    grid[:, 8:56] = 2.0
+    back = unletterbox(grid, 128, 96)
+    assert back.shape == (128, 96)
+    np.testing.assert_allclose(back, 0.5, rtol=1e-6)
+    assert back.sum() == pytest.approx(2.0 * 64 * 48)
+
+
+def test_unletterbox_rejects_a_non_square_map():
+    with pytest.raises(ValueError, match="square"):
+        unletterbox(np.zeros((4, 5)), 4, 5)
+
+
+def test_gaussian_blur_keeps_constants_and_spreads_an_impulse_with_unit_mass():
+    const = torch_full((1, 3, 20, 24), 0.7)
+    np.testing.assert_allclose(gaussian_blur(const, 3.0).numpy(), 0.7, rtol=1e-5)
+    impulse = torch_full((1, 1, 41, 41), 0.0)
+    impulse[0, 0, 20, 20] = 1.0
+    out = gaussian_blur(impulse, 2.0).numpy()[0, 0]
+    assert out.sum() == pytest.approx(1.0, rel=1e-4)
+    assert out[20, 20] == pytest.approx(1 / (2 * math.pi * 4.0), rel=0.02)  # peak of a 2D Gaussian, sigma 2
+    np.testing.assert_allclose(out, out.T, atol=1e-7)
+
+
+def torch_full(shape, value):
+    import torch
+
+    return torch.full(shape, value, dtype=torch.float32)
+
+
+# A hand-made 3 x 4 case: the last pixel is padding (excluded), so 11 pixels count.
+ATTR = np.array([[1.0, 2.0, -1.0, 0.0],
+                 [3.0, -2.0, 4.0, 0.5],
+                 [0.0, 1.0, 0.0, 6.0]])
+REGIONS = np.array([[BACKGROUND, CYTOPLASM, CYTOPLASM, BACKGROUND],
+                    [NUCLEUS, NUCLEUS, CYTOPLASM, BORDER],
+                    [BACKGROUND, OTHER, BACKGROUND, BACKGROUND]], np.uint8)
+KEEP = np.ones((3, 4), bool)
+KEEP[2, 3] = False
+
+
+def test_region_shares_by_hand():
+    s = region_shares(ATTR, REGIONS, KEEP)
+    # positive mass: background 1, cytoplasm 2 + 4, nucleus 3, border 0.5, other 1 -> 11.5
+    assert s["background_pos_share"] == pytest.approx(1 / 11.5)
+    assert s["cytoplasm_pos_share"] == pytest.approx(6 / 11.5)
+    assert s["nucleus_pos_share"] == pytest.approx(3 / 11.5)
+    assert s["border_pos_share"] == pytest.approx(0.5 / 11.5)
+    assert s["other_pos_share"] == pytest.approx(1 / 11.5)
+    # absolute mass: background 1, cytoplasm 7, nucleus 5, border 0.5, other 1 -> 14.5
+    assert s["cytoplasm_abs_share"] == pytest.approx(7 / 14.5)
+    assert s["nucleus_abs_share"] == pytest.approx(5 / 14.5)
+    # area over the 11 kept pixels: background 4, cytoplasm 3, nucleus 2, border 1, other 1
+    assert [s[f"{r}_area_share"] for r in ("background", "cytoplasm", "nucleus", "border", "other")] == \
+        pytest.approx([4 / 11, 3 / 11, 2 / 11, 1 / 11, 1 / 11])
+    assert s["nucleus_enrichment"] == pytest.approx((3 / 11.5) / (2 / 11))  # 33/23
+    assert s["nucleus_abs_enrichment"] == pytest.approx((5 / 14.5) / (2 / 11))
+    # top 5%: ceil(0.55) = 1 pixel, the 4 (cytoplasm); top 10%: ceil(1.1) = 2 pixels, 4 and 3 (nucleus)
+    assert s["nucleus_top5"] == 0.0
+    assert s["nucleus_top10"] == 0.5
+    for kind in ("pos", "abs", "area"):
+        assert sum(v for k, v in s.items() if k.endswith(f"_{kind}_share")) == pytest.approx(1.0)
+
+
+def test_region_shares_count_the_padding_when_not_told_to_keep_it_out():
+    s = region_shares(ATTR, REGIONS)
+    assert s["background_pos_share"] == pytest.approx(7 / 17.5)  # the padding's 6 is background here
+    assert s["nucleus_area_share"] == pytest.approx(2 / 12)
+
+
+def test_region_shares_nan_where_undefined():
+    negative = -np.abs(ATTR)
+    s = region_shares(negative, REGIONS, KEEP)
+    assert math.isnan(s["nucleus_pos_share"]) and math.isnan(s["nucleus_enrichment"])
+    assert s["nucleus_abs_share"] == pytest.approx(5 / 14.5)  # |attr| is unchanged by the sign
+    no_nucleus = np.where(REGIONS == NUCLEUS, CYTOPLASM, REGIONS).astype(np.uint8)
+    s = region_shares(ATTR, no_nucleus, KEEP)
+    assert s["nucleus_area_share"] == 0.0 and math.isnan(s["nucleus_enrichment"]) and s["nucleus_top10"] == 0.0
+    s = region_shares(np.zeros((3, 4)), REGIONS, KEEP)
+    assert math.isnan(s["nucleus_abs_share"])
+
+
+def test_region_shares_refuses_bad_inputs():
+    with pytest.raises(ValueError, match="same"):
+        region_shares(ATTR, REGIONS[:2])
+    with pytest.raises(ValueError, match="no pixel"):
+        region_shares(ATTR, REGIONS, np.zeros((3, 4), bool))
+    with pytest.raises(ValueError, match="region codes"):
+        region_shares(ATTR, np.full((3, 4), 7, np.uint8))
+
+
+def test_enrichment_is_one_over_area_when_only_the_nucleus_is_attributed():
+    regions = np.full((20, 20), BACKGROUND, np.uint8)
+    regions[5:15, 5:15] = CYTOPLASM
+    regions[8:12, 8:12] = NUCLEUS  # 16 of 400 px
+    attr = np.where(regions == NUCLEUS, 0.25, 0.0)
+    s = region_shares(attr, regions)
+    assert s["nucleus_pos_share"] == 1.0
+    assert s["nucleus_enrichment"] == pytest.approx(400 / 16)
+    assert s["nucleus_top5"] == pytest.approx(16 / 20)  # 20 pixels: the 16 nucleus ones, then 4 zeros
+    assert s["nucleus_top10"] == pytest.approx(16 / 40)
+
+
+def test_top_fraction_ranks_by_signed_value_with_stable_ties():
+    values = np.array([5.0, -9.0, 5.0, 1.0, 0.0])
+    inside = np.array([False, True, True, True, False])
+    assert top_fraction_in(values, inside, 0.2) == 0.0  # k = 1: the first 5
+    assert top_fraction_in(values, inside, 0.4) == 0.5  # both 5s
+    assert top_fraction_in(values, inside, 0.6) == pytest.approx(2 / 3)  # 5, 5, 1
+    assert top_fraction_in(values, inside, 1.0) == pytest.approx(3 / 5)
+    with pytest.raises(ValueError):
+        top_fraction_in(values, inside, 0.0)
+
+
+def test_padding_share_by_hand():
+    assert padding_share(ATTR, KEEP) == pytest.approx(6 / 20.5)
+    assert math.isnan(padding_share(np.zeros((3, 4)), KEEP))
