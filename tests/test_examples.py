@@ -56,3 +56,17 @@ def test_quick_finetune_notebook(tmp_path):
     new_run = max((tmp_path / "quick_finetune_nb").glob("*-test_resnet-cls_reg"))  # the later of the two runs
     assert accuracy["after"] == pytest.approx(json.loads((new_run / "metrics.json").read_text())["accuracy"], abs=1e-4)
     assert accuracy["after"] > 0.6 and 0 <= accuracy["before"] <= 1
+
+
+def test_explain_one_cell_demo(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(EXAMPLES / "explain_one_cell.py"), "--out", str(tmp_path / "e")],
+                            capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    share, area, enrichment = re.search(r"nucleus: ([\d.]+)% of the positive attribution on ([\d.]+)% of the pixels "
+                                        r"\(enrichment ([\d.]+)\)", result.stdout).groups()
+    assert float(enrichment) == pytest.approx(float(share) / float(area), rel=0.02)
+    assert float(enrichment) > 1.5  # the synthetic severity lives in the nucleus
+    figure = Path(result.stdout.split("figure: ")[1].strip())
+    assert figure.is_file() and figure.with_suffix(".npy").name.endswith("_ig.npy")
+    assert (figure.parent / figure.name.replace(".png", ".npy")).is_file()
