@@ -24,6 +24,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+QUANTIFY_CHILD = r"""
+import json, resource, sys, time
+from herlev_fa.explain.report import quantify
+run, data, out = sys.argv[1], sys.argv[2], sys.argv[3]
+t = time.perf_counter()
+result = quantify(run, data=data, split="all", out=out, steps=16, device="cpu", progress=False)
+seconds = time.perf_counter() - t
+print(json.dumps({"n": len(result.table), "seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
 CHILD = r"""
 import json, resource, sys, time
 from herlev_fa.predict import predict
@@ -52,9 +62,8 @@ def train_tiny_run(tmp: Path) -> Path:
     return train(cfg).runs[0]
 
 
-def child(run: Path, folder: Path) -> dict:
-    done = subprocess.run([sys.executable, "-c", CHILD, str(run), str(folder)], capture_output=True, text=True,
-                          check=True)
+def child(code: str, *args: object) -> dict:
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -71,7 +80,12 @@ def main() -> None:
         small = make_images(tmp / "small", small_n, args.size)
         large = make_images(tmp / "large", args.n, args.size, seed=1)
         print(f"setup (tiny run + {small_n + args.n} images): {time.perf_counter() - t:.1f} s")
-        rows = {name: child(run, folder) for name, folder in (("small", small), ("large", large))}
+        rows = {name: child(CHILD, run, folder) for name, folder in (("small", small), ("large", large))}
+        shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "herlev" / "letterbox200"
+        if shared.is_dir():  # every real cell with its mask, 16 IG steps each
+            q = child(QUANTIFY_CHILD, run, shared, tmp / "quantify")
+            print(f"quantify {q['n']:>5} real cells: {q['n'] / q['seconds']:8.1f} images/s, "
+                  f"peak memory {q['peak_mb']:7.1f} MB")
     for name, r in rows.items():
         print(f"predict {r['n']:>6} images: {r['n'] / r['seconds']:8.1f} images/s, peak memory {r['peak_mb']:7.1f} MB")
     ratio = rows["large"]["peak_mb"] / rows["small"]["peak_mb"]

@@ -24,6 +24,7 @@ ImagesPerCall = Annotated[int, typer.Option("--bs", help="Images per IG call (ea
 DataRoot = Annotated[Optional[Path], typer.Option("--data", help="Dataset root (default: the run's own data root).")]
 QuantifyOut = Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: RUN/quantify-SPLIT).")]
 Split = Annotated[str, typer.Option(help="valid (the run's held-out fold) | all (every image with a mask).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the per-image rows as JSON on stdout (implies --quiet).")]
 
 
 @app.command(rich_help_panel="Explanation")
@@ -40,12 +41,17 @@ def explain(
     precision: Precision = "fp32",
     tol: Tol = DEFAULT_TOL,
     quiet: Quiet = False,
+    as_json: AsJson = False,
 ) -> None:
     """Integrated Gradients per image: NAME_ig.png (cell, heat map, overlay) and NAME_ig.npy (H x W)."""
     from herlev_fa.explain.report import explain_images
 
     table, folder = explain_images(run_dir(run), images, out=out_dir, target=target, steps=steps, baseline=baseline,
-                                   device=device, bs=bs, precision=precision, tol=tol, progress=not quiet)
+                                   device=device, bs=bs, precision=precision, tol=tol,
+                                   progress=not (quiet or as_json))
+    if as_json:
+        typer.echo(table.to_json(orient="records"))
+        return
     for r in table.itertuples(index=False):
         out.print(f"{r.name}: predicted [bold]{r.predicted}[/], score {r.score:.2f}, IG of {r.target}, "
                   f"delta {r.delta:+.2g} ({r.relative_delta:.1%})", highlight=False)
@@ -67,12 +73,17 @@ def quantify(
     precision: Precision = "fp32",
     tol: Tol = DEFAULT_TOL,
     quiet: Quiet = False,
+    as_json: AsJson = False,
 ) -> None:
     """Share of IG attribution on nucleus, cytoplasm and background of each masked image, per class."""
     from herlev_fa.explain.report import quantify as run_quantify
     from herlev_fa.explain.report import summary_table
 
     result = run_quantify(run_dir(run), data=data, split=split, out=out_dir, target=target, steps=steps, baseline=baseline,
-                          device=device, bs=bs, precision=precision, tol=tol, progress=not quiet)
+                          device=device, bs=bs, precision=precision, tol=tol,
+                          progress=not (quiet or as_json))
+    if as_json:
+        typer.echo(result.table.to_json(orient="records"))
+        return
     out.print(summary_table(result.summary, f"IG on mask regions ({split}, baseline {baseline}, {steps} steps)"))
     out.print(f"written to [bold]{result.out_dir}[/] (quantify.csv, quantify.md, quantify.png)")

@@ -287,10 +287,10 @@ def reproduce(cfg: ReproduceConfig, log: Callable[[str], None] | None = None) ->
     todo_heads = sorted({h for (h, _), status in plan.items() if status != "finished"}, key=cfg.heads.index)
     for head in todo_heads:  # fail fast on weights or head/task problems, before any output or decoding
         build_model(replace(base.model, head=head), task)
+    data = prepare(base, task) if todo_heads else None  # bad images fail here, before any output
     if not started_before:
         write_json(root / "reproduce.json", {"format": FORMAT, "settings": {**settings, "heads": list(cfg.heads)},
                                              "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": versions()})
-    data = prepare(base, task) if todo_heads else None
 
     runs: dict[str, list[Path]] = {h: [] for h in cfg.heads}
     metrics: dict[str, list[dict]] = {h: [] for h in cfg.heads}

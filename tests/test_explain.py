@@ -391,3 +391,20 @@ def test_quantify_refuses_a_mask_of_another_size(run, tmp_path):
                                  "--device", "cpu", "--quiet"])
     _one_line_error(result, rf"mask '.*{mask.name}' is 10x7 px but its image '.*{first.name}' is")
     assert not (tmp_path / "q" / "quantify.csv").exists()
+
+
+def test_explain_and_quantify_json_for_scripts(trained_run, synth_data, tmp_path):
+    import json
+
+    images = sorted(synth_data.glob("severe_dysplastic/*.BMP"))[:2]
+    result = CliRunner().invoke(app, ["explain", *map(str, images), "--run", str(trained_run), "--steps", "16",
+                                      "--out", str(tmp_path / "e"), "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["path"] for r in rows] == [str(p) for p in images]
+    assert all(Path(r["map"]).is_file() and r["predicted"] for r in rows)
+    result = CliRunner().invoke(app, ["quantify", "--run", str(trained_run), "--steps", "16",
+                                      "--out", str(tmp_path / "q"), "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert len(rows) == 42 and {"nucleus_enrichment", "nucleus_pos_share", "label"} <= set(rows[0])

@@ -111,11 +111,14 @@ def _symlink_loop(tmp):
 
 # case -> (builder, file or folder the message must name, expected behaviour per command)
 CASES = {
-    "truncated image": (_truncated, "bad.BMP", dict(train="error", evaluate="error", predict="error", lr_find="error",
+    "truncated image": (_truncated, "bad.BMP", dict(train="error", reproduce="error", evaluate="error", predict="error",
+                                                    lr_find="error",
                                                     explain="error", quantify="warns")),  # no mask: skipped first
-    "zero-byte file": (_zero_byte, "bad.bmp", dict(train="error", evaluate="error", predict="error", lr_find="error",
+    "zero-byte file": (_zero_byte, "bad.bmp", dict(train="error", reproduce="error", evaluate="error", predict="error",
+                                                   lr_find="error",
                                                    explain="error")),
-    "text file with an image extension": (_text, "bad.png", dict(train="error", evaluate="error", predict="error",
+    "text file with an image extension": (_text, "bad.png", dict(train="error", reproduce="error", evaluate="error",
+                                                                  predict="error",
                                                                   lr_find="error", explain="error")),
     "1x1 image": (_sized(1, 1), None, dict(train="works", evaluate="works", predict="works", explain="works")),
     "5000x5000 image": (_sized(5000, 5000), None, dict(train="works", evaluate="works", predict="works",
@@ -128,7 +131,8 @@ CASES = {
                                                                         quantify="error")),
     "image without mask": (_no_mask, "lig0.BMP", dict(train="works", predict="works", quantify="warns")),
     "empty class folder": (_empty_class, "carcinoma_in_situ", dict(train="warns", evaluate="warns", quantify="works")),
-    "unknown class folder": (_unknown_class, "koilocytes", dict(train="error", evaluate="error", lr_find="error",
+    "unknown class folder": (_unknown_class, "koilocytes", dict(train="error", reproduce="error", evaluate="error",
+                                                                lr_find="error",
                                                                 quantify="error")),
     "duplicate file names across classes": (_duplicates, None, dict(train="works", evaluate="works", predict="works",
                                                                      explain="works")),
@@ -145,6 +149,8 @@ def _invoke(command, root, tmp, trained_run):
     out = tmp / "out"
     if command == "train":
         args = ["train", "--data", str(root), *TRAIN, "--epochs", "1", "--out", str(out), "--name", "r"]
+    elif command == "reproduce":
+        args = ["reproduce", "--data", str(root), *TRAIN, "--epochs", "1", "--out", str(out)]
     elif command == "lr_find":
         args = ["lr-find", "--data", str(root), *TRAIN, "--out", str(out)]
     elif command == "evaluate":
