@@ -86,7 +86,7 @@ def main() -> None:
             q = child(QUANTIFY_CHILD, run, shared, tmp / "quantify")
             print(f"quantify {q['n']:>5} real cells: {q['n'] / q['seconds']:8.1f} images/s, "
                   f"peak memory {q['peak_mb']:7.1f} MB")
-    for name, r in rows.items():
+    for r in rows.values():
         print(f"predict {r['n']:>6} images: {r['n'] / r['seconds']:8.1f} images/s, peak memory {r['peak_mb']:7.1f} MB")
     ratio = rows["large"]["peak_mb"] / rows["small"]["peak_mb"]
     print(f"peak memory ratio large/small: {ratio:.2f} for {args.n / small_n:.0f}x the images "

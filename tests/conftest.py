@@ -15,6 +15,8 @@ SHARED_HERLEV = Path(os.environ.get("HERLEV_SHARED_DATA", REPO.parent / "shared"
 def shared_herlev() -> Path:
     """The real Herlev cells in ../shared/data/herlev (README, letterbox200/, cells40/, features.csv)."""
     if not (SHARED_HERLEV / "letterbox200").is_dir():
+        if os.environ.get("CI"):  # CI has ../shared beside the clone: its absence is a failure, not a skip
+            pytest.fail(f"real Herlev data not found at {SHARED_HERLEV} on CI")
         pytest.skip(f"real Herlev data not found at {SHARED_HERLEV} (set HERLEV_SHARED_DATA)")
     return SHARED_HERLEV
 

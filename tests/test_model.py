@@ -3,7 +3,6 @@
 import os
 import pickle
 
-import numpy as np
 import pytest
 import timm
 import torch
@@ -13,7 +12,7 @@ from herlev_fa.config import ModelConfig
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import get_task
 from herlev_fa.loss import SeverityLoss
-from herlev_fa.model.heads import ClsRegHead, SeverityModel, nearest_class, split_output
+from herlev_fa.model.heads import ClsRegHead, nearest_class, split_output
 from herlev_fa.model.learner import body_head_splitter, build_model, create_net, load_weights_file
 
 SEV = (0.0, 1.0, 2.0, 3.0, 4.0)
