@@ -1,0 +1,68 @@
+"""Data pipeline throughput on the CPU alone: images/s that the training DataLoader delivers.
+
+Decodes the shared real cells once (the in-memory cache), builds the training DataLoaders of
+fold 0 exactly as `herlev train` does (letterboxed cache -> albumentations train pipeline ->
+fastai collation and normalisation), and times full passes over the training split with no
+model. In the same run it times the baseline of the same DataLoader without augmentation,
+and prints the ratio. To feed a GPU, the pipeline must outrun the GPU's training throughput
+(issue 3: > 1,300 images/s for resnet101 at 224 px on an H100).
+
+    python bench/data_pipeline.py [--data ../shared/data/herlev/letterbox200] [--size 224] [--bs 64] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from herlev_fa.data.block import build_dataloaders
+from herlev_fa.data.images import decode_all
+from herlev_fa.data.items import assign_folds, scan
+from herlev_fa.labels import get_task
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "herlev" / "letterbox200"
+
+
+def images_per_second(dl, passes: int) -> float:
+    n, start = 0, time.perf_counter()
+    for _ in range(passes):
+        for xb, _ in dl:
+            n += len(xb)
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=SHARED)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--bs", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--passes", type=int, default=2)
+    args = parser.parse_args()
+    task = get_task("severity")
+    items = scan(args.data, task)
+    t = time.perf_counter()
+    cache, _ = decode_all(items["path"], args.size, progress=False)
+    print(f"decode + letterbox {len(items)} images once: {len(items) / (time.perf_counter() - t):.0f} images/s")
+    folds = assign_folds(items, 4, seed=0)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    valid = folds == 0
+    dls = build_dataloaders(items, cache, task, valid=valid, bs=args.bs, mean=mean, std=std, device="cpu",
+                            workers=args.workers, seed=0)
+    plain = build_dataloaders(items, cache, task, valid=np.ones(len(items), bool), bs=args.bs, mean=mean, std=std,
+                              device="cpu", workers=args.workers, inference=True)
+    images_per_second(dls.train, 1)  # warm up workers and caches
+    augmented = images_per_second(dls.train, args.passes)
+    baseline = images_per_second(plain.valid, args.passes)
+    print(f"{os.cpu_count()} CPU cores, {args.workers} workers, {args.size} px, batch {args.bs}")
+    print(f"training DataLoader (augmented): {augmented:8.0f} images/s")
+    print(f"same DataLoader, no augmentation: {baseline:8.0f} images/s")
+    print(f"ratio augmented / no augmentation: {augmented / baseline:.2f}")
+
+
+if __name__ == "__main__":
+    main()
