@@ -16,7 +16,8 @@ writes, under OUT:
 | `comparison.png` | bar chart: ours (mean ± std over folds) vs the paper, per metric and head |
 
 It resumes: a fold run that finished (has `herlev.json`, with this reproduction's settings) is
-kept; a fold folder without `herlev.json` (interrupted) is removed and trained again.
+kept; a fold folder without `herlev.json` (interrupted) continues from its last completed epoch
+when it has a checkpoint (``herlev_fa.checkpoint``), and is removed and trained again otherwise.
 
 What it is not: a new training loop. Every fold run comes from `herlev_fa.train.train_fold`.
 """
@@ -38,6 +39,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from herlev_fa import checkpoint  # noqa: E402
 from herlev_fa.atomic import atomic_path, save_figure, write_json, write_text  # noqa: E402
 from herlev_fa.config import HEADS, TrainConfig, resolve_device  # noqa: E402
 from herlev_fa.errors import HerlevError  # noqa: E402
@@ -267,7 +269,7 @@ def reproduce(cfg: ReproduceConfig, log: Callable[[str], None] | None = None) ->
 
     Images are decoded once; each fold run is `herlev_fa.train.train_fold` with the shared
     config, only the head and held-out fold changing. Finished fold runs of an earlier call
-    are reused; interrupted ones are removed and trained again. `log` receives one line per
+    are reused; interrupted ones resume from their checkpoint, or are trained again without one. `log` receives one line per
     fold run (trained / reused).
 
     Raises:
@@ -303,11 +305,17 @@ def reproduce(cfg: ReproduceConfig, log: Callable[[str], None] | None = None) ->
                 _check_split(run_dir, data)
             say(f"{head} fold {fold} ({i}/{len(plan)}): finished before, reused")
         else:
-            if status == "interrupted":
-                shutil.rmtree(run_dir)
-            again = " again (interrupted)" if status == "interrupted" else ""
-            say(f"{head} fold {fold} ({i}/{len(plan)}): training{again}")
-            train_fold(fold_config(base, head, fold, root), data, fold, run_dir, device)
+            fold_cfg = fold_config(base, head, fold, root)
+            resume = status == "interrupted" and checkpoint.find(run_dir) is not None
+            if resume:
+                say(f"{head} fold {fold} ({i}/{len(plan)}): resuming from its checkpoint (interrupted)")
+                fold_cfg = replace(fold_cfg, resume=True)
+            else:
+                if status == "interrupted":  # killed before its first checkpoint: nothing to keep
+                    shutil.rmtree(run_dir)
+                again = " again (interrupted)" if status == "interrupted" else ""
+                say(f"{head} fold {fold} ({i}/{len(plan)}): training{again}")
+            train_fold(fold_cfg, data, fold, run_dir, device)
             trained.append(run_dir)
         outputs[head].append(_read_predictions(run_dir))
         metrics[head].append(json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")))

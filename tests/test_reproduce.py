@@ -245,3 +245,38 @@ def test_heads_must_be_known_and_distinct(synth_data):
         with pytest.raises(HerlevError, match="heads"):
             repro.ReproduceConfig(train, heads=heads)
     assert repro.ReproduceConfig(train).root == Path("runs") / "reproduce-test_resnet"
+
+
+def test_an_interrupted_fold_continues_from_its_checkpoint(synth_data, tmp_path, device):
+    """Interrupt the first fold run after its first epoch's checkpoint; the rerun continues it and ends
+    where an uninterrupted reproduction ends."""
+    from herlev_fa import checkpoint
+
+    args = ["reproduce", "--data", str(synth_data), "--arch", "test_resnet", "--no-pretrained", "--folds", "2",
+            "--epochs", "3", "--size", "32", "--bs", "32", "--seed", "0", "--device", device, "--quiet"]
+    reference = runner.invoke(app, [*args, "--out", str(tmp_path / "ref")], env=WIDE)
+    assert reference.exit_code == 0, reference.output
+
+    real_after_epoch = checkpoint.SaveCheckpoint.after_epoch
+
+    def interrupt_after_first_checkpoint(self):
+        real_after_epoch(self)
+        if (self.run_dir / "checkpoint").is_dir():
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checkpoint.SaveCheckpoint, "after_epoch", interrupt_after_first_checkpoint)
+        killed = runner.invoke(app, [*args, "--out", str(tmp_path / "out")], env=WIDE)
+    assert killed.exit_code == 130
+    first = tmp_path / "out" / "cls" / "fold0"
+    assert checkpoint.find(first).epoch == 0 and not (first / "herlev.json").exists()
+
+    again = runner.invoke(app, [*args, "--out", str(tmp_path / "out")], env=WIDE)
+    assert again.exit_code == 0, again.output
+    assert not (first / "checkpoint").exists()
+    for head, fold in FOLD_RUNS:
+        ref = json.loads((tmp_path / "ref" / head / f"fold{fold}" / "metrics.json").read_text())
+        got = json.loads((tmp_path / "out" / head / f"fold{fold}" / "metrics.json").read_text())
+        assert got["confusion_matrix"] == ref["confusion_matrix"], (head, fold)
+        assert got["mse"] == pytest.approx(ref["mse"], abs=1e-5)
+    assert len(pd.read_csv(first / "log.csv")) == 3
