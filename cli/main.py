@@ -90,6 +90,7 @@ def train(
                                                           "unfinished one under --out) from its last completed epoch.")] = False,
     deterministic: Annotated[bool, typer.Option("--deterministic", help="GPU: deterministic kernels and no cuDNN "
                                                                         "autotuning (slower). CPU runs are always reproducible.")] = False,
+    precision: Annotated[str, typer.Option(help="auto (bf16 on GPUs that support it, else fp32) | fp32 | bf16.")] = "auto",
     quiet: Quiet = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run folders and metrics as JSON on stdout "
                                                          "(implies --quiet).")] = False,
@@ -100,7 +101,7 @@ def train(
                    skip_bad=skip_bad),
         ModelConfig(arch, head=head, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
         epochs=epochs, lr=_lr(lr), wd=wd, fold=_fold(fold), device=device, out=out_dir, name=name,
-        quiet=quiet or as_json, resume=resume, deterministic=deterministic,
+        quiet=quiet or as_json, resume=resume, deterministic=deterministic, precision=precision,
     )
     result = herlev_fa.train(cfg)
     if as_json:

@@ -2,6 +2,8 @@
 
 - `LossParts`: mean of each loss component (CE, MSE) over an epoch's train and valid batches.
 - `EpochLog`: rewrites the per-epoch CSV log atomically after every epoch.
+- `BF16`: bfloat16 autocast around the forward pass and the loss, without a gradient scaler.
+- `ChannelsLast`: model and batches in channels-last memory format (faster convolutions on GPUs).
 - `KeepBest`: keeps the weights of the best epoch (validation loss) in memory and restores them
   when fitting ends, so no pickle checkpoint is written during training.
 
@@ -110,3 +112,45 @@ class KeepBest(TrackerCallback):
         if self.run and self.best_state is not None:
             self.learn.model.load_state_dict(self.best_state)
         super().after_fit()
+
+
+class BF16(Callback):
+    """bfloat16 autocast for the forward pass and the loss, on the DataLoaders' device type.
+
+    No gradient scaler: bf16 has fp32's exponent range, so gradients do not underflow (fastai's
+    MixedPrecision keeps a disabled scaler and syncs with the host every step). Predictions are
+    cast back to fp32 before the loss and the metrics.
+    """
+
+    order = 10  # as fastai's MixedPrecision: before everything that reads predictions
+
+    def before_batch(self) -> None:
+        self.autocast = torch.autocast(torch.device(self.dls.device).type, dtype=torch.bfloat16)
+        self.autocast.__enter__()
+
+    def after_pred(self) -> None:
+        self.learn.pred = self.pred.float()
+
+    def after_loss(self) -> None:
+        self._leave()
+
+    def after_cancel_batch(self) -> None:
+        self._leave()
+
+    def _leave(self) -> None:
+        if getattr(self, "autocast", None) is not None:
+            self.autocast.__exit__(None, None, None)
+            self.autocast = None
+
+
+class ChannelsLast(Callback):
+    """Model and input batches in channels-last memory format (tensor cores read NHWC natively)."""
+
+    order = 5
+
+    def before_fit(self) -> None:
+        self.learn.model.to(memory_format=torch.channels_last)
+
+    def before_batch(self) -> None:
+        self.learn.xb = tuple(x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+                              for x in self.learn.xb)

@@ -17,6 +17,7 @@ from herlev_fa.labels import TASK_NAMES
 
 HEADS = ("cls", "reg", "cls_reg")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -77,6 +78,7 @@ class TrainConfig:
     quiet: bool = False  # no progress bars
     resume: bool = False  # continue an interrupted run (`name`, or the newest unfinished under `out`)
     deterministic: bool = False  # GPU: deterministic kernels, no cuDNN autotuning (slower); CPU runs are always
+    precision: str = "auto"  # auto (bf16 on GPUs that support it, else fp32) | fp32 | bf16
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -86,6 +88,7 @@ class TrainConfig:
         _check(self.fold is None or 0 <= self.fold < self.data.folds,
                f"--fold {self.fold} is out of range: use 0..{self.data.folds - 1} or 'all'")
         _check(self.device in DEVICES, f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
+        _check(self.precision in PRECISIONS, f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form (paths as strings) for the run's herlev.json."""
@@ -98,6 +101,15 @@ class TrainConfig:
             return v
 
         return plain(dataclasses.asdict(self))
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """'auto' -> 'bf16' on a CUDA GPU that supports it, else 'fp32'."""
+    import torch
+
+    if precision != "auto":
+        return precision
+    return "bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def resolve_device(device: str) -> str:
