@@ -50,6 +50,30 @@ def _metrics_table(title: str, rows: dict[str, dict]) -> Table:
     return table
 
 
+@app.command(rich_help_panel="Getting started")
+@user_errors
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the demo data and run.")] = Path("herlev_demo"),
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 20,
+    quiet: Quiet = False,
+) -> None:
+    """The built-in default job: synthetic Herlev data -> small model on the CPU -> evaluation."""
+    data = out_dir / "data"
+    if not (data / "README.txt").is_file():
+        herlev_fa.write_synthetic(data, per_class=40, size=64, seed=0)
+        out.print(f"synthetic Herlev-format data: [bold]{data}[/]")
+    cfg = TrainConfig(DataConfig(data, size=64, bs=32, seed=0), ModelConfig("test_resnet", pretrained=False),
+                      epochs=epochs, lr=3e-3, device="cpu", out=out_dir / "runs", quiet=quiet)
+    result = herlev_fa.train(cfg)
+    metrics = herlev_fa.evaluate(result.runs[0], device="cpu", progress=not quiet)
+    out.print(_metrics_table("held-out fold 0 of the synthetic data", {result.runs[0].name: metrics}))
+    run = result.runs[0]
+    out.print(f"model:   [bold]{run / 'model.safetensors'}[/] (+ config.json, herlev.json)")
+    out.print(f"metrics: [bold]{run / 'metrics.json'}[/], per epoch: {run / 'log.csv'}")
+    out.print(f"plots:   [bold]{run / 'confusion_matrix.png'}[/], {run / 'score_distribution.png'}, "
+              f"{run / 'training_curves.png'}")
+
+
 @app.command(rich_help_panel="Data")
 @user_errors
 def synth(
@@ -166,30 +190,6 @@ def lr_find(
     )
     lr, plot = herlev_fa.lr_find(cfg, out_dir)
     out.print(f"suggested learning rate: [bold]{lr:.2e}[/] (plot: {plot})")
-
-
-@app.command(rich_help_panel="Getting started")
-@user_errors
-def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the demo data and run.")] = Path("herlev_demo"),
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 20,
-    quiet: Quiet = False,
-) -> None:
-    """The built-in default job: synthetic Herlev data -> small model on the CPU -> evaluation."""
-    data = out_dir / "data"
-    if not (data / "README.txt").is_file():
-        herlev_fa.write_synthetic(data, per_class=40, size=64, seed=0)
-        out.print(f"synthetic Herlev-format data: [bold]{data}[/]")
-    cfg = TrainConfig(DataConfig(data, size=64, bs=32, seed=0), ModelConfig("test_resnet", pretrained=False),
-                      epochs=epochs, lr=3e-3, device="cpu", out=out_dir / "runs", quiet=quiet)
-    result = herlev_fa.train(cfg)
-    metrics = herlev_fa.evaluate(result.runs[0], device="cpu", progress=not quiet)
-    out.print(_metrics_table("held-out fold 0 of the synthetic data", {result.runs[0].name: metrics}))
-    run = result.runs[0]
-    out.print(f"model:   [bold]{run / 'model.safetensors'}[/] (+ config.json, herlev.json)")
-    out.print(f"metrics: [bold]{run / 'metrics.json'}[/], per epoch: {run / 'log.csv'}")
-    out.print(f"plots:   [bold]{run / 'confusion_matrix.png'}[/], {run / 'score_distribution.png'}, "
-              f"{run / 'training_curves.png'}")
 
 
 # the other command modules register on the same app; imported here so that the help lists
