@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from fastai.torch_core import rank_distrib
 from rich.table import Table
 
 import herlev_fa
@@ -128,6 +129,8 @@ def train(
         quiet=quiet or as_json, resume=resume, deterministic=deterministic, precision=precision,
     )
     result = herlev_fa.train(cfg)
+    if rank_distrib():  # launched data-parallel: rank 0 reports
+        return
     if as_json:
         typer.echo(json.dumps({"root": str(result.root), "runs": [str(r) for r in result.runs],
                                "metrics": result.metrics, "summary": result.summary}))

@@ -4,11 +4,14 @@
 - `EpochLog`: rewrites the per-epoch CSV log atomically after every epoch.
 - `BF16`: bfloat16 autocast around the forward pass and the loss, without a gradient scaler.
 - `ChannelsLast`: model and batches in channels-last memory format (faster convolutions on GPUs).
+- `DataParallel`: fastai's Accelerate trainer (DDP, sharded batches, gathered metrics) on any backend.
 - `KeepBest`: keeps the weights of the best epoch (validation loss) in memory and restores them
   when fitting ends, so no pickle checkpoint is written during training.
 
 Epochs that fastai skips when a resumed fit starts later (`start_epoch`) still fire
-`after_epoch`; these callbacks ignore them.
+`after_epoch`; these callbacks ignore them. In a distributed fit (fastai's `distrib_ctx`) the
+model is wrapped in DistributedDataParallel: weights are read from the bare model, loss
+components are summed over every process, and only rank 0 writes the log.
 """
 
 from __future__ import annotations
@@ -19,9 +22,15 @@ import pandas as pd
 import torch
 from fastai.callback.core import Callback
 from fastai.callback.tracker import TrackerCallback
-from fastai.torch_core import find_bs
+from fastai.distributed import DistributedDL, DistributedTrainer
+from fastai.torch_core import find_bs, num_distrib, rank_distrib
 
 from herlev_fa.atomic import atomic_path
+
+
+def bare_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model itself, out of DistributedDataParallel's wrapper (whose state_dict keys start with `module.`)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 class LossParts(Callback):
@@ -45,6 +54,12 @@ class LossParts(Callback):
 
     def after_epoch(self) -> None:
         self.last = {k: float(self.sums[k]) / self.counts[k] for k in sorted(self.sums)}
+        if num_distrib() > 1 and torch.distributed.is_initialized():  # each process saw its own shard
+            device = self.dls.device if torch.distributed.get_backend() == "nccl" else "cpu"
+            packed = torch.tensor([[float(self.sums[k]), self.counts[k]] for k in self.last],
+                                  dtype=torch.float64, device=device)  # [parts, 2]: sum, count
+            torch.distributed.all_reduce(packed)
+            self.last = {k: float(packed[i, 0] / packed[i, 1]) for i, k in enumerate(self.last)}
 
 
 def _not_training_epoch(cb: Callback) -> bool:
@@ -74,6 +89,8 @@ class EpochLog(Callback):
         row.update(parts)
         row["lr"] = float(self.learn.opt.hypers[-1]["lr"])
         self.rows.append(row)
+        if rank_distrib() != 0:  # one writer
+            return
         with atomic_path(self.path) as tmp:
             pd.DataFrame(self.rows).to_csv(tmp, index=False)
 
@@ -106,11 +123,11 @@ class KeepBest(TrackerCallback):
         self.seen += 1
         if self.new_best:
             self.best_epoch = self.seen - 1
-            self.best_state = {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
+            self.best_state = {k: v.detach().clone() for k, v in bare_model(self.learn.model).state_dict().items()}
 
     def after_fit(self) -> None:
         if self.run and self.best_state is not None:
-            self.learn.model.load_state_dict(self.best_state)
+            bare_model(self.learn.model).load_state_dict(self.best_state)
         super().after_fit()
 
 
@@ -154,3 +171,24 @@ class ChannelsLast(Callback):
     def before_batch(self) -> None:
         self.learn.xb = tuple(x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
                               for x in self.learn.xb)
+
+
+class _AnyBackendDL(DistributedDL):
+    """fastai's DistributedDL, broadcasting each epoch's batch order on the process group's device.
+
+    fastai sends it as a CUDA tensor (NCCL's requirement), which fails with gloo on a CPU-only host.
+    """
+
+    def _broadcast(self, t: list[int], rank: int) -> list[int]:
+        device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+        t = torch.tensor(t, dtype=torch.long, device=device)
+        torch.distributed.broadcast(t, rank)
+        return t.cpu().tolist()
+
+
+class DataParallel(DistributedTrainer):
+    """fastai's DistributedTrainer (Accelerate's DDP, each process one shard of every batch, predictions
+    and losses gathered for the metrics), usable on the CPU (gloo) as well as on GPUs (NCCL)."""
+
+    def _wrap_dl(self, dl):
+        return dl if isinstance(dl, DistributedDL) else _AnyBackendDL(dl, device=self.learn.model.device)

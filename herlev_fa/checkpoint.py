@@ -24,9 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 from fastai.callback.core import Callback
+from fastai.distributed import DistributedDL
+from fastai.torch_core import rank_distrib
 from fastcore.foundation import L
 from safetensors.torch import load_file, save_file
 
+from herlev_fa.callbacks import bare_model
 from herlev_fa.data.augment import AlbumentationsTransform
 from herlev_fa.errors import HerlevError
 
@@ -62,6 +65,12 @@ def _tuples(x: Any) -> Any:
     return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
 
 
+def _train_dl(learn):
+    """The training DataLoader itself, out of a distributed fit's sharding wrapper."""
+    dl = learn.dls.train
+    return dl.dl if isinstance(dl, DistributedDL) else dl
+
+
 def _generators(learn) -> list:
     """Every random-state holder of the training augmentation: each Compose and each of its transforms
     draws from its own (numpy Generator, random.Random) pair."""
@@ -71,13 +80,13 @@ def _generators(learn) -> list:
         for child in getattr(t, "transforms", []):
             yield from walk(child)
 
-    return [holder for tfm in learn.dls.train.after_item.fs if isinstance(tfm, AlbumentationsTransform)
+    return [holder for tfm in _train_dl(learn).after_item.fs if isinstance(tfm, AlbumentationsTransform)
             for holder in walk(tfm.train_aug)]
 
 
 def capture(learn, keep, log, phase: int, epoch: int, lr: float, config: dict) -> tuple[dict, dict[str, torch.Tensor]]:
     """The training state after `epoch` of `phase`: (JSON part, tensor part)."""
-    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in learn.model.state_dict().items()}
+    tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in bare_model(learn.model).state_dict().items()}
     if keep.best_state is not None:
         tensors.update({f"best/{k}": v.detach().cpu().contiguous() for k, v in keep.best_state.items()})
     opt = learn.opt.state_dict()
@@ -100,7 +109,7 @@ def capture(learn, keep, log, phase: int, epoch: int, lr: float, config: dict) -
         "rng": {
             "python": _jsonable(random.getstate()),
             "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-            "loader": _jsonable(learn.dls.train.rng.getstate()),
+            "loader": _jsonable(_train_dl(learn).rng.getstate()),
             "augment": [{"numpy": _jsonable(g.random_generator.bit_generator.state),
                          "python": _jsonable(g.py_random.getstate())} for g in _generators(learn)],
         },
@@ -161,7 +170,7 @@ def restore(learn, keep, log, resume: Resume) -> None:
     random.setstate(_tuples(s["rng"]["python"]))
     kind, keys, *rest = s["rng"]["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
-    learn.dls.train.rng.setstate(_tuples(s["rng"]["loader"]))
+    _train_dl(learn).rng.setstate(_tuples(s["rng"]["loader"]))
     for holder, saved in zip(_generators(learn), s["rng"]["augment"], strict=True):
         holder.random_generator.bit_generator.state = saved["numpy"]
         holder.py_random.setstate(_tuples(saved["python"]))
@@ -173,7 +182,7 @@ def remove(run_dir: Path) -> None:
 
 
 class SaveCheckpoint(Callback):
-    """After every training epoch, save the checkpoint (order: after EpochLog has its row)."""
+    """After every training epoch, save the checkpoint (order: after EpochLog has its row); rank 0 only."""
 
     order = 70
 
@@ -187,6 +196,8 @@ class SaveCheckpoint(Callback):
     def after_epoch(self) -> None:
         if self.skipping or hasattr(self.learn, "gather_preds") or hasattr(self.learn, "lr_finder"):
             self.skipping = False
+            return
+        if rank_distrib() != 0:
             return
         state, tensors = capture(self.learn, self.keep, self.log, self.phase, self.epoch, self.lr, self.config)
         save(self.run_dir, state, tensors)

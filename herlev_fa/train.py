@@ -5,6 +5,10 @@ decode every image once (`data.images`), build the fold's DataLoaders (`data.blo
 Learner (`model.learner`), fit (fine-tune when starting from pretrained weights, one-cycle from
 scratch), keep the best epoch (`callbacks.KeepBest`), evaluate it (`evaluate`) and save the run
 (`runs`). `lr_find` shares the same preparation.
+
+Started by `accelerate launch` or `torchrun` with several processes, the fits run data-parallel
+through fastai's Accelerate integration (its DistributedTrainer, as in `Learner.distrib_ctx`);
+everything else runs in every process, but only rank 0 writes (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -18,15 +22,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fastai.distributed  # noqa: F401  (adds Learner.detach_distributed)
 import numpy as np
 import pandas as pd
 import torch
-from fastai.torch_core import set_seed
+from fastai.callback.progress import ProgressCallback
+from fastai.torch_core import num_distrib, rank_distrib, set_seed
 from fastcore.basics import noop
 
 from herlev_fa import checkpoint
 from herlev_fa.atomic import write_json, write_text
-from herlev_fa.callbacks import BF16, ChannelsLast, EpochLog, KeepBest, LossParts
+from herlev_fa.callbacks import BF16, ChannelsLast, DataParallel, EpochLog, KeepBest, LossParts
 from herlev_fa.config import TrainConfig, resolve_device, resolve_precision
 from herlev_fa.data.block import build_dataloaders
 from herlev_fa.data.images import decode_all
@@ -67,10 +73,77 @@ def resolve_task(cfg: TrainConfig) -> Task:
 def prepare(cfg: TrainConfig, task: Task) -> Prepared:
     """Scan, decode (once, for every fold) and split the dataset of `cfg`."""
     items = scan(cfg.data.data, task)
-    cache, bad = decode_all(items["path"], cfg.data.size, skip_bad=cfg.data.skip_bad, progress=not cfg.quiet)
+    cache, bad = decode_all(items["path"], cfg.data.size, skip_bad=cfg.data.skip_bad,
+                            progress=not cfg.quiet and _is_main())
     items = items[~items["path"].isin(bad)].reset_index(drop=True)
     items["fold"] = assign_folds(items, cfg.data.folds, cfg.data.seed)
     return Prepared(task, items, cache, bad)
+
+
+def _is_main() -> bool:
+    """True in a single process, and in rank 0 of a distributed launch: the process that writes."""
+    return rank_distrib() == 0
+
+
+def _init_distributed(device: str) -> None:
+    """Join the launcher's process group (gloo on the CPU, NCCL on GPUs) when there are several processes."""
+    if num_distrib() > 1:
+        from accelerate import PartialState
+
+        PartialState(cpu=device == "cpu")  # sets this process's GPU from LOCAL_RANK
+
+
+def _from_main(value):
+    """Rank 0's `value`, on every rank (in a single process: `value`)."""
+    if num_distrib() <= 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@contextlib.contextmanager
+def _data_parallel(learn, device: str):
+    """Fit data-parallel through fastai's Accelerate integration when launched as several processes.
+
+    What `Learner.distrib_ctx` does, with `DataParallel` as the trainer: fastai's own broadcasts the
+    batch order as a CUDA tensor, which gloo on the CPU cannot take. Batch norm is synchronised
+    across processes on GPUs only (torch's SyncBatchNorm has no CPU kernel).
+    """
+    if num_distrib() <= 1:
+        yield
+        return
+    cpu = device == "cpu"
+    learn.add_cb(DataParallel(sync_bn=not cpu, cpu=cpu))
+    if rank_distrib():
+        learn.remove_cb(ProgressCallback)
+    try:
+        yield
+    finally:
+        learn.detach_distributed()
+
+
+@contextlib.contextmanager
+def _as_single_process():
+    """Let fastai see one process (it reads WORLD_SIZE and RANK from the environment).
+
+    Outside the distributed fit, a launched process runs lr_find and predicts on its own: fastai
+    would otherwise gather every tensor from processes that are not doing the same, and save
+    lr_find's temporary weights in rank 0 only, and both would wait forever.
+    """
+    if num_distrib() <= 1:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in ("WORLD_SIZE", "RANK")}
+    os.environ.update(WORLD_SIZE="1", RANK="0")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def set_determinism(seed: int, deterministic: bool) -> None:
@@ -165,37 +238,49 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
     """Train on every fold but `fold`, evaluate the best epoch on `fold`, write the run folder.
 
     With `cfg.resume`, a checkpoint in `run_dir` is continued from its last completed epoch.
+    In a distributed launch every rank trains and gets the metrics, but only rank 0 writes.
     """
     started = time.time()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    main = _is_main()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     resume = _resume_state(cfg, run_dir) if cfg.resume else None
-    if resume is None:
+    if resume is None and main:
         save_folds(run_dir, data.items, data.items["fold"].to_numpy())
     keep, log = KeepBest(), EpochLog(run_dir / "log.csv", fold=fold)
     with tempfile.TemporaryDirectory() as scratch:  # fastai's lr_find saves its temporary state here
         learn, mean, std = _fit_learner(cfg, data, fold, device, [LossParts(), keep, log], Path(scratch))
         with _quiet(learn, cfg.quiet):
-            lr = resume.lr if resume else (cfg.lr if cfg.lr is not None else _suggest_lr(learn)[0])
-            for i, phase in enumerate(schedule(cfg, lr)):
-                start = 0
-                if resume is not None:
-                    if i < resume.phase:
-                        continue
-                    start = resume.epoch + 1 if i == resume.phase else 0
-                    if start >= phase.epochs:
-                        continue
-                learn.freeze() if phase.frozen else learn.unfreeze()
-                if resume is not None:
-                    checkpoint.restore(learn, keep, log, resume)
-                    resume = None
-                saver = checkpoint.SaveCheckpoint(run_dir, keep, log, i, lr, _comparable(cfg))
-                learn.fit_one_cycle(phase.epochs, phase.lr, pct_start=phase.pct_start, div=phase.div,
-                                    start_epoch=start, cbs=[saver])
+            if resume is not None or cfg.lr is not None:
+                lr = resume.lr if resume else cfg.lr
+            else:  # every process finds its own; rank 0's is used
+                with _as_single_process():
+                    lr = _suggest_lr(learn)[0]
+                lr = _from_main(lr)
+            with _data_parallel(learn, device):
+                for i, phase in enumerate(schedule(cfg, lr)):
+                    start = 0
+                    if resume is not None:
+                        if i < resume.phase:
+                            continue
+                        start = resume.epoch + 1 if i == resume.phase else 0
+                        if start >= phase.epochs:
+                            continue
+                    learn.freeze() if phase.frozen else learn.unfreeze()
+                    if resume is not None:
+                        checkpoint.restore(learn, keep, log, resume)
+                        resume = None
+                    saver = checkpoint.SaveCheckpoint(run_dir, keep, log, i, lr, _comparable(cfg))
+                    learn.fit_one_cycle(phase.epochs, phase.lr, pct_start=phase.pct_start, div=phase.div,
+                                        start_epoch=start, cbs=[saver])
             if resume is not None:  # killed after the last epoch: only the best weights are left to restore
                 best = {k[5:]: v for k, v in resume.tensors.items() if k.startswith("best/")}
                 learn.model.load_state_dict(best or {k[6:]: v for k, v in resume.tensors.items() if k.startswith("model/")})
                 keep.best_epoch = int(resume.state["best"]["epoch"])
-            out, y = learn.get_preds(dl=learn.dls.valid, act=noop)
+            if not main:  # rank 0 predicts the whole held-out fold, outside the distributed context
+                return _from_main(None)
+            with _as_single_process():
+                out, y = learn.get_preds(dl=learn.dls.valid, act=noop)
     model = learn.model.cpu().eval()
     out, y = out.float().numpy(), y.numpy()
     held = data.items[data.items["fold"] == fold]  # get_preds keeps the valid split's order
@@ -230,7 +315,7 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
         "config": cfg.to_json(),
     })
     checkpoint.remove(run_dir)
-    return metrics
+    return _from_main(metrics)
 
 
 def summarize(metrics: list[dict]) -> dict:
@@ -282,6 +367,21 @@ def _run_root(cfg: TrainConfig) -> Path:
     return root
 
 
+def _shared_run_root(cfg: TrainConfig) -> Path:
+    """`_run_root` in rank 0 (it creates the folder); every rank gets its answer, or its error."""
+    if not _is_main():
+        found = _from_main(None)
+    else:
+        try:
+            found = _from_main(_run_root(cfg))
+        except HerlevError as e:
+            _from_main(str(e))
+            raise
+    if isinstance(found, str):
+        raise HerlevError(found)
+    return found
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     """Train `cfg.fold` (or every fold) and write one run folder per fold.
 
@@ -289,11 +389,12 @@ def train(cfg: TrainConfig) -> TrainResult:
         HerlevError: any problem a user can fix (data, options, output folder, weights).
     """
     device = resolve_device(cfg.device)
+    _init_distributed(device)
     task = resolve_task(cfg)
     # build the model once before any decoding or output, so weight problems fail fast and clean
     build_model(cfg.model, task)
     data = prepare(cfg, task)
-    root = _run_root(cfg)
+    root = _shared_run_root(cfg)
     folds = range(cfg.data.folds) if cfg.fold is None else [cfg.fold]
     runs, metrics = [], []
     for fold in folds:
@@ -303,9 +404,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         else:
             metrics.append(train_fold(cfg, data, fold, run_dir, device))
         runs.append(run_dir)
-    summary = None
-    if cfg.fold is None:
-        summary = summarize(metrics)
+    summary = summarize(metrics) if cfg.fold is None else None
+    if summary is not None and _is_main():
         write_json(root / "cv_summary.json", summary)
         write_text(root / "cv_summary.md", summary_markdown(summary, f"{cfg.model.arch} / {cfg.model.head}: "
                                                                       f"{cfg.data.folds}-fold cross-validation"))

@@ -60,7 +60,7 @@ def test_killed_run_resumes_to_the_same_result(synth_data, trained_run, tmp_path
     assert killed, "the run finished before it could be killed"
     assert not (tmp_path / "killed" / "herlev.json").exists()
     resume = find(tmp_path / "killed")
-    assert resume is not None and resume.epoch >= 1
+    assert resume is not None  # the kill may fall between an epoch's log row and its checkpoint
     _run(_cmd(synth_data, tmp_path, "killed", *extra, "--resume"))
 
     ref = json.loads((tmp_path / "reference" / "metrics.json").read_text())
