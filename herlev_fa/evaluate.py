@@ -10,17 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from fastai.learner import Learner
-from fastcore.basics import noop
 
 from herlev_fa.atomic import write_json
 from herlev_fa.config import resolve_device
-from herlev_fa.data.block import build_dataloaders
-from herlev_fa.data.images import decode_all
 from herlev_fa.data.items import mask_for, scan
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import Task
-from herlev_fa.loss import SeverityLoss
 from herlev_fa.metrics import decode, severity_metrics
 from herlev_fa.plots import confusion_matrix_png, score_distribution_png
 from herlev_fa.runs import Run, load_run
@@ -67,16 +62,14 @@ def predict_items(run: Run, items: pd.DataFrame, bs: int = 64, device: str = "cp
                   skip_bad: bool = False, progress: bool = True) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Raw model outputs [N, C] and classes [N] for labelled items, with the validation preprocessing.
 
+    The same chunked inference as `predict` (memory does not grow with the number of images).
     Returns the items actually predicted (unreadable ones dropped with `skip_bad`).
     """
-    cache, bad = decode_all(items["path"], run.size, skip_bad=skip_bad, progress=progress)
-    items = items[~items["path"].isin(bad)].reset_index(drop=True)
-    dls = build_dataloaders(items, cache, run.task, valid=np.ones(len(items), bool), bs=bs, mean=run.mean,
-                            std=run.std, device=device, inference=True)
-    learn = Learner(dls, run.model.to(device), loss_func=SeverityLoss(run.head, run.task.severities))
-    with learn.no_bar(), learn.no_logging():
-        out, y = learn.get_preds(dl=dls.valid, act=noop)
-    return out.float().numpy(), y.numpy(), items
+    from herlev_fa.predict import predict_outputs
+
+    out, kept = predict_outputs(run, list(items["path"]), bs=bs, device=device, skip_bad=skip_bad, progress=progress)
+    items = items[items["path"].isin(set(kept))].reset_index(drop=True)  # kept keeps the input order
+    return out, items["y"].to_numpy(np.int64), items
 
 
 def evaluation_items(run: Run, data: str | Path | None = None, split: str | None = None) -> tuple[pd.DataFrame, str]:

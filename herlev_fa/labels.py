@@ -119,6 +119,11 @@ class Task:
             raise HerlevError(f"task description is malformed ({e!r}); the run folder may be damaged") from e
 
 
+def short_name(cls: str) -> str:
+    """A class name short enough for plot axes and tables: `light_dysplastic` -> `light`, CIS, n_columnar."""
+    return cls.replace("_dysplastic", "").replace("carcinoma_in_situ", "CIS").replace("normal_", "n_")
+
+
 def get_task(name: str) -> Task:
     """One of the built-in tasks on the Herlev folders.
 

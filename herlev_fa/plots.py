@@ -17,10 +17,11 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 from herlev_fa.atomic import save_figure  # noqa: E402
+from herlev_fa.labels import short_name  # noqa: E402
 
 
 def _short(names: Sequence[str]) -> list[str]:
-    return [n.replace("_dysplastic", "").replace("carcinoma_in_situ", "CIS").replace("normal_", "n_") for n in names]
+    return [short_name(n) for n in names]
 
 
 def confusion_matrix_png(cm: np.ndarray, classes: Sequence[str], path: str | Path, title: str = "") -> Path:

@@ -15,7 +15,6 @@ score.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +33,7 @@ from herlev_fa.errors import HerlevError
 from herlev_fa.labels import IMAGE_EXTENSIONS
 from herlev_fa.metrics import decode
 from herlev_fa.model.heads import split_output
+from herlev_fa.progress import progress_bar
 from herlev_fa.runs import Run, load_run
 
 N_VIEWS = 8  # elements of the dihedral group D4
@@ -130,15 +130,6 @@ def _chunks(items: list, n: int) -> Iterator[list]:
         yield items[i:i + n]
 
 
-def _progress(show: bool):
-    """A rich progress bar over images (transient), or a context yielding None."""
-    if not show:
-        return contextlib.nullcontext(None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
-
-
 def predict_outputs(run: Run, paths: Sequence[str], tta: bool = False, bs: int = 64, device: str = "cpu",
                     skip_bad: bool = False, progress: bool = True) -> tuple[np.ndarray, list[str]]:
     """Raw model outputs [N, C] for image files, with the run's validation preprocessing.
@@ -152,13 +143,12 @@ def predict_outputs(run: Run, paths: Sequence[str], tta: bool = False, bs: int =
     outputs: list[Tensor] = []
     kept: list[str] = []
     try:
-        with _progress(progress and len(paths) >= MANY) as bar, torch.inference_mode():
-            task_id = bar.add_task("predicting", total=len(paths)) if bar is not None else None
+        bar, advance = progress_bar(progress and len(paths) >= MANY, "predicting", len(paths))
+        with bar, torch.inference_mode():
             for chunk in _chunks(list(paths), CHUNK):
                 cache, bad = decode_all(chunk, run.size, skip_bad=skip_bad, progress=False)
                 good = [p for p in chunk if p in cache]
-                if bar is not None and bad:
-                    bar.advance(task_id, len(bad))
+                advance(len(bad))
                 if not good:
                     continue
                 # the label column only satisfies the DataBlock; its targets are never used
@@ -169,8 +159,7 @@ def predict_outputs(run: Run, paths: Sequence[str], tta: bool = False, bs: int =
                     x = xb.as_subclass(Tensor)  # [B, 3, S, S], plain tensor: no fastai type dispatch in the model
                     out = dihedral_tta(model, x, run.head, run.task.severities) if tta else model(x)
                     outputs.append(out.float().cpu())
-                    if bar is not None:
-                        bar.advance(task_id, len(x))
+                    advance(len(x))
                 kept += good
     finally:
         run.model.cpu()  # a Run keeps its model on the CPU

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from herlev_fa.errors import HerlevError
+from herlev_fa.progress import progress_bar
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -62,20 +63,15 @@ def decode_all(paths: Iterable[str], size: int, skip_bad: bool = False,
     resize = letterbox(size)
     cache: dict[str, np.ndarray] = {}
     bad: list[str] = []
-    for path in _track(paths, "decoding images", progress):
-        try:
-            cache[path] = resize(image=load_image(path))["image"]
-        except HerlevError as e:
-            if not skip_bad:
-                raise HerlevError(f"{e}; fix or remove it, or pass --skip-bad to skip unreadable images") from None
-            bad.append(path)
-            warnings.warn(f"skipped: {e}", stacklevel=2)
+    bar, advance = progress_bar(progress and len(paths) >= 50, "decoding images", len(paths))
+    with bar:
+        for path in paths:
+            try:
+                cache[path] = resize(image=load_image(path))["image"]
+            except HerlevError as e:
+                if not skip_bad:
+                    raise HerlevError(f"{e}; fix or remove it, or pass --skip-bad to skip unreadable images") from None
+                bad.append(path)
+                warnings.warn(f"skipped: {e}", stacklevel=2)
+            advance(1)
     return cache, bad
-
-
-def _track(items: list, description: str, progress: bool) -> Iterable:
-    if not progress or len(items) < 50:
-        return items
-    from rich.progress import track
-
-    return track(items, description=description, transient=True)

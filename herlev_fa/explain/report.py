@@ -15,7 +15,6 @@ What does not: the attribution itself (``explain.attribution``) and the overlap 
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +43,8 @@ from herlev_fa.explain.attribution import (  # noqa: E402
     warn_unconverged,
 )
 from herlev_fa.explain.overlap import padding_share, region_shares  # noqa: E402
+from herlev_fa.labels import short_name  # noqa: E402
+from herlev_fa.progress import progress_bar  # noqa: E402
 
 # Per-class summary: the columns and how the markdown / rich table label them.
 SUMMARY_METRICS: dict[str, str] = {
@@ -57,22 +58,6 @@ SUMMARY_METRICS: dict[str, str] = {
     "cytoplasm_pos_share": "cytoplasm share of + attribution",
     "background_pos_share": "background share of + attribution",
 }
-
-
-def _short(name: str) -> str:
-    return name.replace("_dysplastic", "").replace("carcinoma_in_situ", "CIS").replace("normal_", "n_")
-
-
-def _progress(enabled: bool, description: str, total: int):
-    """A rich progress bar (or nothing) and the function that advances it by n."""
-    if not enabled:
-        return contextlib.nullcontext(), lambda n: None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   transient=True)
-    task = bar.add_task(description, total=total)
-    return bar, lambda n: bar.advance(task, n)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,7 +83,7 @@ def explanation_figure(result: Explanation, baseline: str, steps: int):
     what = "severity score" if result.target == "score" else f"logit of {result.target}"
     lines = [f"{result.name}: predicted {result.predicted}, severity score {result.score:.2f}"]
     if result.probs is not None:
-        lines.append("p: " + "  ".join(f"{_short(c)} {p:.2f}" for c, p in result.probs.items()))
+        lines.append("p: " + "  ".join(f"{short_name(c)} {p:.2f}" for c, p in result.probs.items()))
     lines.append(f"IG of the {what}, baseline {baseline}, {steps} steps; "
                  f"delta {result.delta:+.3g} ({result.relative_delta:.1%} of f(x) - f(baseline))")
     fig.suptitle("\n".join(lines), fontsize=9)
@@ -145,7 +130,7 @@ def explain_images(run, paths: Sequence[str | Path], out: str | Path | None = No
     run = run if isinstance(run, Run) else load_run(run)
     out_dir = Path(out) if out is not None else run.path / "explain"
     rows = []
-    bar, advance = _progress(progress and len(paths) > 1, "explaining", len(paths))
+    bar, advance = progress_bar(progress and len(paths) > 1, "explaining", len(paths))
     with bar:
         for result in iter_explanations(run, paths, target=target, steps=steps, baseline=baseline, device=device,
                                         bs=bs, internal_batch_size=internal_batch_size, precision=precision, tol=tol):
@@ -253,7 +238,7 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
     names = output_names([Path(p) for p in items["path"]])
     score_index = 0 if run.head == "reg" else len(run.task.classes)
     rows = []
-    bar, advance = _progress(progress, "quantifying", len(items))
+    bar, advance = progress_bar(progress, "quantifying", len(items))
     with bar:
         for start in range(0, len(items), bs):
             chunk = items.iloc[start:start + bs]
@@ -346,7 +331,7 @@ def summary_table(summary: pd.DataFrame, title: str = ""):
         return f"{r[f'{m}_median']:.2f} [{r[f'{m}_q25']:.2f}-{r[f'{m}_q75']:.2f}]"
 
     for _, r in summary.iterrows():
-        table.add_row(_short(str(r["class"])), str(r["n"]), iqr(r, "nucleus_pos_share"), iqr(r, "nucleus_area_share"),
+        table.add_row(short_name(str(r["class"])), str(r["n"]), iqr(r, "nucleus_pos_share"), iqr(r, "nucleus_area_share"),
                       f"{r['nucleus_enrichment_mean']:.2f}", iqr(r, "nucleus_enrichment"),
                       f"{r['nucleus_change_enrichment_median']:.2f}", iqr(r, "nucleus_top10"),
                       end_section=r["class"] == summary["class"].iloc[-2] if len(summary) > 1 else False)
@@ -370,7 +355,7 @@ def distribution_png(table: pd.DataFrame, classes: Sequence[str], path: str | Pa
         for k, g in enumerate(groups):
             left.scatter(k + offset + rng.uniform(-0.07, 0.07, len(g)), g, s=7, color=colour, alpha=0.6)
         left.plot([], [], color=colour, lw=6, alpha=0.5, label=label)
-    left.set_xticks(pos, [_short(c) for c in present], rotation=30)
+    left.set_xticks(pos, [short_name(c) for c in present], rotation=30)
     left.set_ylim(-0.02, 1.02)
     left.set_ylabel("nucleus share")
     left.legend(loc="upper left", fontsize=8)
@@ -380,7 +365,7 @@ def distribution_png(table: pd.DataFrame, classes: Sequence[str], path: str | Pa
     for k, g in enumerate(groups):
         right.scatter(k + rng.uniform(-0.12, 0.12, len(g)), g, s=7, alpha=0.6)
     right.axhline(1.0, color="red", ls="--", lw=1)
-    right.set_xticks(pos, [_short(c) for c in present], rotation=30)
+    right.set_xticks(pos, [short_name(c) for c in present], rotation=30)
     finite = table["nucleus_enrichment"].replace([np.inf, -np.inf], np.nan).dropna()
     if len(finite) and finite.min() > 0:
         right.set_yscale("log")
