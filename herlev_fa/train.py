@@ -85,12 +85,25 @@ def _is_main() -> bool:
     return rank_distrib() == 0
 
 
-def _init_distributed(device: str) -> None:
-    """Join the launcher's process group (gloo on the CPU, NCCL on GPUs) when there are several processes."""
-    if num_distrib() > 1:
-        from accelerate import PartialState
+@contextlib.contextmanager
+def _process_group(device: str):
+    """Join the launcher's process group (gloo on the CPU, NCCL on GPUs) when there are several processes.
 
-        PartialState(cpu=device == "cpu")  # sets this process's GPU from LOCAL_RANK
+    The group is left explicitly when the work is done: a gloo group still open at interpreter exit
+    can abort the process ("terminate called without an active exception") after the run was written.
+    """
+    if num_distrib() <= 1:
+        yield
+        return
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device == "cpu")  # sets this process's GPU from LOCAL_RANK
+    try:
+        yield
+        torch.distributed.barrier()  # every process finished: rank 0's files are whole
+    finally:
+        state.destroy_process_group()
+        PartialState._reset_state()
 
 
 def _from_main(value):
@@ -389,7 +402,11 @@ def train(cfg: TrainConfig) -> TrainResult:
         HerlevError: any problem a user can fix (data, options, output folder, weights).
     """
     device = resolve_device(cfg.device)
-    _init_distributed(device)
+    with _process_group(device):
+        return _train(cfg, device)
+
+
+def _train(cfg: TrainConfig, device: str) -> TrainResult:
     task = resolve_task(cfg)
     # build the model once before any decoding or output, so weight problems fail fast and clean
     build_model(cfg.model, task)
