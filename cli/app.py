@@ -102,3 +102,18 @@ Seed = Annotated[int, typer.Option(help="Seed for folds, initialisation and augm
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda.")]
 SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images with a warning instead of stopping.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or epoch table.")]
+MseWeight = Annotated[float, typer.Option(help="Lambda: weight of the MSE term of cls_reg.")]
+Lr = Annotated[str, typer.Option(help="Peak learning rate, or 'auto' for fastai's lr_find suggestion.")]
+Wd = Annotated[float, typer.Option(help="AdamW weight decay.")]
+Keep = Annotated[str, typer.Option(help="Weights to evaluate and save: best (lowest validation loss; the validation "
+                                        "set is the held-out fold, so slightly optimistic) | last (final epoch).")]
+
+
+def parse_lr(value: str) -> float | None:
+    """--lr: a number, or 'auto' (None: fastai's lr_find suggestion)."""
+    if value == "auto":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise HerlevError(f"--lr '{value}' is not a number or 'auto'") from None

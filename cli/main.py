@@ -16,19 +16,11 @@ from fastai.torch_core import rank_distrib
 from rich.table import Table
 
 import herlev_fa
-from herlev_cli.app import (DEFAULT_RUNS, Arch, Bs, Classes, Data, Device, Folds, Head, Pretrained, Quiet, Seed, Size,
-                            SkipBad, Task, Weights, app, data_dir, out, run_dir, user_errors)
+from herlev_cli.app import (DEFAULT_RUNS, Arch, Bs, Classes, Data, Device, Folds, Head, Keep, Lr, MseWeight, Pretrained,
+                            Quiet, Seed, Size, SkipBad, Task, Wd, Weights, app, data_dir, out, parse_lr, run_dir,
+                            user_errors)
 from herlev_fa.config import DataConfig, ModelConfig, TrainConfig
 from herlev_fa.errors import HerlevError
-
-
-def _lr(value: str) -> float | None:
-    if value == "auto":
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise HerlevError(f"--lr '{value}' is not a number or 'auto'") from None
 
 
 def _fold(value: str) -> int | None:
@@ -98,12 +90,13 @@ def train(
     classes: Classes = None,
     pretrained: Pretrained = True,
     weights: Weights = None,
-    mse_weight: Annotated[float, typer.Option(help="Lambda: weight of the MSE term of cls_reg.")] = 1.0,
+    mse_weight: MseWeight = 1.0,
     folds: Folds = 4,
     fold: Annotated[str, typer.Option(help="Held-out fold number, or 'all' to cross-validate.")] = "0",
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 20,
-    lr: Annotated[str, typer.Option(help="Peak learning rate, or 'auto' for fastai's lr_find suggestion.")] = "1e-3",
-    wd: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.05,
+    lr: Lr = "1e-3",
+    wd: Wd = 0.05,
+    keep: Keep = "best",
     bs: Bs = 32,
     size: Size = 224,
     seed: Seed = 42,
@@ -125,7 +118,7 @@ def train(
         DataConfig(data_dir(data), task=task, classes=classes, size=size, folds=folds, seed=seed, bs=bs,
                    skip_bad=skip_bad),
         ModelConfig(arch, head=head, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
-        epochs=epochs, lr=_lr(lr), wd=wd, fold=_fold(fold), device=device, out=out_dir, name=name,
+        epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, fold=_fold(fold), device=device, out=out_dir, name=name,
         quiet=quiet or as_json, resume=resume, deterministic=deterministic, precision=precision,
     )
     result = herlev_fa.train(cfg)

@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from herlev_cli.app import (Arch, Bs, Data, Device, Folds, Pretrained, Quiet, Seed, Size, Task, Weights, app, data_dir, out,
-                            user_errors)
-from herlev_fa.config import DataConfig, ModelConfig, TrainConfig
+from herlev_cli.app import (Arch, Bs, Data, Device, Folds, Keep, Lr, MseWeight, Pretrained, Quiet, Seed, Size, Task, Wd,
+                            Weights, app, data_dir, out, parse_lr, user_errors)
+from herlev_fa.config import HEADS, DataConfig, ModelConfig, TrainConfig
 from herlev_fa.metrics import SCALAR_METRICS
 from herlev_fa.reproduce import COLUMNS, ReproduceConfig, ReproduceResult, ours_cell, paper_cell
 from herlev_fa.reproduce import reproduce as reproduce_heads
@@ -43,19 +43,24 @@ def reproduce(
     bs: Bs = 32,
     pretrained: Pretrained = True,
     weights: Weights = None,
-    mse_weight: Annotated[float, typer.Option(help="Lambda: weight of the MSE term of cls_reg.")] = 1.0,
+    mse_weight: MseWeight = 1.0,
+    lr: Lr = "1e-3",
+    wd: Wd = 0.05,
+    keep: Keep = "best",
+    heads: Annotated[Optional[list[str]], typer.Option("--head", help="A head to train (repeat for several); "
+                                                                     "default: cls, reg and cls_reg.")] = None,
     seed: Seed = 42,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: runs/reproduce-ARCH); "
                                                                   "rerun the same command to resume it.")] = None,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
-    """Train cls, reg and cls_reg on identical folds and compare with the paper's table (resumable)."""
+    """Train cls, reg and cls_reg (or the --head ones) on identical folds and compare with the paper's table (resumable)."""
     cfg = ReproduceConfig(TrainConfig(
         DataConfig(data_dir(data), task=task, size=size, folds=folds, seed=seed, bs=bs),
         ModelConfig(arch, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
-        epochs=epochs, device=device, quiet=quiet,
-    ), out=out_dir)
+        epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, device=device, quiet=quiet,
+    ), heads=tuple(heads) if heads else HEADS, out=out_dir)
     result = reproduce_heads(cfg, log=None if quiet else out.print)
     out.print(_table(result))
     reused = sum(len(r) for r in result.runs.values()) - len(result.trained)

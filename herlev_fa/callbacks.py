@@ -96,12 +96,17 @@ class EpochLog(Callback):
 
 
 class KeepBest(TrackerCallback):
-    """Keep the best epoch's weights (by `monitor`, default validation loss) and restore them after fit."""
+    """Keep the best epoch's weights (by `monitor`, default validation loss) and restore them after fit.
+
+    With `last=True` it only counts epochs: the final weights stay, and `best_epoch` is the last
+    epoch (no choice made on the validation set, for an unbiased held-out estimate).
+    """
 
     order = 61
 
-    def __init__(self, monitor: str = "valid_loss"):
+    def __init__(self, monitor: str = "valid_loss", last: bool = False):
         super().__init__(monitor=monitor)
+        self.last = last
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_epoch = -1  # counted over every fit (a fine-tune's two phases)
         self.seen = 0  # training epochs seen over every fit
@@ -121,7 +126,9 @@ class KeepBest(TrackerCallback):
             return
         super().after_epoch()
         self.seen += 1
-        if self.new_best:
+        if self.last:
+            self.best_epoch = self.seen - 1
+        elif self.new_best:
             self.best_epoch = self.seen - 1
             self.best_state = {k: v.detach().clone() for k, v in bare_model(self.learn.model).state_dict().items()}
 

@@ -18,6 +18,7 @@ from herlev_fa.labels import TASK_NAMES
 HEADS = ("cls", "reg", "cls_reg")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+KEEP = ("best", "last")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -79,6 +80,7 @@ class TrainConfig:
     resume: bool = False  # continue an interrupted run (`name`, or the newest unfinished under `out`)
     deterministic: bool = False  # GPU: deterministic kernels, no cuDNN autotuning (slower); CPU runs are always
     precision: str = "auto"  # auto (bf16 on GPUs that support it, else fp32) | fp32 | bf16
+    keep: str = "best"  # best: the epoch with the lowest validation loss | last: the final epoch
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -88,6 +90,7 @@ class TrainConfig:
         _check(self.fold is None or 0 <= self.fold < self.data.folds,
                f"--fold {self.fold} is out of range: use 0..{self.data.folds - 1} or 'all'")
         _check(self.device in DEVICES, f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
+        _check(self.keep in KEEP, f"unknown --keep '{self.keep}': choose one of {', '.join(KEEP)}")
         _check(self.precision in PRECISIONS, f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
 
     def to_json(self) -> dict[str, Any]:

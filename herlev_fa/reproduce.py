@@ -67,12 +67,14 @@ COLUMNS = {"accuracy": "accuracy (%)", "binary_accuracy": "binary accuracy (%)",
            "mse": "MSE", "kappa": "quadratic kappa"}
 PERCENT = ("accuracy", "binary_accuracy")
 NOT_REPORTED = "–"
+KEPT = {"best": "the epoch with the lowest validation loss (the held-out fold: slightly optimistic)",
+        "last": "the last epoch"}
 
 # the settings that shape the numbers; a resumed reproduction must share them (device, workers,
 # quiet and the output folder do not count)
 _DATA_KEYS = ("data", "task", "classes", "size", "folds", "seed", "bs", "skip_bad")
 _MODEL_KEYS = ("arch", "pretrained", "weights", "mse_weight")
-_SCHEDULE_KEYS = ("epochs", "lr", "wd")
+_SCHEDULE_KEYS = ("epochs", "lr", "wd", "keep")
 
 
 @dataclass(frozen=True)
@@ -247,7 +249,8 @@ def _results_markdown(cfg: TrainConfig, heads: Sequence[str], summary: dict[str,
         f"# Reproduction: {m.arch}, {d.folds}-fold cross-validation",
         "",
         f"Data `{d.data}` (task {task}, {n_images} images), {d.size} px, {cfg.epochs} epochs, batch {d.bs}, "
-        f"lr {cfg.lr if cfg.lr is not None else 'auto'}, {start}, λ (mse weight) {m.mse_weight}, seed {d.seed}.",
+        f"lr {cfg.lr if cfg.lr is not None else 'auto'}, weight decay {cfg.wd}, {start}, λ (mse weight) {m.mse_weight}, "
+        f"seed {d.seed}; evaluated at {KEPT[cfg.keep]}.",
         "",
         "Ours: mean ± std over folds (std with ddof 0). Paper: Pirovano et al. (2019), 4-fold "
         f"cross-validation on Herlev; {NOT_REPORTED}: not reported.",

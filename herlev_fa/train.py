@@ -248,7 +248,7 @@ def _comparable(cfg: TrainConfig) -> dict:
 
 
 def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, device: str) -> dict:
-    """Train on every fold but `fold`, evaluate the best epoch on `fold`, write the run folder.
+    """Train on every fold but `fold`, evaluate the kept epoch (`cfg.keep`) on `fold`, write the run folder.
 
     With `cfg.resume`, a checkpoint in `run_dir` is continued from its last completed epoch.
     In a distributed launch every rank trains and gets the metrics, but only rank 0 writes.
@@ -260,7 +260,7 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
     resume = _resume_state(cfg, run_dir) if cfg.resume else None
     if resume is None and main:
         save_folds(run_dir, data.items, data.items["fold"].to_numpy())
-    keep, log = KeepBest(), EpochLog(run_dir / "log.csv", fold=fold)
+    keep, log = KeepBest(last=cfg.keep == "last"), EpochLog(run_dir / "log.csv", fold=fold)
     with tempfile.TemporaryDirectory() as scratch:  # fastai's lr_find saves its temporary state here
         learn, mean, std = _fit_learner(cfg, data, fold, device, [LossParts(), keep, log], Path(scratch))
         with _quiet(learn, cfg.quiet):

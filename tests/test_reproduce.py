@@ -247,6 +247,28 @@ def test_heads_must_be_known_and_distinct(synth_data):
     assert repro.ReproduceConfig(train).root == Path("runs") / "reproduce-test_resnet"
 
 
+def test_chosen_heads_schedule_and_kept_epoch_reach_every_fold_run(synth_data, tmp_path, device):
+    # what a loss-weight sweep runs: one head, its own lr / wd / lambda, evaluated at the last epoch
+    out = tmp_path / "sweep"
+    args = _args(synth_data, out, device, epochs=2) + ["--head", "cls_reg", "--head", "reg", "--mse-weight", "0.25",
+                                                       "--lr", "2e-3", "--wd", "0.01", "--keep", "last"]
+    result = runner.invoke(app, args, env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["cls_reg", "reg"]
+    rows = pd.read_csv(out / "results.csv")
+    assert list(zip(rows["head"], rows["fold"])) == [("cls_reg", 0), ("cls_reg", 1), ("reg", 0), ("reg", 1)]
+    assert (rows["best_epoch"] == 1).all()  # the last of 2 epochs
+    for head, fold in zip(rows["head"], rows["fold"]):
+        config = json.loads((out / head / f"fold{fold}" / "herlev.json").read_text())["config"]
+        assert (config["lr"], config["wd"], config["keep"], config["model"]["mse_weight"]) == (2e-3, 0.01, "last", 0.25)
+    settings = json.loads((out / "reproduce.json").read_text())["settings"]
+    assert settings["heads"] == ["cls_reg", "reg"] and settings["keep"] == "last"
+    md = (out / "results.md").read_text()
+    assert "λ (mse weight) 0.25" in md and "evaluated at the last epoch" in md and "| cls |" not in md
+    header = next(line for line in result.output.splitlines() if "metric" in line)
+    assert _cells(header) == ["metric", "cls_reg", "paper", "reg", "paper"]
+
+
 def test_an_interrupted_fold_continues_from_its_checkpoint(synth_data, tmp_path, device):
     """Interrupt the first fold run after its first epoch's checkpoint; the rerun continues it and ends
     where an uninterrupted reproduction ends."""

@@ -170,3 +170,38 @@ def test_data_defaults_to_env_then_local_folder(synth_data, tmp_path, monkeypatc
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "lr_find.png").is_file()
+
+
+@pytest.mark.parametrize("last", [False, True])
+def test_keep_best_restores_the_lowest_validation_loss_and_keep_last_does_not(last):
+    from fastai.test_utils import synth_learner
+    from fastai.torch_core import set_seed
+
+    from herlev_fa.callbacks import KeepBest
+
+    set_seed(0)
+    learn = synth_learner(n_trn=10, cbs=KeepBest(last=last))
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(3, lr=2.0)  # diverges: the validation loss rises every epoch
+    valid = [row[1] for row in learn.recorder.values]
+    assert valid[0] < valid[1] < valid[2]
+    keep = learn.keep_best
+    learn.remove_cb(keep)
+    with learn.no_bar(), learn.no_logging():
+        now = learn.validate()[0]
+    assert keep.best_epoch == (2 if last else 0)
+    assert now == pytest.approx(valid[2] if last else valid[0], rel=1e-5)  # the weights kept
+
+
+def test_keep_last_evaluates_and_saves_the_final_epoch(synth_data, tmp_path):
+    result = runner.invoke(app, ["train", "--data", str(synth_data), "--arch", "test_resnet", "--no-pretrained",
+                                 "--size", "32", "--epochs", "3", "--bs", "16", "--seed", "0", "--keep", "last",
+                                 "--device", "cpu", "--out", str(tmp_path), "--name", "last", "--quiet"])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "last"
+    meta = json.loads((run / "herlev.json").read_text())
+    assert meta["best_epoch"] == 2 and meta["config"]["keep"] == "last"
+    final = pd.read_csv(run / "log.csv").iloc[-1]
+    metrics = json.loads((run / "metrics.json").read_text())
+    for name in ("accuracy", "mse", "kappa"):
+        assert metrics[name] == pytest.approx(final[name], rel=1e-4, abs=1e-6), name
