@@ -324,6 +324,7 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
         "metrics": {k: metrics[k] for k in SCALAR_METRICS},
         "train_seconds": round(time.time() - started, 1),  # of the last session, if resumed
         "device": device,
+        "processes": max(num_distrib(), 1),  # data-parallel processes: the effective batch is bs x processes
         "versions": versions(),
         "config": cfg.to_json(),
     })
