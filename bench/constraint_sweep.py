@@ -3,7 +3,9 @@
 Each configuration is an ordinary `herlev reproduce` (`herlev_fa.reproduce`) into its own folder
 under --out, so every fold run is resumable and reused on a rerun; all share the data, split,
 schedule, seed and augmentation, and only the head and lambda (`--mse-weight`) change. Prints
-one table (mean ± std over folds) and writes it to OUT/sweep.md, with the wall time.
+one table (mean ± std over folds, and each configuration's accuracy minus cls's on the same
+held-out folds, with how many folds it beat cls on) and writes it to OUT/sweep.md, with the
+wall time.
 
     python bench/constraint_sweep.py --data DIR [--arch resnet18] [--size 64] [--epochs 30]
         [--weights-lambda 0.1,0.3,1,3] [--keep last] [--out runs/sweep] [--device auto]
@@ -17,6 +19,8 @@ import argparse
 import time
 from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 from herlev_fa import DataConfig, ModelConfig, TrainConfig
 from herlev_fa.reproduce import COLUMNS, ReproduceConfig, ours_cell, reproduce
@@ -46,17 +50,21 @@ def main() -> None:
                        keep=args.keep, device=args.device, quiet=True)
     runs = [("cls", "cls", None), ("reg", "reg", None)]
     runs += [(f"cls_reg λ={lam:g}", "cls_reg", lam) for lam in map(float, args.weights_lambda.split(","))]
-    started, rows = time.time(), []
+    started, rows, reference = time.time(), [], None
     for label, head, lam in runs:
         cfg = base if lam is None else replace(base, model=replace(base.model, mse_weight=lam))
         folder = args.out / (head if lam is None else f"cls_reg-{lam:g}")
         t0 = time.time()
         result = reproduce(ReproduceConfig(cfg, heads=(head,), out=folder),
                            log=lambda line, label=label: print(f"[{label}] {line}", flush=True))
-        rows.append([label] + [ours_cell(m, result.summary[head][m]) for m in METRICS])
+        accuracy = np.array([m["accuracy"] for m in result.metrics[head]])  # per fold
+        reference = accuracy if reference is None else reference  # cls, the first configuration
+        gain = accuracy - reference  # paired: the same held-out images
+        rows.append([label] + [ours_cell(m, result.summary[head][m]) for m in METRICS]
+                    + [f"{100 * gain.mean():+.1f} ({int((gain > 0).sum())}/{len(gain)})"])
         print(f"[{label}] done in {time.time() - t0:.0f} s: " + ", ".join(rows[-1][1:]), flush=True)
 
-    header = ["configuration"] + [COLUMNS[m] for m in METRICS]
+    header = ["configuration"] + [COLUMNS[m] for m in METRICS] + ["accuracy − cls, same folds (folds better)"]
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
     text = (f"{args.arch}, {args.size} px, {args.epochs} epochs, batch {args.bs}, lr {args.lr}, "
             f"{args.folds}-fold, seed {args.seed}, from scratch, kept epoch: {args.keep}; "

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Every GPU figure the docs wait for, in one device call, most wanted first, each under a time cap.
+#
+# Prepare on the development machine (the GPU image lacks fastai, captum, albumentations; the
+# shared data does not travel):
+#   ../shared/device/wheelhouse.sh .venv && mkdir -p .data && cp -r ../shared/data/herlev .data/
+# Then run it through the device tool, carrying .whl and .data:
+#   bash bench/gpu_session.sh [STEP ...]      (default: throughput ig pipeline reproduce)
+# Steps: throughput (bench/train_throughput.py), ig (bench/ig.py), pipeline
+# (bench/data_pipeline.py, 8 workers), reproduce (the issue's from-scratch table: resnet101,
+# 224 px, 30 epochs, batch 32, last epoch), sweep (cls / cls_reg at several lambdas, same protocol).
+# Caps (seconds) can be changed with CAP_<STEP>=N. Figures and logs go to $OUT (default
+# bench/out); the reproduction's run folders (weights: 170 MB each) stay in .data/runs, only
+# their tables and figures are copied to $OUT. A step that runs past its cap leaves its log, and
+# a rerun of reproduce / sweep on the same warm machine resumes them.
+set -uo pipefail
+OUT=${OUT:-bench/out}
+DATA=${DATA:-.data/herlev/letterbox200}
+mkdir -p "$OUT" .site .data/runs
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target .site .whl/*.whl || exit 1
+fi
+ln -sfn "$PWD/cli" .site/herlev_cli  # the cli/ folder is the herlev_cli package (pyproject's package-dir)
+export PYTHONPATH=$PWD/.site:$PWD
+[ -d "$DATA" ] || { echo "error: no data at $DATA (copy ../shared/data/herlev to .data/ and carry .data)"; exit 2; }
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU"
+  nproc; python3 -c "import torch, timm, fastai; print('torch', torch.__version__, 'timm', timm.__version__, 'fastai', fastai.__version__)"
+} > "$OUT/machine.txt" 2>&1
+
+step() {  # step NAME DEFAULT_CAP COMMAND...: run under its cap, log to $OUT/NAME.log, one summary line
+  local name=$1 cap_var="CAP_${1^^}" cap=$2
+  shift 2
+  local start=$SECONDS
+  timeout "${!cap_var:-$cap}" "$@" > "$OUT/$name.log" 2>&1
+  echo "$name: exit $? after $((SECONDS - start)) s" | tee -a "$OUT/summary.txt"
+}
+
+copy_tables() {  # copy_tables RUN_ROOT DEST: the small files of a reproduction, never the weights
+  local dest
+  mkdir -p "$2" && dest=$(cd "$2" && pwd)
+  [ -d "$1" ] && (cd "$1" && find . -maxdepth 2 \( -name '*.md' -o -name '*.csv' -o -name '*.png' -o -name '*.json' \) \
+    -not -path '*/fold*' -exec cp --parents {} "$dest" \;)
+}
+
+for s in "${@:-throughput ig pipeline reproduce}"; do for name in $s; do
+  case $name in
+    throughput) step throughput 120 python3 bench/train_throughput.py --device cuda --data "$DATA" ;;
+    ig) step ig 150 python3 bench/ig.py --device cuda --json "$OUT/ig.json" ;;
+    pipeline) step pipeline 90 python3 bench/data_pipeline.py --data "$DATA" --workers 8 ;;
+    reproduce)
+      step reproduce 420 python3 -m herlev_cli.main reproduce --data "$DATA" --arch resnet101 --no-pretrained \
+        --size 224 --epochs 30 --bs 32 --keep last --device cuda --out .data/runs/reproduce --quiet
+      copy_tables .data/runs/reproduce "$OUT" ;;
+    sweep)
+      step sweep 600 python3 bench/constraint_sweep.py --data "$DATA" --arch resnet101 --size 224 --epochs 30 \
+        --weights-lambda 0.1,0.3,1 --device cuda --out .data/runs/sweep
+      copy_tables .data/runs/sweep "$OUT" ;;
+    *) echo "unknown step '$name': throughput ig pipeline reproduce sweep"; exit 2 ;;
+  esac
+done; done
+cat "$OUT/summary.txt"
