@@ -41,6 +41,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--keep", default="last", choices=("best", "last"))
     p.add_argument("--weights-lambda", default="0.1,0.3,1,3", help="comma-separated lambdas for cls_reg")
+    p.add_argument("--mse-warmup", type=float, default=0.0, help="cls_reg: ramp lambda in over this fraction")
     p.add_argument("--out", type=Path, default=Path("runs/sweep"))
     p.add_argument("--device", default="auto")
     args = p.parse_args()
@@ -49,11 +50,13 @@ def main() -> None:
                        ModelConfig(args.arch, pretrained=False), epochs=args.epochs, lr=args.lr,
                        keep=args.keep, device=args.device, quiet=True)
     runs = [("cls", "cls", None), ("reg", "reg", None)]
-    runs += [(f"cls_reg λ={lam:g}", "cls_reg", lam) for lam in map(float, args.weights_lambda.split(","))]
+    ramp = f", ramped over {args.mse_warmup:.0%}" if args.mse_warmup else ""
+    runs += [(f"cls_reg λ={lam:g}{ramp}", "cls_reg", lam) for lam in map(float, args.weights_lambda.split(","))]
     started, rows, reference = time.time(), [], None
     for label, head, lam in runs:
-        cfg = base if lam is None else replace(base, model=replace(base.model, mse_weight=lam))
-        folder = args.out / (head if lam is None else f"cls_reg-{lam:g}")
+        cfg = base if lam is None else replace(base, model=replace(base.model, mse_weight=lam),
+                                               mse_warmup=args.mse_warmup)
+        folder = args.out / (head if lam is None else f"cls_reg-{lam:g}" + (f"-w{args.mse_warmup:g}" if ramp else ""))
         t0 = time.time()
         result = reproduce(ReproduceConfig(cfg, heads=(head,), out=folder),
                            log=lambda line, label=label: print(f"[{label}] {line}", flush=True))

@@ -103,6 +103,8 @@ Device = Annotated[str, typer.Option(help="auto | cpu | cuda.")]
 SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images with a warning instead of stopping.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or epoch table.")]
 MseWeight = Annotated[float, typer.Option(help="Lambda: weight of the MSE term of cls_reg.")]
+MseWarmup = Annotated[float, typer.Option(help="cls_reg: ramp lambda up from 0 over this fraction of training "
+                                               "(0: constant).")]
 Lr = Annotated[str, typer.Option(help="Peak learning rate, or 'auto' for fastai's lr_find suggestion.")]
 Wd = Annotated[float, typer.Option(help="AdamW weight decay.")]
 Keep = Annotated[str, typer.Option(help="Weights to evaluate and save: best (lowest validation loss; the validation "

@@ -16,9 +16,9 @@ from fastai.torch_core import rank_distrib
 from rich.table import Table
 
 import herlev_fa
-from herlev_cli.app import (DEFAULT_RUNS, Arch, Bs, Classes, Data, Device, Folds, Head, Keep, Lr, MseWeight, Pretrained,
-                            Quiet, Seed, Size, SkipBad, Task, Wd, Weights, app, data_dir, out, parse_lr, run_dir,
-                            user_errors)
+from herlev_cli.app import (DEFAULT_RUNS, Arch, Bs, Classes, Data, Device, Folds, Head, Keep, Lr, MseWarmup, MseWeight,
+                            Pretrained, Quiet, Seed, Size, SkipBad, Task, Wd, Weights, app, data_dir, out, parse_lr,
+                            run_dir, user_errors)
 from herlev_fa.config import DataConfig, ModelConfig, TrainConfig
 from herlev_fa.errors import HerlevError
 
@@ -91,6 +91,7 @@ def train(
     pretrained: Pretrained = True,
     weights: Weights = None,
     mse_weight: MseWeight = 1.0,
+    mse_warmup: MseWarmup = 0.0,
     folds: Folds = 4,
     fold: Annotated[str, typer.Option(help="Held-out fold number, or 'all' to cross-validate.")] = "0",
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 20,
@@ -118,7 +119,8 @@ def train(
         DataConfig(data_dir(data), task=task, classes=classes, size=size, folds=folds, seed=seed, bs=bs,
                    skip_bad=skip_bad),
         ModelConfig(arch, head=head, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
-        epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, fold=_fold(fold), device=device, out=out_dir, name=name,
+        epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, mse_warmup=mse_warmup, fold=_fold(fold), device=device,
+        out=out_dir, name=name,
         quiet=quiet or as_json, resume=resume, deterministic=deterministic, precision=precision,
     )
     result = herlev_fa.train(cfg)

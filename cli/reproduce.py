@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from herlev_cli.app import (Arch, Bs, Data, Device, Folds, Keep, Lr, MseWeight, Pretrained, Quiet, Seed, Size, Task, Wd,
-                            Weights, app, data_dir, out, parse_lr, user_errors)
+from herlev_cli.app import (Arch, Bs, Data, Device, Folds, Keep, Lr, MseWarmup, MseWeight, Pretrained, Quiet, Seed,
+                            Size, Task, Wd, Weights, app, data_dir, out, parse_lr, user_errors)
 from herlev_fa.config import HEADS, DataConfig, ModelConfig, TrainConfig
 from herlev_fa.metrics import SCALAR_METRICS
 from herlev_fa.reproduce import COLUMNS, ReproduceConfig, ReproduceResult, ours_cell, paper_cell
@@ -44,6 +44,7 @@ def reproduce(
     pretrained: Pretrained = True,
     weights: Weights = None,
     mse_weight: MseWeight = 1.0,
+    mse_warmup: MseWarmup = 0.0,
     lr: Lr = "1e-3",
     wd: Wd = 0.05,
     keep: Keep = "best",
@@ -59,7 +60,7 @@ def reproduce(
     cfg = ReproduceConfig(TrainConfig(
         DataConfig(data_dir(data), task=task, size=size, folds=folds, seed=seed, bs=bs),
         ModelConfig(arch, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
-        epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, device=device, quiet=quiet,
+        epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, mse_warmup=mse_warmup, device=device, quiet=quiet,
     ), heads=tuple(heads) if heads else HEADS, out=out_dir)
     result = reproduce_heads(cfg, log=None if quiet else out.print)
     out.print(_table(result))

@@ -62,6 +62,31 @@ class LossParts(Callback):
             self.last = {k: float(packed[i, 0] / packed[i, 1]) for i, k in enumerate(self.last)}
 
 
+class MseWarmup(Callback):
+    """Ramp the regression constraint in: lambda grows linearly from 0 to its value over the first
+    `fraction` of each fit's training, then stays (cls_reg only).
+
+    Training batches use the ramped weight, validation always the full one, so that the
+    validation loss (and the best epoch chosen by it) means the same at every epoch. Stateless:
+    the weight is computed from fastai's `pct_train`, so a resumed run continues the same ramp.
+    """
+
+    order = 5  # before the loss
+
+    def __init__(self, fraction: float):
+        self.fraction = fraction
+
+    def before_fit(self) -> None:
+        self.full = self.learn.loss_func.mse_weight
+
+    def before_batch(self) -> None:
+        ramp = min(1.0, self.pct_train / self.fraction) if self.training else 1.0
+        self.learn.loss_func.mse_weight = self.full * ramp
+
+    def after_fit(self) -> None:
+        self.learn.loss_func.mse_weight = self.full
+
+
 def _not_training_epoch(cb: Callback) -> bool:
     """True for epochs that trained nothing: skipped on resume, lr_find's, get_preds' pass."""
     skipped, cb.skipped = getattr(cb, "skipped", False), False

@@ -74,7 +74,9 @@ KEPT = {"best": "the epoch with the lowest validation loss (the held-out fold: s
 # quiet and the output folder do not count)
 _DATA_KEYS = ("data", "task", "classes", "size", "folds", "seed", "bs", "skip_bad")
 _MODEL_KEYS = ("arch", "pretrained", "weights", "mse_weight")
-_SCHEDULE_KEYS = ("epochs", "lr", "wd", "keep")
+_SCHEDULE_KEYS = ("epochs", "lr", "wd", "keep", "mse_warmup")
+# settings added after the first version, at the value a record without them was made with
+_ADDED = {"keep": "best", "mse_warmup": 0.0}
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ def _settings(config: dict) -> dict:
     """The settings of a TrainConfig's JSON form (`TrainConfig.to_json`) that shape the numbers."""
     data, model = config.get("data") or {}, config.get("model") or {}
     flat = {**{k: data.get(k) for k in _DATA_KEYS}, **{k: model.get(k) for k in _MODEL_KEYS},
-            **{k: config.get(k) for k in _SCHEDULE_KEYS}}
+            **{k: config.get(k, _ADDED.get(k)) for k in _SCHEDULE_KEYS}}
     return json.loads(json.dumps(flat))  # tuples -> lists, as read back from a file
 
 
@@ -195,7 +197,7 @@ def _check_root(root: Path, settings: dict) -> bool:
             raise HerlevError(f"'{claim}' is not valid JSON ({e}); pass another --out") from None
         if not isinstance(stored, dict) or stored.get("format") != FORMAT:
             raise HerlevError(f"'{claim}' is not a reproduction record of this version; pass another --out")
-        diff = _differences(stored.get("settings") or {}, settings)
+        diff = _differences({**_ADDED, **(stored.get("settings") or {})}, settings)
         if diff:
             raise HerlevError(f"'{root}' holds a reproduction made with other settings ({diff}); rerun with its "
                               "settings to resume it, or pass another --out")
@@ -249,7 +251,8 @@ def _results_markdown(cfg: TrainConfig, heads: Sequence[str], summary: dict[str,
         f"# Reproduction: {m.arch}, {d.folds}-fold cross-validation",
         "",
         f"Data `{d.data}` (task {task}, {n_images} images), {d.size} px, {cfg.epochs} epochs, batch {d.bs}, "
-        f"lr {cfg.lr if cfg.lr is not None else 'auto'}, weight decay {cfg.wd}, {start}, λ (mse weight) {m.mse_weight}, "
+        f"lr {cfg.lr if cfg.lr is not None else 'auto'}, weight decay {cfg.wd}, {start}, λ (mse weight) {m.mse_weight}"
+        f"{f' ramped in over {cfg.mse_warmup:.0%} of training' if cfg.mse_warmup else ''}, "
         f"seed {d.seed}; evaluated at {KEPT[cfg.keep]}.",
         "",
         "Ours: mean ± std over folds (std with ddof 0). Paper: Pirovano et al. (2019), 4-fold "

@@ -32,7 +32,7 @@ from fastcore.basics import noop
 
 from herlev_fa import checkpoint
 from herlev_fa.atomic import write_json, write_text
-from herlev_fa.callbacks import BF16, ChannelsLast, DataParallel, EpochLog, KeepBest, LossParts
+from herlev_fa.callbacks import BF16, ChannelsLast, DataParallel, EpochLog, KeepBest, LossParts, MseWarmup
 from herlev_fa.config import TrainConfig, resolve_device, resolve_precision
 from herlev_fa.data.block import build_dataloaders
 from herlev_fa.data.images import decode_all
@@ -181,6 +181,8 @@ def speed_callbacks(device: str, precision: str) -> list:
 def _fit_learner(cfg: TrainConfig, data: Prepared, fold: int, device: str, cbs: list, path: Path):
     set_determinism(cfg.data.seed, cfg.deterministic)
     cbs = [*speed_callbacks(device, cfg.precision), *cbs]
+    if cfg.mse_warmup > 0 and cfg.model.head == "cls_reg":
+        cbs.append(MseWarmup(cfg.mse_warmup))
     model = build_model(cfg.model, data.task)
     mean, std = normalisation(model.net)
     dls = build_dataloaders(data.items, data.cache, data.task, valid=(data.items["fold"] == fold).to_numpy(),

@@ -75,6 +75,7 @@ CASES = {
     "lr not a number": (_with("--lr", "fast"), "--lr 'fast' is not a number"),
     "unknown arch": (_with("--arch", "resnet1O1"), "unknown architecture 'resnet1O1'"),
     "unknown head": (_with("--head", "svm"), "unknown head 'svm'"),
+    "warm-up beyond training": (_with("--mse-warmup", "2"), "--mse-warmup 2.0 is out of range"),
     "unknown keep": (_with("--keep", "median"), "unknown --keep 'median': choose one of best, last"),
     "unknown task": (_with("--task", "sipakmed"), "unknown task 'sipakmed'"),
     "missing weights file": (_with("--weights", "/nonexistent/w.safetensors"), "weights file .* does not exist"),

@@ -9,7 +9,7 @@ import importlib
 import json
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -219,6 +219,27 @@ def test_rerun_with_other_settings_is_refused(resumed, synth_data, device, monke
     assert result.output.startswith("error: ") and "epochs: 1 there, 2 now" in result.output
     assert "Traceback" not in result.output and counter.calls == []
     assert _mtimes(resumed.out) == before
+
+
+def test_a_reproduction_from_before_a_setting_existed_resumes_at_its_default(resumed, tmp_path, synth_data, device,
+                                                                             monkeypatch):
+    out = tmp_path / "old"
+    shutil.copytree(resumed.out, out)
+    claim = json.loads((out / "reproduce.json").read_text())
+    for key in ("keep", "mse_warmup"):  # what a record of the first version lacks
+        del claim["settings"][key]
+    (out / "reproduce.json").write_text(json.dumps(claim))
+    meta_path = out / "cls" / "fold0" / "herlev.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["mse_warmup"]
+    meta_path.write_text(json.dumps(meta))
+    counter = Counting()
+    monkeypatch.setattr(repro, "train_fold", counter)
+    result = repro.reproduce(_library_config(synth_data, out, device))
+    assert counter.calls == [] and result.trained == []
+    with pytest.raises(HerlevError, match="keep: 'best' there, 'last' now"):
+        cfg = _library_config(synth_data, out, device)
+        repro.reproduce(repro.ReproduceConfig(replace(cfg.train, keep="last"), out=out))
 
 
 def test_a_fold_run_from_other_settings_is_refused(resumed, tmp_path, synth_data, device):

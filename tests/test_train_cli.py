@@ -205,3 +205,48 @@ def test_keep_last_evaluates_and_saves_the_final_epoch(synth_data, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     for name in ("accuracy", "mse", "kappa"):
         assert metrics[name] == pytest.approx(final[name], rel=1e-4, abs=1e-6), name
+
+
+def test_mse_warmup_ramps_lambda_over_training_and_validates_at_full_weight():
+    from fastai.callback.core import Callback
+    from fastai.test_utils import synth_learner
+    from fastai.torch_core import set_seed
+    from torch import nn
+
+    from herlev_fa.callbacks import MseWarmup
+
+    class Weighted(nn.MSELoss):  # any loss with a settable mse_weight, as SeverityLoss has
+        mse_weight = 2.0
+
+    class Record(Callback):
+        order = 6  # after MseWarmup
+        seen: list = []
+
+        def before_batch(self):
+            self.seen.append((self.training, self.pct_train, self.learn.loss_func.mse_weight))
+
+    set_seed(0)
+    learn = synth_learner(n_trn=8, cbs=[MseWarmup(0.5), Record()])  # 8 training batches per epoch
+    learn.loss_func = Weighted()
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(2, lr=1e-3)
+    train = [(pct, w) for training, pct, w in Record.seen if training]
+    valid = [w for training, _, w in Record.seen if not training]
+    assert len(train) == 16 and train[0] == (0.0, 0.0)
+    for pct, w in train:
+        assert w == pytest.approx(2.0 * min(1.0, pct / 0.5))
+    assert [w for _, w in train][8:] == [2.0] * 8  # second half of training: the full weight
+    assert valid and set(valid) == {2.0}
+    assert learn.loss_func.mse_weight == 2.0  # restored after the fit
+
+
+def test_mse_warmup_is_recorded_and_validation_loss_uses_the_full_weight(synth_data, tmp_path):
+    result = runner.invoke(app, ["train", "--data", str(synth_data), "--arch", "test_resnet", "--no-pretrained",
+                                 "--size", "32", "--epochs", "2", "--bs", "16", "--seed", "0", "--mse-weight", "0.5",
+                                 "--mse-warmup", "0.5", "--device", "cpu", "--out", str(tmp_path), "--name", "w",
+                                 "--quiet"])
+    assert result.exit_code == 0, result.output
+    log = pd.read_csv(tmp_path / "w" / "log.csv")
+    assert np.allclose(log["valid_loss"], log["valid_ce"] + 0.5 * log["valid_mse"], rtol=1e-4)
+    meta = json.loads((tmp_path / "w" / "herlev.json").read_text())
+    assert meta["config"]["mse_warmup"] == 0.5 and meta["mse_weight"] == 0.5
