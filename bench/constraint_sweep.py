@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from herlev_fa import DataConfig, ModelConfig, TrainConfig
+from herlev_fa.atomic import write_text
 from herlev_fa.reproduce import COLUMNS, ReproduceConfig, ours_cell, reproduce
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "herlev" / "letterbox200"
@@ -71,9 +72,9 @@ def main() -> None:
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
     text = (f"{args.arch}, {args.size} px, {args.epochs} epochs, batch {args.bs}, lr {args.lr}, "
             f"{args.folds}-fold, seed {args.seed}, from scratch, kept epoch: {args.keep}; "
-            f"wall time {time.time() - started:.0f} s\n\n" + "\n".join(table) + "\n")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sweep.md").write_text(text, encoding="utf-8")
+            f"wall time of this call {time.time() - started:.0f} s (fold runs reused from an earlier call cost "
+            "nothing)\n\n" + "\n".join(table) + "\n")
+    write_text(args.out / "sweep.md", text)  # atomic: whole or absent
     print(text)
 
 
