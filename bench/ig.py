@@ -7,8 +7,9 @@ that a busy machine slows them alike), with each configuration's convergence del
   target=t, return_convergence_delta=True)` (50 Gauss-Legendre steps, no internal batching),
   called on the same batches of `--bs` images;
 * plain captum with `internal_batch_size` swept (the best of these is "best plain captum");
-* herlev's `Explainer` (what `explain` and `quantify` call): fp32 and bf16 autocast, at
-  `--steps` and at fewer steps, so that the fastest setting whose mean |delta| is no larger
+* herlev's `Explainer` (what `explain` and `quantify` call; BatchNorm folded into the convs):
+  fp32 and bf16 autocast, at `--steps` and at fewer steps, and once with BatchNorm kept,
+  so that the fastest setting whose mean |delta| is no larger
   than plain captum's can be read off;
 * `explain` and `quantify` end to end (file decoding, letterbox, maps back to the input grid,
   mask overlap) on the same images written as a Herlev-layout folder.
@@ -137,9 +138,10 @@ def main() -> None:
             return torch.cat(deltas).numpy()
         return call
 
-    def ours(steps: int, precision: str = "fp32"):
+    def ours(steps: int, precision: str = "fp32", fold_bn: bool = True):
         explainer = Explainer(run.model, run.head, run.task.classes, run.task.severities, run.mean, run.std,
-                              run.size, steps=steps, baseline="mean", device=device, precision=precision)
+                              run.size, steps=steps, baseline="mean", device=device, precision=precision,
+                              fold_bn=fold_bn)
 
         def call():
             return np.concatenate([np.abs(explainer(b).delta) for b in batches])
@@ -150,6 +152,7 @@ def main() -> None:
         ibs = args.bs * k
         if k < args.steps:
             configs[f"plain captum ibs={ibs}"] = plain_captum(ibs)
+    configs[f"herlev fp32 {args.steps} steps, BN not folded"] = ours(args.steps, fold_bn=False)
     for steps in [args.steps, *(s for s in (32, 24, 16) if s < args.steps)]:
         configs[f"herlev fp32 {steps} steps"] = ours(steps)
         configs[f"herlev bf16 {steps} steps"] = ours(steps, "bf16")
@@ -203,17 +206,21 @@ def main() -> None:
 
     print(f"\nIG benchmark: {args.arch} at {args.size} px, {args.steps} steps, {n} images in batches of {args.bs}, "
           f"device {device} ({_card(device)}), torch {torch.__version__}")
-    print(f"{'configuration':<34} {'ms/image':>10} {'mean |delta|':>14}")
+    print(f"{'configuration':<44} {'ms/image':>10} {'mean |delta|':>14}")
     for name in configs:
         ms = f"{best_ms[name]:.2f}" if name in best_ms else "OOM"
-        print(f"{name:<34} {ms:>10} {deltas[name]:>14.4g}")
+        print(f"{name:<44} {ms:>10} {deltas[name]:>14.4g}")
     for name, ms in e2e.items():
-        print(f"{name:<34} {ms:>10.2f} {'':>14}")
+        print(f"{name:<44} {ms:>10.2f} {'':>14}")
     print()
     print(f"best plain captum: {best_plain} ({best_ms[best_plain]:.2f} ms/image)")
     if base in best_ms:
         print(f"ratio plain captum default / herlev ({args.steps} steps, fp32): "
               f"{best_ms[base] / best_ms[ours_default]:.2f}x")
+    unfolded = f"herlev fp32 {args.steps} steps, BN not folded"
+    if unfolded in best_ms:
+        print(f"ratio herlev BatchNorm kept / folded ({args.steps} steps, fp32): "
+              f"{best_ms[unfolded] / best_ms[ours_default]:.2f}x")
     print(f"ratio best plain captum / herlev ({args.steps} steps, fp32): "
           f"{best_ms[best_plain] / best_ms[ours_default]:.2f}x")
     if ours_ok:

@@ -30,6 +30,7 @@ from herlev_fa.explain.attribution import (
     ExplainedOutputs,
     Explainer,
     explain,
+    fold_batchnorm,
     make_baseline,
     normalise,
     target_column,
@@ -158,6 +159,69 @@ def test_bad_settings_are_user_errors():
                         ({"precision": "fp8"}, "unknown precision")):
         with pytest.raises(HerlevError, match=pattern):
             _explainer(_linear("cls"), "cls", "cpu", **kw)
+
+
+def _bn_resnet(head: str = "cls_reg") -> SeverityModel:
+    """timm's test_resnet (conv -> BatchNorm pairs) with running statistics far from the identity."""
+    import timm
+
+    torch.manual_seed(0)
+    net = timm.create_model("test_resnet", pretrained=False, num_classes=TASK.n_classes)
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):  # BatchNorm running mean/var move away from 0/1
+            net(torch.randn(8, 3, S, S) * 2 + 0.7)
+    return SeverityModel(net, head, TASK.severities).eval()
+
+
+def test_batchnorm_folding_gives_the_same_outputs_and_ig(device):
+    model = _bn_resnet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    folded = fold_batchnorm(model, S)
+    assert n_bn > 0 and folded is not model
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) == 0  # every conv -> bn pair folded
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == n_bn  # the run's model is untouched
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    x = normalise(_images(4), MEAN, STD)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+    kept = _explainer(model, "cls_reg", device, steps=16, fold_bn=False)(_images(4))
+    fast = _explainer(model, "cls_reg", device, steps=16)(_images(4))
+    np.testing.assert_array_equal(fast.target, kept.target)
+    scale = np.abs(kept.attribution).max()
+    np.testing.assert_allclose(fast.attribution, kept.attribution, rtol=1e-3, atol=1e-4 * scale)
+    np.testing.assert_allclose(fast.delta, kept.delta, atol=1e-4 * max(1.0, np.abs(kept.gap).max()))
+
+
+class _Branchy(nn.Module):
+    """conv -> bn, then Python control flow on the data: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * S * S, TASK.n_classes)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        if y.mean() > 0:
+            y = 2 * y
+        return self.fc(y.flatten(1))
+
+
+def test_batchnorm_folding_leaves_untraceable_or_changed_models_as_they_are(monkeypatch, device):
+    model = SeverityModel(_Branchy(), "cls", TASK.severities).eval()
+    assert fold_batchnorm(model, S) is model  # untraceable: attributed as it is
+    batch = _explainer(model, "cls", device, steps=4)(_images(2))
+    assert batch.attribution.shape == (2, S, S) and np.isfinite(batch.attribution).all()
+    resnet = _bn_resnet("cls")
+    # a fold whose outputs differ from the model's (here: a wrong one) is refused by the probe
+    def wrong(net):
+        return nn.Sequential(net, nn.Hardtanh(-0.01, 0.01))
+
+    monkeypatch.setattr("torch.fx.experimental.optimization.fuse", wrong)
+    assert fold_batchnorm(resnet, S) is resnet
 
 
 def _toy_run(tmp_path: Path, model: SeverityModel, head: str = "cls") -> Run:
