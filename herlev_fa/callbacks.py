@@ -7,6 +7,9 @@
 - `DataParallel`: fastai's Accelerate trainer (DDP, sharded batches, gathered metrics) on any backend.
 - `KeepBest`: keeps the weights of the best epoch (validation loss) in memory and restores them
   when fitting ends, so no pickle checkpoint is written during training.
+- `DeviceSmoothLoss`, `DeviceAvgLoss`, `Progress` (installed by `without_host_syncs`): fastai's
+  smoothed training loss, validation loss and progress bar without a device-to-host copy per
+  batch (each such copy makes the host wait for the GPU to finish all queued work).
 
 Epochs that fastai skips when a resumed fit starts later (`start_epoch`) still fire
 `after_epoch`; these callbacks ignore them. In a distributed fit (fastai's `distrib_ctx`) the
@@ -16,13 +19,17 @@ components are summed over every process, and only rank 0 writes the log.
 
 from __future__ import annotations
 
+import math
+import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 from fastai.callback.core import Callback
+from fastai.callback.progress import ProgressCallback
 from fastai.callback.tracker import TrackerCallback
 from fastai.distributed import DistributedDL, DistributedTrainer
+from fastai.learner import AvgLoss, AvgSmoothLoss, Learner
 from fastai.torch_core import find_bs, num_distrib, rank_distrib
 
 from herlev_fa.atomic import atomic_path
@@ -224,3 +231,59 @@ class DataParallel(DistributedTrainer):
 
     def _wrap_dl(self, dl):
         return dl if isinstance(dl, DistributedDL) else _AnyBackendDL(dl, device=self.learn.model.device)
+
+
+class DeviceSmoothLoss(AvgSmoothLoss):
+    """fastai's smoothed training loss (`Recorder.smooth_loss`), kept on the loss's device.
+
+    fastai's own copies each batch's loss to the host (`to_detach`), a synchronisation per step.
+    Here `value` stays a device scalar; `Recorder` reads it as a number once per epoch.
+    """
+
+    def accumulate(self, learn) -> None:
+        self.count += 1
+        loss = learn.loss.detach().float().mean()
+        self.val = torch.lerp(loss, self.val.to(loss.device), self.beta)
+
+
+class DeviceAvgLoss(AvgLoss):
+    """fastai's validation loss (`Recorder.loss`), summed on the device and read once per epoch.
+
+    Gathered over processes like fastai's (`learn.to_detach`), without the copy to the host.
+    """
+
+    def accumulate(self, learn) -> None:
+        bs = find_bs(learn.yb)
+        self.total += learn.to_detach(learn.loss.mean(), cpu=False).float() * bs
+        self.count += bs
+
+
+class Progress(ProgressCallback):
+    """fastai's progress bars, showing the smoothed loss at most every `every` seconds.
+
+    fastai formats the loss after every batch, which copies it to the host each step.
+    """
+
+    def __init__(self, every: float = 1.0):
+        self.every, self._shown = every, -math.inf
+
+    def after_batch(self) -> None:
+        self.pbar.update(self.iter + 1)
+        now = time.monotonic()
+        if hasattr(self, "smooth_loss") and now - self._shown >= self.every:
+            self.pbar.comment = f"{float(self.smooth_loss):.4f}"
+            self._shown = now
+
+
+def without_host_syncs(learn: Learner) -> Learner:
+    """Swap fastai's per-batch host reads (smoothed loss, validation loss, progress bar) for device-side ones.
+
+    With the metrics of `herlev_fa.metrics.fastai_metrics` (kept on the device until the epoch
+    ends), a training or validation batch then never waits for the GPU. Returns `learn`.
+    """
+    rec = learn.recorder
+    rec.smooth_loss, rec.loss = DeviceSmoothLoss(beta=rec.smooth_loss.beta), DeviceAvgLoss()
+    if any(isinstance(cb, ProgressCallback) for cb in learn.cbs):
+        learn.remove_cb(ProgressCallback)
+        learn.add_cb(Progress())
+    return learn

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import partial
 
 import numpy as np
 import torch
-from fastai.metrics import AccumMetric, ActivationType
+from fastai.learner import Metric
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
 
 from herlev_fa.model.heads import nearest_class, split_output
@@ -71,16 +70,67 @@ def severity_metrics(out: np.ndarray, y: np.ndarray, head: str, severities: Sequ
     return result
 
 
-def _one_metric(out: torch.Tensor, y: torch.Tensor, name: str, head: str, severities: tuple[float, ...]) -> float:
-    out_np = out.detach().float().cpu().numpy()  # float first: numpy has no bfloat16
-    return severity_metrics(out_np, y.cpu().numpy(), head, severities, full=False)[name]
+class EpochOutputs:
+    """One validation pass's model outputs and targets, kept on the device until its metrics are read.
+
+    fastai's `AccumMetric` copies every batch to the host, once per metric: a synchronisation
+    with the GPU per batch and metric. Here the batches stay where they are (gathered over
+    processes like fastai's, by `learn.to_detach`) and go to the host once, when the epoch's
+    metrics are first read; all five are computed from that one copy.
+    """
+
+    def __init__(self, head: str, severities: Sequence[float]):
+        self.head, self.severities = head, tuple(float(s) for s in severities)
+        self.reset()
+
+    def reset(self) -> None:
+        self.outs: list[torch.Tensor] = []
+        self.ys: list[torch.Tensor] = []
+        self._metrics: dict | None = None
+
+    def accumulate(self, learn) -> None:
+        self.outs.append(learn.to_detach(learn.pred, cpu=False))  # [B, C]
+        self.ys.append(learn.to_detach(learn.y, cpu=False))  # [B]
+        self._metrics = None
+
+    def metrics(self) -> dict:
+        if self._metrics is None:
+            if not self.outs:
+                return dict.fromkeys(SCALAR_METRICS, math.nan)
+            out = torch.cat(self.outs).float().cpu().numpy()  # float first: numpy has no bfloat16
+            y = torch.cat(self.ys).cpu().numpy()
+            self._metrics = severity_metrics(out, y, self.head, self.severities, full=False)
+        return self._metrics
 
 
-def fastai_metrics(head: str, severities: Sequence[float]) -> list[AccumMetric]:
-    """The scalar metrics as fastai metrics, computed over the whole validation set each epoch."""
-    sev = tuple(float(s) for s in severities)
-    return [
-        AccumMetric(partial(_one_metric, name=name, head=head, severities=sev), name=name,
-                    activation=ActivationType.No, flatten=False)
-        for name in SCALAR_METRICS
-    ]
+class SeverityMetric(Metric):
+    """One scalar of `severity_metrics` as a fastai metric, read from an `EpochOutputs` it may share.
+
+    The first metric of a shared `EpochOutputs` (`collects=True`) resets and fills it; the
+    others only read it.
+    """
+
+    def __init__(self, name: str, outputs: EpochOutputs, collects: bool):
+        self._name, self.outputs, self.collects = name, outputs, collects
+
+    def reset(self) -> None:
+        if self.collects:
+            self.outputs.reset()
+
+    def accumulate(self, learn) -> None:
+        if self.collects:
+            self.outputs.accumulate(learn)
+
+    @property
+    def value(self) -> float:
+        return self.outputs.metrics()[self._name]
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+
+def fastai_metrics(head: str, severities: Sequence[float]) -> list[SeverityMetric]:
+    """The scalar metrics as fastai metrics over the whole validation set, from one host copy per epoch."""
+    outputs = EpochOutputs(head, severities)
+    return [SeverityMetric(name, outputs, collects=i == 0) for i, name in enumerate(SCALAR_METRICS)]

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 from fastai.callback.progress import ProgressCallback
+from fastai.learner import AvgSmoothLoss
 from fastai.torch_core import num_distrib, rank_distrib, set_seed
 from fastcore.basics import noop
 
@@ -202,11 +203,16 @@ def _quiet(learn, quiet: bool):
 
 
 def _suggest_lr(learn) -> tuple[float, list[float], list[float]]:
-    suggestion = learn.lr_find(show_plot=False)
+    rec = learn.recorder
+    on_device = rec.smooth_loss
+    rec.smooth_loss = AvgSmoothLoss(beta=on_device.beta)  # lr_find reads the loss every step; its suggestion wants host numbers
+    try:
+        suggestion = learn.lr_find(show_plot=False)
+    finally:
+        rec.smooth_loss = on_device
     lr = float(suggestion.valley)
     if not math.isfinite(lr) or lr <= 0:
         raise HerlevError("lr_find found no usable learning rate (the loss never fell); pass --lr explicitly")
-    rec = learn.recorder
     return lr, [float(x) for x in rec.lrs], [float(x) for x in rec.losses]
 
 

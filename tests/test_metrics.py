@@ -1,13 +1,14 @@
 """Metrics against scikit-learn on hand-made outputs."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, roc_auc_score
 
-from herlev_fa.metrics import fastai_metrics, severity_metrics
+from herlev_fa.metrics import SCALAR_METRICS, fastai_metrics, severity_metrics
 
 SEV = (0.0, 1.0, 2.0, 3.0, 4.0)
 
@@ -58,8 +59,16 @@ def test_single_class_auc_is_nan_not_an_error():
 def test_fastai_metric_wrappers_agree_with_the_pure_function():
     out, y, _ = _random_cls_reg(40, seed=3)
     expected = severity_metrics(out, y, "cls_reg", SEV)
-    for metric in fastai_metrics("cls_reg", SEV):
-        metric.reset()
-        for chunk in range(0, 40, 16):  # accumulated over batches like an epoch
-            metric.accum_values(torch.tensor(out[chunk:chunk + 16]), torch.tensor(y[chunk:chunk + 16]))
-        assert metric.value == pytest.approx(expected[metric.name], rel=1e-6), metric.name
+    metrics = fastai_metrics("cls_reg", SEV)
+    for epoch in range(2):  # reset between epochs: the second epoch does not see the first
+        for metric in metrics:
+            metric.reset()
+        for chunk in range(0, 40, 16):  # accumulated over batches like an epoch, as Recorder does
+            learn = SimpleNamespace(pred=torch.tensor(out[chunk:chunk + 16]), y=torch.tensor(y[chunk:chunk + 16]),
+                                    to_detach=lambda b, cpu=True, gather=True: b.detach())
+            for metric in metrics:
+                metric.accumulate(learn)
+        assert [m.name for m in metrics] == list(SCALAR_METRICS)
+        for metric in metrics:
+            assert metric.value == pytest.approx(expected[metric.name], rel=1e-6), metric.name
+    assert len(metrics[0].outputs.outs) == 3  # one entry per batch, shared by the five metrics

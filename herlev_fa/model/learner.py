@@ -20,6 +20,7 @@ from fastai.learner import Learner
 from fastai.optimizer import Adam
 from torch import Tensor, nn
 
+from herlev_fa.callbacks import without_host_syncs
 from herlev_fa.config import ModelConfig
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import Task
@@ -190,7 +191,12 @@ def body_head_splitter(model: SeverityModel) -> list[list[nn.Parameter]]:
 
 def build_learner(dls, model: SeverityModel, task: Task, mse_weight: float = 1.0, wd: float = 0.05,
                   cbs: Sequence = (), path: str | Path = ".") -> Learner:
-    """A fastai Learner (AdamW, the head's loss and metrics) over `dls`."""
-    return Learner(dls, model.to(dls.device), loss_func=SeverityLoss(model.head_name, task.severities, mse_weight),
-                   opt_func=partial(Adam, decouple_wd=True), metrics=fastai_metrics(model.head_name, task.severities),
-                   splitter=body_head_splitter, wd=wd, cbs=list(cbs), path=Path(path))
+    """A fastai Learner (AdamW, the head's loss and metrics) over `dls`, with no host synchronisation per batch.
+
+    fastai's recorder, progress bar and metrics copy values to the host every batch; here they
+    stay on the device until the epoch ends (`callbacks.without_host_syncs`, `metrics.fastai_metrics`).
+    """
+    learn = Learner(dls, model.to(dls.device), loss_func=SeverityLoss(model.head_name, task.severities, mse_weight),
+                    opt_func=partial(Adam, decouple_wd=True), metrics=fastai_metrics(model.head_name, task.severities),
+                    splitter=body_head_splitter, wd=wd, cbs=list(cbs), path=Path(path))
+    return without_host_syncs(learn)
