@@ -205,7 +205,8 @@ def _quiet(learn, quiet: bool):
 def _suggest_lr(learn) -> tuple[float, list[float], list[float]]:
     rec = learn.recorder
     on_device = rec.smooth_loss
-    rec.smooth_loss = AvgSmoothLoss(beta=on_device.beta)  # lr_find reads the loss every step; its suggestion wants host numbers
+    # lr_find reads the loss every step anyway, and its suggestion wants host numbers
+    rec.smooth_loss = AvgSmoothLoss(beta=on_device.beta)
     try:
         suggestion = learn.lr_find(show_plot=False)
     finally:
