@@ -43,6 +43,7 @@ def main() -> None:
     p.add_argument("--keep", default="last", choices=("best", "last"))
     p.add_argument("--weights-lambda", default="0.1,0.3,1,3", help="comma-separated lambdas for cls_reg")
     p.add_argument("--mse-warmup", type=float, default=0.0, help="cls_reg: ramp lambda in over this fraction")
+    p.add_argument("--no-reg", action="store_true", help="skip the reg row (only the gain over cls is wanted)")
     p.add_argument("--out", type=Path, default=Path("runs/sweep"))
     p.add_argument("--device", default="auto")
     args = p.parse_args()
@@ -50,7 +51,7 @@ def main() -> None:
     base = TrainConfig(DataConfig(args.data, size=args.size, folds=args.folds, seed=args.seed, bs=args.bs),
                        ModelConfig(args.arch, pretrained=False), epochs=args.epochs, lr=args.lr,
                        keep=args.keep, device=args.device, quiet=True)
-    runs = [("cls", "cls", None), ("reg", "reg", None)]
+    runs = [("cls", "cls", None)] + ([] if args.no_reg else [("reg", "reg", None)])
     ramp = f", ramped over {args.mse_warmup:.0%}" if args.mse_warmup else ""
     runs += [(f"cls_reg λ={lam:g}{ramp}", "cls_reg", lam) for lam in map(float, args.weights_lambda.split(","))]
     started, rows, reference = time.time(), [], None

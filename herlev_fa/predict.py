@@ -33,6 +33,7 @@ from herlev_fa.errors import HerlevError
 from herlev_fa.labels import IMAGE_EXTENSIONS
 from herlev_fa.metrics import decode
 from herlev_fa.model.heads import split_output
+from herlev_fa.model.inference import fold_batchnorm
 from herlev_fa.progress import progress_bar
 from herlev_fa.runs import Run, load_run
 
@@ -139,7 +140,7 @@ def predict_outputs(run: Run, paths: Sequence[str], tta: bool = False, bs: int =
     Returns:
         The outputs, and the paths they belong to (unreadable ones dropped with `skip_bad`).
     """
-    model = run.model.to(device).eval()
+    model = fold_batchnorm(run.model.to(device).eval(), run.size)  # same outputs, no BatchNorm to run
     outputs: list[Tensor] = []
     kept: list[str] = []
     try:

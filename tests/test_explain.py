@@ -30,7 +30,6 @@ from herlev_fa.explain.attribution import (
     ExplainedOutputs,
     Explainer,
     explain,
-    fold_batchnorm,
     make_baseline,
     normalise,
     target_column,
@@ -40,6 +39,7 @@ from herlev_fa.explain.masks import BACKGROUND, CYTOPLASM, NUCLEUS
 from herlev_fa.explain.report import quantify
 from herlev_fa.labels import BACKGROUND_RGB, CYTOPLASM_RGB, NUCLEUS_RGB, get_task
 from herlev_fa.model.heads import SeverityModel
+from herlev_fa.model.inference import fold_batchnorm
 from herlev_fa.runs import Run, load_run
 
 runner = CliRunner()
