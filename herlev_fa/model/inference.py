@@ -18,8 +18,9 @@ def fold_batchnorm(model: nn.Module, size: int) -> nn.Module:
     with rescaled weights and a bias (`torch.fx.experimental.optimization.fuse`, which traces the
     timm network with torch.fx). Same outputs to float rounding, same gradients, so the same IG;
     but each image (and each IG path point) skips the BatchNorm in the forward and the backward
-    pass: 1.1-1.55x faster IG for a ResNet on the CPU (bench/ig.py). Only exact `nn.Conv2d -> nn.BatchNorm2d` pairs
-    whose conv output feeds nothing else are folded; other layers stay as they are.
+    pass: 1.1-1.55x faster IG for a ResNet on the CPU (bench/ig.py). Only exact
+    `nn.Conv2d -> nn.BatchNorm2d` pairs whose conv output feeds nothing else are folded; other
+    layers stay as they are.
 
     The model is returned unchanged when the network cannot be traced (data-dependent Python
     control flow) or when the folded copy's outputs on a probe input differ from the model's by
