@@ -40,8 +40,11 @@ step() {  # step NAME DEFAULT_CAP COMMAND...: run under its cap, log to $OUT/NAM
 copy_tables() {  # copy_tables RUN_ROOT DEST: the small files of a reproduction, never the weights
   local dest
   mkdir -p "$2" && dest=$(cd "$2" && pwd)
-  [ -d "$1" ] && (cd "$1" && find . -maxdepth 2 \( -name '*.md' -o -name '*.csv' -o -name '*.png' -o -name '*.json' \) \
-    -not -path '*/fold*' -exec cp --parents {} "$dest" \;)
+  [ -d "$1" ] || return 0
+  (cd "$1" && find . -maxdepth 2 \( -name '*.md' -o -name '*.csv' -o -name '*.png' -o -name '*.json' \) \
+    -not -path '*/fold*' -exec cp --parents {} "$dest" \;
+   # each finished fold run's metrics and epoch log: what a reproduction cut off by its cap has
+   find . -maxdepth 4 -path '*/fold*' \( -name metrics.json -o -name log.csv \) -exec cp --parents {} "$dest" \;)
 }
 
 for s in "${@:-throughput ig pipeline reproduce}"; do for name in $s; do
