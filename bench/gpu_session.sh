@@ -9,7 +9,7 @@
 # Steps: throughput (bench/train_throughput.py), ig (bench/ig.py), pipeline
 # (bench/data_pipeline.py, 8 workers), reproduce (the issue's from-scratch table: resnet101,
 # 224 px, 30 epochs, batch 32, last epoch), sweep (cls / cls_reg at several lambdas, same protocol).
-# Caps (seconds) can be changed with CAP_<STEP>=N; the default steps' caps (90 + 120 + 45 + 300 s)
+# Caps (seconds) can be changed with CAP_<STEP>=N; the default steps' caps (90 + 150 + 45 + 270 s)
 # plus the wheel install fit one device call (600 s at most: run it with timeout_s=600).
 # Figures and logs go to $OUT (default
 # bench/out); the reproduction's run folders (weights: 170 MB each) stay in .data/runs, only
@@ -50,10 +50,10 @@ copy_tables() {  # copy_tables RUN_ROOT DEST: the small files of a reproduction,
 for s in "${@:-throughput ig pipeline reproduce}"; do for name in $s; do
   case $name in
     throughput) step throughput 90 python3 bench/train_throughput.py --device cuda --data "$DATA" ;;
-    ig) step ig 120 python3 bench/ig.py --device cuda --repeats 2 --json "$OUT/ig.json" ;;
+    ig) step ig 150 python3 bench/ig.py --device cuda --images 32 --repeats 2 --json "$OUT/ig.json" ;;
     pipeline) step pipeline 45 python3 bench/data_pipeline.py --data "$DATA" --workers 8 ;;
     reproduce)
-      step reproduce 300 python3 -m herlev_cli.main reproduce --data "$DATA" --arch resnet101 --no-pretrained \
+      step reproduce 270 python3 -m herlev_cli.main reproduce --data "$DATA" --arch resnet101 --no-pretrained \
         --size 224 --epochs 30 --bs 32 --keep last --device cuda --out .data/runs/reproduce --quiet
       copy_tables .data/runs/reproduce "$OUT" ;;
     sweep)

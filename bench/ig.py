@@ -8,7 +8,8 @@ that a busy machine slows them alike), with each configuration's convergence del
   called on the same batches of `--bs` images;
 * plain captum with `internal_batch_size` swept (the best of these is "best plain captum");
 * herlev's `Explainer` (what `explain` and `quantify` call; BatchNorm folded into the convs):
-  fp32 and bf16 autocast, at `--steps` and at fewer steps, and once with BatchNorm kept,
+  fp32 and bf16 autocast, at `--steps` and at fewer steps, and once with BatchNorm kept;
+  the midpoint rule (`riemann_middle`) at `--steps` and fewer,
   so that the fastest setting whose mean |delta| is no larger
   than plain captum's can be read off;
 * `explain` and `quantify` end to end (file decoding, letterbox, maps back to the input grid,
@@ -138,10 +139,10 @@ def main() -> None:
             return torch.cat(deltas).numpy()
         return call
 
-    def ours(steps: int, precision: str = "fp32", fold_bn: bool = True):
+    def ours(steps: int, precision: str = "fp32", fold_bn: bool = True, method: str = "gausslegendre"):
         explainer = Explainer(run.model, run.head, run.task.classes, run.task.severities, run.mean, run.std,
                               run.size, steps=steps, baseline="mean", device=device, precision=precision,
-                              fold_bn=fold_bn)
+                              fold_bn=fold_bn, method=method)
 
         def call():
             return np.concatenate([np.abs(explainer(b).delta) for b in batches])
@@ -156,6 +157,8 @@ def main() -> None:
     for steps in [args.steps, *(s for s in (32, 24, 16) if s < args.steps)]:
         configs[f"herlev fp32 {steps} steps"] = ours(steps)
         configs[f"herlev bf16 {steps} steps"] = ours(steps, "bf16")
+    for steps in [args.steps, *(s for s in (40, 36, 32) if s < args.steps)]:
+        configs[f"herlev fp32 midpoint {steps} steps"] = ours(steps, method="riemann_middle")
 
     n = len(boxed)
     times: dict[str, list[float]] = {k: [] for k in configs}

@@ -12,10 +12,12 @@ from typing import Annotated, Optional
 import typer
 
 from herlev_cli.app import Device, Quiet, RunOption, app, out, run_dir, user_errors
-from herlev_fa.explain.attribution import BASELINES, DEFAULT_BASELINE, DEFAULT_TOL
+from herlev_fa.explain.attribution import BASELINES, DEFAULT_BASELINE, DEFAULT_METHOD, DEFAULT_TOL, METHODS
 
 Target = Annotated[str, typer.Option(help="predicted | score | a class name: the logit (or severity score) explained.")]
-Steps = Annotated[int, typer.Option(help="Gauss-Legendre steps of the IG path integral.")]
+Steps = Annotated[int, typer.Option(help="Steps (quadrature nodes) of the IG path integral.")]
+Method = Annotated[str, typer.Option(help=f"{' | '.join(METHODS)}: captum's quadrature rule. riemann_middle "
+                                          "(midpoint): 9-26% smaller delta than Gauss-Legendre on ResNets.")]
 Baseline = Annotated[str, typer.Option(help=f"{' | '.join(BASELINES)}: the input IG starts from "
                                             "(mean = zero after normalisation; see docs/explainability.md).")]
 Tol = Annotated[float, typer.Option(help="Warn when |delta| exceeds this fraction of f(x) - f(baseline).")]
@@ -34,6 +36,7 @@ def explain(
     run: RunOption = None,
     target: Target = "predicted",
     steps: Steps = 50,
+    method: Method = DEFAULT_METHOD,
     baseline: Baseline = DEFAULT_BASELINE,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: RUN/explain).")] = None,
     device: Device = "auto",
@@ -47,7 +50,7 @@ def explain(
     from herlev_fa.explain.report import explain_images
 
     table, folder = explain_images(run_dir(run), images, out=out_dir, target=target, steps=steps, baseline=baseline,
-                                   device=device, bs=bs, precision=precision, tol=tol,
+                                   device=device, bs=bs, precision=precision, tol=tol, method=method,
                                    progress=not (quiet or as_json))
     if as_json:
         typer.echo(table.to_json(orient="records"))
@@ -67,6 +70,7 @@ def quantify(
     out_dir: QuantifyOut = None,
     target: Target = "predicted",
     steps: Steps = 50,
+    method: Method = DEFAULT_METHOD,
     baseline: Baseline = DEFAULT_BASELINE,
     device: Device = "auto",
     bs: ImagesPerCall = 8,
@@ -80,10 +84,11 @@ def quantify(
     from herlev_fa.explain.report import summary_table
 
     result = run_quantify(run_dir(run), data=data, split=split, out=out_dir, target=target, steps=steps, baseline=baseline,
-                          device=device, bs=bs, precision=precision, tol=tol,
+                          device=device, bs=bs, precision=precision, tol=tol, method=method,
                           progress=not (quiet or as_json))
     if as_json:
         typer.echo(result.table.to_json(orient="records"))
         return
-    out.print(summary_table(result.summary, f"IG on mask regions ({split}, baseline {baseline}, {steps} steps)"))
+    steps_text = f"{steps} {METHODS[method]} steps"
+    out.print(summary_table(result.summary, f"IG on mask regions ({split}, baseline {baseline}, {steps_text})"))
     out.print(f"written to [bold]{result.out_dir}[/] (quantify.csv, quantify.md, quantify.png)")

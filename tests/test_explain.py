@@ -156,7 +156,7 @@ def test_baselines_by_value():
 
 def test_bad_settings_are_user_errors():
     for kw, pattern in (({"steps": 0}, "--steps 0"), ({"baseline": "x"}, "unknown baseline"),
-                        ({"precision": "fp8"}, "unknown precision")):
+                        ({"precision": "fp8"}, "unknown precision"), ({"method": "simpson"}, "unknown method")):
         with pytest.raises(HerlevError, match=pattern):
             _explainer(_linear("cls"), "cls", "cpu", **kw)
 
@@ -193,6 +193,23 @@ def test_batchnorm_folding_gives_the_same_outputs_and_ig(device):
     scale = np.abs(kept.attribution).max()
     np.testing.assert_allclose(fast.attribution, kept.attribution, rtol=1e-3, atol=1e-4 * scale)
     np.testing.assert_allclose(fast.delta, kept.delta, atol=1e-4 * max(1.0, np.abs(kept.gap).max()))
+
+
+def test_midpoint_method_is_the_midpoint_riemann_sum_by_hand(device):
+    model = _bn_resnet()
+    images, steps, t = _images(2), 4, len(TASK.classes)  # explain the severity score
+    x = normalise(images, MEAN, STD)
+    outputs = ExplainedOutputs(model, "cls_reg", TASK.severities).eval()
+    grads = []
+    for k in range(steps):  # gradient of the score at the midpoints of the straight path from 0 to x
+        point = ((k + 0.5) / steps * x).requires_grad_(True)
+        grads.append(torch.autograd.grad(outputs(point)[:, t].sum(), point)[0])
+    want = (x * torch.stack(grads).mean(dim=0)).sum(dim=1).numpy()  # [B, S, S]
+    mid = _explainer(model, "cls_reg", device, steps=steps, method="riemann_middle")(images, t)
+    gl = _explainer(model, "cls_reg", device, steps=steps)(images, t)
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(mid.attribution, want, rtol=1e-3, atol=1e-4 * scale)
+    assert np.abs(gl.attribution - want).max() > 1e-3 * scale  # Gauss-Legendre samples other points
 
 
 class _Branchy(nn.Module):
@@ -437,7 +454,9 @@ def test_explain_bad_inputs_are_one_line_errors(run, tmp_path):
         (["explain", str(tmp_path / "gone.bmp"), "--run", str(run.path)], "image .*gone.bmp' does not exist"),
         (["explain", str(good), "--run", str(run.path), "--target", "huge"], "unknown --target 'huge'"),
         (["explain", str(good), "--run", str(run.path), "--baseline", "grey"], "unknown baseline 'grey'"),
+        (["explain", str(good), "--run", str(run.path), "--method", "simpson"], "unknown method 'simpson'"),
         (["quantify", "--run", str(run.path), "--split", "test"], "unknown --split 'test'"),
+        (["quantify", "--run", str(run.path), "--method", "simpson"], "unknown method 'simpson'"),
     ]
     for args, pattern in cases:
         _one_line_error(runner.invoke(app, args), pattern)

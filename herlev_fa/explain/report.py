@@ -32,7 +32,9 @@ from herlev_fa.atomic import atomic_path, save_figure, write_text  # noqa: E402
 from herlev_fa.errors import HerlevError  # noqa: E402
 from herlev_fa.explain.attribution import (  # noqa: E402
     DEFAULT_BASELINE,
+    DEFAULT_METHOD,
     DEFAULT_TOL,
+    METHODS,
     Explanation,
     content_mask,
     explainer_for,
@@ -64,7 +66,7 @@ SUMMARY_METRICS: dict[str, str] = {
 # explain: one figure and one map per image
 
 
-def explanation_figure(result: Explanation, baseline: str, steps: int):
+def explanation_figure(result: Explanation, baseline: str, steps: int, method: str = DEFAULT_METHOD):
     """The figure of one explanation: the cell | the attribution heat map | the overlay (input grid)."""
     attr = result.attribution  # [H, W]
     vmax = float(np.percentile(np.abs(attr), 99.5)) or float(np.abs(attr).max()) or 1.0
@@ -84,19 +86,20 @@ def explanation_figure(result: Explanation, baseline: str, steps: int):
     lines = [f"{result.name}: predicted {result.predicted}, severity score {result.score:.2f}"]
     if result.probs is not None:
         lines.append("p: " + "  ".join(f"{short_name(c)} {p:.2f}" for c, p in result.probs.items()))
-    lines.append(f"IG of the {what}, baseline {baseline}, {steps} steps; "
+    lines.append(f"IG of the {what}, baseline {baseline}, {steps} {METHODS[method]} steps; "
                  f"delta {result.delta:+.3g} ({result.relative_delta:.1%} of f(x) - f(baseline))")
     fig.suptitle("\n".join(lines), fontsize=9)
     return fig
 
 
-def write_explanation(result: Explanation, out_dir: str | Path, baseline: str, steps: int) -> tuple[Path, Path]:
+def write_explanation(result: Explanation, out_dir: str | Path, baseline: str, steps: int,
+                      method: str = DEFAULT_METHOD) -> tuple[Path, Path]:
     """Write `NAME_ig.png` and `NAME_ig.npy` ([H, W] float32, input grid) atomically; returns both paths."""
     out_dir = Path(out_dir)
     npy = out_dir / f"{result.name}_ig.npy"
     with atomic_path(npy) as tmp, open(tmp, "wb") as f:
         np.save(f, result.attribution.astype(np.float32))
-    png = save_figure(explanation_figure(result, baseline, steps), out_dir / f"{result.name}_ig.png")
+    png = save_figure(explanation_figure(result, baseline, steps, method), out_dir / f"{result.name}_ig.png")
     return png, npy
 
 
@@ -114,7 +117,7 @@ def explanation_row(result: Explanation) -> dict:
 def explain_images(run, paths: Sequence[str | Path], out: str | Path | None = None, target: str = "predicted",
                    steps: int = 50, baseline: str = DEFAULT_BASELINE, device: str = "auto", bs: int = 8,
                    internal_batch_size: int | None = None, precision: str = "fp32", tol: float = DEFAULT_TOL,
-                   progress: bool = True) -> tuple[pd.DataFrame, Path]:
+                   method: str = DEFAULT_METHOD, progress: bool = True) -> tuple[pd.DataFrame, Path]:
     """Explain images and write `NAME_ig.png`, `NAME_ig.npy` per image and `explanations.csv` into `out`.
 
     `out` defaults to `RUN/explain`. Maps are written as they are computed (streaming).
@@ -133,8 +136,9 @@ def explain_images(run, paths: Sequence[str | Path], out: str | Path | None = No
     bar, advance = progress_bar(progress and len(paths) > 1, "explaining", len(paths))
     with bar:
         for result in iter_explanations(run, paths, target=target, steps=steps, baseline=baseline, device=device,
-                                        bs=bs, internal_batch_size=internal_batch_size, precision=precision, tol=tol):
-            png, npy = write_explanation(result, out_dir, baseline, steps)
+                                        bs=bs, internal_batch_size=internal_batch_size, precision=precision, tol=tol,
+                                        method=method):
+            png, npy = write_explanation(result, out_dir, baseline, steps, method)
             rows.append({**explanation_row(result), "figure": str(png), "map": str(npy)})
             advance(1)
     table = pd.DataFrame(rows)
@@ -213,7 +217,7 @@ class QuantifyResult:
 def quantify(run, data: str | Path | None = None, split: str = "valid", out: str | Path | None = None,
              target: str = "predicted", steps: int = 50, baseline: str = DEFAULT_BASELINE, device: str = "auto",
              bs: int = 8, internal_batch_size: int | None = None, precision: str = "fp32",
-             tol: float = DEFAULT_TOL, progress: bool = True) -> QuantifyResult:
+             tol: float = DEFAULT_TOL, method: str = DEFAULT_METHOD, progress: bool = True) -> QuantifyResult:
     """How much of each image's IG falls on the nucleus, cytoplasm and background of its mask.
 
     Explains every image with a mask (the run's held-out fold, or `split='all'`), overlaps its
@@ -233,7 +237,7 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
     column = target_column(target, run.head, run.task.classes)
     items, skipped = quantify_items(run, data, split)
     explainer = explainer_for(run, steps=steps, baseline=baseline, device=device,
-                              internal_batch_size=internal_batch_size, precision=precision, tol=tol)
+                              internal_batch_size=internal_batch_size, precision=precision, tol=tol, method=method)
     out_dir = Path(out) if out is not None else run.path / f"quantify-{split}"
     names = output_names([Path(p) for p in items["path"]])
     score_index = 0 if run.head == "reg" else len(run.task.classes)
@@ -263,7 +267,7 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
     table = pd.DataFrame(rows)
     summary = summarize(table, run.task.classes)
     title = f"IG overlap with mask regions: run {run.path.name}, split {split}, n={len(table)}"
-    settings = f"target {target}, baseline {baseline}, {steps} Gauss-Legendre steps"
+    settings = f"target {target}, baseline {baseline}, {steps} {METHODS[method]} steps"
     files = [out_dir / "quantify.csv", out_dir / "quantify.md", out_dir / "quantify.png"]
     with atomic_path(files[0]) as tmp:
         table.to_csv(tmp, index=False)
