@@ -108,7 +108,7 @@ def main() -> None:
     from captum.attr import IntegratedGradients
 
     from herlev_fa.config import resolve_device
-    from herlev_fa.explain.attribution import Explainer, ExplainedOutputs, iter_explanations, normalise
+    from herlev_fa.explain.attribution import DEFAULT_METHOD, Explainer, ExplainedOutputs, iter_explanations, normalise
     from herlev_fa.explain.report import quantify
 
     device = resolve_device(args.device)
@@ -139,7 +139,7 @@ def main() -> None:
             return torch.cat(deltas).numpy()
         return call
 
-    def ours(steps: int, precision: str = "fp32", fold_bn: bool = True, method: str = "gausslegendre"):
+    def ours(steps: int, precision: str = "fp32", fold_bn: bool = True, method: str = DEFAULT_METHOD):
         explainer = Explainer(run.model, run.head, run.task.classes, run.task.severities, run.mean, run.std,
                               run.size, steps=steps, baseline="mean", device=device, precision=precision,
                               fold_bn=fold_bn, method=method)
