@@ -1,6 +1,6 @@
 """Does the regression constraint help? cls and reg once, cls_reg at several loss weights, same folds.
 
-Each configuration is an ordinary `herlev reproduce` (`herlev_fa.reproduce`) into its own folder
+Each configuration is an ordinary `herlev reproduce` (`herlev_fa.reproduction`) into its own folder
 under --out, so every fold run is resumable and reused on a rerun; all share the data, split,
 schedule, seed and augmentation, and only the head and lambda (`--mse-weight`) change. Prints
 one table (mean ± std over folds, and each configuration's accuracy minus cls's on the same
@@ -24,7 +24,7 @@ import numpy as np
 
 from herlev_fa import DataConfig, ModelConfig, TrainConfig
 from herlev_fa.atomic import write_text
-from herlev_fa.reproduce import COLUMNS, ReproduceConfig, ours_cell, reproduce
+from herlev_fa.reproduction import COLUMNS, ReproduceConfig, ours_cell, reproduce
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "herlev" / "letterbox200"
 METRICS = ("accuracy", "binary_accuracy", "auc", "mse", "kappa")

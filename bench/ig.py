@@ -108,8 +108,8 @@ def main() -> None:
     from captum.attr import IntegratedGradients
 
     from herlev_fa.config import resolve_device
-    from herlev_fa.explain.attribution import DEFAULT_METHOD, Explainer, ExplainedOutputs, iter_explanations, normalise
-    from herlev_fa.explain.report import quantify
+    from herlev_fa.explanation.attribution import DEFAULT_METHOD, Explainer, ExplainedOutputs, iter_explanations, normalise
+    from herlev_fa.explanation.report import quantify
 
     device = resolve_device(args.device)
     cuda = device.startswith("cuda")

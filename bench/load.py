@@ -1,6 +1,6 @@
 """Load benchmark: `predict` over many small images runs in bounded memory.
 
-Runs `herlev_fa.predict` in fresh subprocesses on N = 1,000 and N = 10,000 small images (and,
+Runs `herlev_fa.prediction` in fresh subprocesses on N = 1,000 and N = 10,000 small images (and,
 when ../shared/data/herlev is there and the explain module is installed, `quantify` over every
 shared cell) and prints images/s and the peak resident memory of each, with the ratio of peak
 memory between the large and the small run: bounded memory means a ratio near 1, not 10.
@@ -26,7 +26,7 @@ from PIL import Image
 
 QUANTIFY_CHILD = r"""
 import json, resource, sys, time
-from herlev_fa.explain.report import quantify
+from herlev_fa.explanation.report import quantify
 run, data, out = sys.argv[1], sys.argv[2], sys.argv[3]
 t = time.perf_counter()
 result = quantify(run, data=data, split="all", out=out, steps=16, device="cpu", progress=False)
@@ -36,7 +36,7 @@ print(json.dumps({"n": len(result.table), "seconds": seconds, "peak_mb": resourc
 
 CHILD = r"""
 import json, resource, sys, time
-from herlev_fa.predict import predict
+from herlev_fa.prediction import predict
 run, folder = sys.argv[1], sys.argv[2]
 t = time.perf_counter()
 preds = predict(run, [folder], bs=256, device="cpu", progress=False)

@@ -24,7 +24,7 @@ from fastai.callback.core import Callback
 
 from herlev_fa import DataConfig, ModelConfig, TrainConfig
 from herlev_fa.config import resolve_device, resolve_precision
-from herlev_fa.train import _fit_learner, prepare, resolve_task
+from herlev_fa.training.loop import _fit_learner, prepare, resolve_task
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "herlev" / "letterbox200"
 

@@ -1,7 +1,7 @@
 """The `explain` and `quantify` commands: Integrated Gradients of a run's model, per image and over a dataset.
 
 Registered on the shared `app` when imported (``herlev_cli.main`` imports this module).
-Each command parses its options and calls one library function of ``herlev_fa.explain.report``.
+Each command parses its options and calls one library function of ``herlev_fa.explanation.report``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from herlev_cli.app import Device, Quiet, RunOption, app, out, run_dir, user_errors
-from herlev_fa.explain.attribution import BASELINES, DEFAULT_BASELINE, DEFAULT_METHOD, DEFAULT_TOL, METHODS
+from herlev_fa.explanation.attribution import BASELINES, DEFAULT_BASELINE, DEFAULT_METHOD, DEFAULT_TOL, METHODS
 
 Target = Annotated[str, typer.Option(help="predicted | score | a class name: the logit (or severity score) explained.")]
 Steps = Annotated[int, typer.Option(help="Steps (quadrature nodes) of the IG path integral.")]
@@ -47,7 +47,7 @@ def explain(
     as_json: AsJson = False,
 ) -> None:
     """Integrated Gradients per image: NAME_ig.png (cell, heat map, overlay) and NAME_ig.npy (H x W)."""
-    from herlev_fa.explain.report import explain_images
+    from herlev_fa.explanation.report import explain_images
 
     table, folder = explain_images(run_dir(run), images, out=out_dir, target=target, steps=steps, baseline=baseline,
                                    device=device, bs=bs, precision=precision, tol=tol, method=method,
@@ -80,8 +80,8 @@ def quantify(
     as_json: AsJson = False,
 ) -> None:
     """Share of IG attribution on nucleus, cytoplasm and background of each masked image, per class."""
-    from herlev_fa.explain.report import quantify as run_quantify
-    from herlev_fa.explain.report import summary_table
+    from herlev_fa.explanation.report import quantify as run_quantify
+    from herlev_fa.explanation.report import summary_table
 
     result = run_quantify(run_dir(run), data=data, split=split, out=out_dir, target=target, steps=steps, baseline=baseline,
                           device=device, bs=bs, precision=precision, tol=tol, method=method,

@@ -7,7 +7,9 @@ line with exit status 2.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -198,7 +200,10 @@ import herlev_cli.reproduce  # noqa: E402,F401  (reproduce)
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: the process-wide settings the library itself never makes."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check when albumentations loads
+    # raised by a dependency at import time, not by anything a user does
+    warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
     app()
 
 

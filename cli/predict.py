@@ -13,7 +13,7 @@ from rich.table import Table
 from herlev_cli.app import Bs, Device, RunOption, SkipBad, app, out, run_dir, user_errors
 from herlev_fa.atomic import atomic_path
 from herlev_fa.errors import HerlevError
-from herlev_fa.predict import predict as predict_images
+from herlev_fa.prediction import predict as predict_images
 
 TABLE_MAX = 20  # print a table for at most this many images
 

@@ -12,8 +12,8 @@ from herlev_cli.app import (Arch, Bs, Data, Device, Folds, Keep, Lr, MseWarmup, 
                             Size, Task, Wd, Weights, app, data_dir, out, parse_lr, user_errors)
 from herlev_fa.config import HEADS, DataConfig, ModelConfig, TrainConfig
 from herlev_fa.metrics import SCALAR_METRICS
-from herlev_fa.reproduce import COLUMNS, ReproduceConfig, ReproduceResult, ours_cell, paper_cell
-from herlev_fa.reproduce import reproduce as reproduce_heads
+from herlev_fa.reproduction import COLUMNS, ReproduceConfig, ReproduceResult, ours_cell, paper_cell
+from herlev_fa.reproduction import reproduce as reproduce_heads
 
 
 def _table(result: ReproduceResult) -> Table:

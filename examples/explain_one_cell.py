@@ -19,8 +19,8 @@ from pathlib import Path
 
 from herlev_fa import DataConfig, ModelConfig, TrainConfig, explain, load_run, read_mask, train, write_synthetic
 from herlev_fa.data.items import mask_for
-from herlev_fa.explain.overlap import region_shares
-from herlev_fa.explain.report import write_explanation
+from herlev_fa.explanation.overlap import region_shares
+from herlev_fa.explanation.report import write_explanation
 
 
 def explain_cell(run_dir: Path, image: Path, out: Path) -> dict:

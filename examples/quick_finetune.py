@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from herlev_fa import DataConfig, HerlevError, ModelConfig, TrainConfig, train, write_synthetic
-from herlev_fa.predict import predict
+from herlev_fa.prediction import predict
 
 
 def finetune(data: Path, weights: Path, out: Path, arch: str, size: int, epochs: int = 5, lr: float = 1e-3,

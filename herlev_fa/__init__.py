@@ -7,35 +7,65 @@ The public API, one name per thing the CLI does:
     metrics = evaluate(result.runs[0])
     predictions = predict(result.runs[0], ["cells/"])
     maps = explain(result.runs[0], ["cell.bmp"])  # Integrated Gradients
+
+Importing the package does nothing to the process (no environment, warning-filter or backend
+change) and loads no heavy library: each name below is imported from its module when first used.
+No module of the package has the name of a function exported here (`train` lives in
+`training.loop`, `evaluate` in `evaluation`, ...), so `herlev_fa.train` is always the function.
 """
 
-import os
-import warnings
+from __future__ import annotations
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check at import
-# raised by a dependency at import time, not by anything a user does
-warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from herlev_fa.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
-from herlev_fa.data.items import scan as load_dataset  # noqa: E402
-from herlev_fa.data.synth import write_synthetic  # noqa: E402
-from herlev_fa.errors import HerlevError  # noqa: E402
-from herlev_fa.evaluate import evaluate  # noqa: E402
-from herlev_fa.explain.attribution import explain  # noqa: E402
-from herlev_fa.explain.masks import read_mask  # noqa: E402
-from herlev_fa.explain.report import quantify  # noqa: E402
-from herlev_fa.labels import Task, get_task, load_class_map  # noqa: E402
-from herlev_fa.model.learner import build_learner, build_model  # noqa: E402
-from herlev_fa.predict import predict  # noqa: E402
-from herlev_fa.reproduce import ReproduceConfig, reproduce  # noqa: E402
-from herlev_fa.runs import Run, load_run  # noqa: E402
-from herlev_fa.train import TrainResult, lr_find, train  # noqa: E402
+# public name -> module that defines it
+_EXPORTS = {
+    "DataConfig": "config", "ModelConfig": "config", "TrainConfig": "config",
+    "HerlevError": "errors",
+    "Task": "labels", "get_task": "labels", "load_class_map": "labels",
+    "load_dataset": "data.items", "write_synthetic": "data.synth",
+    "build_model": "model.learner", "build_learner": "model.learner",
+    "TrainResult": "training.loop", "train": "training.loop", "lr_find": "training.loop",
+    "evaluate": "evaluation",
+    "Run": "runs", "load_run": "runs",
+    "predict": "prediction",
+    "ReproduceConfig": "reproduction", "reproduce": "reproduction",
+    "explain": "explanation.attribution", "read_mask": "explanation.masks",
+    "quantify": "explanation.report",
+}
+_ALIASES = {"load_dataset": "scan"}  # exported under another name than in its module
 
-__all__ = [
-    "DataConfig", "ModelConfig", "TrainConfig", "HerlevError", "Task", "Run", "TrainResult",
-    "get_task", "load_class_map", "load_dataset", "write_synthetic",
-    "build_model", "build_learner", "train", "lr_find", "evaluate", "load_run", "predict",
-    "ReproduceConfig", "reproduce", "explain", "quantify", "read_mask",
-]
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'herlev_fa' has no attribute '{name}'")
+    module = importlib.import_module(f"herlev_fa.{_EXPORTS[name]}")
+    value = getattr(module, _ALIASES.get(name, name))
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from herlev_fa.config import DataConfig, ModelConfig, TrainConfig
+    from herlev_fa.data.items import scan as load_dataset
+    from herlev_fa.data.synth import write_synthetic
+    from herlev_fa.errors import HerlevError
+    from herlev_fa.evaluation import evaluate
+    from herlev_fa.explanation.attribution import explain
+    from herlev_fa.explanation.masks import read_mask
+    from herlev_fa.explanation.report import quantify
+    from herlev_fa.labels import Task, get_task, load_class_map
+    from herlev_fa.model.learner import build_learner, build_model
+    from herlev_fa.prediction import predict
+    from herlev_fa.reproduction import ReproduceConfig, reproduce
+    from herlev_fa.runs import Run, load_run
+    from herlev_fa.training.loop import TrainResult, lr_find, train

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from herlev_fa.evaluate import held_out_items, predict_items
+from herlev_fa.evaluation import held_out_items, predict_items
 from herlev_fa.metrics import severity_metrics
 from herlev_fa.runs import load_run
 

@@ -25,7 +25,7 @@ from herlev_cli.main import app
 from herlev_fa.data.augment import letterbox
 from herlev_fa.data.images import load_image
 from herlev_fa.errors import HerlevError
-from herlev_fa.explain.attribution import (
+from herlev_fa.explanation.attribution import (
     BASELINES,
     ExplainedOutputs,
     Explainer,
@@ -35,8 +35,8 @@ from herlev_fa.explain.attribution import (
     target_column,
     unletterbox,
 )
-from herlev_fa.explain.masks import BACKGROUND, CYTOPLASM, NUCLEUS
-from herlev_fa.explain.report import quantify
+from herlev_fa.explanation.masks import BACKGROUND, CYTOPLASM, NUCLEUS
+from herlev_fa.explanation.report import quantify
 from herlev_fa.labels import BACKGROUND_RGB, CYTOPLASM_RGB, NUCLEUS_RGB, get_task
 from herlev_fa.model.heads import SeverityModel
 from herlev_fa.model.inference import fold_batchnorm
@@ -337,7 +337,7 @@ def test_a_mask_of_another_size_is_refused_naming_both_files(tmp_path):
 
 @pytest.mark.parametrize("size", [64, 224])
 def test_real_masks_stay_on_their_nuclei_through_the_letterbox(shared_herlev, size):
-    from herlev_fa.explain.report import load_cell
+    from herlev_fa.explanation.report import load_cell
 
     images = sorted((shared_herlev / "letterbox200").glob("*/*.jpg"))[::15]  # about 50 cells, every class
     darker = []
@@ -359,7 +359,7 @@ def run(trained_run) -> Run:
 
 
 def test_inputs_are_the_validation_preprocessing(run, device):
-    from herlev_fa.evaluate import held_out_items, predict_items
+    from herlev_fa.evaluation import held_out_items, predict_items
 
     items = held_out_items(run).iloc[:6]
     fastai_out, _, _ = predict_items(run, items, bs=6, device=device, progress=False)
@@ -393,7 +393,7 @@ def test_quantify_finds_the_nucleus_on_synthetic_held_out_cells(run, tmp_path, d
 
 def _cell_files(run: Run, folder: Path) -> list[Path]:
     """One held-out synthetic cell as .bmp, .jpg, RGBA .png and grayscale .tif."""
-    from herlev_fa.evaluate import held_out_items
+    from herlev_fa.evaluation import held_out_items
 
     folder.mkdir(parents=True, exist_ok=True)
     bmp = Path(held_out_items(run)["path"].iloc[0])
@@ -464,7 +464,7 @@ def test_explain_bad_inputs_are_one_line_errors(run, tmp_path):
 
 def test_quantify_refuses_a_mask_of_another_size(run, tmp_path):
     from herlev_fa.data.items import mask_for
-    from herlev_fa.evaluate import held_out_items
+    from herlev_fa.evaluation import held_out_items
 
     data = Path(shutil.copytree(run.meta["data_root"], tmp_path / "data"))
     first = data / held_out_items(run)["rel"].iloc[0]

@@ -72,7 +72,7 @@ def test_non_blocking_loader_yields_fastais_batches(synth_data):
 
     from herlev_fa.config import DataConfig, ModelConfig, TrainConfig
     from herlev_fa.data.block import NonBlockingDL, build_dataloaders
-    from herlev_fa.train import prepare, resolve_task
+    from herlev_fa.training.loop import prepare, resolve_task
 
     cfg = TrainConfig(DataConfig(synth_data, size=24, bs=16, seed=0), ModelConfig("test_resnet", pretrained=False),
                       quiet=True)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from herlev_fa.errors import HerlevError
-from herlev_fa.explain.masks import (
+from herlev_fa.explanation.masks import (
     BACKGROUND,
     BORDER,
     CYTOPLASM,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from herlev_fa.config import ModelConfig
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import get_task
-from herlev_fa.loss import SeverityLoss
+from herlev_fa.model.loss import SeverityLoss
 from herlev_fa.model.heads import ClsRegHead, nearest_class, split_output
 from herlev_fa.model.learner import body_head_splitter, build_model, create_net, load_weights_file
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from herlev_fa.data.augment import letterbox
-from herlev_fa.explain.attribution import Box, content_mask, gaussian_blur, letterbox_box, unletterbox
-from herlev_fa.explain.masks import BACKGROUND, BORDER, CYTOPLASM, NUCLEUS, OTHER
-from herlev_fa.explain.overlap import padding_share, region_shares, top_fraction_in
+from herlev_fa.explanation.attribution import Box, content_mask, gaussian_blur, letterbox_box, unletterbox
+from herlev_fa.explanation.masks import BACKGROUND, BORDER, CYTOPLASM, NUCLEUS, OTHER
+from herlev_fa.explanation.overlap import padding_share, region_shares, top_fraction_in
 
 
 def _zero_padded(size: int) -> A.Compose:

@@ -1,4 +1,4 @@
-"""`herlev predict` and `herlev_fa.predict`: the dihedral TTA on toy models, the CSV, image formats, bad input."""
+"""`herlev predict` and `herlev_fa.prediction`: the dihedral TTA on toy models, the CSV, image formats, bad input."""
 
 import json
 import re
@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 import herlev_cli.predict  # noqa: F401  (registers the command on the app)
 from helpers import write_image
 from herlev_cli.main import app
-from herlev_fa.evaluate import evaluate
+from herlev_fa.evaluation import evaluate
 from herlev_fa.model.heads import SeverityModel
-from herlev_fa.predict import average_views, dihedral, dihedral_tta, find_images, predict
+from herlev_fa.prediction import average_views, dihedral, dihedral_tta, find_images, predict
 from herlev_fa.runs import load_run
 
 runner = CliRunner()
@@ -191,7 +191,7 @@ def test_image_modes_sizes_and_formats(trained_run, tmp_path):
 
 
 def test_chunks_batches_and_skipped_files_keep_the_order(trained_run, tmp_path, monkeypatch):
-    from herlev_fa.predict import predict_outputs
+    from herlev_fa.prediction import predict_outputs
 
     paths = [write_image(tmp_path / f"{i}.png", h=30 + i, w=40, value=12 * i) for i in range(7)]
     whole = predict(trained_run, paths, device="cpu", progress=False)

@@ -22,8 +22,8 @@ from herlev_cli.main import app
 from herlev_fa.config import DataConfig, ModelConfig, TrainConfig
 from herlev_fa.errors import HerlevError
 
-# the module itself (`herlev_fa.reproduce` may be rebound to the function by the package's exports)
-repro = importlib.import_module("herlev_fa.reproduce")
+# the module itself (`herlev_fa.reproduction` may be rebound to the function by the package's exports)
+repro = importlib.import_module("herlev_fa.reproduction")
 TRAIN_FOLD = repro.train_fold
 
 runner = CliRunner()
@@ -293,7 +293,7 @@ def test_chosen_heads_schedule_and_kept_epoch_reach_every_fold_run(synth_data, t
 def test_an_interrupted_fold_continues_from_its_checkpoint(synth_data, tmp_path, device):
     """Interrupt the first fold run after its first epoch's checkpoint; the rerun continues it and ends
     where an uninterrupted reproduction ends."""
-    from herlev_fa import checkpoint
+    from herlev_fa.training import checkpoint
 
     args = ["reproduce", "--data", str(synth_data), "--arch", "test_resnet", "--no-pretrained", "--folds", "2",
             "--epochs", "3", "--size", "32", "--bs", "32", "--seed", "0", "--device", device, "--quiet"]

@@ -28,7 +28,7 @@ def test_same_seed_same_folds_and_metrics(synth_data, tmp_path):
 def test_deterministic_flag_sets_the_framework_flags():
     import torch
 
-    from herlev_fa.train import set_determinism
+    from herlev_fa.training.loop import set_determinism
 
     try:
         set_determinism(0, deterministic=True)

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
-from herlev_fa.checkpoint import find
+from herlev_fa.training.checkpoint import find
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 

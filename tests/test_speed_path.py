@@ -7,9 +7,9 @@ import torch
 from typer.testing import CliRunner
 
 from herlev_cli.main import app
-from herlev_fa.callbacks import BF16, ChannelsLast
+from herlev_fa.training.callbacks import BF16, ChannelsLast
 from herlev_fa.config import resolve_precision
-from herlev_fa.train import speed_callbacks
+from herlev_fa.training.loop import speed_callbacks
 
 
 def test_precision_auto_is_bf16_only_on_cuda():
@@ -99,7 +99,7 @@ def _reads_inside_batches(monkeypatch, synth_data, tmp_path, quiet: bool, device
 
     import herlev_fa
 
-    train_module = importlib.import_module("herlev_fa.train")
+    train_module = importlib.import_module("herlev_fa.training.loop")
     state = {"fit": False, "batch": False, "batches": 0}
     reads = []
 
@@ -158,5 +158,5 @@ def test_the_progress_bar_reads_the_loss_at_most_once_a_second(monkeypatch, synt
     reads, batches, seconds = _reads_inside_batches(monkeypatch, synth_data, tmp_path, quiet=False, device=device)
     assert batches >= 2 * (7 + 2)
     assert reads, "the bar shows the loss at least once"
-    assert all(any("herlev_fa/callbacks.py" in f for f in stack) for _, stack in reads), reads
+    assert all(any("herlev_fa/training/callbacks.py" in f for f in stack) for _, stack in reads), reads
     assert len(reads) <= 1 + seconds  # fastai's own bar: one per training batch

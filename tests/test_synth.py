@@ -10,7 +10,7 @@ from PIL import Image
 
 from herlev_fa.data.synth import make_cell, write_synthetic
 from herlev_fa.errors import HerlevError
-from herlev_fa.explain.masks import BACKGROUND, CYTOPLASM, NUCLEUS, OTHER, decode_mask, nucleus_fraction
+from herlev_fa.explanation.masks import BACKGROUND, CYTOPLASM, NUCLEUS, OTHER, decode_mask, nucleus_fraction
 from herlev_fa.labels import ARCHIVE_FOLDERS, HERLEV7
 
 PER_CLASS, SIZE = 30, 96

@@ -177,7 +177,7 @@ def test_keep_best_restores_the_lowest_validation_loss_and_keep_last_does_not(la
     from fastai.test_utils import synth_learner
     from fastai.torch_core import set_seed
 
-    from herlev_fa.callbacks import KeepBest
+    from herlev_fa.training.callbacks import KeepBest
 
     set_seed(0)
     learn = synth_learner(n_trn=10, cbs=KeepBest(last=last))
@@ -213,7 +213,7 @@ def test_mse_warmup_ramps_lambda_over_training_and_validates_at_full_weight():
     from fastai.torch_core import set_seed
     from torch import nn
 
-    from herlev_fa.callbacks import MseWarmup
+    from herlev_fa.training.callbacks import MseWarmup
 
     class Weighted(nn.MSELoss):  # any loss with a settable mse_weight, as SeverityLoss has
         mse_weight = 2.0

@@ -20,11 +20,11 @@ from fastai.learner import Learner
 from fastai.optimizer import Adam
 from torch import Tensor, nn
 
-from herlev_fa.callbacks import without_host_syncs
+from herlev_fa.training.callbacks import without_host_syncs
 from herlev_fa.config import ModelConfig
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import Task
-from herlev_fa.loss import SeverityLoss
+from herlev_fa.model.loss import SeverityLoss
 from herlev_fa.metrics import fastai_metrics
 from herlev_fa.model.heads import SeverityModel, n_outputs
 

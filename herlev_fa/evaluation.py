@@ -17,7 +17,7 @@ from herlev_fa.data.items import mask_for, scan
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import Task
 from herlev_fa.metrics import decode, severity_metrics
-from herlev_fa.plots import confusion_matrix_png, score_distribution_png
+from herlev_fa.figures import confusion_matrix_png, score_distribution_png
 from herlev_fa.runs import Run, load_run
 
 
@@ -65,7 +65,7 @@ def predict_items(run: Run, items: pd.DataFrame, bs: int = 64, device: str = "cp
     The same chunked inference as `predict` (memory does not grow with the number of images).
     Returns the items actually predicted (unreadable ones dropped with `skip_bad`).
     """
-    from herlev_fa.predict import predict_outputs
+    from herlev_fa.prediction import predict_outputs
 
     out, kept = predict_outputs(run, list(items["path"]), bs=bs, device=device, skip_bad=skip_bad, progress=progress)
     items = items[items["path"].isin(set(kept))].reset_index(drop=True)  # kept keeps the input order

@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from herlev_fa.explain.masks import NUCLEUS, REGION_NAMES
+from herlev_fa.explanation.masks import NUCLEUS, REGION_NAMES
 
 TOP_FRACTIONS = (0.05, 0.10)
 

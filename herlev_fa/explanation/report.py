@@ -30,7 +30,7 @@ import pandas as pd  # noqa: E402
 
 from herlev_fa.atomic import atomic_path, save_figure, write_text  # noqa: E402
 from herlev_fa.errors import HerlevError  # noqa: E402
-from herlev_fa.explain.attribution import (  # noqa: E402
+from herlev_fa.explanation.attribution import (  # noqa: E402
     DEFAULT_BASELINE,
     DEFAULT_METHOD,
     DEFAULT_TOL,
@@ -44,7 +44,7 @@ from herlev_fa.explain.attribution import (  # noqa: E402
     target_column,
     warn_unconverged,
 )
-from herlev_fa.explain.overlap import padding_share, region_shares  # noqa: E402
+from herlev_fa.explanation.overlap import padding_share, region_shares  # noqa: E402
 from herlev_fa.labels import short_name  # noqa: E402
 from herlev_fa.progress import progress_bar  # noqa: E402
 
@@ -167,7 +167,7 @@ def load_cell(image_path: str | Path, mask_path: str | Path,
     """
     from herlev_fa.data.augment import letterbox
     from herlev_fa.data.images import load_image
-    from herlev_fa.explain.masks import read_mask
+    from herlev_fa.explanation.masks import read_mask
 
     image = load_image(image_path)  # [H, W, 3]
     regions = read_mask(mask_path)  # [h, w]
@@ -187,7 +187,7 @@ def quantify_items(run, data: str | Path | None = None, split: str = "valid") ->
     Raises:
         HerlevError: unknown split, missing data, or no image with a mask.
     """
-    from herlev_fa.evaluate import evaluation_items
+    from herlev_fa.evaluation import evaluation_items
 
     items, _ = evaluation_items(run, data, split)
     with_mask = items[items["mask"] != ""].reset_index(drop=True)

@@ -17,9 +17,9 @@ writes, under OUT:
 
 It resumes: a fold run that finished (has `herlev.json`, with this reproduction's settings) is
 kept; a fold folder without `herlev.json` (interrupted) continues from its last completed epoch
-when it has a checkpoint (``herlev_fa.checkpoint``), and is removed and trained again otherwise.
+when it has a checkpoint (``herlev_fa.training.checkpoint``), and is removed and trained again otherwise.
 
-What it is not: a new training loop. Every fold run comes from `herlev_fa.train.train_fold`.
+What it is not: a new training loop. Every fold run comes from `herlev_fa.training.loop.train_fold`.
 """
 
 from __future__ import annotations
@@ -39,17 +39,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from herlev_fa import checkpoint  # noqa: E402
+from herlev_fa.training import checkpoint  # noqa: E402
 from herlev_fa.atomic import atomic_path, save_figure, write_json, write_text  # noqa: E402
 from herlev_fa.config import HEADS, TrainConfig, resolve_device  # noqa: E402
 from herlev_fa.errors import HerlevError  # noqa: E402
 from herlev_fa.labels import Task  # noqa: E402
 from herlev_fa.metrics import SCALAR_METRICS, decode, severity_metrics  # noqa: E402
 from herlev_fa.model.learner import build_model  # noqa: E402
-from herlev_fa.plots import confusion_matrix_png, score_distribution_png  # noqa: E402
+from herlev_fa.figures import confusion_matrix_png, score_distribution_png  # noqa: E402
 from herlev_fa.runs import read_meta, versions  # noqa: E402
 from herlev_fa.runs import PREDICTIONS  # noqa: E402
-from herlev_fa.train import Prepared, prepare, resolve_task, summarize, train_fold  # noqa: E402
+from herlev_fa.training.loop import Prepared, prepare, resolve_task, summarize, train_fold  # noqa: E402
 
 FORMAT = "herlev_fa.reproduce/1"
 
@@ -107,7 +107,7 @@ class ReproduceResult:
     root: Path
     runs: dict[str, list[Path]]
     metrics: dict[str, list[dict]]  # each fold run's metrics.json
-    summary: dict[str, dict]  # `herlev_fa.train.summarize` of each head: metric -> mean, std, folds
+    summary: dict[str, dict]  # `herlev_fa.training.loop.summarize` of each head: metric -> mean, std, folds
     pooled: dict[str, dict]  # metrics of the predictions pooled over folds
     trained: list[Path] = field(default_factory=list)  # fold runs trained by this call (the others were reused)
     files: dict[str, Path] = field(default_factory=dict)  # results_csv, results_md, comparison_png
@@ -273,7 +273,7 @@ def _results_markdown(cfg: TrainConfig, heads: Sequence[str], summary: dict[str,
 def reproduce(cfg: ReproduceConfig, log: Callable[[str], None] | None = None) -> ReproduceResult:
     """Train every head of `cfg.heads` on every fold, then write the comparison with the paper.
 
-    Images are decoded once; each fold run is `herlev_fa.train.train_fold` with the shared
+    Images are decoded once; each fold run is `herlev_fa.training.loop.train_fold` with the shared
     config, only the head and held-out fold changing. Finished fold runs of an earlier call
     are reused; interrupted ones resume from their checkpoint, or are trained again without one. `log` receives one line per
     fold run (trained / reused).

@@ -2,7 +2,7 @@
 
 `cls`: cross-entropy; `reg`: MSE of the score against the true class's severity; `cls_reg`:
 CE + lambda * MSE (the regression constraint). The components of the last batch are kept in
-`parts` (detached, on the device) for `herlev_fa.callbacks.LossParts` to log.
+`parts` (detached, on the device) for `herlev_fa.training.callbacks.LossParts` to log.
 """
 
 from __future__ import annotations

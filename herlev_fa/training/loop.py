@@ -31,19 +31,19 @@ from fastai.learner import AvgSmoothLoss
 from fastai.torch_core import num_distrib, rank_distrib, set_seed
 from fastcore.basics import noop
 
-from herlev_fa import checkpoint
+from herlev_fa.training import checkpoint
 from herlev_fa.atomic import write_json, write_text
-from herlev_fa.callbacks import BF16, ChannelsLast, DataParallel, EpochLog, KeepBest, LossParts, MseWarmup
+from herlev_fa.training.callbacks import BF16, ChannelsLast, DataParallel, EpochLog, KeepBest, LossParts, MseWarmup
 from herlev_fa.config import TrainConfig, resolve_device, resolve_precision
 from herlev_fa.data.block import build_dataloaders
 from herlev_fa.data.images import decode_all
 from herlev_fa.data.items import assign_folds, scan
 from herlev_fa.errors import HerlevError
-from herlev_fa.evaluate import write_evaluation
+from herlev_fa.evaluation import write_evaluation
 from herlev_fa.labels import Task, get_task, load_class_map
 from herlev_fa.metrics import SCALAR_METRICS
 from herlev_fa.model.learner import build_learner, build_model, check_arch, normalisation
-from herlev_fa.plots import lr_find_png, training_curves_png
+from herlev_fa.figures import lr_find_png, training_curves_png
 from herlev_fa.runs import FORMAT, save_folds, save_model, save_predictions, versions
 
 

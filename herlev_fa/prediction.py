@@ -4,7 +4,7 @@ What lives here: finding the images to predict (`find_images`: files and folders
 skipped), the dihedral test-time augmentation as pure functions on tensors (`dihedral`,
 `average_views`, `dihedral_tta`), and `predict`, which batches the images with the run's own
 validation preprocessing (letterbox to the run's size, the run's mean/std, fastai DataLoaders)
-and returns one row per image. What does not: metrics against true labels (``herlev_fa.evaluate``).
+and returns one row per image. What does not: metrics against true labels (``herlev_fa.evaluation``).
 
 Test-time augmentation (TTA) averages over the 8 elements of the dihedral group D4 (4 rotations,
 each with and without a transpose), the same symmetries training draws from (`A.D4`). Class

@@ -29,7 +29,7 @@ from fastai.torch_core import rank_distrib
 from fastcore.foundation import L
 from safetensors.torch import load_file, save_file
 
-from herlev_fa.callbacks import bare_model
+from herlev_fa.training.callbacks import bare_model
 from herlev_fa.data.augment import AlbumentationsTransform
 from herlev_fa.errors import HerlevError
 
