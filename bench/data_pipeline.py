@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from herlev_fa.data.block import build_dataloaders
+from herlev_fa.data.feed import build_dataloaders
 from herlev_fa.data.images import decode_all
 from herlev_fa.data.items import assign_folds, scan
 from herlev_fa.labels import get_task

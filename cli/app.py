@@ -105,6 +105,10 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or 
 MseWeight = Annotated[float, typer.Option(help="Lambda: weight of the MSE term of cls_reg.")]
 MseWarmup = Annotated[float, typer.Option(help="cls_reg: ramp lambda up from 0 over this fraction of training "
                                                "(0: constant).")]
+Augment = Annotated[str, typer.Option(help="Training augmentation: batch (whole batches on the training device, "
+                                              "fast) | albumentations (per image on CPU workers) | none.")]
+CheckpointEvery = Annotated[float, typer.Option(help="Seconds between checkpoints (0: every epoch); one is always "
+                                                     "written at the end of each phase.")]
 Lr = Annotated[str, typer.Option(help="Peak learning rate, or 'auto' for fastai's lr_find suggestion.")]
 Wd = Annotated[float, typer.Option(help="AdamW weight decay.")]
 Keep = Annotated[str, typer.Option(help="Weights to evaluate and save: best (lowest validation loss; the validation "

@@ -18,7 +18,7 @@ from fastai.torch_core import rank_distrib
 from rich.table import Table
 
 import herlev_fa
-from herlev_cli.app import (DEFAULT_RUNS, Arch, Bs, Classes, Data, Device, Folds, Head, Keep, Lr, MseWarmup, MseWeight,
+from herlev_cli.app import (DEFAULT_RUNS, Arch, Augment, Bs, CheckpointEvery, Classes, Data, Device, Folds, Head, Keep, Lr, MseWarmup, MseWeight,
                             Pretrained, Quiet, Seed, Size, SkipBad, Task, Wd, Weights, app, data_dir, out, parse_lr,
                             run_dir, user_errors)
 from herlev_fa.config import DataConfig, ModelConfig, TrainConfig
@@ -101,6 +101,8 @@ def train(
     wd: Wd = 0.05,
     keep: Keep = "best",
     bs: Bs = 32,
+    augment: Augment = "batch",
+    checkpoint_every: CheckpointEvery = 300.0,
     size: Size = 224,
     seed: Seed = 42,
     device: Device = "auto",
@@ -119,10 +121,10 @@ def train(
     """Train a severity classifier; writes a run folder with weights, metrics and plots."""
     cfg = TrainConfig(
         DataConfig(data_dir(data), task=task, classes=classes, size=size, folds=folds, seed=seed, bs=bs,
-                   skip_bad=skip_bad),
+                   skip_bad=skip_bad, augment=augment),
         ModelConfig(arch, head=head, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
         epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, mse_warmup=mse_warmup, fold=_fold(fold), device=device,
-        out=out_dir, name=name,
+        out=out_dir, name=name, checkpoint_every=checkpoint_every,
         quiet=quiet or as_json, resume=resume, deterministic=deterministic, precision=precision,
     )
     result = herlev_fa.train(cfg)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from herlev_cli.app import (Arch, Bs, Data, Device, Folds, Keep, Lr, MseWarmup, MseWeight, Pretrained, Quiet, Seed,
+from herlev_cli.app import (Arch, Augment, Bs, CheckpointEvery, Data, Device, Folds, Keep, Lr, MseWarmup, MseWeight, Pretrained, Quiet, Seed,
                             Size, Task, Wd, Weights, app, data_dir, out, parse_lr, user_errors)
 from herlev_fa.config import HEADS, DataConfig, ModelConfig, TrainConfig
 from herlev_fa.metrics import SCALAR_METRICS
@@ -41,6 +41,7 @@ def reproduce(
     epochs: Annotated[int, typer.Option(help="Training epochs of every fold run.")] = 20,
     size: Size = 224,
     bs: Bs = 32,
+    augment: Augment = "batch",
     pretrained: Pretrained = True,
     weights: Weights = None,
     mse_weight: MseWeight = 1.0,
@@ -54,13 +55,15 @@ def reproduce(
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: runs/reproduce-ARCH); "
                                                                   "rerun the same command to resume it.")] = None,
     device: Device = "auto",
+    checkpoint_every: CheckpointEvery = 300.0,
     quiet: Quiet = False,
 ) -> None:
     """Train cls, reg and cls_reg (or the --head ones) on identical folds and compare with the paper's table (resumable)."""
     cfg = ReproduceConfig(TrainConfig(
-        DataConfig(data_dir(data), task=task, size=size, folds=folds, seed=seed, bs=bs),
+        DataConfig(data_dir(data), task=task, size=size, folds=folds, seed=seed, bs=bs, augment=augment),
         ModelConfig(arch, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
         epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, mse_warmup=mse_warmup, device=device, quiet=quiet,
+        checkpoint_every=checkpoint_every,
     ), heads=tuple(heads) if heads else HEADS, out=out_dir)
     result = reproduce_heads(cfg, log=None if quiet else out.print)
     out.print(_table(result))

@@ -19,6 +19,7 @@ HEADS = ("cls", "reg", "cls_reg")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 KEEP = ("best", "last")
+AUGMENTS = ("batch", "albumentations", "none")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -36,7 +37,8 @@ class DataConfig:
     seed: int = 42  # seeds folds, augmentation, initialisation and shuffling
     bs: int = 32  # batch size
     skip_bad: bool = False  # skip unreadable images with a warning instead of stopping
-    workers: int | None = None  # DataLoader workers; None = 0 on CPU, up to 8 on CUDA
+    augment: str = "batch"  # batch (on the training device, default) | albumentations (per image on CPU workers) | none
+    workers: int | None = None  # DataLoader workers for --augment albumentations; None = 0 on CPU, up to 8 on CUDA
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
@@ -47,6 +49,7 @@ class DataConfig:
         _check(16 <= self.size <= 2048, f"--size {self.size} is out of range: use 16..2048 pixels (the paper used 224)")
         _check(2 <= self.folds <= 20, f"--folds {self.folds} is out of range: use 2..20")
         _check(self.bs >= 2, f"--bs {self.bs} is out of range: a batch needs at least 2 images (batch norm)")
+        _check(self.augment in AUGMENTS, f"unknown --augment '{self.augment}': choose one of {', '.join(AUGMENTS)}")
         _check(self.workers is None or self.workers >= 0, f"--workers {self.workers} must be >= 0")
 
 
@@ -82,6 +85,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 on GPUs that support it, else fp32) | fp32 | bf16
     keep: str = "best"  # best: the epoch with the lowest validation loss | last: the final epoch
     mse_warmup: float = 0.0  # cls_reg: ramp lambda from 0 over this fraction of training (0: constant)
+    checkpoint_every: float = 300.0  # seconds between checkpoints (0: every epoch); always at the end of each phase
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -92,6 +96,7 @@ class TrainConfig:
                f"--fold {self.fold} is out of range: use 0..{self.data.folds - 1} or 'all'")
         _check(self.device in DEVICES, f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
         _check(0 <= self.mse_warmup <= 1, f"--mse-warmup {self.mse_warmup} is out of range: use a fraction 0..1")
+        _check(self.checkpoint_every >= 0, f"--checkpoint-every {self.checkpoint_every} must be >= 0 seconds")
         _check(self.keep in KEEP, f"unknown --keep '{self.keep}': choose one of {', '.join(KEEP)}")
         _check(self.precision in PRECISIONS, f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from herlev_fa.config import resolve_device
-from herlev_fa.data.block import build_dataloaders
+from herlev_fa.data.feed import build_dataloaders
 from herlev_fa.data.images import decode_all
 from herlev_fa.data.items import is_image_file, is_mask_file
 from herlev_fa.errors import HerlevError

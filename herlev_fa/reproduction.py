@@ -70,15 +70,6 @@ NOT_REPORTED = "–"
 KEPT = {"best": "the epoch with the lowest validation loss (the held-out fold: slightly optimistic)",
         "last": "the last epoch"}
 
-# the settings that shape the numbers; a resumed reproduction must share them (device, workers,
-# quiet and the output folder do not count)
-_DATA_KEYS = ("data", "task", "classes", "size", "folds", "seed", "bs", "skip_bad")
-_MODEL_KEYS = ("arch", "pretrained", "weights", "mse_weight")
-_SCHEDULE_KEYS = ("epochs", "lr", "wd", "keep", "mse_warmup")
-# settings added after the first version, at the value a record without them was made with
-_ADDED = {"keep": "best", "mse_warmup": 0.0}
-
-
 @dataclass(frozen=True)
 class ReproduceConfig:
     """One reproduction: the training config every head shares, the heads, the output folder."""
@@ -157,19 +148,6 @@ def comparison_png(heads: Sequence[str], metrics: Sequence[str], mean: np.ndarra
     return save_figure(fig, path)
 
 
-def _settings(config: dict) -> dict:
-    """The settings of a TrainConfig's JSON form (`TrainConfig.to_json`) that shape the numbers."""
-    data, model = config.get("data") or {}, config.get("model") or {}
-    flat = {**{k: data.get(k) for k in _DATA_KEYS}, **{k: model.get(k) for k in _MODEL_KEYS},
-            **{k: config.get(k, _ADDED.get(k)) for k in _SCHEDULE_KEYS}}
-    return json.loads(json.dumps(flat))  # tuples -> lists, as read back from a file
-
-
-def _differences(old: dict, new: dict) -> str:
-    keys = [k for k in {**old, **new} if old.get(k) != new.get(k)]
-    return "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys)
-
-
 def _absolute(cfg: TrainConfig) -> TrainConfig:
     """`cfg` with absolute paths, so that the stored settings do not depend on the working folder."""
 
@@ -197,7 +175,7 @@ def _check_root(root: Path, settings: dict) -> bool:
             raise HerlevError(f"'{claim}' is not valid JSON ({e}); pass another --out") from None
         if not isinstance(stored, dict) or stored.get("format") != FORMAT:
             raise HerlevError(f"'{claim}' is not a reproduction record of this version; pass another --out")
-        diff = _differences({**_ADDED, **(stored.get("settings") or {})}, settings)
+        diff = checkpoint.differences(checkpoint.backfill(stored.get("settings") or {}), settings)
         if diff:
             raise HerlevError(f"'{root}' holds a reproduction made with other settings ({diff}); rerun with its "
                               "settings to resume it, or pass another --out")
@@ -218,7 +196,8 @@ def _fold_status(run_dir: Path, cfg: TrainConfig, head: str, fold: int) -> str:
     if not (run_dir / "herlev.json").is_file():
         return "interrupted"
     meta = read_meta(run_dir)
-    if meta["head"] != head or meta["fold"] != fold or _settings(meta.get("config") or {}) != _settings(cfg.to_json()):
+    same = checkpoint.settings(meta.get("config") or {}) == checkpoint.settings(cfg.to_json())
+    if meta["head"] != head or meta["fold"] != fold or not same:
         raise HerlevError(f"fold run '{run_dir}' was not trained with this reproduction's settings; delete it to "
                           "train it again, or pass another --out")
     for name in ("metrics.json", PREDICTIONS):
@@ -287,7 +266,7 @@ def reproduce(cfg: ReproduceConfig, log: Callable[[str], None] | None = None) ->
     root = cfg.root
     device = resolve_device(base.device)
     task = resolve_task(base)
-    settings = _settings(base.to_json())
+    settings = checkpoint.settings(base.to_json())
     started_before = _check_root(root, {**settings, "heads": list(cfg.heads)})
     folds = range(base.data.folds)
     plan = {(h, k): _fold_status(root / h / f"fold{k}", fold_config(base, h, k, root), h, k)

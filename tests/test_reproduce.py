@@ -7,8 +7,13 @@ resumed. Later tests read what it left; the resume-after-deletion test works on 
 import csv
 import importlib
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -291,28 +296,27 @@ def test_chosen_heads_schedule_and_kept_epoch_reach_every_fold_run(synth_data, t
 
 
 def test_an_interrupted_fold_continues_from_its_checkpoint(synth_data, tmp_path, device):
-    """Interrupt the first fold run after its first epoch's checkpoint; the rerun continues it and ends
+    """SIGKILL a real reproduction after the first fold run's first checkpoint; the rerun continues it and ends
     where an uninterrupted reproduction ends."""
     from herlev_fa.training import checkpoint
 
     args = ["reproduce", "--data", str(synth_data), "--arch", "test_resnet", "--no-pretrained", "--folds", "2",
-            "--epochs", "3", "--size", "32", "--bs", "32", "--seed", "0", "--device", device, "--quiet"]
+            "--epochs", "3", "--size", "32", "--bs", "32", "--seed", "0", "--device", device, "--quiet",
+            "--checkpoint-every", "0"]
     reference = runner.invoke(app, [*args, "--out", str(tmp_path / "ref")], env=WIDE)
     assert reference.exit_code == 0, reference.output
 
-    real_after_epoch = checkpoint.SaveCheckpoint.after_epoch
-
-    def interrupt_after_first_checkpoint(self):
-        real_after_epoch(self)
-        if (self.run_dir / "checkpoint").is_dir():
-            raise KeyboardInterrupt
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(checkpoint.SaveCheckpoint, "after_epoch", interrupt_after_first_checkpoint)
-        killed = runner.invoke(app, [*args, "--out", str(tmp_path / "out")], env=WIDE)
-    assert killed.exit_code == 130
     first = tmp_path / "out" / "cls" / "fold0"
-    assert checkpoint.find(first).epoch == 0 and not (first / "herlev.json").exists()
+    proc = subprocess.Popen([sys.executable, "-m", "herlev_cli.main", *args, "--out", str(tmp_path / "out")],
+                            env={**os.environ, **WIDE, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline and checkpoint.find(first) is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resume = checkpoint.find(first)
+    assert resume is not None and not (first / "herlev.json").exists(), "killed before the first checkpoint or after the run"
 
     again = runner.invoke(app, [*args, "--out", str(tmp_path / "out")], env=WIDE)
     assert again.exit_code == 0, again.output

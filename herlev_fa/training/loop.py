@@ -17,6 +17,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from herlev_fa.training import checkpoint
 from herlev_fa.atomic import write_json, write_text
 from herlev_fa.training.callbacks import BF16, ChannelsLast, DataParallel, EpochLog, KeepBest, LossParts, MseWarmup
 from herlev_fa.config import TrainConfig, resolve_device, resolve_precision
-from herlev_fa.data.block import build_dataloaders
+from herlev_fa.data.feed import build_dataloaders
 from herlev_fa.data.images import decode_all
 from herlev_fa.data.items import assign_folds, scan
 from herlev_fa.errors import HerlevError
@@ -188,7 +189,7 @@ def _fit_learner(cfg: TrainConfig, data: Prepared, fold: int, device: str, cbs: 
     mean, std = normalisation(model.net)
     dls = build_dataloaders(data.items, data.cache, data.task, valid=(data.items["fold"] == fold).to_numpy(),
                             bs=cfg.data.bs, mean=mean, std=std, device=device, workers=cfg.data.workers,
-                            seed=cfg.data.seed)
+                            seed=cfg.data.seed, augment=cfg.data.augment)
     learn = build_learner(dls, model, data.task, cfg.model.mse_weight, cfg.wd, cbs=cbs, path=path)
     return learn, mean, std
 
@@ -239,23 +240,6 @@ def schedule(cfg: TrainConfig, lr: float) -> list[Phase]:
     return [Phase(cfg.epochs, lr, pct_start=0.25, div=25.0, frozen=False)]
 
 
-def _resume_state(cfg: TrainConfig, run_dir: Path) -> checkpoint.Resume | None:
-    resume = checkpoint.find(run_dir)
-    if resume is not None and resume.state.get("config") != _comparable(cfg):
-        raise HerlevError(f"run '{run_dir}' was started with other settings; resume it with the same options "
-                          "(see its checkpoint/state.json) or train under another --name")
-    return resume
-
-
-def _comparable(cfg: TrainConfig) -> dict:
-    """The settings a resumed run must share with the interrupted one."""
-    plain = cfg.to_json()
-    for key in ("quiet", "name", "out", "resume", "deterministic", "device"):
-        plain.pop(key, None)
-    plain["data"].pop("workers", None)
-    return plain
-
-
 def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, device: str) -> dict:
     """Train on every fold but `fold`, evaluate the kept epoch (`cfg.keep`) on `fold`, write the run folder.
 
@@ -266,7 +250,8 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
     main = _is_main()
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    resume = _resume_state(cfg, run_dir) if cfg.resume else None
+    config = cfg.to_json()
+    resume = checkpoint.find_matching(run_dir, config) if cfg.resume else None
     if resume is None and main:
         save_folds(run_dir, data.items, data.items["fold"].to_numpy())
     keep, log = KeepBest(last=cfg.keep == "last"), EpochLog(run_dir / "log.csv", fold=fold)
@@ -279,25 +264,25 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
                 with _as_single_process():
                     lr = _suggest_lr(learn)[0]
                 lr = _from_main(lr)
+            phases = schedule(cfg, lr)
+            if resume is not None and main and not cfg.quiet:
+                print(f"resuming '{run_dir}' from {resume.describe([p.epochs for p in phases])} "
+                      f"(checkpoint of {time.strftime('%H:%M:%S', time.localtime(resume.path.stat().st_mtime))})",
+                      file=sys.stderr)
             with _data_parallel(learn, device):
-                for i, phase in enumerate(schedule(cfg, lr)):
-                    start = 0
-                    if resume is not None:
-                        if i < resume.phase:
-                            continue
-                        start = resume.epoch + 1 if i == resume.phase else 0
-                        if start >= phase.epochs:
-                            continue
+                for i, phase in enumerate(phases):
+                    start = 0 if resume is None else resume.start(i, phase.epochs)
+                    if start is None:
+                        continue
                     learn.freeze() if phase.frozen else learn.unfreeze()
                     if resume is not None:
                         checkpoint.restore(learn, keep, log, resume)
                         resume = None
-                    saver = checkpoint.SaveCheckpoint(run_dir, keep, log, i, lr, _comparable(cfg))
+                    saver = checkpoint.SaveCheckpoint(run_dir, keep, log, i, lr, config, cfg.checkpoint_every)
                     learn.fit_one_cycle(phase.epochs, phase.lr, pct_start=phase.pct_start, div=phase.div,
                                         start_epoch=start, cbs=[saver])
-            if resume is not None:  # killed after the last epoch: only the best weights are left to restore
-                best = {k[5:]: v for k, v in resume.tensors.items() if k.startswith("best/")}
-                learn.model.load_state_dict(best or {k[6:]: v for k, v in resume.tensors.items() if k.startswith("model/")})
+            if resume is not None:  # killed after the last epoch: only the kept weights are left to restore
+                learn.model.load_state_dict(resume.weights())
                 keep.best_epoch = int(resume.state["best"]["epoch"])
             if not main:  # rank 0 predicts the whole held-out fold, outside the distributed context
                 return _from_main(None)
