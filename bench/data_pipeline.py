@@ -1,13 +1,14 @@
-"""Data pipeline throughput on the CPU alone: images/s that the training DataLoader delivers.
+"""Data feed throughput: images/s that the training DataLoader delivers, with no model.
 
 Decodes the shared real cells once (the in-memory cache), builds the training DataLoaders of
-fold 0 exactly as `herlev train` does (letterboxed cache -> albumentations train pipeline ->
-fastai collation and normalisation), and times full passes over the training split with no
-model. In the same run it times the baseline of the same DataLoader without augmentation,
-and prints the ratio. To feed a GPU, the pipeline must outrun the GPU's training throughput
-(issue 3: > 1,300 images/s for resnet101 at 224 px on an H100).
+fold 0 exactly as `herlev train` does (`data.feed`: the cache on the device, batches gathered
+and augmented there; or `--augment albumentations`: per image on CPU workers), and times full
+passes over the training split. In the same run it times the same feed without augmentation,
+and prints the ratio. To feed a GPU, the feed must outrun the GPU's training throughput
+(resnet101 at 224 px: about 2,200 images/s on an H200).
 
-    python bench/data_pipeline.py [--data ../shared/data/herlev/letterbox200] [--size 224] [--bs 64] [--workers N]
+    python bench/data_pipeline.py [--data ../shared/data/herlev/letterbox200] [--size 224] [--bs 64]
+        [--augment batch|albumentations] [--workers N] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
+import torch
 
 from herlev_fa.data.feed import build_dataloaders
 from herlev_fa.data.images import decode_all
@@ -32,6 +33,8 @@ def images_per_second(dl, passes: int) -> float:
     for _ in range(passes):
         for xb, _ in dl:
             n += len(xb)
+    if xb.is_cuda:
+        torch.cuda.synchronize()
     return n / (time.perf_counter() - start)
 
 
@@ -40,7 +43,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--bs", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="for --augment albumentations")
+    parser.add_argument("--augment", default="batch", choices=("batch", "albumentations"))
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--passes", type=int, default=2)
     args = parser.parse_args()
     task = get_task("severity")
@@ -51,14 +56,16 @@ def main() -> None:
     folds = assign_folds(items, 4, seed=0)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     valid = folds == 0
-    dls = build_dataloaders(items, cache, task, valid=valid, bs=args.bs, mean=mean, std=std, device="cpu",
-                            workers=args.workers, seed=0)
-    plain = build_dataloaders(items, cache, task, valid=np.ones(len(items), bool), bs=args.bs, mean=mean, std=std,
-                              device="cpu", workers=args.workers, inference=True)
+    dls = build_dataloaders(items, cache, task, valid=valid, bs=args.bs, mean=mean, std=std, device=args.device,
+                            workers=args.workers, seed=0, augment=args.augment)
+    plain = build_dataloaders(items, cache, task, valid=valid, bs=args.bs, mean=mean, std=std, device=args.device,
+                              augment="none")
     images_per_second(dls.train, 1)  # warm up workers and caches
     augmented = images_per_second(dls.train, args.passes)
-    baseline = images_per_second(plain.valid, args.passes)
-    print(f"{os.cpu_count()} CPU cores, {args.workers} workers, {args.size} px, batch {args.bs}")
+    baseline = images_per_second(plain.train, args.passes)
+    workers = f"{args.workers} workers" if args.augment == "albumentations" else "no workers"
+    print(f"{os.cpu_count()} CPU cores, {args.augment} augmentation on {args.device}, {workers}, {args.size} px, "
+          f"batch {args.bs}")
     print(f"training DataLoader (augmented): {augmented:8.0f} images/s")
     print(f"same DataLoader, no augmentation: {baseline:8.0f} images/s")
     print(f"ratio augmented / no augmentation: {augmented / baseline:.2f}")

@@ -5,11 +5,14 @@
 # shared data does not travel):
 #   ../shared/device/wheelhouse.sh .venv && mkdir -p .data && cp -r ../shared/data/herlev .data/
 # Then run it through the device tool, carrying .whl and .data:
-#   bash bench/gpu_session.sh [STEP ...]      (default: throughput ig pipeline reproduce)
-# Steps: throughput (bench/train_throughput.py), ig (bench/ig.py), pipeline
-# (bench/data_pipeline.py, 8 workers), reproduce (the issue's from-scratch table: resnet101,
-# 224 px, 30 epochs, batch 32, last epoch), sweep (cls / cls_reg at several lambdas, same protocol).
-# Caps (seconds) can be changed with CAP_<STEP>=N; the default steps' caps (90 + 150 + 45 + 270 s)
+#   bash bench/gpu_session.sh [STEP ...]      (default: throughput optimizer overhead e2e ig)
+# Steps: throughput (bench/train_throughput.py at batch 64 and 32), optimizer
+# (bench/optimizer_step.py), overhead (bench/epoch_overhead.py, resnet101 at 224 px), e2e
+# (bench/reproduce_vs_plain.py, cls on 4 folds, 30 epochs: herlev against a plain loop), ig
+# (bench/ig.py), pipeline (bench/data_pipeline.py, 8 workers), reproduce (the issue's
+# from-scratch table: resnet101, 224 px, 30 epochs, batch 32, last epoch), sweep (cls / cls_reg at
+# several lambdas, same protocol).
+# Caps (seconds) can be changed with CAP_<STEP>=N; the default steps' caps (120 + 20 + 60 + 260 + 90 s)
 # plus the wheel install fit one device call (600 s at most: run it with timeout_s=600).
 # Figures and logs go to $OUT (default
 # bench/out); the reproduction's run folders (weights: 170 MB each) stay in .data/runs, only
@@ -47,10 +50,15 @@ copy_tables() {  # copy_tables RUN_ROOT DEST: the small files of a reproduction,
    find . -maxdepth 4 -path '*/fold*' \( -name metrics.json -o -name log.csv \) -exec cp --parents {} "$dest" \;)
 }
 
-for s in "${@:-throughput ig pipeline reproduce}"; do for name in $s; do
+for s in "${@:-throughput optimizer overhead e2e ig}"; do for name in $s; do
   case $name in
-    throughput) step throughput 90 python3 bench/train_throughput.py --device cuda --data "$DATA" ;;
-    ig) step ig 150 python3 bench/ig.py --device cuda --images 32 --repeats 2 --json "$OUT/ig.json" ;;
+    throughput) step throughput 120 bash -c "python3 bench/train_throughput.py --device cuda --data $DATA --bs 64 &&
+                                             python3 bench/train_throughput.py --device cuda --data $DATA --bs 32" ;;
+    optimizer) step optimizer 20 python3 bench/optimizer_step.py --device cuda ;;
+    overhead) step overhead 60 python3 bench/epoch_overhead.py --device cuda --data "$DATA" --size 224 --epochs 5 ;;
+    e2e) step e2e 260 python3 bench/reproduce_vs_plain.py --device cuda --data "$DATA" --arch resnet101 --size 224 \
+           --epochs 30 --heads cls ;;
+    ig) step ig 90 python3 bench/ig.py --device cuda --images 32 --repeats 2 --json "$OUT/ig.json" ;;
     pipeline) step pipeline 45 python3 bench/data_pipeline.py --data "$DATA" --workers 8 ;;
     reproduce)
       step reproduce 270 python3 -m herlev_cli.main reproduce --data "$DATA" --arch resnet101 --no-pretrained \
@@ -60,7 +68,7 @@ for s in "${@:-throughput ig pipeline reproduce}"; do for name in $s; do
       step sweep 540 python3 bench/constraint_sweep.py --data "$DATA" --arch resnet101 --size 224 --epochs 30 \
         --weights-lambda 0.1,0.3,1 --device cuda --out .data/runs/sweep
       copy_tables .data/runs/sweep "$OUT" ;;
-    *) echo "unknown step '$name': throughput ig pipeline reproduce sweep"; exit 2 ;;
+    *) echo "unknown step '$name': throughput optimizer overhead e2e ig pipeline reproduce sweep"; exit 2 ;;
   esac
 done; done
 cat "$OUT/summary.txt"

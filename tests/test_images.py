@@ -63,32 +63,3 @@ def test_decode_all_caches_letterboxed_and_skips_bad_only_when_asked(tmp_path):
         cache, skipped = decode_all([str(a), str(bad)], size=16, skip_bad=True, progress=False)
     assert list(cache) == [str(a)] and skipped == [str(bad)]
     assert cache[str(a)].shape == (16, 16, 3)
-
-
-def test_non_blocking_loader_yields_fastais_batches(synth_data):
-    import torch
-    from fastai.data.core import TfmdDL
-    from fastai.torch_core import set_seed
-
-    from herlev_fa.config import DataConfig, ModelConfig, TrainConfig
-    from herlev_fa.data.block import NonBlockingDL, build_dataloaders
-    from herlev_fa.training.loop import prepare, resolve_task
-
-    cfg = TrainConfig(DataConfig(synth_data, size=24, bs=16, seed=0), ModelConfig("test_resnet", pretrained=False),
-                      quiet=True)
-    data = prepare(cfg, resolve_task(cfg))
-    valid = (data.items["fold"] == 0).to_numpy()
-    batches = {}
-    for dl_type in (TfmdDL, NonBlockingDL):
-        set_seed(0)
-        dls = build_dataloaders(data.items, data.cache, data.task, valid, bs=16, mean=(0.5,) * 3, std=(0.25,) * 3,
-                                seed=0, dl_type=dl_type)
-        assert type(dls.train) is dl_type and type(dls.valid) is dl_type
-        set_seed(1)
-        batches[dl_type] = [b for dl in (dls.train, dls.valid) for b in dl]  # shuffled + augmented, then in order
-    ours, fastais = batches[NonBlockingDL], batches[TfmdDL]
-    assert len(ours) == len(fastais) == len(dls.train) + len(dls.valid) > 2
-    for (x, y), (fx, fy) in zip(ours, fastais):
-        assert x.shape == fx.shape and x.shape[1:] == (3, 24, 24) and x.dtype == torch.float32
-        torch.testing.assert_close(x, fx, rtol=0, atol=0)
-        torch.testing.assert_close(y, fy, rtol=0, atol=0)

@@ -10,7 +10,8 @@ beyond one index per image, no host-to-device copy per batch: the feed's speed d
 on the number of CPU cores.
 
 Where the cache does not fit the device (more than a quarter of its free memory) it stays in host
-memory and each batch is gathered there and copied over (uint8, 1/4 of the float size).
+memory and each batch is gathered there and copied over (uint8, 1/4 of the float size) through
+pinned memory, without making the host wait for the GPU.
 `augment="albumentations"` is the opt-in per-item CPU policy (`data.augment.train_augment`):
 each image is augmented by albumentations in DataLoader worker processes, one thread each, and
 the batch crosses processes as uint8.
@@ -78,13 +79,23 @@ class CachedDL(TfmdDL):
 
     def create_batch(self, items: list) -> tuple[TensorImage, TensorCategory]:
         ds = self.dataset
-        if ds.item_aug is None:
-            idx = torch.as_tensor(items, dtype=torch.long, device=ds.images.device)
-            x = ds.images[idx]  # [B, 3, S, S] uint8
-        else:
-            x = torch.stack([img for img, _ in items])  # [B, 3, S, S] uint8, made in a worker
-            idx = torch.as_tensor([i for _, i in items], dtype=torch.long, device=ds.labels.device)
-        return TensorImage(x), TensorCategory(ds.labels[idx])
+        if ds.item_aug is not None:  # in a worker process: host tensors, fastai's loop moves them
+            x = torch.stack([img for img, _ in items])  # [B, 3, S, S] uint8
+            return TensorImage(x), TensorCategory(ds.labels[torch.as_tensor([i for _, i in items])])
+        rows = torch.as_tensor(items, dtype=torch.long)  # [B]
+        x = ds.images[to_device(rows, ds.images.device)]  # [B, 3, S, S] uint8
+        return TensorImage(to_device(x, self.device)), TensorCategory(ds.labels[to_device(rows, ds.labels.device)])
+
+
+def to_device(t: torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
+    """`t` on `device`; from the host to a GPU through (cached) pinned memory, without making the host wait.
+
+    A plain copy from pageable memory waits for every kernel queued before it: one wait per batch.
+    """
+    device = t.device if device is None else torch.device(device)
+    if t.device == device or device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def cache_device(nbytes: int, device: str) -> str:
@@ -142,7 +153,9 @@ def build_dataloaders(items: pd.DataFrame, cache: dict[str, np.ndarray], task: T
     train_rows, valid_rows = np.flatnonzero(~valid), np.flatnonzero(valid)
     if len(train_rows) < 2 and not inference:
         raise HerlevError(f"only {len(train_rows)} training image(s) left after the split; add images or use fewer folds")
-    images, labels = stack_cache(items.reset_index(drop=True), cache, task, device)
+    # per-item augmentation runs in CPU worker processes: its cache stays on the host
+    images, labels = stack_cache(items.reset_index(drop=True), cache, task,
+                                 "cpu" if augment == "albumentations" else device)
     item_aug = ItemAugment(train_augment(seed)) if augment == "albumentations" else None
     n_workers = _workers(workers, augment, device)
     to_float, normalise = IntToFloatTensor(), Normalize.from_stats(list(mean), list(std), cuda=False)

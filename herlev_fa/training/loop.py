@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,8 +241,10 @@ def schedule(cfg: TrainConfig, lr: float) -> list[Phase]:
     return [Phase(cfg.epochs, lr, pct_start=0.25, div=25.0, frozen=False)]
 
 
-def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, device: str) -> dict:
+def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, device: str, cbs: Sequence = ()) -> dict:
     """Train on every fold but `fold`, evaluate the kept epoch (`cfg.keep`) on `fold`, write the run folder.
+
+    `cbs`: more fastai callbacks for the fits (a timer, a logger).
 
     With `cfg.resume`, a checkpoint in `run_dir` is continued from its last completed epoch.
     In a distributed launch every rank trains and gets the metrics, but only rank 0 writes.
@@ -256,7 +259,7 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
         save_folds(run_dir, data.items, data.items["fold"].to_numpy())
     keep, log = KeepBest(last=cfg.keep == "last"), EpochLog(run_dir / "log.csv", fold=fold)
     with tempfile.TemporaryDirectory() as scratch:  # fastai's lr_find saves its temporary state here
-        learn, mean, std = _fit_learner(cfg, data, fold, device, [LossParts(), keep, log], Path(scratch))
+        learn, mean, std = _fit_learner(cfg, data, fold, device, [LossParts(), keep, log, *cbs], Path(scratch))
         with _quiet(learn, cfg.quiet):
             if resume is not None or cfg.lr is not None:
                 lr = resume.lr if resume else cfg.lr
