@@ -132,8 +132,11 @@ def _reads_inside_batches(monkeypatch, synth_data, tmp_path, quiet: bool, device
             if state["batch"]:
                 stack = traceback.extract_stack()[:-1]
                 # fastai's one-cycle schedule (`combine_scheds`) compares a Python float with a CPU
-                # tensor of phase boundaries: host arithmetic, never a device tensor
-                if not stack[-1].filename.endswith("fastai/callback/schedule.py"):
+                # tensor of phase boundaries, and torch's AdamW reads its step count, which it keeps on
+                # the host (not capturable): host arithmetic, never a device tensor
+                host_only = (stack[-1].filename.endswith("fastai/callback/schedule.py")
+                             or (stack[-1].name == "_get_value" and "torch/optim/" in stack[-1].filename))
+                if not host_only:
                     reads.append((_name, [f"{f.filename.split('site-packages/')[-1]}:{f.lineno}" for f in stack[-6:]]))
             return _original(self, *args, **kwargs)
 
