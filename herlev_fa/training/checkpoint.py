@@ -41,7 +41,7 @@ from safetensors.torch import load_file, save_file
 from herlev_fa.errors import HerlevError
 from herlev_fa.training.callbacks import bare_model
 
-NAME, OLD = "checkpoint", ".checkpoint.old"
+NAME, OLD, TMP = "checkpoint", ".checkpoint.old", ".checkpoint.tmp-"
 
 # the options that shape a run's numbers, by section of TrainConfig's JSON form; the device,
 # workers, checkpoint interval, output folder and verbosity do not
@@ -154,8 +154,9 @@ def capture(learn, keep, log, phase: int, epoch: int, lr: float, config: dict) -
 
 
 def save(run_dir: Path, state: dict, tensors: dict[str, torch.Tensor]) -> None:
-    """Write the checkpoint folder whole, then swap it in."""
-    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".checkpoint.tmp-"))
+    """Write the checkpoint folder whole, then swap it in (and drop what a killed writer left half-done)."""
+    _remove_unfinished(run_dir)
+    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=TMP))
     try:
         save_file(tensors, str(tmp / "tensors.safetensors"))
         (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
@@ -231,9 +232,16 @@ def restore(learn, keep, log, resume: Resume) -> None:
     _train_dl(learn).rng.setstate(_tuples(s["rng"]["loader"]))
 
 
+def _remove_unfinished(run_dir: Path) -> None:
+    for tmp in run_dir.glob(f"{TMP}*"):  # one writer per run folder: any of these is a killed save's
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def remove(run_dir: Path) -> None:
+    """Remove the checkpoint and whatever a killed save left (the run finished)."""
     for name in (NAME, OLD):
         shutil.rmtree(run_dir / name, ignore_errors=True)
+    _remove_unfinished(run_dir)
 
 
 class SaveCheckpoint(Callback):
