@@ -381,11 +381,11 @@ def test_quantify_finds_the_nucleus_on_synthetic_held_out_cells(run, tmp_path, d
     assert result.skipped == 0 and len(table) == int((run.folds()["fold"] == run.fold).sum())
     enrichment = summary.loc["all", "nucleus_enrichment_mean"]
     control = summary.loc["all", "nucleus_change_enrichment_mean"]
-    assert enrichment > 1.5, summary["nucleus_enrichment_mean"]
+    assert enrichment > 1.3, summary["nucleus_enrichment_mean"]  # more than the nucleus's share of the area
     assert enrichment > 2 * control  # the model, not the baseline, puts the mass there
-    # severity lives in the nucleus: the high grades are explained by it more than the normals
+    # severity lives in the nucleus: the high grades are explained by it, more than the normals
     by_class = summary["nucleus_enrichment_mean"]
-    assert by_class["carcinoma_in_situ"] > by_class["normal"]
+    assert by_class["carcinoma_in_situ"] > max(2.0, by_class["normal"]), by_class
     assert table["relative_delta"].median() < 0.02
     for name in ("quantify.csv", "quantify.md", "quantify.png"):
         assert (tmp_path / "q" / name).stat().st_size > 0
