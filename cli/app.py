@@ -16,6 +16,7 @@ from rich.console import Console
 
 import herlev_fa
 from herlev_fa.errors import HerlevError
+from herlev_fa.model.heads import HEADS
 
 app = typer.Typer(name="herlev", help="Train, evaluate and explain cervical-cell severity classifiers on Herlev-format data.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True)
@@ -90,7 +91,7 @@ Data = Annotated[Optional[Path], typer.Option("--data", help="Dataset root: one 
 RunOption = Annotated[Optional[Path], typer.Option("--run", help="Run folder (holds herlev.json). Default: the newest "
                                                                  "finished run under ./runs (or $HERLEV_RUNS).")]
 Arch = Annotated[str, typer.Option(help="Any timm architecture, e.g. resnet101, test_resnet, convnext_tiny.")]
-Head = Annotated[str, typer.Option(help="cls (cross-entropy) | reg (MSE on severity) | cls_reg (CE + lambda*MSE).")]
+Head = Annotated[str, typer.Option(help=" | ".join(f"{name} ({cls.summary})" for name, cls in HEADS.items()) + ".")]
 Task = Annotated[str, typer.Option(help="severity (5 classes) | herlev7 | binary.")]
 Classes = Annotated[Optional[Path], typer.Option("--classes", help="Class map (YAML/JSON): folder -> class and severity.")]
 Pretrained = Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Start from ImageNet weights (timm hub).")]

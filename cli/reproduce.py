@@ -8,11 +8,12 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from herlev_cli.app import (Arch, Augment, Bs, CheckpointEvery, Data, Device, Folds, Keep, Lr, MseWarmup, MseWeight, Pretrained, Quiet, Seed,
+from herlev_cli.app import (Arch, Augment, Bs, CheckpointEvery, Data, Device, Folds, Keep, Lr, MseWarmup, MseWeight,
+                            Pretrained, Quiet, Seed,
                             Size, Task, Wd, Weights, app, data_dir, out, parse_lr, user_errors)
-from herlev_fa.config import HEADS, DataConfig, ModelConfig, TrainConfig
+from herlev_fa.config import DataConfig, ModelConfig, TrainConfig
 from herlev_fa.metrics import SCALAR_METRICS
-from herlev_fa.reproduction import COLUMNS, ReproduceConfig, ReproduceResult, ours_cell, paper_cell
+from herlev_fa.reproduction import COLUMNS, PAPER_HEADS, ReproduceConfig, ReproduceResult, ours_cell, paper_cell
 from herlev_fa.reproduction import reproduce as reproduce_heads
 
 
@@ -64,7 +65,7 @@ def reproduce(
         ModelConfig(arch, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
         epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, mse_warmup=mse_warmup, device=device, quiet=quiet,
         checkpoint_every=checkpoint_every,
-    ), heads=tuple(heads) if heads else HEADS, out=out_dir)
+    ), heads=tuple(heads) if heads else PAPER_HEADS, out=out_dir)
     result = reproduce_heads(cfg, log=None if quiet else out.print)
     out.print(_table(result))
     reused = sum(len(r) for r in result.runs.values()) - len(result.trained)

@@ -51,12 +51,3 @@ def write_text(target: str | Path, text: str) -> Path:
 def write_json(target: str | Path, data: Any) -> Path:
     return write_text(target, json.dumps(data, indent=2, allow_nan=True) + "\n")
 
-
-def save_figure(fig: Any, target: str | Path, dpi: int = 120) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return Path(target)

@@ -15,7 +15,6 @@ from typing import Any
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import TASK_NAMES
 
-HEADS = ("cls", "reg", "cls_reg")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 KEEP = ("best", "last")
@@ -64,7 +63,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.weights is not None:
             object.__setattr__(self, "weights", Path(self.weights))
-        _check(self.head in HEADS, f"unknown head '{self.head}': choose one of {', '.join(HEADS)}")
+        from herlev_fa.model.heads import get_head  # imports torch: not at module level, configs stay light
+
+        object.__setattr__(self, "head", get_head(self.head).name)  # a name of the registry; a Head is stored by name
         _check(self.mse_weight >= 0, f"--mse-weight {self.mse_weight} must be >= 0")
 
 
@@ -135,3 +136,12 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise HerlevError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     return device
+
+
+def __getattr__(name: str) -> Any:
+    """`HEADS`: the registered head names, read from the registry (kept for code written against the old tuple)."""
+    if name == "HEADS":
+        from herlev_fa.model.heads import head_names
+
+        return head_names()
+    raise AttributeError(f"module 'herlev_fa.config' has no attribute '{name}'")

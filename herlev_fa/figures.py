@@ -1,46 +1,72 @@
-"""Figures of a run: confusion matrix, predicted severity per true class, training curves, lr_find.
+"""Every figure the tool writes: run evaluation, training, explanation and reproduction figures.
 
-Each function takes plain arrays and writes one PNG atomically; nothing here trains or loads.
+Each function takes plain arrays (or a finished result) and writes one PNG atomically; nothing
+here trains or loads. Figures are drawn with matplotlib's object API (`Figure` on a
+`FigureCanvasAgg`): no pyplot state, and the process's backend is never changed, so a notebook
+that imports the package keeps its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+from sklearn.metrics import ConfusionMatrixDisplay
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+from herlev_fa.atomic import atomic_path
+from herlev_fa.labels import short_name
 
-from herlev_fa.atomic import save_figure  # noqa: E402
-from herlev_fa.labels import short_name  # noqa: E402
+if TYPE_CHECKING:
+    from herlev_fa.explanation.attribution import Explanation
+
+
+def _figure(**kwargs) -> Figure:
+    """A figure on its own Agg canvas (files only), outside pyplot."""
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig: Figure, target: str | Path, dpi: int = 120) -> Path:
+    """Write a figure as PNG atomically."""
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    return Path(target)
 
 
 def _short(names: Sequence[str]) -> list[str]:
     return [short_name(n) for n in names]
 
 
+# ---------------------------------------------------------------------------------------------
+# a run: evaluation and training
+
+
 def confusion_matrix_png(cm: np.ndarray, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
     """Confusion matrix [K, K] (rows true, columns predicted) with counts and row-normalised colour."""
     cm = np.asarray(cm)
-    fig, ax = plt.subplots(figsize=(1.1 * len(classes) + 2.5, 1.0 * len(classes) + 2))
+    fig = _figure(figsize=(1.1 * len(classes) + 2.5, 1.0 * len(classes) + 2))
+    ax = fig.subplots()
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     ConfusionMatrixDisplay(norm, display_labels=_short(classes)).plot(ax=ax, cmap="Blues", values_format=".2f", colorbar=False)
     for (i, j), n in np.ndenumerate(cm):
         ax.text(j, i + 0.3, f"n={n}", ha="center", va="center", fontsize=7, color="grey")
     ax.set_title(title or "confusion matrix (row-normalised)")
-    return save_figure(fig, path)
+    return save_png(fig, path)
 
 
 def score_distribution_png(score: np.ndarray, y: np.ndarray, classes: Sequence[str], severities: Sequence[float],
                            path: str | Path, title: str = "") -> Path:
     """Predicted severity score [N] per true class [N] (box + points), true severity as a line."""
-    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 4))
+    fig = _figure(figsize=(1.2 * len(classes) + 2, 4))
+    ax = fig.subplots()
     groups = [np.asarray(score)[np.asarray(y) == k] for k in range(len(classes))]
     ax.boxplot([g if len(g) else [np.nan] for g in groups], positions=range(len(classes)), widths=0.5, showfliers=False)
     rng = np.random.default_rng(0)
@@ -50,12 +76,13 @@ def score_distribution_png(score: np.ndarray, y: np.ndarray, classes: Sequence[s
     ax.set_xticks(range(len(classes)), _short(classes), rotation=30)
     ax.set_ylabel("predicted severity score")
     ax.set_title(title or "predicted severity per true class (red: true severity)")
-    return save_figure(fig, path)
+    return save_png(fig, path)
 
 
 def training_curves_png(log: pd.DataFrame, path: str | Path) -> Path:
     """Train/valid loss and validation accuracy per epoch, from the run's log.csv."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = _figure(figsize=(9, 3.5))
+    a, b = fig.subplots(1, 2)
     for col in ("train_loss", "valid_loss"):
         if col in log:
             a.plot(log["epoch"], log[col], marker="o", label=col)
@@ -64,13 +91,130 @@ def training_curves_png(log: pd.DataFrame, path: str | Path) -> Path:
         if col in log:
             b.plot(log["epoch"], log[col], marker="o", label=col)
     b.set_xlabel("epoch"), b.set_ylim(0, 1), b.legend()
-    return save_figure(fig, path)
+    return save_png(fig, path)
 
 
 def lr_find_png(lrs: Sequence[float], losses: Sequence[float], suggestion: float, path: str | Path) -> Path:
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    """fastai's lr_find curve: loss against learning rate, the suggestion as a line."""
+    fig = _figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     ax.plot(lrs, losses)
     ax.set_xscale("log"), ax.set_xlabel("learning rate"), ax.set_ylabel("loss")
     ax.axvline(suggestion, color="red", linestyle="--", label=f"suggested {suggestion:.2e}")
     ax.legend()
-    return save_figure(fig, path)
+    return save_png(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# explanations
+
+
+def explanation_png(result: Explanation, path: str | Path, settings: str) -> Path:
+    """One explanation: the cell | the attribution heat map | the overlay (input grid).
+
+    `settings` describes how it was computed (baseline, steps, rule) for the caption.
+    """
+    attr = result.attribution  # [H, W]
+    vmax = float(np.percentile(np.abs(attr), 99.5)) or float(np.abs(attr).max()) or 1.0
+    fig = _figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 3)
+    axes[0].imshow(result.image)
+    axes[0].set_title("cell")
+    heat = axes[1].imshow(attr, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+    axes[1].set_title("IG (red: for, blue: against)")
+    fig.colorbar(heat, ax=axes[1], fraction=0.046, pad=0.04)
+    grey = result.image.astype(np.float32).mean(axis=2)  # [H, W]
+    axes[2].imshow(grey, cmap="gray", vmin=0, vmax=255)
+    axes[2].imshow(attr, cmap="RdBu_r", vmin=-vmax, vmax=vmax, alpha=np.clip(np.abs(attr) / vmax, 0, 1) * 0.85)
+    axes[2].set_title("overlay")
+    for ax in axes:
+        ax.set_axis_off()
+    what = "severity score" if result.target == "score" else f"logit of {result.target}"
+    lines = [f"{result.name}: predicted {result.predicted}, severity score {result.score:.2f}"]
+    if result.probs is not None:
+        lines.append("p: " + "  ".join(f"{short_name(c)} {p:.2f}" for c, p in result.probs.items()))
+    lines.append(f"IG of the {what}, {settings}; "
+                 f"delta {result.delta:+.3g} ({result.relative_delta:.1%} of f(x) - f(baseline))")
+    fig.suptitle("\n".join(lines), fontsize=9)
+    return save_png(fig, path)
+
+
+def nucleus_attribution_png(table: pd.DataFrame, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """Per class: nucleus share of positive attribution beside nucleus share of area (left), enrichment (right).
+
+    `table` has one row per cell: `label`, `nucleus_pos_share`, `nucleus_area_share`, `nucleus_enrichment`.
+    """
+    present = [c for c in classes if (table["label"] == c).any()]
+    fig = _figure(figsize=(max(8, 1.9 * len(present) + 4), 4.2))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    rng = np.random.default_rng(0)
+    pos = np.arange(len(present))
+    for offset, metric, colour, label in ((-0.18, "nucleus_pos_share", "tab:red", "share of + attribution"),
+                                          (0.18, "nucleus_area_share", "tab:grey", "share of area")):
+        groups = [table.loc[table["label"] == c, metric].dropna().to_numpy() for c in present]
+        box = left.boxplot([g if len(g) else [np.nan] for g in groups], positions=pos + offset, widths=0.3,
+                           showfliers=False, patch_artist=True)
+        for patch in box["boxes"]:
+            patch.set(facecolor=colour, alpha=0.35)
+        for k, g in enumerate(groups):
+            left.scatter(k + offset + rng.uniform(-0.07, 0.07, len(g)), g, s=7, color=colour, alpha=0.6)
+        left.plot([], [], color=colour, lw=6, alpha=0.5, label=label)
+    left.set_xticks(pos, _short(present), rotation=30)
+    left.set_ylim(-0.02, 1.02)
+    left.set_ylabel("nucleus share")
+    left.legend(loc="upper left", fontsize=8)
+    left.set_title("nucleus: attribution vs area")
+    groups = [table.loc[table["label"] == c, "nucleus_enrichment"].dropna().to_numpy() for c in present]
+    right.boxplot([g if len(g) else [np.nan] for g in groups], positions=pos, widths=0.5, showfliers=False)
+    for k, g in enumerate(groups):
+        right.scatter(k + rng.uniform(-0.12, 0.12, len(g)), g, s=7, alpha=0.6)
+    right.axhline(1.0, color="red", ls="--", lw=1)
+    right.set_xticks(pos, _short(present), rotation=30)
+    finite = table["nucleus_enrichment"].replace([np.inf, -np.inf], np.nan).dropna()
+    if len(finite) and finite.min() > 0:
+        right.set_yscale("log")
+        right.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        right.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        right.yaxis.set_minor_formatter(NullFormatter())
+    right.set_title("nucleus enrichment (red: no enrichment)")
+    fig.suptitle(title, fontsize=9)
+    return save_png(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# reproduction
+
+
+def comparison_png(groups: Sequence[str], panels: Sequence[str], mean: np.ndarray, std: np.ndarray,
+                   paper: np.ndarray, path: str | Path, scales: Sequence[float] | None = None,
+                   capped: Sequence[bool] | None = None, title: str = "") -> Path:
+    """One panel per metric: our mean ± std (error bars) beside the paper's value, per head.
+
+    Args:
+        groups: the bar groups' labels [H] (the heads); panels: the panels' titles [M] (the metrics).
+        mean, std, paper: [H, M] in the metrics' own units; NaN in `paper` means not reported.
+        scales: [M] factor for display (100 for percentages); default 1.
+        capped: [M] whether the metric is at most 1 (the axis then ends at its scale); default all.
+    """
+    mean, std, paper = (np.asarray(a, dtype=float) for a in (mean, std, paper))
+    scales = [1.0] * len(panels) if scales is None else list(scales)
+    capped = [True] * len(panels) if capped is None else list(capped)
+    fig = _figure(figsize=(3.2 * len(panels), 3.6))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    x, w = np.arange(len(groups)), 0.38
+    for j, (ax, panel, scale) in enumerate(zip(axes, panels, scales)):
+        ax.bar(x - w / 2, mean[:, j] * scale, w, yerr=std[:, j] * scale, capsize=3, label="ours", color="tab:blue")
+        reported = ~np.isnan(paper[:, j])
+        ax.bar(x[reported] + w / 2, paper[reported, j] * scale, w, label="paper", color="tab:orange", hatch="//")
+        for i in np.flatnonzero(~reported):
+            ax.text(x[i] + w / 2, 0, "n/r", ha="center", va="bottom", fontsize=7, color="grey")
+        ax.set_xticks(x, list(groups))
+        ax.set_title(panel)
+        if capped[j]:  # bounded above by 1; kappa may go below 0
+            low = np.nanmin(np.r_[(mean[:, j] - std[:, j]) * scale, 0.0])
+            ax.set_ylim(low * 1.1, scale * 1.05)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", ncol=2, frameon=False)
+    fig.suptitle(title or "ours (mean ± std over folds) vs the paper (n/r: not reported)", x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    return save_png(fig, path)

@@ -88,9 +88,6 @@ class Task:
         key = folder.strip().lower()
         return self.folder_to_class.get(key) or self.folder_to_class.get(FOLDER_ALIASES.get(key, key))
 
-    def severity_of(self, cls: str) -> float:
-        return self.severities[self.classes.index(cls)]
-
     def abnormal(self) -> tuple[bool, ...]:
         """Per class: is it abnormal (severity > 0)? Binary accuracy and AUC rest on this."""
         return tuple(s > 0 for s in self.severities)

@@ -16,19 +16,16 @@ import torch
 from fastai.learner import Metric
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
 
-from herlev_fa.model.heads import nearest_class, split_output
+from herlev_fa.model.heads import Head, get_head
 
 SCALAR_METRICS = ("accuracy", "binary_accuracy", "auc", "mse", "kappa")
 
 
-def decode(out: np.ndarray, head: str, severities: Sequence[float]) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+def decode(out: np.ndarray, head: str | Head,
+           severities: Sequence[float]) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Raw output [N, C] -> (probabilities [N, K] or None for `reg`, score [N], predicted class [N])."""
-    sev = torch.tensor(list(severities), dtype=torch.float32)
-    logits, score = split_output(torch.as_tensor(out, dtype=torch.float32), head, sev)
-    if logits is None:
-        return None, score.numpy(), nearest_class(score, sev).numpy()
-    probs = logits.softmax(dim=1)
-    return probs.numpy(), score.numpy(), probs.argmax(dim=1).numpy()
+    probs, score, pred = get_head(head).decode(torch.as_tensor(out, dtype=torch.float32), severities)
+    return None if probs is None else probs.numpy(), score.numpy(), pred.numpy()
 
 
 def binary_auc(is_abnormal: np.ndarray, abnormal_score: np.ndarray) -> float:
@@ -38,7 +35,7 @@ def binary_auc(is_abnormal: np.ndarray, abnormal_score: np.ndarray) -> float:
     return float(roc_auc_score(is_abnormal, abnormal_score))
 
 
-def severity_metrics(out: np.ndarray, y: np.ndarray, head: str, severities: Sequence[float],
+def severity_metrics(out: np.ndarray, y: np.ndarray, head: str | Head, severities: Sequence[float],
                      full: bool = True) -> dict:
     """Every metric of the tool for one set of predictions.
 
@@ -79,8 +76,8 @@ class EpochOutputs:
     metrics are first read; all five are computed from that one copy.
     """
 
-    def __init__(self, head: str, severities: Sequence[float]):
-        self.head, self.severities = head, tuple(float(s) for s in severities)
+    def __init__(self, head: str | Head, severities: Sequence[float]):
+        self.head, self.severities = get_head(head), tuple(float(s) for s in severities)
         self.reset()
 
     def reset(self) -> None:
@@ -130,7 +127,7 @@ class SeverityMetric(Metric):
         return self._name
 
 
-def fastai_metrics(head: str, severities: Sequence[float]) -> list[SeverityMetric]:
+def fastai_metrics(head: str | Head, severities: Sequence[float]) -> list[SeverityMetric]:
     """The scalar metrics as fastai metrics over the whole validation set, from one host copy per epoch."""
     outputs = EpochOutputs(head, severities)
     return [SeverityMetric(name, outputs, collects=i == 0) for i, name in enumerate(SCALAR_METRICS)]

@@ -15,7 +15,6 @@ score.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ from herlev_fa.data.items import is_image_file, is_mask_file
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import IMAGE_EXTENSIONS
 from herlev_fa.metrics import decode
-from herlev_fa.model.heads import split_output
+from herlev_fa.model.heads import Head, get_head
 from herlev_fa.model.inference import fold_batchnorm
 from herlev_fa.progress import progress_bar
 from herlev_fa.runs import Run, load_run
@@ -51,28 +50,17 @@ def dihedral(x: Tensor, k: int) -> Tensor:
     return torch.rot90(x, k % 4, dims=(-2, -1))
 
 
-def average_views(outs: Tensor, head: str, severities: Sequence[float]) -> Tensor:
-    """Raw outputs of V views [V, B, C] -> one raw output [B, C] in the head's format.
+def average_views(outs: Tensor, head: str | Head, severities: Sequence[float]) -> Tensor:
+    """Raw outputs of V views [V, B, C] -> one raw output [B, C] in the head's format (`Head.average_views`).
 
     Class heads: the averaged probabilities p̄ [B, K] are returned as their log, so that
     softmax gives back p̄ exactly; `cls_reg` appends the score p̄ · severities (= the mean of the
     V scores, the score being linear in p). `reg`: the mean score [B, 1].
     """
-    v, b, _ = outs.shape
-    outs = outs.float()
-    if head == "reg":
-        return outs.mean(dim=0)  # [B, 1]
-    sev = torch.tensor(list(severities), dtype=torch.float32, device=outs.device)
-    logits, _ = split_output(outs.flatten(0, 1), head, sev)  # [V * B, K]
-    log_p = logits.log_softmax(dim=1).view(v, b, -1)  # [V, B, K]
-    log_mean = torch.logsumexp(log_p, dim=0) - math.log(v)  # [B, K], log of the mean probability, no underflow
-    if head == "cls":
-        return log_mean
-    score = log_mean.exp() @ sev  # [B]
-    return torch.cat([log_mean, score[:, None]], dim=1)  # [B, K + 1]
+    return get_head(head).average_views(outs, severities)
 
 
-def dihedral_tta(model: Callable[[Tensor], Tensor], x: Tensor, head: str, severities: Sequence[float]) -> Tensor:
+def dihedral_tta(model: Callable[[Tensor], Tensor], x: Tensor, head: str | Head, severities: Sequence[float]) -> Tensor:
     """Model output averaged over the 8 dihedral views of x [B, 3, S, S] -> raw output [B, C] (see `average_views`)."""
     outs = torch.stack([model(dihedral(x, k)) for k in range(N_VIEWS)])  # [8, B, C]
     return average_views(outs, head, severities)

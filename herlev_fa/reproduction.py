@@ -32,24 +32,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from herlev_fa.training import checkpoint  # noqa: E402
-from herlev_fa.atomic import atomic_path, save_figure, write_json, write_text  # noqa: E402
-from herlev_fa.config import HEADS, TrainConfig, resolve_device  # noqa: E402
-from herlev_fa.errors import HerlevError  # noqa: E402
-from herlev_fa.labels import Task  # noqa: E402
-from herlev_fa.metrics import SCALAR_METRICS, decode, severity_metrics  # noqa: E402
-from herlev_fa.model.learner import build_model  # noqa: E402
-from herlev_fa.figures import confusion_matrix_png, score_distribution_png  # noqa: E402
-from herlev_fa.runs import read_meta, versions  # noqa: E402
-from herlev_fa.runs import PREDICTIONS  # noqa: E402
-from herlev_fa.training.loop import Prepared, prepare, resolve_task, summarize, train_fold  # noqa: E402
+from herlev_fa.training import checkpoint
+from herlev_fa.atomic import atomic_path, write_json, write_text
+from herlev_fa.config import TrainConfig, resolve_device
+from herlev_fa.errors import HerlevError
+from herlev_fa.labels import Task
+from herlev_fa.metrics import SCALAR_METRICS, decode, severity_metrics
+from herlev_fa.model.heads import head_names
+from herlev_fa.model.learner import build_model
+from herlev_fa.figures import comparison_png, confusion_matrix_png, score_distribution_png
+from herlev_fa.runs import read_meta, versions
+from herlev_fa.runs import PREDICTIONS
+from herlev_fa.training.loop import Prepared, prepare, resolve_task, summarize, train_fold
 
 FORMAT = "herlev_fa.reproduce/1"
 
@@ -60,6 +57,7 @@ PAPER: dict[str, dict[str, float | None]] = {
     "reg": {"accuracy": 0.582, "binary_accuracy": 0.893, "auc": None, "mse": 0.71, "kappa": None},
     "cls_reg": {"accuracy": 0.726, "binary_accuracy": 0.95, "auc": 0.94, "mse": 0.59, "kappa": None},
 }
+PAPER_HEADS = tuple(PAPER)  # what `reproduce` trains unless told otherwise
 PAPER_NAMES = {"cls": "Cls", "reg": "Reg", "cls_reg": "Cls+Reg"}
 
 # column titles, in table order; accuracies are shown in percent, as in the paper
@@ -75,16 +73,17 @@ class ReproduceConfig:
     """One reproduction: the training config every head shares, the heads, the output folder."""
 
     train: TrainConfig  # shared by every head (data, arch, weights, schedule, seed); head, fold, out, name ignored
-    heads: tuple[str, ...] = HEADS  # the pipelines to compare, each trained on every fold
+    heads: tuple[str, ...] = PAPER_HEADS  # the pipelines to compare (registered head names), each on every fold
     out: Path | None = None  # output folder; None = <train.out>/reproduce-<arch>
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "heads", tuple(self.heads))
         if self.out is not None:
             object.__setattr__(self, "out", Path(self.out))
-        bad = [h for h in self.heads if h not in HEADS]
+        known = head_names()
+        bad = [h for h in self.heads if h not in known]
         if not self.heads or bad or len(set(self.heads)) != len(self.heads):
-            raise HerlevError(f"heads {list(self.heads)} are not a list of distinct heads among {', '.join(HEADS)}")
+            raise HerlevError(f"heads {list(self.heads)} are not a list of distinct heads among {', '.join(known)}")
 
     @property
     def root(self) -> Path:
@@ -119,33 +118,6 @@ def _number(metric: str, value: float) -> str:
     return f"{100 * value:.1f}" if metric in PERCENT else f"{value:.2f}"
 
 
-def comparison_png(heads: Sequence[str], metrics: Sequence[str], mean: np.ndarray, std: np.ndarray,
-                   paper: np.ndarray, path: str | Path, title: str = "") -> Path:
-    """One panel per metric: our mean ± std (error bars) beside the paper's value, per head.
-
-    `mean`, `std`, `paper` are [H, M] (heads x metrics), in the metrics' own units; NaN in
-    `paper` means not reported.
-    """
-    mean, std, paper = (np.asarray(a, dtype=float) for a in (mean, std, paper))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), squeeze=False)
-    x, w = np.arange(len(heads)), 0.38
-    for j, (ax, metric) in enumerate(zip(axes[0], metrics)):
-        scale = 100.0 if metric in PERCENT else 1.0
-        ax.bar(x - w / 2, mean[:, j] * scale, w, yerr=std[:, j] * scale, capsize=3, label="ours", color="tab:blue")
-        reported = ~np.isnan(paper[:, j])
-        ax.bar(x[reported] + w / 2, paper[reported, j] * scale, w, label="paper", color="tab:orange", hatch="//")
-        for i in np.flatnonzero(~reported):
-            ax.text(x[i] + w / 2, 0, "n/r", ha="center", va="bottom", fontsize=7, color="grey")
-        ax.set_xticks(x, [PAPER_NAMES.get(h, h) for h in heads])
-        ax.set_title(COLUMNS.get(metric, metric))
-        if metric != "mse":  # bounded above by 1; kappa may go below 0
-            low = np.nanmin(np.r_[(mean[:, j] - std[:, j]) * scale, 0.0])
-            ax.set_ylim(low * 1.1, scale * 1.05)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper right", ncol=2, frameon=False)
-    fig.suptitle(title or "ours (mean ± std over folds) vs the paper (n/r: not reported)", x=0.01, ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 0.92))
-    return save_figure(fig, path)
 
 
 def _absolute(cfg: TrainConfig) -> TrainConfig:
@@ -344,6 +316,8 @@ def _write_results(root: Path, cfg: TrainConfig, heads: Sequence[str], runs: dic
     mean = np.array([[summary[h][k]["mean"] for k in names] for h in heads])  # [H, M]
     std = np.array([[summary[h][k]["std"] for k in names] for h in heads])  # [H, M]
     paper = np.array([[np.nan if PAPER.get(h, {}).get(k) is None else PAPER[h][k] for k in names] for h in heads])
-    comparison_png(heads, names, mean, std, paper, files["comparison_png"],
+    comparison_png([PAPER_NAMES.get(h, h) for h in heads], [COLUMNS.get(k, k) for k in names], mean, std, paper,
+                   files["comparison_png"], scales=[100.0 if k in PERCENT else 1.0 for k in names],
+                   capped=[k != "mse" for k in names],
                    title=f"{cfg.model.arch}, {cfg.data.folds}-fold CV: ours (mean ± std) vs Pirovano et al. (4-fold)")
     return files

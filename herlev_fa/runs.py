@@ -29,7 +29,7 @@ import pandas as pd
 from herlev_fa.atomic import atomic_path, write_json
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import Task
-from herlev_fa.model.heads import SeverityModel, n_outputs
+from herlev_fa.model.heads import SeverityModel, get_head
 
 FORMAT = "herlev_fa.run/1"
 PREDICTIONS = "predictions.csv"
@@ -59,13 +59,13 @@ def save_model(run_dir: Path, model: SeverityModel, task: Task, size: int, mean,
     with atomic_path(run_dir / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     pretrained_cfg = {k: v for k, v in dict(net.pretrained_cfg).items() if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
-    pretrained_cfg.update(input_size=[3, size, size], mean=list(mean), std=list(std), num_classes=n_outputs(model.head_name, task.n_classes))
+    pretrained_cfg.update(input_size=[3, size, size], mean=list(mean), std=list(std), num_classes=model.pipeline.n_outputs(task.n_classes))
     write_json(run_dir / "config.json", {
         "architecture": pretrained_cfg.get("architecture") or type(net).__name__.lower(),
-        "num_classes": n_outputs(model.head_name, task.n_classes),
+        "num_classes": model.pipeline.n_outputs(task.n_classes),
         "num_features": int(getattr(net, "num_features", 0)),
         "pretrained_cfg": pretrained_cfg,
-        "label_names": list(task.classes) if model.head_name != "reg" else ["severity"],
+        "label_names": model.pipeline.output_names(task.classes),
     })
 
 
@@ -181,7 +181,8 @@ def load_run(run_dir: str | Path) -> Run:
     weights = run_dir / "model.safetensors"
     if not weights.is_file():
         raise HerlevError(f"run '{run_dir}' has no model.safetensors; the run folder is incomplete")
-    net = create_net(meta["arch"], n_outputs(meta["head"], task.n_classes), pretrained=False)
+    head = get_head(meta["head"])
+    net = create_net(meta["arch"], head.n_outputs(task.n_classes), pretrained=False)
     load_into(net, load_weights_file(weights), str(weights), new_classifier=False)
-    model = SeverityModel(net, meta["head"], task.severities).eval()
+    model = SeverityModel(net, head, task.severities).eval()
     return Run(run_dir, meta, task, model)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from herlev_fa.explanation.masks import CYTOPLASM, NUCLEUS
 from herlev_fa.labels import BACKGROUND_RGB, CYTOPLASM_RGB, NUCLEUS_RGB
 
 
@@ -53,3 +54,25 @@ def herlev_folder(root: Path, per_class: int = 4, folders: dict[str, int] | None
             write_image(root / folder / f"{folder[:3]}{i}{ext}", value=10 * i)
             write_mask(root / folder / f"{folder[:3]}{i}-d.bmp")
     return root
+
+
+def nucleus_share(regions: np.ndarray) -> float:
+    """N / (N + C) of [H, W] region codes (the archive's K/C feature); 0 without cell pixels."""
+    n, c = np.count_nonzero(regions == NUCLEUS), np.count_nonzero(regions == CYTOPLASM)
+    return n / (n + c) if n + c else 0.0
+
+
+def drawn_png(path: Path, width: tuple[int, int], height: tuple[int, int], colours: tuple = ()) -> np.ndarray:
+    """Decode a written figure and check it is drawn: size within the (min, max) pixel ranges, not blank
+    (contrast, many distinct colours) and holding each RGB of `colours` (a plot element's colour). Returns [H, W, 3]."""
+    with Image.open(path) as image:
+        assert image.format == "PNG", f"{path} is {image.format}, not PNG"
+        rgb = np.asarray(image.convert("RGB"))
+    h, w = rgb.shape[:2]
+    assert width[0] <= w <= width[1] and height[0] <= h <= height[1], f"{path.name} is {w}x{h} px"
+    assert rgb.std() > 15, f"{path.name} is nearly blank (pixel std {rgb.std():.1f})"
+    distinct = len(np.unique(rgb.reshape(-1, 3), axis=0))
+    assert distinct >= 30, f"{path.name} has only {distinct} distinct colours"
+    for colour in colours:
+        assert (np.abs(rgb.astype(int) - colour).max(axis=2) <= 2).any(), f"{path.name} has no pixel of colour {colour}"
+    return rgb

@@ -20,7 +20,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 import herlev_cli.explain  # noqa: F401  (registers explain and quantify on the app)
-from helpers import write_image
+from helpers import drawn_png, write_image
 from herlev_cli.main import app
 from herlev_fa.data.augment import letterbox
 from herlev_fa.data.images import load_image
@@ -316,7 +316,7 @@ def test_quantify_shares_match_hand_values_on_a_linear_model(tmp_path, device):
     saved = pd.read_csv(tmp_path / "q" / "quantify.csv")
     assert saved.loc[0, "nucleus_enrichment"] == pytest.approx(8.0)
     assert "| carcinoma_in_situ | 1 | 8.000 | 8.000 | 8.000 - 8.000 |" in (tmp_path / "q" / "quantify.md").read_text()
-    assert (tmp_path / "q" / "quantify.png").stat().st_size > 0
+    drawn_png(tmp_path / "q" / "quantify.png", (700, 1100), (400, 650))
 
 
 def test_quantify_warns_about_and_skips_images_without_a_mask(tmp_path, device):
@@ -387,8 +387,9 @@ def test_quantify_finds_the_nucleus_on_synthetic_held_out_cells(run, tmp_path, d
     by_class = summary["nucleus_enrichment_mean"]
     assert by_class["carcinoma_in_situ"] > max(2.0, by_class["normal"]), by_class
     assert table["relative_delta"].median() < 0.02
-    for name in ("quantify.csv", "quantify.md", "quantify.png"):
+    for name in ("quantify.csv", "quantify.md"):
         assert (tmp_path / "q" / name).stat().st_size > 0
+    drawn_png(tmp_path / "q" / "quantify.png", (800, 1400), (400, 650))
 
 
 def _cell_files(run: Run, folder: Path) -> list[Path]:
@@ -415,7 +416,7 @@ def test_explain_command_writes_figure_and_map_per_image(run, tmp_path, device):
     for f in files:
         shape = load_image(f).shape[:2]
         assert np.load(out / f"{f.stem}_ig.npy").shape == shape
-        assert (out / f"{f.stem}_ig.png").stat().st_size > 10_000
+        drawn_png(out / f"{f.stem}_ig.png", (900, 1300), (350, 600))
     table = pd.read_csv(out / "explanations.csv")
     assert list(table["name"]) == [f.stem for f in files]
     assert set(table["predicted"]) <= set(run.task.classes) and (table["target"] == table["predicted"]).all()

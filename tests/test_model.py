@@ -12,7 +12,7 @@ from herlev_fa.config import ModelConfig
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import get_task
 from herlev_fa.model.loss import SeverityLoss
-from herlev_fa.model.heads import ClsRegHead, nearest_class, split_output
+from herlev_fa.model.heads import AppendExpectedSeverity, nearest_class, split_output
 from herlev_fa.model.learner import body_head_splitter, build_model, create_net, load_weights_file
 
 SEV = (0.0, 1.0, 2.0, 3.0, 4.0)
@@ -30,7 +30,7 @@ def test_model_output_shapes_and_finite(head, width):
 
 def test_cls_reg_score_is_expected_severity():
     logits = torch.tensor([[2.0, 0.5, -1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
-    out = ClsRegHead(SEV)(logits)
+    out = AppendExpectedSeverity(SEV)(logits)
     assert out.shape == (2, 6)
     p = torch.softmax(logits, dim=1)
     expected = (p * torch.arange(5.0)).sum(dim=1)

@@ -23,6 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 import herlev_cli.reproduce  # noqa: F401  registers the command on the app
+from helpers import drawn_png
 from herlev_cli.main import app
 from herlev_fa.config import DataConfig, ModelConfig, TrainConfig
 from herlev_fa.errors import HerlevError
@@ -188,10 +189,10 @@ def test_results_csv_equals_each_fold_runs_metrics(resumed):
 
 def test_pooled_figures_and_metrics(resumed):
     metrics = _fold_metrics(resumed.out)
-    assert (resumed.out / "comparison.png").stat().st_size > 10_000
+    drawn_png(resumed.out / "comparison.png", (1700, 2100), (380, 500), colours=[(31, 119, 180), (255, 127, 14)])
     for head in HEADS:
-        for name in ("confusion_matrix.png", "score_distribution.png"):
-            assert (resumed.out / head / name).stat().st_size > 5_000
+        drawn_png(resumed.out / head / "confusion_matrix.png", (650, 900), (650, 900))
+        drawn_png(resumed.out / head / "score_distribution.png", (650, 950), (400, 600))
         pooled = json.loads((resumed.out / head / "pooled_metrics.json").read_text())
         # predictions read back from the saved weights agree with those made at the end of training
         summed = np.sum([metrics[(head, k)]["confusion_matrix"] for k in (0, 1)], axis=0)

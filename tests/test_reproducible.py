@@ -25,15 +25,44 @@ def test_same_seed_same_folds_and_metrics(synth_data, tmp_path):
     assert (log_a["train_loss"] - log_c["train_loss"]).abs().max() > 1e-4
 
 
-def test_deterministic_flag_sets_the_framework_flags():
+def test_deterministic_asks_torch_for_deterministic_kernels_with_warnings_and_cublas_space(monkeypatch):
+    import os
+
     import torch
 
     from herlev_fa.training.loop import set_determinism
 
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)  # restored after the test, whatever happens
+    for flag in ("deterministic", "benchmark"):  # fastai's set_seed changes these; put them back afterwards
+        monkeypatch.setattr(torch.backends.cudnn, flag, getattr(torch.backends.cudnn, flag))
     try:
+        set_determinism(0, deterministic=False)
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ and not torch.are_deterministic_algorithms_enabled()
         set_determinism(0, deterministic=True)
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # cuBLAS needs it for deterministic GEMMs
         assert torch.are_deterministic_algorithms_enabled()
-        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert torch.is_deterministic_algorithms_warn_only_enabled()  # a kernel without a deterministic twin warns
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+        set_determinism(0, deterministic=True)
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"  # a user's own setting is kept
     finally:
         torch.use_deterministic_algorithms(False)
-        torch.backends.cudnn.deterministic = False
+
+
+def test_same_seed_same_draws_from_every_generator():
+    import random
+
+    import numpy as np
+    import torch
+
+    from herlev_fa.training.loop import set_determinism
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    set_determinism(7, deterministic=False)
+    first = draws()
+    set_determinism(7, deterministic=False)
+    assert draws() == first
+    set_determinism(8, deterministic=False)
+    assert all(a != b for a, b in zip(draws(), first))

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import torch
 from typer.testing import CliRunner
@@ -12,11 +13,22 @@ from herlev_fa.config import resolve_precision
 from herlev_fa.training.loop import speed_callbacks
 
 
-def test_precision_auto_is_bf16_only_on_cuda():
+def test_precision_auto_is_fp32_on_the_cpu_and_an_explicit_choice_is_kept():
     assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("bf16", "cpu") == "bf16"
+    assert resolve_precision("fp32", "cuda") == "fp32"
     assert [type(cb) for cb in speed_callbacks("cpu", "auto")] == []
     assert [type(cb) for cb in speed_callbacks("cpu", "bf16")] == [BF16]
+    assert [type(cb) for cb in speed_callbacks("cuda", "fp32")] == [ChannelsLast]  # channels-last on any GPU
+
+
+def test_precision_auto_on_cuda_follows_the_gpus_bf16_support(monkeypatch):
+    for supported, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: supported)  # the GPU's answer, without a GPU
+        assert resolve_precision("auto", "cuda") == expected
+        assert resolve_precision("auto", "cuda:1") == expected
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert [type(cb) for cb in speed_callbacks("cuda", "auto")] == [BF16, ChannelsLast]
 
 
 def test_bf16_training_runs_and_learns_on_the_cpu(synth_data, tmp_path):
@@ -33,52 +45,62 @@ def test_bf16_training_runs_and_learns_on_the_cpu(synth_data, tmp_path):
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["accuracy"] > 0.43  # above the majority class
 
 
-def test_bf16_callback_autocasts_forward_and_returns_fp32(trained_run):
-    from herlev_fa.runs import load_run
+def _tiny_learner(cbs: list, seen: dict):
+    """Our Learner (`build_learner`) over 8 random 32-px images of the 5 severity classes, with hooks that record
+    the first convolution's input layout and output dtype, and the dtype of the predictions the loss gets."""
+    from fastai.data.core import DataLoaders
 
-    run = load_run(trained_run)
-    seen = {}
+    from herlev_fa.config import ModelConfig
+    from herlev_fa.labels import get_task
+    from herlev_fa.model.learner import build_learner, build_model
 
-    def hook(module, args, output):
-        seen["dtype"] = output.dtype
+    task = get_task("severity")
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("test_resnet", head="cls_reg", pretrained=False), task)
+    data = [(torch.randn(3, 32, 32), torch.tensor(i % 5)) for i in range(8)]
+    dls = DataLoaders.from_dsets(data, data, bs=4, device=torch.device("cpu"))
 
-    handle = run.model.net.conv1[0].register_forward_hook(hook)
+    def conv_hook(module, args, output):
+        seen.setdefault("conv_dtype", set()).add(output.dtype)
+        seen.setdefault("input_channels_last", set()).add(args[0].is_contiguous(memory_format=torch.channels_last))
 
-    class FakeLearn:
-        pass
+    model.net.conv1[0].register_forward_hook(conv_hook)
+    learn = build_learner(dls, model, task, cbs=cbs)
+    loss = learn.loss_func.forward
 
-    learn = FakeLearn()
-    learn.dls = type("D", (), {"device": torch.device("cpu")})()
-    cb = BF16()
-    cb.learn = learn
-    cb.before_batch()
-    learn.pred = run.model(torch.randn(2, 3, 48, 48))
-    cb.after_pred()
-    cb.after_loss()
-    handle.remove()
-    assert seen["dtype"] == torch.bfloat16  # the convolution ran in bf16
-    assert learn.pred.dtype == torch.float32  # the loss and metrics see fp32
-    assert not torch.is_autocast_enabled("cpu")  # and autocast was left
+    def recording_loss(out, target):
+        seen.setdefault("pred_dtype", set()).add(out.dtype)
+        seen.setdefault("autocast_in_loss", set()).add(torch.is_autocast_enabled("cpu"))
+        return loss(out, target)
+
+    learn.loss_func.forward = recording_loss
+    return learn
 
 
-def test_channels_last_callback_converts_model_and_batches(trained_run):
-    from herlev_fa.runs import load_run
+def test_bf16_callback_autocasts_the_forward_pass_and_hands_fp32_to_the_loss():
+    seen: dict = {}
+    learn = _tiny_learner([BF16()], seen)
+    before = [p.detach().clone() for p in learn.model.net.parameters()]
+    learn.fit(1, 1e-3)
+    assert seen["conv_dtype"] == {torch.bfloat16}  # every convolution ran in bf16, training and validation
+    assert seen["pred_dtype"] == {torch.float32}  # the loss and the metrics see fp32 predictions
+    assert seen["autocast_in_loss"] == {True}  # the loss is computed under autocast, as fastai's MixedPrecision does
+    assert not torch.is_autocast_enabled("cpu")  # and autocast was left after the last batch
+    assert all(p.dtype == torch.float32 for p in learn.model.parameters())  # weights stay fp32 (no scaler needed)
+    assert any(not torch.equal(a, b) for a, b in zip(before, learn.model.net.parameters()))  # and they trained
+    assert len(learn.recorder.values) == 1 and all(map(np.isfinite, learn.recorder.values[0]))
 
-    model = load_run(trained_run).model
 
-    class FakeLearn:
-        pass
-
-    learn = FakeLearn()
-    learn.model, learn.xb = model, (torch.randn(2, 3, 48, 48),)
-    cb = ChannelsLast()
-    cb.learn = learn
-    cb.before_fit()
-    cb.before_batch()
-    assert model.net.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
-    assert learn.xb[0].is_contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        assert model(learn.xb[0]).shape == (2, 6)
+def test_channels_last_callback_converts_model_and_batches():
+    seen: dict = {}
+    learn = _tiny_learner([ChannelsLast()], seen)
+    learn.fit(1, 1e-3)
+    assert learn.model.net.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert seen["input_channels_last"] == {True}  # every batch reached the network in NHWC
+    assert seen["conv_dtype"] == {torch.float32}
+    plain: dict = {}
+    _tiny_learner([], plain).fit(1, 1e-3)
+    assert plain["input_channels_last"] == {False}  # without the callback, batches stay as the DataLoaders made them
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ from PIL import Image
 
 from herlev_fa.data.synth import make_cell, write_synthetic
 from herlev_fa.errors import HerlevError
-from herlev_fa.explanation.masks import BACKGROUND, CYTOPLASM, NUCLEUS, OTHER, decode_mask, nucleus_fraction
+from herlev_fa.explanation.masks import BACKGROUND, CYTOPLASM, NUCLEUS, OTHER, decode_mask
 from herlev_fa.labels import ARCHIVE_FOLDERS, HERLEV7
+from helpers import nucleus_share
 
 PER_CLASS, SIZE = 30, 96
 
@@ -32,7 +33,7 @@ def cells(synth_root: Path) -> list[dict]:
             luma = image.astype(float) @ np.array([0.299, 0.587, 0.114])  # [H, W]
             rows.append(
                 dict(cls=name, severity=severity, image=image, regions=regions,
-                     nf=nucleus_fraction(regions), brightness=float(luma[regions == NUCLEUS].mean()))
+                     nf=nucleus_share(regions), brightness=float(luma[regions == NUCLEUS].mean()))
             )
     return rows
 

@@ -9,6 +9,7 @@ import timm
 import torch
 from typer.testing import CliRunner
 
+from helpers import drawn_png
 from herlev_cli.main import app
 from herlev_fa.runs import load_run
 
@@ -28,6 +29,9 @@ def test_train_writes_a_complete_run_that_learned(trained_run):
     assert {"model.safetensors", "config.json", "herlev.json", "folds.csv", "log.csv", "metrics.json",
             "confusion_matrix.png", "score_distribution.png", "training_curves.png"} <= files
     assert not [f for f in files if f.endswith(".tmp")]
+    drawn_png(trained_run / "confusion_matrix.png", (650, 900), (650, 900))
+    drawn_png(trained_run / "score_distribution.png", (650, 950), (400, 600))
+    drawn_png(trained_run / "training_curves.png", (850, 1100), (350, 500), colours=[(31, 119, 180), (255, 127, 14)])
     metrics = json.loads((trained_run / "metrics.json").read_text())
     # majority class (the three merged normal folders) is 3/7 = 0.43 of the data
     assert metrics["accuracy"] > 0.6, metrics
@@ -95,7 +99,7 @@ def test_lr_find_writes_plot_and_prints_suggestion(synth_data, tmp_path):
     assert result.exit_code == 0, result.output
     lr = float(result.output.split("suggested learning rate:")[1].split()[0])
     assert 1e-7 < lr < 10
-    assert (tmp_path / "lr_find.png").stat().st_size > 1000
+    drawn_png(tmp_path / "lr_find.png", (450, 700), (350, 500), colours=[(31, 119, 180)])
     assert not (tmp_path / "models").exists()
 
 

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from herlev_fa.errors import HerlevError
-from herlev_fa.model.heads import nearest_class, split_output
+from herlev_fa.model.heads import Head, decode_parts, get_head
 from herlev_fa.model.inference import fold_batchnorm
 
 BASELINES = ("mean", "black", "white", "blur")
@@ -180,23 +180,21 @@ class ExplainedOutputs(nn.Module):
     """A SeverityModel seen as the scalars IG can explain.
 
     Input [B, 3, S, S]; output [B, K + 1] (class logits, then the severity score) for `cls` and
-    `cls_reg`, [B, 1] (the severity score) for `reg`. Column `score_index` is the score.
+    `cls_reg`, [B, 1] (the severity score) for `reg` (`Head.explained`). Column
+    `head.score_index(K)` is the score.
     """
 
-    def __init__(self, model: nn.Module, head: str, severities: Sequence[float]):
+    def __init__(self, model: nn.Module, head: str | Head, severities: Sequence[float]):
         super().__init__()
         self.model = model
-        self.head = head
+        self.head = get_head(head)
         self.register_buffer("severities", torch.tensor(list(severities), dtype=torch.float32), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        logits, score = split_output(self.model(x), self.head, self.severities)  # [B, K] | None, [B]
-        if logits is None:
-            return score.float()[:, None]  # [B, 1]
-        return torch.cat([logits.float(), score.float()[:, None]], dim=1)  # [B, K + 1]
+        return self.head.explained(self.model(x), self.severities)
 
 
-def target_column(target: str, head: str, classes: Sequence[str]) -> int | None:
+def target_column(target: str, head: str | Head, classes: Sequence[str]) -> int | None:
     """The output column of `ExplainedOutputs` to explain; None = each image's predicted class.
 
     `target` is `predicted`, `score`, or a class name (not for `reg`, which has no class outputs).
@@ -204,16 +202,16 @@ def target_column(target: str, head: str, classes: Sequence[str]) -> int | None:
     Raises:
         HerlevError: an unknown class, or a class asked of a `reg` run.
     """
-    score_index = 0 if head == "reg" else len(classes)
-    if target == "score" or (target == "predicted" and head == "reg"):
-        return score_index
+    head = get_head(head)
+    if target == "score" or (target == "predicted" and not head.has_classes):
+        return head.score_index(len(classes))
     if target == "predicted":
         return None
     if target not in classes:
         raise HerlevError(f"unknown --target '{target}': use predicted, score, or one of {', '.join(classes)}")
-    if head == "reg":
-        raise HerlevError(f"--target {target}: a reg run has no class outputs; it explains the severity score "
-                          "(--target predicted or score)")
+    if not head.has_classes:
+        raise HerlevError(f"--target {target}: a {head.name} run has no class outputs; it explains the severity "
+                          "score (--target predicted or score)")
     return list(classes).index(target)
 
 
@@ -340,14 +338,8 @@ class Explainer:
         with torch.no_grad():  # fp32 even with bf16: the predictions, and the gap completeness is checked against
             out = self.outputs(x).float()  # [B, K + 1] or [B, 1]
             out_base = self.outputs(base).float()
-        score = out[:, -1]  # [B]
-        if self.head == "reg":
-            probs = None
-            predicted = nearest_class(score, torch.tensor(self.severities))  # [B]
-        else:
-            logits = out[:, :-1]  # [B, K]
-            probs = logits.softmax(dim=1)
-            predicted = logits.argmax(dim=1)
+        logits = out[:, :-1] if self.outputs.head.has_classes else None  # [B, K] or None
+        probs, score, predicted = decode_parts(logits, out[:, -1], self.severities)  # [B, K] | None, [B], [B]
         t = predicted if target is None else torch.full((n,), target, dtype=torch.long, device=out.device)  # [B]
         gap = (out - out_base).gather(1, t[:, None])[:, 0]  # [B]
         ig = IntegratedGradients(self.outputs)
@@ -424,7 +416,7 @@ def results_of(batch: BatchAttribution, explainer: Explainer, paths: Sequence[Pa
                images: Sequence[np.ndarray]) -> list[Explanation]:
     """Split a batch into per-image `Explanation`s, mapping each map back to its input grid."""
     classes = explainer.classes
-    score_index = 0 if explainer.head == "reg" else len(classes)
+    score_index = get_head(explainer.head).score_index(len(classes))
     out = []
     for i, (path, name, image) in enumerate(zip(paths, names, images)):
         h, w = image.shape[:2]

@@ -85,16 +85,3 @@ def read_mask(path: str | Path, max_other: float = 0.05) -> np.ndarray:
             "a mask must be a lossless BMP/PNG in the archive colours"
         )
     return regions
-
-
-def region_fractions(regions: np.ndarray) -> dict[str, float]:
-    """Area share of each region in [H, W] region codes, keyed by ``REGION_NAMES``; the shares sum to 1."""
-    counts = np.bincount(regions.ravel(), minlength=len(REGION_NAMES))
-    return {name: float(n) / max(regions.size, 1) for name, n in zip(REGION_NAMES, counts)}
-
-
-def nucleus_fraction(regions: np.ndarray) -> float:
-    """N / (N + C): nucleus pixels over nucleus plus cytoplasm pixels of [H, W] region codes; 0 without cell pixels."""
-    n = int(np.count_nonzero(regions == NUCLEUS))
-    c = int(np.count_nonzero(regions == CYTOPLASM))
-    return n / (n + c) if n + c else 0.0

@@ -20,17 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-import matplotlib.ticker
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from herlev_fa.atomic import atomic_path, save_figure, write_text  # noqa: E402
-from herlev_fa.errors import HerlevError  # noqa: E402
-from herlev_fa.explanation.attribution import (  # noqa: E402
+from herlev_fa.atomic import atomic_path, write_text
+from herlev_fa.errors import HerlevError
+from herlev_fa.explanation.attribution import (
     DEFAULT_BASELINE,
     DEFAULT_METHOD,
     DEFAULT_TOL,
@@ -44,9 +39,11 @@ from herlev_fa.explanation.attribution import (  # noqa: E402
     target_column,
     warn_unconverged,
 )
-from herlev_fa.explanation.overlap import padding_share, region_shares  # noqa: E402
-from herlev_fa.labels import short_name  # noqa: E402
-from herlev_fa.progress import progress_bar  # noqa: E402
+from herlev_fa.explanation.overlap import padding_share, region_shares
+from herlev_fa.figures import explanation_png, nucleus_attribution_png
+from herlev_fa.labels import short_name
+from herlev_fa.model.heads import get_head
+from herlev_fa.progress import progress_bar
 
 # Per-class summary: the columns and how the markdown / rich table label them.
 SUMMARY_METRICS: dict[str, str] = {
@@ -66,32 +63,6 @@ SUMMARY_METRICS: dict[str, str] = {
 # explain: one figure and one map per image
 
 
-def explanation_figure(result: Explanation, baseline: str, steps: int, method: str = DEFAULT_METHOD):
-    """The figure of one explanation: the cell | the attribution heat map | the overlay (input grid)."""
-    attr = result.attribution  # [H, W]
-    vmax = float(np.percentile(np.abs(attr), 99.5)) or float(np.abs(attr).max()) or 1.0
-    fig, axes = plt.subplots(1, 3, figsize=(11, 4.2))
-    axes[0].imshow(result.image)
-    axes[0].set_title("cell")
-    heat = axes[1].imshow(attr, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-    axes[1].set_title("IG (red: for, blue: against)")
-    fig.colorbar(heat, ax=axes[1], fraction=0.046, pad=0.04)
-    grey = result.image.astype(np.float32).mean(axis=2)  # [H, W]
-    axes[2].imshow(grey, cmap="gray", vmin=0, vmax=255)
-    axes[2].imshow(attr, cmap="RdBu_r", vmin=-vmax, vmax=vmax, alpha=np.clip(np.abs(attr) / vmax, 0, 1) * 0.85)
-    axes[2].set_title("overlay")
-    for ax in axes:
-        ax.set_axis_off()
-    what = "severity score" if result.target == "score" else f"logit of {result.target}"
-    lines = [f"{result.name}: predicted {result.predicted}, severity score {result.score:.2f}"]
-    if result.probs is not None:
-        lines.append("p: " + "  ".join(f"{short_name(c)} {p:.2f}" for c, p in result.probs.items()))
-    lines.append(f"IG of the {what}, baseline {baseline}, {steps} {METHODS[method]} steps; "
-                 f"delta {result.delta:+.3g} ({result.relative_delta:.1%} of f(x) - f(baseline))")
-    fig.suptitle("\n".join(lines), fontsize=9)
-    return fig
-
-
 def write_explanation(result: Explanation, out_dir: str | Path, baseline: str, steps: int,
                       method: str = DEFAULT_METHOD) -> tuple[Path, Path]:
     """Write `NAME_ig.png` and `NAME_ig.npy` ([H, W] float32, input grid) atomically; returns both paths."""
@@ -99,7 +70,8 @@ def write_explanation(result: Explanation, out_dir: str | Path, baseline: str, s
     npy = out_dir / f"{result.name}_ig.npy"
     with atomic_path(npy) as tmp, open(tmp, "wb") as f:
         np.save(f, result.attribution.astype(np.float32))
-    png = save_figure(explanation_figure(result, baseline, steps, method), out_dir / f"{result.name}_ig.png")
+    png = explanation_png(result, out_dir / f"{result.name}_ig.png",
+                          settings=f"baseline {baseline}, {steps} {METHODS[method]} steps")
     return png, npy
 
 
@@ -240,7 +212,7 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
                               internal_batch_size=internal_batch_size, precision=precision, tol=tol, method=method)
     out_dir = Path(out) if out is not None else run.path / f"quantify-{split}"
     names = output_names([Path(p) for p in items["path"]])
-    score_index = 0 if run.head == "reg" else len(run.task.classes)
+    score_index = get_head(run.head).score_index(len(run.task.classes))
     rows = []
     bar, advance = progress_bar(progress, "quantifying", len(items))
     with bar:
@@ -272,7 +244,7 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
     with atomic_path(files[0]) as tmp:
         table.to_csv(tmp, index=False)
     write_text(files[1], summary_markdown(summary, title, settings))
-    distribution_png(table, run.task.classes, files[2], title=f"{run.path.name}: {settings}")
+    nucleus_attribution_png(table, run.task.classes, files[2], title=f"{run.path.name}: {settings}")
     unconverged = warn_unconverged(table["name"].tolist(), table["relative_delta"].tolist(), steps, tol)
     return QuantifyResult(table, summary, out_dir, files, skipped, unconverged)
 
@@ -340,42 +312,3 @@ def summary_table(summary: pd.DataFrame, title: str = ""):
                       f"{r['nucleus_change_enrichment_median']:.2f}", iqr(r, "nucleus_top10"),
                       end_section=r["class"] == summary["class"].iloc[-2] if len(summary) > 1 else False)
     return table
-
-
-def distribution_png(table: pd.DataFrame, classes: Sequence[str], path: str | Path, title: str = "") -> Path:
-    """Per class: nucleus share of positive attribution beside nucleus share of area (left), enrichment (right)."""
-    present = [c for c in classes if (table["label"] == c).any()]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(max(8, 1.9 * len(present) + 4), 4.2),
-                                      gridspec_kw={"width_ratios": [3, 2]})
-    rng = np.random.default_rng(0)
-    pos = np.arange(len(present))
-    for offset, metric, colour, label in ((-0.18, "nucleus_pos_share", "tab:red", "share of + attribution"),
-                                          (0.18, "nucleus_area_share", "tab:grey", "share of area")):
-        groups = [table.loc[table["label"] == c, metric].dropna().to_numpy() for c in present]
-        box = left.boxplot([g if len(g) else [np.nan] for g in groups], positions=pos + offset, widths=0.3,
-                           showfliers=False, patch_artist=True)
-        for patch in box["boxes"]:
-            patch.set(facecolor=colour, alpha=0.35)
-        for k, g in enumerate(groups):
-            left.scatter(k + offset + rng.uniform(-0.07, 0.07, len(g)), g, s=7, color=colour, alpha=0.6)
-        left.plot([], [], color=colour, lw=6, alpha=0.5, label=label)
-    left.set_xticks(pos, [short_name(c) for c in present], rotation=30)
-    left.set_ylim(-0.02, 1.02)
-    left.set_ylabel("nucleus share")
-    left.legend(loc="upper left", fontsize=8)
-    left.set_title("nucleus: attribution vs area")
-    groups = [table.loc[table["label"] == c, "nucleus_enrichment"].dropna().to_numpy() for c in present]
-    right.boxplot([g if len(g) else [np.nan] for g in groups], positions=pos, widths=0.5, showfliers=False)
-    for k, g in enumerate(groups):
-        right.scatter(k + rng.uniform(-0.12, 0.12, len(g)), g, s=7, alpha=0.6)
-    right.axhline(1.0, color="red", ls="--", lw=1)
-    right.set_xticks(pos, [short_name(c) for c in present], rotation=30)
-    finite = table["nucleus_enrichment"].replace([np.inf, -np.inf], np.nan).dropna()
-    if len(finite) and finite.min() > 0:
-        right.set_yscale("log")
-        right.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        right.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        right.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    right.set_title("nucleus enrichment (red: no enrichment)")
-    fig.suptitle(title, fontsize=9)
-    return save_figure(fig, path)

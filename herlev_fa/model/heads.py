@@ -1,33 +1,66 @@
-"""Output heads: what the network's last layer means for each pipeline, with shape contracts.
+"""Output heads: what the network's last layer means for each pipeline, one class per head.
 
-The timm network keeps its own classifier (`global_pool`, `fc`), resized to `n_outputs(head, K)`,
-so its weights load into a plain `timm.create_model(arch, num_classes=n_outputs)`. The head
-module here only turns that classifier's output into the pipeline's output:
+The timm network keeps its own classifier (`global_pool`, `fc`), resized to
+`head.n_outputs(K)`, so its weights load into a plain `timm.create_model(arch, num_classes=...)`.
+A `Head` owns everything that depends on the pipeline, the way fastai puts `activation` /
+`decodes` on its losses and timm puts the classifier contract on its models:
 
-| head      | timm fc     | model output                                      |
-|-----------|-------------|---------------------------------------------------|
-| `cls`     | [B, K]      | [B, K] class logits                               |
-| `reg`     | [B, 1]      | [B, 1] severity score                             |
-| `cls_reg` | [B, K]      | [B, K + 1] class logits, then the severity score  |
+| head      | timm fc | `module` after it                  | model output                        | loss             |
+|-----------|---------|------------------------------------|-------------------------------------|------------------|
+| `cls`     | [B, K]  | identity                           | [B, K] class logits                 | CE               |
+| `reg`     | [B, 1]  | identity                           | [B, 1] severity score               | MSE              |
+| `cls_reg` | [B, K]  | `AppendExpectedSeverity` (fixed)   | [B, K + 1] logits, then the score   | CE + lambda*MSE  |
 
 `cls_reg` is the regression constraint of Pirovano et al.: softmax probabilities go through a
 fixed (never trained) linear layer whose weights are the class severities, so the score is
 sum_i p_i * severity_i.
+
+Adding a head is one subclass of `Head` decorated with `@register_head`; `HEADS` (name ->
+class) is the only list of head names: config validation, the CLI's help and run loading read it.
+Run folders store the head's `name`. Every function that takes a head accepts its name or a
+`Head` (`get_head` turns either into the object).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-HEADS = ("cls", "reg", "cls_reg")
+from herlev_fa.errors import HerlevError
+
+Severities = Sequence[float] | Tensor
 
 
-def n_outputs(head: str, n_classes: int) -> int:
-    """Width of the timm classifier for a head: K, except 1 for `reg`."""
-    return 1 if head == "reg" else n_classes
+def _sev(severities: Severities, like: Tensor) -> Tensor:
+    """Class severities [K] as float32 on the device of `like`."""
+    return torch.as_tensor(severities, dtype=torch.float32, device=like.device)
+
+
+def nearest_class(score: Tensor, severities: Severities) -> Tensor:
+    """Severity score [B] -> index [B] of the class with the nearest severity (round and clip)."""
+    sev = _sev(severities, score)
+    return (score.float()[:, None] - sev[None, :]).abs().argmin(dim=1)
+
+
+def expected_severity(logits: Tensor, severities: Severities) -> Tensor:
+    """Class logits [B, K] -> sum_i softmax(logits)_i * severity_i [B], computed in fp32."""
+    return logits.float().softmax(dim=1) @ _sev(severities, logits)
+
+
+def decode_parts(logits: Tensor | None, score: Tensor, severities: Severities) -> tuple[Tensor | None, Tensor, Tensor]:
+    """(class logits [B, K] or None, score [B]) -> (probabilities [B, K] or None, score [B], class [B]).
+
+    With logits the class is their argmax; without, the class of the nearest severity.
+    """
+    if logits is None:
+        return None, score.float(), nearest_class(score, severities)
+    probs = logits.float().softmax(dim=1)
+    return probs, score.float(), probs.argmax(dim=1)
 
 
 class ExpectedSeverity(nn.Module):
@@ -44,8 +77,11 @@ class ExpectedSeverity(nn.Module):
         return self.fc(probs)
 
 
-class ClsRegHead(nn.Module):
-    """Logits [B, K] -> [B, K + 1]: the logits, then the expected severity of their softmax."""
+class AppendExpectedSeverity(nn.Module):
+    """Logits [B, K] -> [B, K + 1]: the logits, then the expected severity of their softmax.
+
+    The severity layer `score.fc` is fixed: no gradient, in no optimiser group.
+    """
 
     def __init__(self, severities: Sequence[float]):
         super().__init__()
@@ -56,40 +92,228 @@ class ClsRegHead(nn.Module):
         return torch.cat([logits.float(), score], dim=1)  # [B, K + 1]
 
 
-def make_head(head: str, severities: Sequence[float]) -> nn.Module:
-    return ClsRegHead(severities) if head == "cls_reg" else nn.Identity()
+class Head:
+    """What a pipeline's raw model output [B, C] means, how it is trained, decoded and explained.
 
-
-class SeverityModel(nn.Module):
-    """A timm network (`net`, with its classifier) followed by a pipeline head (`head`).
-
-    Input float [B, 3, S, S] normalised images; output as in the module table.
-    Only `net` holds trained weights, so `net.state_dict()` is the whole checkpoint.
+    Stateless: the class severities [K] are passed to each method (a sequence or a tensor).
+    Subclasses set `name` and `summary` and implement `split` and `loss`; the other methods
+    have defaults for heads with class logits (`has_classes`) or with a score only.
     """
 
-    def __init__(self, net: nn.Module, head: str, severities: Sequence[float]):
-        super().__init__()
-        self.net = net
-        self.head_name = head
-        self.head = make_head(head, severities)
+    name: ClassVar[str] = ""  # stored in run folders; the --head value
+    summary: ClassVar[str] = ""  # what it trains, for the --head help
+    has_classes: ClassVar[bool] = True  # the output holds class logits (probabilities, class targets)
+    weighted: ClassVar[bool] = False  # the loss has a lambda-weighted term (--mse-weight, --mse-warmup)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.net(x))
+    def n_outputs(self, n_classes: int) -> int:
+        """Width of the timm classifier."""
+        return n_classes
+
+    def module(self, severities: Sequence[float]) -> nn.Module:
+        """The (untrained) module after the timm network: classifier output -> model output."""
+        return nn.Identity()
+
+    def check_task(self, task) -> None:
+        """Raise `HerlevError` when this head cannot learn `task` (a `herlev_fa.labels.Task`)."""
+
+    def split(self, out: Tensor, severities: Severities) -> tuple[Tensor | None, Tensor]:
+        """Model output [B, C] -> (class logits [B, K] or None, severity score [B])."""
+        raise NotImplementedError
+
+    def loss(self, out: Tensor, target: Tensor, severities: Severities,
+             mse_weight: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+        """Model output [B, C], class indices [B] -> (scalar loss, its detached components for logging)."""
+        raise NotImplementedError
+
+    def activation(self, out: Tensor, severities: Severities) -> Tensor:
+        """fastai's `activation`: output [B, C] -> class probabilities [B, K], or the score [B, 1]."""
+        logits, score = self.split(out, severities)
+        return score.float()[:, None] if logits is None else logits.float().softmax(dim=1)
+
+    def decodes(self, act: Tensor, severities: Severities) -> Tensor:
+        """fastai's `decodes`: activation -> predicted class index [B]."""
+        return act.argmax(dim=1) if self.has_classes else nearest_class(act[:, 0], severities)
+
+    def decode(self, out: Tensor, severities: Severities) -> tuple[Tensor | None, Tensor, Tensor]:
+        """Model output [B, C] -> (probabilities [B, K] or None, score [B], predicted class [B])."""
+        return decode_parts(*self.split(out, severities), severities)
+
+    def average_views(self, outs: Tensor, severities: Severities) -> Tensor:
+        """Outputs of V views [V, B, C] -> one output [B, C] in this head's format (test-time augmentation)."""
+        return outs.float().mean(dim=0)
+
+    def score_index(self, n_classes: int) -> int:
+        """Column of the severity score in `explained` outputs: after the K logits, or the only one."""
+        return n_classes if self.has_classes else 0
+
+    def explained(self, out: Tensor, severities: Severities) -> Tensor:
+        """Model output [B, C] -> the scalars attribution can explain: [B, K + 1] logits then score, or [B, 1]."""
+        logits, score = self.split(out, severities)
+        if logits is None:
+            return score.float()[:, None]  # [B, 1]
+        return torch.cat([logits.float(), score.float()[:, None]], dim=1)  # [B, K + 1]
+
+    def output_names(self, classes: Sequence[str]) -> list[str]:
+        """Names of the timm classifier's outputs (`label_names` of the run's config.json)."""
+        return list(classes) if self.has_classes else ["severity"]
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
 
 
-def split_output(out: Tensor, head: str, severities: Tensor) -> tuple[Tensor | None, Tensor]:
+class _ClassHead(Head):
+    """Shared by heads whose output starts with K class logits: TTA averages probabilities."""
+
+    def average_views(self, outs: Tensor, severities: Severities) -> Tensor:
+        """Views [V, B, C] -> the mean probabilities p̄ [B, K] as their log, so that softmax gives p̄ back."""
+        v, b, _ = outs.shape
+        logits, _ = self.split(outs.float().flatten(0, 1), severities)  # [V * B, K]
+        log_p = logits.log_softmax(dim=1).view(v, b, -1)  # [V, B, K]
+        return torch.logsumexp(log_p, dim=0) - math.log(v)  # [B, K], log of the mean probability, no underflow
+
+
+HEADS: dict[str, type[Head]] = {}
+
+
+def register_head(cls: type[Head]) -> type[Head]:
+    """Class decorator: make a `Head` subclass available under its `name` (config, CLI, run loading).
+
+    Raises:
+        ValueError: no name, or the name is taken by another class.
+    """
+    if not cls.name or (cls.name in HEADS and HEADS[cls.name] is not cls):
+        raise ValueError(f"head class {cls.__name__} needs a name that is not taken (taken: {', '.join(HEADS)})")
+    HEADS[cls.name] = cls
+    return cls
+
+
+def head_names() -> tuple[str, ...]:
+    """The registered head names, in registration order."""
+    return tuple(HEADS)
+
+
+def get_head(head: str | Head) -> Head:
+    """The head object for a name (or the head itself).
+
+    Raises:
+        HerlevError: an unknown name.
+    """
+    if isinstance(head, Head):
+        return head
+    if head not in HEADS:
+        raise HerlevError(f"unknown head '{head}': choose one of {', '.join(HEADS)}")
+    return HEADS[head]()
+
+
+@register_head
+class ClsHead(_ClassHead):
+    """Cross-entropy on K class logits; the score is the expected severity of their softmax."""
+
+    name = "cls"
+    summary = "cross-entropy"
+
+    def split(self, out: Tensor, severities: Severities) -> tuple[Tensor | None, Tensor]:
+        return out, expected_severity(out, severities)
+
+    def loss(self, out, target, severities, mse_weight=1.0):
+        logits, score = self.split(out, severities)
+        ce = F.cross_entropy(logits.float(), target)
+        mse = F.mse_loss(score.float(), _sev(severities, out)[target])  # logged only
+        return ce, {"ce": ce.detach(), "mse": mse.detach()}
+
+
+@register_head
+class RegHead(Head):
+    """MSE of one output, the severity score, against the true class's severity."""
+
+    name = "reg"
+    summary = "MSE on severity"
+    has_classes = False
+
+    def n_outputs(self, n_classes: int) -> int:
+        return 1
+
+    def check_task(self, task) -> None:
+        if not task.has_unique_severities():
+            raise HerlevError(f"the reg head needs one class per severity, and task '{task.name}' has classes "
+                              "sharing a severity; use --head cls or cls_reg, or --task severity")
+
+    def split(self, out: Tensor, severities: Severities) -> tuple[Tensor | None, Tensor]:
+        return None, out[:, 0]
+
+    def loss(self, out, target, severities, mse_weight=1.0):
+        mse = F.mse_loss(out[:, 0].float(), _sev(severities, out)[target])
+        return mse, {"mse": mse.detach()}
+
+
+@register_head
+class ClsRegHead(_ClassHead):
+    """The regression constraint: CE on the logits + lambda * MSE of their expected severity."""
+
+    name = "cls_reg"
+    summary = "CE + lambda*MSE"
+    weighted = True
+
+    def module(self, severities: Sequence[float]) -> nn.Module:
+        return AppendExpectedSeverity(severities)
+
+    def average_views(self, outs: Tensor, severities: Severities) -> Tensor:
+        """Views [V, B, K + 1] -> [B, K + 1]: log p̄, then p̄ · severities (the mean of the V scores: linear in p)."""
+        log_mean = super().average_views(outs, severities)  # [B, K]
+        score = log_mean.exp() @ _sev(severities, log_mean)  # [B]
+        return torch.cat([log_mean, score[:, None]], dim=1)  # [B, K + 1]
+
+    def split(self, out: Tensor, severities: Severities) -> tuple[Tensor | None, Tensor]:
+        return out[:, :-1], out[:, -1]
+
+    def loss(self, out, target, severities, mse_weight=1.0):
+        logits, score = self.split(out, severities)
+        ce = F.cross_entropy(logits.float(), target)
+        mse = F.mse_loss(score.float(), _sev(severities, out)[target])
+        return ce + mse_weight * mse, {"ce": ce.detach(), "mse": mse.detach()}
+
+
+def n_outputs(head: str | Head, n_classes: int) -> int:
+    """Width of the timm classifier for a head (name or object)."""
+    return get_head(head).n_outputs(n_classes)
+
+
+def make_head(head: str | Head, severities: Sequence[float]) -> nn.Module:
+    """The module after the timm network for a head (name or object)."""
+    return get_head(head).module(severities)
+
+
+def split_output(out: Tensor, head: str | Head, severities: Severities) -> tuple[Tensor | None, Tensor]:
     """Model output [B, C] -> (class logits [B, K] or None for `reg`, severity score [B]).
 
     For `cls` the score is the expected severity of the softmax, as `cls_reg` computes it.
     """
-    if head == "reg":
-        return None, out[:, 0]
-    if head == "cls_reg":
-        return out[:, :-1], out[:, -1]
-    return out, out.float().softmax(dim=1) @ severities.to(out.device, torch.float32)
+    return get_head(head).split(out, severities)
 
 
-def nearest_class(score: Tensor, severities: Tensor) -> Tensor:
-    """Severity score [B] -> index [B] of the class with the nearest severity (round and clip)."""
-    sev = severities.to(score.device, torch.float32)
-    return (score.float()[:, None] - sev[None, :]).abs().argmin(dim=1)
+class SeverityModel(nn.Module):
+    """A timm network (`net`, with its classifier) followed by its head's module (`head`).
+
+    Input float [B, 3, S, S] normalised images; output as in the module table. `pipeline` is
+    the `Head` object. Only `net` holds trained weights, so `net.state_dict()` is the whole
+    checkpoint.
+    """
+
+    def __init__(self, net: nn.Module, head: str | Head, severities: Sequence[float]):
+        super().__init__()
+        self.net = net
+        self.pipeline = get_head(head)
+        self.head = self.pipeline.module(severities)
+
+    @property
+    def head_name(self) -> str:
+        return self.pipeline.name
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.net(x))

@@ -26,7 +26,7 @@ from herlev_fa.errors import HerlevError
 from herlev_fa.labels import Task
 from herlev_fa.model.loss import SeverityLoss
 from herlev_fa.metrics import fastai_metrics
-from herlev_fa.model.heads import SeverityModel, n_outputs
+from herlev_fa.model.heads import SeverityModel, get_head
 
 
 def check_arch(arch: str) -> None:
@@ -160,16 +160,16 @@ def create_net(arch: str, n_out: int, pretrained: bool = False, weights: str | P
 
 
 def build_model(cfg: ModelConfig, task: Task) -> SeverityModel:
-    """The network for a task: timm body with a classifier of `n_outputs(head, K)` + the head.
+    """The network for a task: timm body with a classifier of `head.n_outputs(K)` + the head's module.
 
     Raises:
-        HerlevError: `reg` on a task whose classes share a severity (the score could not tell them apart).
+        HerlevError: a head that cannot learn the task (`reg` on classes that share a severity:
+            the score could not tell them apart).
     """
-    if cfg.head == "reg" and not task.has_unique_severities():
-        raise HerlevError(f"the reg head needs one class per severity, and task '{task.name}' has classes "
-                          "sharing a severity; use --head cls or cls_reg, or --task severity")
-    net = create_net(cfg.arch, n_outputs(cfg.head, task.n_classes), cfg.pretrained, cfg.weights)
-    return SeverityModel(net, cfg.head, task.severities)
+    head = get_head(cfg.head)
+    head.check_task(task)
+    net = create_net(cfg.arch, head.n_outputs(task.n_classes), cfg.pretrained, cfg.weights)
+    return SeverityModel(net, head, task.severities)
 
 
 def normalisation(net: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -200,7 +200,8 @@ def build_learner(dls, model: SeverityModel, task: Task, mse_weight: float = 1.0
     fastai's recorder, progress bar and metrics copy values to the host every batch; here they
     stay on the device until the epoch ends (`callbacks.without_host_syncs`, `metrics.fastai_metrics`).
     """
-    learn = Learner(dls, model.to(dls.device), loss_func=SeverityLoss(model.head_name, task.severities, mse_weight),
-                    opt_func=partial(OptimWrapper, opt=partial(torch.optim.AdamW, foreach=True)), metrics=fastai_metrics(model.head_name, task.severities),
+    learn = Learner(dls, model.to(dls.device), loss_func=SeverityLoss(model.pipeline, task.severities, mse_weight),
+                    opt_func=partial(OptimWrapper, opt=partial(torch.optim.AdamW, foreach=True)),
+                    metrics=fastai_metrics(model.pipeline, task.severities),
                     splitter=body_head_splitter, wd=wd, cbs=list(cbs), path=Path(path))
     return without_host_syncs(learn)

@@ -44,6 +44,7 @@ from herlev_fa.errors import HerlevError
 from herlev_fa.evaluation import write_evaluation
 from herlev_fa.labels import Task, get_task, load_class_map
 from herlev_fa.metrics import SCALAR_METRICS
+from herlev_fa.model.heads import get_head
 from herlev_fa.model.learner import build_learner, build_model, check_arch, normalisation
 from herlev_fa.figures import lr_find_png, training_curves_png
 from herlev_fa.runs import FORMAT, save_folds, save_model, save_predictions, versions
@@ -184,7 +185,7 @@ def speed_callbacks(device: str, precision: str) -> list:
 def _fit_learner(cfg: TrainConfig, data: Prepared, fold: int, device: str, cbs: list, path: Path):
     set_determinism(cfg.data.seed, cfg.deterministic)
     cbs = [*speed_callbacks(device, cfg.precision), *cbs]
-    if cfg.mse_warmup > 0 and cfg.model.head == "cls_reg":
+    if cfg.mse_warmup > 0 and get_head(cfg.model.head).weighted:
         cbs.append(MseWarmup(cfg.mse_warmup))
     model = build_model(cfg.model, data.task)
     mean, std = normalisation(model.net)

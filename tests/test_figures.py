@@ -1,0 +1,104 @@
+"""Every figure of `herlev_fa.figures`: decoded, sized, not blank; and no figure or evaluation changes the backend."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+
+from helpers import drawn_png
+from herlev_fa import figures
+
+CLASSES = ("normal", "light_dysplastic", "moderate_dysplastic", "severe_dysplastic", "carcinoma_in_situ")
+SEV = (0.0, 1.0, 2.0, 3.0, 4.0)
+TAB_BLUE, TAB_ORANGE = (31, 119, 180), (255, 127, 14)
+PALE_RED = (240, 179, 180)  # tab:red at alpha 0.35 on white: the boxes of the nucleus attribution share
+DARK_BLUE = (8, 48, 107)  # the top of matplotlib's Blues: a row-normalised share of 1
+
+
+def test_confusion_matrix_and_score_distribution(tmp_path):
+    cm = np.diag([10, 8, 6, 4, 2])
+    figures.confusion_matrix_png(cm, CLASSES, tmp_path / "cm.png", title="cm")
+    drawn_png(tmp_path / "cm.png", (500, 1000), (450, 900), colours=[DARK_BLUE])
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(5), 20)
+    figures.score_distribution_png(y + rng.normal(0, 0.3, 100), y, CLASSES, SEV, tmp_path / "sd.png")
+    drawn_png(tmp_path / "sd.png", (600, 1100), (400, 600))
+
+
+def test_training_curves_and_lr_find(tmp_path):
+    log = pd.DataFrame({"epoch": [0, 1, 2], "train_loss": [2.0, 1.5, 1.2], "valid_loss": [2.1, 1.7, 1.6],
+                        "accuracy": [0.3, 0.5, 0.6], "binary_accuracy": [0.6, 0.8, 0.85]})
+    figures.training_curves_png(log, tmp_path / "tc.png")
+    drawn_png(tmp_path / "tc.png", (900, 1200), (350, 500), colours=[TAB_BLUE, TAB_ORANGE])
+    lrs = np.logspace(-6, 0, 50)
+    figures.lr_find_png(lrs, 2 - np.exp(-((np.log10(lrs) + 3) ** 2)), 1e-3, tmp_path / "lr.png")
+    drawn_png(tmp_path / "lr.png", (450, 700), (350, 500), colours=[TAB_BLUE])
+
+
+def test_explanation_figure(tmp_path):
+    yy, xx = np.mgrid[0:60, 0:80]
+    image = np.stack([(xx * 3) % 256, (yy * 4) % 256, np.full_like(xx, 128)], axis=2).astype(np.uint8)  # [60, 80, 3]
+    attribution = np.sin(xx / 9.0) * np.cos(yy / 7.0)  # [60, 80], both signs
+    result = SimpleNamespace(name="cell", image=image, attribution=attribution, target="score", predicted="normal",
+                             score=0.4, probs={c: 0.2 for c in CLASSES}, delta=0.01, relative_delta=0.02)
+    figures.explanation_png(result, tmp_path / "ig.png", settings="baseline mean, 16 midpoint steps")
+    rgb = drawn_png(tmp_path / "ig.png", (900, 1300), (350, 600))
+    red = (rgb[..., 0] > 150) & (rgb[..., 2] < 80)
+    blue = (rgb[..., 2] > 150) & (rgb[..., 0] < 80)
+    assert red.sum() > 500 and blue.sum() > 500  # RdBu_r: attribution for (red) and against (blue)
+
+
+def test_nucleus_attribution_figure(tmp_path):
+    rng = np.random.default_rng(1)
+    table = pd.DataFrame({"label": np.repeat(["normal", "severe_dysplastic"], 10),
+                          "nucleus_pos_share": rng.uniform(0.2, 0.6, 20), "nucleus_area_share": rng.uniform(0.05, 0.3, 20)})
+    table["nucleus_enrichment"] = table["nucleus_pos_share"] / table["nucleus_area_share"]
+    figures.nucleus_attribution_png(table, CLASSES, tmp_path / "q.png", title="quantify")
+    drawn_png(tmp_path / "q.png", (800, 1100), (400, 650), colours=[PALE_RED])
+
+
+def test_comparison_figure_has_one_panel_per_metric(tmp_path):
+    mean = np.array([[0.7, 0.9, 0.5], [0.6, 0.88, 0.7]])  # [H=2, M=3]
+    paper = np.array([[0.676, np.nan, np.nan], [0.582, 0.893, 0.71]])
+    figures.comparison_png(["Cls", "Reg"], ["accuracy (%)", "AUC-ROC", "MSE"], mean, np.full_like(mean, 0.02), paper,
+                           tmp_path / "c3.png", scales=[100, 1, 1], capped=[True, True, False])
+    figures.comparison_png(["Cls", "Reg"], ["accuracy (%)"], mean[:, :1], mean[:, :1] * 0, paper[:, :1],
+                           tmp_path / "c1.png", scales=[100])
+    three = drawn_png(tmp_path / "c3.png", (1000, 1300), (380, 500), colours=[TAB_BLUE, TAB_ORANGE])
+    one = drawn_png(tmp_path / "c1.png", (500, 750), (380, 500), colours=[TAB_BLUE, TAB_ORANGE])
+    assert _bars(three) == 2 * 3 and _bars(one) == 2  # one blue bar per head in each metric's panel
+
+
+def _bars(rgb: np.ndarray) -> int:
+    """Blue bars crossing a band just above the baseline (below the legend): runs of columns holding tab:blue."""
+    h = rgb.shape[0]
+    band = rgb[int(0.8 * h):int(0.86 * h)].astype(int)
+    blue = (np.abs(band - TAB_BLUE).max(axis=2) <= 2).any(axis=0)  # [W]
+    return int(np.count_nonzero(blue[1:] & ~blue[:-1]) + blue[0])
+
+
+PROBE = r"""
+import sys
+import matplotlib
+matplotlib.use("svg")  # a notebook's or script's own choice, made before importing the package
+import numpy as np
+import herlev_fa
+from herlev_fa import figures
+herlev_fa.evaluate(sys.argv[1], out=sys.argv[2], device="cpu", progress=False)
+figures.lr_find_png([1e-4, 1e-3, 1e-2], [1.0, 0.5, 2.0], 1e-3, sys.argv[2] + "/lr.png")
+import herlev_fa.explanation.report, herlev_fa.reproduction, herlev_fa.training.loop
+open_figures = sys.modules["matplotlib.pyplot"].get_fignums() if "matplotlib.pyplot" in sys.modules else []
+print(matplotlib.get_backend(), len(open_figures))
+"""
+
+
+def test_evaluating_and_drawing_leave_the_backend_and_pyplot_alone(trained_run, tmp_path):
+    out = subprocess.run([sys.executable, "-c", PROBE, str(trained_run), str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["svg", "0"]  # the backend it chose, and no figure left open in pyplot
+    drawn_png(tmp_path / "confusion_matrix.png", (300, 1000), (300, 900))
+    drawn_png(tmp_path / "lr.png", (300, 900), (300, 600))
