@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from fastai.torch_core import rank_distrib
 from rich.table import Table
 
 import herlev_fa
-from herlev_cli.app import (DEFAULT_RUNS, Arch, Bs, Classes, Data, Device, Folds, Head, Keep, Lr, MseWarmup, MseWeight,
-                            Pretrained, Quiet, Seed, Size, SkipBad, Task, Wd, Weights, app, data_dir, out, parse_lr,
-                            run_dir, user_errors)
-from herlev_fa.config import DataConfig, ModelConfig, TrainConfig
+from herlev_cli.app import (DATA, DEFAULT_RUNS, LR_DEFAULT, MODEL, TRAIN, Arch, Bs, Classes, Data, Device, Epochs, Folds,
+                            Head, Keep, Lr, MseWarmup, MseWeight, Pretrained, Quiet, Seed, Size, SkipBad, Task, Wd,
+                            Weights, app, data_dir, flag, option, out, parse_lr, run_dir, user_errors)
+from herlev_fa.config import DataConfig, ModelConfig, TrainConfig, help_of
 from herlev_fa.errors import HerlevError
 
 
@@ -86,35 +85,33 @@ def synth(
 @user_errors
 def train(
     data: Data = None,
-    arch: Arch = "resnet101",
-    head: Head = "cls_reg",
-    task: Task = "severity",
+    arch: Arch = MODEL["arch"],
+    head: Head = MODEL["head"],
+    task: Task = DATA["task"],
     classes: Classes = None,
-    pretrained: Pretrained = True,
+    pretrained: Pretrained = MODEL["pretrained"],
     weights: Weights = None,
-    mse_weight: MseWeight = 1.0,
-    mse_warmup: MseWarmup = 0.0,
-    folds: Folds = 4,
-    fold: Annotated[str, typer.Option(help="Held-out fold number, or 'all' to cross-validate.")] = "0",
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 20,
-    lr: Lr = "1e-3",
-    wd: Wd = 0.05,
-    keep: Keep = "best",
-    bs: Bs = 32,
-    size: Size = 224,
-    seed: Seed = 42,
-    device: Device = "auto",
-    out_dir: Annotated[Path, typer.Option("--out", help="Runs are written under this folder.")] = DEFAULT_RUNS,
-    name: Annotated[Optional[str], typer.Option(help="Run folder name (default: time-arch-head).")] = None,
-    skip_bad: SkipBad = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run (--name, or the newest "
-                                                          "unfinished one under --out) from its last completed epoch.")] = False,
-    deterministic: Annotated[bool, typer.Option("--deterministic", help="GPU: deterministic kernels and no cuDNN "
-                                                                        "autotuning (slower). CPU runs are always reproducible.")] = False,
-    precision: Annotated[str, typer.Option(help="auto (bf16 on GPUs that support it, else fp32) | fp32 | bf16.")] = "auto",
-    quiet: Quiet = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the run folders and metrics as JSON on stdout "
-                                                         "(implies --quiet).")] = False,
+    mse_weight: MseWeight = MODEL["mse_weight"],
+    mse_warmup: MseWarmup = TRAIN["mse_warmup"],
+    folds: Folds = DATA["folds"],
+    fold: Annotated[str, option(TrainConfig, "fold")] = str(TRAIN["fold"]),
+    epochs: Epochs = TRAIN["epochs"],
+    lr: Lr = LR_DEFAULT,
+    wd: Wd = TRAIN["wd"],
+    keep: Keep = TRAIN["keep"],
+    bs: Bs = DATA["bs"],
+    size: Size = DATA["size"],
+    seed: Seed = DATA["seed"],
+    device: Device = TRAIN["device"],
+    out_dir: Annotated[Path, option(TrainConfig, "out", "--out")] = DEFAULT_RUNS,
+    name: Annotated[Optional[str], option(TrainConfig, "name")] = None,
+    skip_bad: SkipBad = DATA["skip_bad"],
+    resume: Annotated[bool, flag("--resume", help=help_of(TrainConfig, "resume"))] = TRAIN["resume"],
+    deterministic: Annotated[bool, flag("--deterministic", help=help_of(TrainConfig, "deterministic"))] = False,
+    precision: Annotated[str, option(TrainConfig, "precision")] = TRAIN["precision"],
+    quiet: Quiet = TRAIN["quiet"],
+    as_json: Annotated[bool, flag("--json", help="Print the run folders and metrics as JSON on stdout "
+                                                 "(implies --quiet).")] = False,
 ) -> None:
     """Train a severity classifier; writes a run folder with weights, metrics and plots."""
     cfg = TrainConfig(
@@ -125,6 +122,8 @@ def train(
         out=out_dir, name=name,
         quiet=quiet or as_json, resume=resume, deterministic=deterministic, precision=precision,
     )
+    from fastai.torch_core import rank_distrib
+
     result = herlev_fa.train(cfg)
     if rank_distrib():  # launched data-parallel: rank 0 reports
         return
@@ -149,7 +148,7 @@ def evaluate(
     bs: Bs = 64,
     device: Device = "auto",
     skip_bad: SkipBad = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+    as_json: Annotated[bool, flag("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
     """Metrics, confusion matrix and score distribution of a run on its held-out fold (or --data)."""
     run = run_dir(run)
@@ -168,19 +167,19 @@ def evaluate(
 @user_errors
 def lr_find(
     data: Data = None,
-    arch: Arch = "resnet101",
-    head: Head = "cls_reg",
-    task: Task = "severity",
+    arch: Arch = MODEL["arch"],
+    head: Head = MODEL["head"],
+    task: Task = DATA["task"],
     classes: Classes = None,
-    pretrained: Pretrained = True,
+    pretrained: Pretrained = MODEL["pretrained"],
     weights: Weights = None,
-    folds: Folds = 4,
-    bs: Bs = 32,
-    size: Size = 224,
-    seed: Seed = 42,
-    device: Device = "auto",
+    folds: Folds = DATA["folds"],
+    bs: Bs = DATA["bs"],
+    size: Size = DATA["size"],
+    seed: Seed = DATA["seed"],
+    device: Device = TRAIN["device"],
     out_dir: Annotated[Path, typer.Option("--out", help="Where to write lr_find.png.")] = Path("."),
-    quiet: Quiet = False,
+    quiet: Quiet = TRAIN["quiet"],
 ) -> None:
     """Run fastai's learning-rate finder on fold 0; prints the suggestion and writes lr_find.png."""
     cfg = TrainConfig(

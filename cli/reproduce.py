@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from herlev_cli.app import (Arch, Bs, Data, Device, Folds, Keep, Lr, MseWarmup, MseWeight, Pretrained, Quiet, Seed,
-                            Size, Task, Wd, Weights, app, data_dir, out, parse_lr, user_errors)
+from herlev_cli.app import (DATA, LR_DEFAULT, MODEL, TRAIN, Arch, Bs, Data, Device, Epochs, Folds, Keep, Lr, MseWarmup,
+                            MseWeight, Pretrained, Quiet, Seed, Size, Task, Wd, Weights, app, data_dir, out, parse_lr,
+                            user_errors)
 from herlev_fa.config import HEADS, DataConfig, ModelConfig, TrainConfig
-from herlev_fa.metrics import SCALAR_METRICS
-from herlev_fa.reproduction import COLUMNS, ReproduceConfig, ReproduceResult, ours_cell, paper_cell
-from herlev_fa.reproduction import reproduce as reproduce_heads
+
+if TYPE_CHECKING:
+    from herlev_fa.reproduction import ReproduceResult
 
 
 def _table(result: ReproduceResult) -> Table:
     """Rows: metrics; per head our mean ± std over folds, then the paper's number."""
+    from herlev_fa.metrics import SCALAR_METRICS
+    from herlev_fa.reproduction import COLUMNS, ours_cell, paper_cell
+
     n_folds = len(next(iter(result.runs.values())))
     table = Table(title=f"{n_folds}-fold cross-validation: ours (mean ± std) vs the paper (4-fold)")
     table.add_column("metric")
@@ -35,28 +39,31 @@ def _table(result: ReproduceResult) -> Table:
 @user_errors
 def reproduce(
     data: Data = None,
-    arch: Arch = "resnet101",
-    task: Task = "severity",
-    folds: Folds = 4,
-    epochs: Annotated[int, typer.Option(help="Training epochs of every fold run.")] = 20,
-    size: Size = 224,
-    bs: Bs = 32,
-    pretrained: Pretrained = True,
+    arch: Arch = MODEL["arch"],
+    task: Task = DATA["task"],
+    folds: Folds = DATA["folds"],
+    epochs: Epochs = TRAIN["epochs"],
+    size: Size = DATA["size"],
+    bs: Bs = DATA["bs"],
+    pretrained: Pretrained = MODEL["pretrained"],
     weights: Weights = None,
-    mse_weight: MseWeight = 1.0,
-    mse_warmup: MseWarmup = 0.0,
-    lr: Lr = "1e-3",
-    wd: Wd = 0.05,
-    keep: Keep = "best",
+    mse_weight: MseWeight = MODEL["mse_weight"],
+    mse_warmup: MseWarmup = TRAIN["mse_warmup"],
+    lr: Lr = LR_DEFAULT,
+    wd: Wd = TRAIN["wd"],
+    keep: Keep = TRAIN["keep"],
     heads: Annotated[Optional[list[str]], typer.Option("--head", help="A head to train (repeat for several); "
-                                                                     "default: cls, reg and cls_reg.")] = None,
-    seed: Seed = 42,
+                                                                     f"default: {', '.join(HEADS)}.")] = None,
+    seed: Seed = DATA["seed"],
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: runs/reproduce-ARCH); "
                                                                   "rerun the same command to resume it.")] = None,
-    device: Device = "auto",
-    quiet: Quiet = False,
+    device: Device = TRAIN["device"],
+    quiet: Quiet = TRAIN["quiet"],
 ) -> None:
     """Train cls, reg and cls_reg (or the --head ones) on identical folds and compare with the paper's table (resumable)."""
+    from herlev_fa.reproduction import ReproduceConfig
+    from herlev_fa.reproduction import reproduce as reproduce_heads
+
     cfg = ReproduceConfig(TrainConfig(
         DataConfig(data_dir(data), task=task, size=size, folds=folds, seed=seed, bs=bs),
         ModelConfig(arch, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
