@@ -58,12 +58,10 @@ def check_batch_size(bs: int) -> None:
     _check(bs >= 1, f"--bs {bs} is out of range: use 1 or more images per batch")
 
 
-def check_output_folder(path: Path, option: str = "--out") -> None:
-    """Raises HerlevError when `path` or one of its parents is a file, before any work is done."""
-    for p in (path, *path.parents):
-        if p.exists() or p.is_symlink():
-            _check(p.is_dir(), f"{option} '{path}': '{p}' is a file, not a folder; choose another output folder")
-            return
+def check_name(name: str, option: str) -> None:
+    """Raises HerlevError unless `name` is one plain folder name (no separator, not '.' or '..')."""
+    _check(bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name,
+           f"{option} '{name}' is not a plain folder name: use letters, digits, '-' or '_', without '/' or '..'")
 
 
 @dataclass(frozen=True)
@@ -144,12 +142,6 @@ class TrainConfig:
         _check(self.precision in PRECISIONS, f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
         if self.name is not None:
             check_name(self.name, "--name")
-
-
-def check_name(name: str, option: str) -> None:
-    """Raises HerlevError unless `name` is one plain folder name (no separator, not '.' or '..')."""
-    _check(bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name,
-           f"{option} '{name}' is not a plain folder name: use letters, digits, '-' or '_', without '/' or '..'")
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form (paths as strings) for the run's herlev.json."""
