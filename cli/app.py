@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 import herlev_fa
 from herlev_fa.config import DataConfig, ModelConfig, TrainConfig, defaults, help_of
@@ -59,7 +60,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except HerlevError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("[bold red]interrupted[/]: finished files are whole; an unfinished run has no herlev.json")
@@ -69,7 +70,7 @@ def user_errors(fn):
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
 def version_callback(value: bool) -> None:

@@ -7,6 +7,7 @@ line with exit status 2.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import warnings
@@ -20,6 +21,7 @@ import herlev_fa
 from herlev_cli.app import (DATA, DEFAULT_RUNS, LR_DEFAULT, MODEL, TRAIN, Arch, Bs, Classes, Data, Device, Epochs, Folds,
                             Head, Keep, Lr, MseWarmup, MseWeight, Pretrained, Quiet, Seed, Size, SkipBad, Task, Wd,
                             Weights, app, data_dir, flag, option, out, parse_lr, run_dir, user_errors)
+from herlev_fa.atomic import finite_or_none
 from herlev_fa.config import DataConfig, ModelConfig, TrainConfig, help_of
 from herlev_fa.errors import HerlevError
 
@@ -39,8 +41,8 @@ def _metrics_table(title: str, rows: dict[str, dict]) -> Table:
     names = ("accuracy", "binary_accuracy", "auc", "mse", "kappa")
     for name in names:
         table.add_column(name, justify="right")
-    for run, m in rows.items():
-        table.add_row(run, *(f"{m[n]:.3f}" for n in names))
+    for run, m in rows.items():  # a metric that cannot be computed (None, NaN) shows as '-'
+        table.add_row(run, *(f"{m[n]:.3f}" if m[n] is not None and math.isfinite(m[n]) else "-" for n in names))
     return table
 
 
@@ -128,8 +130,8 @@ def train(
     if rank_distrib():  # launched data-parallel: rank 0 reports
         return
     if as_json:
-        typer.echo(json.dumps({"root": str(result.root), "runs": [str(r) for r in result.runs],
-                               "metrics": result.metrics, "summary": result.summary}))
+        typer.echo(json.dumps(finite_or_none({"root": str(result.root), "runs": [str(r) for r in result.runs],
+                                              "metrics": result.metrics, "summary": result.summary})))
         return
     out.print(_metrics_table("held-out metrics", {r.name: m for r, m in zip(result.runs, result.metrics)}))
     if result.summary:
@@ -155,10 +157,11 @@ def evaluate(
     metrics = herlev_fa.evaluate(run, data=data, split=split, out=out_dir, bs=bs, device=device, skip_bad=skip_bad,
                                  progress=not as_json)
     if as_json:
-        typer.echo(json.dumps(metrics))
+        typer.echo(json.dumps(finite_or_none(metrics)))
         return
     out.print(_metrics_table(f"{metrics['data']} (n={metrics['n']})", {run.name: metrics}))
-    recall = ", ".join(f"{c} {r:.2f}" for c, r in zip(metrics["classes"], metrics["per_class_recall"]))
+    recall = ", ".join(f"{c} {r:.2f}" if r is not None and math.isfinite(r) else f"{c} -"
+                       for c, r in zip(metrics["classes"], metrics["per_class_recall"]))
     out.print(f"per-class recall: {recall}")
     out.print(f"written to [bold]{metrics['out_dir']}[/] (metrics.json, confusion_matrix.png, score_distribution.png)")
 

@@ -48,11 +48,12 @@ def predict(
     if out_file.is_dir():  # before any work
         raise HerlevError(f"--out '{out_file}' is a folder; give a file name, e.g. '{out_file / 'preds.csv'}'")
     from herlev_fa.prediction import predict as predict_images
+    from herlev_fa.runs import FILE_NAME_ERRORS
 
     run = run_dir(run)
     preds = predict_images(run, images, tta=tta, bs=bs, device=device, skip_bad=skip_bad, progress=not as_json)
     with atomic_path(out_file) as tmp:
-        preds.to_csv(tmp, index=False)
+        preds.to_csv(tmp, index=False, errors=FILE_NAME_ERRORS)
     if as_json:
         typer.echo(json.dumps(preds.to_dict(orient="records")))
         return

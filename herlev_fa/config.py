@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from herlev_fa.atomic import check_output_folder
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import TASK_NAMES
 
@@ -130,6 +131,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
+        check_output_folder(self.out, "--out")  # before any work, not after an epoch or lr_find
         _check(1 <= self.epochs <= 10_000, f"--epochs {self.epochs} is out of range: use 1..10000")
         _check(self.lr is None or (math.isfinite(self.lr) and 0 < self.lr < LR_MAX),
                f"--lr {self.lr} is out of range: use a number between 0 and {LR_MAX:g} (exclusive), or 'auto'")

@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from herlev_fa.training import checkpoint  # noqa: E402
-from herlev_fa.atomic import atomic_path, save_figure, write_json, write_text  # noqa: E402
+from herlev_fa.atomic import atomic_path, check_output_folder, save_figure, write_json, write_text  # noqa: E402
 from herlev_fa.config import HEADS, TrainConfig, resolve_device  # noqa: E402
 from herlev_fa.errors import HerlevError  # noqa: E402
 from herlev_fa.labels import Task  # noqa: E402
@@ -91,6 +91,7 @@ class ReproduceConfig:
         object.__setattr__(self, "heads", tuple(self.heads))
         if self.out is not None:
             object.__setattr__(self, "out", Path(self.out))
+            check_output_folder(self.out, "--out")
         bad = [h for h in self.heads if h not in HEADS]
         if not self.heads or bad or len(set(self.heads)) != len(self.heads):
             raise HerlevError(f"heads {list(self.heads)} are not a list of distinct heads among {', '.join(HEADS)}")
