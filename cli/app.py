@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -19,9 +20,12 @@ import herlev_fa
 from herlev_fa.config import DataConfig, ModelConfig, TrainConfig, defaults, help_of
 from herlev_fa.errors import HerlevError
 
+LOG_WIDTH = 10_000  # columns of stdout when it is not a terminal (a log file, a pipe)
+
 app = typer.Typer(name="herlev", help="Train, evaluate and explain cervical-cell severity classifiers on Herlev-format data.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True)
-out = Console(soft_wrap=True)
+# Redirected to a file, output is a log: no width to fit, so tables never fold a file name mid-name.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else LOG_WIDTH)
 err = Console(stderr=True)
 
 DEFAULT_RUNS = Path(os.environ.get("HERLEV_RUNS", "runs"))  # where train writes, and where a missing --run is looked for
@@ -124,6 +128,11 @@ Lr = Annotated[str, option(TrainConfig, "lr")]
 Wd = Annotated[float, option(TrainConfig, "wd")]
 Keep = Annotated[str, option(TrainConfig, "keep")]
 LR_DEFAULT = f"{TRAIN['lr']:g}"  # --lr is parsed from text ('auto' or a number)
+
+
+def bars(quiet: bool) -> bool:
+    """Show training's progress bars and epoch table: not asked to be quiet, and stdout is a terminal."""
+    return not quiet and sys.stdout.isatty()
 
 
 def parse_lr(value: str) -> float | None:

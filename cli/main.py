@@ -20,7 +20,7 @@ from rich.table import Table
 import herlev_fa
 from herlev_cli.app import (DATA, DEFAULT_RUNS, LR_DEFAULT, MODEL, TRAIN, Arch, Bs, Classes, Data, Device, Epochs, Folds,
                             Head, Keep, Lr, MseWarmup, MseWeight, Pretrained, Quiet, Seed, Size, SkipBad, Task, Wd,
-                            Weights, app, data_dir, flag, option, out, parse_lr, run_dir, user_errors)
+                            Weights, app, bars, data_dir, flag, option, out, parse_lr, run_dir, user_errors)
 from herlev_fa.atomic import finite_or_none
 from herlev_fa.config import DataConfig, ModelConfig, TrainConfig, help_of
 from herlev_fa.errors import HerlevError
@@ -59,7 +59,7 @@ def demo(
         herlev_fa.write_synthetic(data, per_class=40, size=64, seed=0)
         out.print(f"synthetic Herlev-format data: [bold]{data}[/]")
     cfg = TrainConfig(DataConfig(data, size=64, bs=32, seed=0), ModelConfig("test_resnet", pretrained=False),
-                      epochs=epochs, lr=3e-3, device="cpu", out=out_dir / "runs", quiet=quiet)
+                      epochs=epochs, lr=3e-3, device="cpu", out=out_dir / "runs", quiet=not bars(quiet))
     result = herlev_fa.train(cfg)
     metrics = herlev_fa.evaluate(result.runs[0], device="cpu", progress=not quiet)
     out.print(_metrics_table("held-out fold 0 of the synthetic data", {result.runs[0].name: metrics}))
@@ -122,7 +122,7 @@ def train(
         ModelConfig(arch, head=head, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
         epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, mse_warmup=mse_warmup, fold=_fold(fold), device=device,
         out=out_dir, name=name,
-        quiet=quiet or as_json, resume=resume, deterministic=deterministic, precision=precision,
+        quiet=not bars(quiet or as_json), resume=resume, deterministic=deterministic, precision=precision,
     )
     from fastai.torch_core import rank_distrib
 
@@ -188,7 +188,7 @@ def lr_find(
     cfg = TrainConfig(
         DataConfig(data_dir(data), task=task, classes=classes, size=size, folds=folds, seed=seed, bs=bs),
         ModelConfig(arch, head=head, pretrained=pretrained, weights=weights),
-        device=device, out=out_dir, quiet=quiet,
+        device=device, out=out_dir, quiet=not bars(quiet),
     )
     lr, plot = herlev_fa.lr_find(cfg, out_dir)
     out.print(f"suggested learning rate: [bold]{lr:.2e}[/] (plot: {plot})")

@@ -48,7 +48,7 @@ def predict(
     if out_file.is_dir():  # before any work
         raise HerlevError(f"--out '{out_file}' is a folder; give a file name, e.g. '{out_file / 'preds.csv'}'")
     from herlev_fa.prediction import predict as predict_images
-    from herlev_fa.runs import FILE_NAME_ERRORS
+    from herlev_fa.data.items import FILE_NAME_ERRORS
 
     run = run_dir(run)
     preds = predict_images(run, images, tta=tta, bs=bs, device=device, skip_bad=skip_bad, progress=not as_json)

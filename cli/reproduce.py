@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from herlev_cli.app import (DATA, LR_DEFAULT, MODEL, TRAIN, Arch, Bs, Data, Device, Epochs, Folds, Keep, Lr, MseWarmup,
-                            MseWeight, Pretrained, Quiet, Seed, Size, Task, Wd, Weights, app, data_dir, out, parse_lr,
-                            user_errors)
+                            MseWeight, Pretrained, Quiet, Seed, Size, Task, Wd, Weights, app, bars, data_dir, out,
+                            parse_lr, user_errors)
 from herlev_fa.config import HEADS, DataConfig, ModelConfig, TrainConfig
 
 if TYPE_CHECKING:
@@ -67,7 +67,8 @@ def reproduce(
     cfg = ReproduceConfig(TrainConfig(
         DataConfig(data_dir(data), task=task, size=size, folds=folds, seed=seed, bs=bs),
         ModelConfig(arch, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
-        epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, mse_warmup=mse_warmup, device=device, quiet=quiet,
+        epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, mse_warmup=mse_warmup, device=device,
+        quiet=not bars(quiet),
     ), heads=tuple(heads) if heads else HEADS, out=out_dir)
     result = reproduce_heads(cfg, log=None if quiet else out.print)
     out.print(_table(result))

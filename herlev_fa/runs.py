@@ -29,14 +29,13 @@ import pandas as pd
 
 from herlev_fa.atomic import atomic_path, write_json
 from herlev_fa.config import HEADS
+from herlev_fa.data.items import FILE_NAME_ERRORS
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import Task
 from herlev_fa.model.heads import SeverityModel, n_outputs
 
 FORMAT = "herlev_fa.run/1"
 PREDICTIONS = "predictions.csv"
-# file names that are not valid UTF-8 (Linux allows any bytes) are written back as their own bytes
-FILE_NAME_ERRORS = "surrogateescape"
 REQUIRED = {"format": str, "arch": str, "head": str, "task": dict, "image_size": int, "mean": list,
             "std": list, "fold": int, "n_folds": int, "data_root": str}
 

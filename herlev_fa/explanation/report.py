@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from herlev_fa.atomic import atomic_path, save_figure, write_text  # noqa: E402
+from herlev_fa.data.items import FILE_NAME_ERRORS, printable  # noqa: E402
 from herlev_fa.errors import HerlevError  # noqa: E402
 from herlev_fa.explanation.attribution import (  # noqa: E402
     DEFAULT_BASELINE,
@@ -83,7 +84,7 @@ def explanation_figure(result: Explanation, baseline: str, steps: int, method: s
     for ax in axes:
         ax.set_axis_off()
     what = "severity score" if result.target == "score" else f"logit of {result.target}"
-    lines = [f"{result.name}: predicted {result.predicted}, severity score {result.score:.2f}"]
+    lines = [f"{printable(result.name)}: predicted {result.predicted}, severity score {result.score:.2f}"]
     if result.probs is not None:
         lines.append("p: " + "  ".join(f"{short_name(c)} {p:.2f}" for c, p in result.probs.items()))
     lines.append(f"IG of the {what}, baseline {baseline}, {steps} {METHODS[method]} steps; "
@@ -96,10 +97,11 @@ def write_explanation(result: Explanation, out_dir: str | Path, baseline: str, s
                       method: str = DEFAULT_METHOD) -> tuple[Path, Path]:
     """Write `NAME_ig.png` and `NAME_ig.npy` ([H, W] float32, input grid) atomically; returns both paths."""
     out_dir = Path(out_dir)
+    # the figure first: if it cannot be drawn, no map is left behind without it
+    png = save_figure(explanation_figure(result, baseline, steps, method), out_dir / f"{result.name}_ig.png")
     npy = out_dir / f"{result.name}_ig.npy"
     with atomic_path(npy) as tmp, open(tmp, "wb") as f:
         np.save(f, result.attribution.astype(np.float32))
-    png = save_figure(explanation_figure(result, baseline, steps, method), out_dir / f"{result.name}_ig.png")
     return png, npy
 
 
@@ -143,7 +145,7 @@ def explain_images(run, paths: Sequence[str | Path], out: str | Path | None = No
             advance(1)
     table = pd.DataFrame(rows)
     with atomic_path(out_dir / "explanations.csv") as tmp:
-        table.to_csv(tmp, index=False)
+        table.to_csv(tmp, index=False, errors=FILE_NAME_ERRORS)
     warn_unconverged(table["name"].tolist(), table["relative_delta"].tolist(), steps, tol)
     return table, out_dir
 
@@ -270,7 +272,7 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
     settings = f"target {target}, baseline {baseline}, {steps} {METHODS[method]} steps"
     files = [out_dir / "quantify.csv", out_dir / "quantify.md", out_dir / "quantify.png"]
     with atomic_path(files[0]) as tmp:
-        table.to_csv(tmp, index=False)
+        table.to_csv(tmp, index=False, errors=FILE_NAME_ERRORS)
     write_text(files[1], summary_markdown(summary, title, settings))
     distribution_png(table, run.task.classes, files[2], title=f"{run.path.name}: {settings}")
     unconverged = warn_unconverged(table["name"].tolist(), table["relative_delta"].tolist(), steps, tol)
