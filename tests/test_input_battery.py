@@ -6,7 +6,11 @@ The table `CASES` is the contract, and docs/bad_input.md documents it case by ca
 - "error": exit 2, one line `error: ...` naming the file or folder, no traceback, no output written.
 """
 
+import json
 import os
+import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -142,13 +146,88 @@ CASES = {
     "symlink loop": (_symlink_loop, None, dict(train="works", predict="works", quantify="works")),
 }
 
+
+# --- generated kinds: each kind is one row of docs/bad_input.md, with as many cases as the generator makes ----------
+
+def _png_header(w: int, h: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))
+
+
+def _bmp_header(w: int, h: int) -> bytes:
+    info = struct.pack("<IiiHHIIiiII", 40, w, h, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 14 + 40 + 16, 0, 0, 54) + info + b"\0" * 16
+
+
+def _jpg_header(w: int, h: int) -> bytes:  # JPEG sizes are 16-bit
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 17, 8, min(h, 65535), min(w, 65535), 3) + b"\x01\x11\0\x02\x11\0\x03\x11\0"
+    sos = b"\xff\xda" + struct.pack(">HB", 12, 3) + b"\x01\0\x02\x11\x03\x11\0\x3f\0"
+    return b"\xff\xd8" + sof + sos + b"\0" * 16 + b"\xff\xd9"
+
+
+def _tif_header(w: int, h: int) -> bytes:
+    tags = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1), (273, 4, 1, 8),
+            (277, 3, 1, 1), (278, 4, 1, h), (279, 4, 1, 1)]
+    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", *t) for t in tags) + struct.pack("<I", 0)
+    return b"II*\0" + struct.pack("<I", 9) + b"\0" + ifd
+
+
+HEADERS = {"png": _png_header, "bmp": _bmp_header, "jpg": _jpg_header, "tif": _tif_header}
+# far beyond Pillow's limit (it raises), and between its warning and its error (it would decode 120 Mpx)
+DECLARED = ((100_000, 100_000), (12_000, 10_000))
+
+
+def _hostile(ext, w, h):
+    def build(tmp):
+        root = _base(tmp)
+        (root / "light_dysplastic" / f"bomb.{ext}").write_bytes(HEADERS[ext](w, h))
+        return root
+    return build
+
+
+# bytes that are not UTF-8 in a file name (Linux allows any byte but '/' and NUL)
+UNDECODABLE = {"latin-1": b"c\xe9llule", "lone bytes": b"\xff\xfe", "cut sequence": b"cell\xc3", "overlong": b"\xc0\xaf"}
+
+
+def _undecodable(name: bytes):
+    def build(tmp):
+        root = _base(tmp)
+        folder = os.fsencode(root / "light_dysplastic")
+        shutil.copy(root / "light_dysplastic" / "lig0.BMP", os.fsdecode(folder + b"/" + name + b".bmp"))
+        return root
+    return build
+
+
+def _single_class(tmp):
+    return herlev_folder(tmp / "one class", folders={"light_dysplastic": 4})
+
+
+KIND = {}  # generated case -> its row in docs/bad_input.md
+for ext in HEADERS:
+    for i, (w, h) in enumerate(DECLARED):
+        case = f"{ext} header declaring {w}x{h} pixels"
+        expect = dict(train="error", evaluate="error", predict="error", explain="error")
+        if i == 0 and ext in ("png", "tif"):
+            expect.update(train_skip_bad="warns")  # the same reader for every format: two formats train
+        CASES[case] = (_hostile(ext, w, h), f"bomb.{ext}", expect)
+        KIND[case] = "image header declaring more pixels than Pillow decodes safely"
+for i, (label, raw) in enumerate(UNDECODABLE.items()):
+    case = f"file name with {label} bytes that are not UTF-8"
+    expect = dict(evaluate="works", predict="works", explain="works", **({"train": "works"} if i == 0 else {}))
+    CASES[case] = (_undecodable(raw), None, expect)
+    KIND[case] = "file names that are not valid UTF-8"
+CASES["single-class data set"] = (_single_class, "cannot be computed", dict(train="warns", evaluate="warns"))
+
 TRAIN = ["--arch", "test_resnet", "--no-pretrained", "--size", "32", "--bs", "4", "--folds", "2", "--quiet"]
 
 
 def _invoke(command, root, tmp, trained_run):
     out = tmp / "out"
-    if command == "train":
+    if command in ("train", "train_skip_bad"):
         args = ["train", "--data", str(root), *TRAIN, "--epochs", "1", "--out", str(out), "--name", "r"]
+        args += ["--skip-bad"] if command == "train_skip_bad" else []
     elif command == "reproduce":
         args = ["reproduce", "--data", str(root), *TRAIN, "--epochs", "1", "--out", str(out)]
     elif command == "lr_find":
@@ -188,9 +267,11 @@ def test_battery(case, command, tmp_path, trained_run):
         warnings = [line for line in lines if line.startswith("warning: ")]
         if expect[command] == "warns":
             assert any(named in w for w in warnings), result.output
+        for path in out.rglob("*.json"):  # strict JSON: a value that cannot be computed is null, never NaN
+            json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path.name} holds {c}"))
 
 
 def test_every_case_is_documented():
     doc = (REPO / "docs" / "bad_input.md").read_text()
     for case in CASES:
-        assert f"| {case} |" in doc, case
+        assert f"| {KIND.get(case, case)} |" in doc, case
