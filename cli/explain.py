@@ -47,6 +47,7 @@ def explain(
     as_json: AsJson = False,
 ) -> None:
     """Integrated Gradients per image: NAME_ig.png (cell, heat map, overlay) and NAME_ig.npy (H x W)."""
+    from herlev_fa.data.items import printable
     from herlev_fa.explanation.report import explain_images
 
     table, folder = explain_images(run_dir(run), images, out=out_dir, target=target, steps=steps, baseline=baseline,
@@ -56,7 +57,7 @@ def explain(
         typer.echo(table.to_json(orient="records"))
         return
     for r in table.itertuples(index=False):
-        out.print(f"{r.name}: predicted [bold]{r.predicted}[/], score {r.score:.2f}, IG of {r.target}, "
+        out.print(f"{printable(r.name)}: predicted [bold]{r.predicted}[/], score {r.score:.2f}, IG of {r.target}, "
                   f"delta {r.delta:+.2g} ({r.relative_delta:.1%})", highlight=False)
     out.print(f"written to [bold]{folder}[/] (NAME_ig.png, NAME_ig.npy, explanations.csv)")
 

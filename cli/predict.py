@@ -20,6 +20,8 @@ TABLE_MAX = 20  # print a table for at most this many images
 
 
 def _table(preds: "pd.DataFrame", run: Path, tta: bool) -> Table:
+    from herlev_fa.data.items import printable
+
     table = Table(title=f"{run.name}{' (TTA x8)' if tta else ''}")
     for name in ("image", "pred", "p(pred)", "score", "binary", "P(abnormal)"):
         table.add_column(name, justify="left" if name in ("image", "pred", "binary") else "right",
@@ -27,7 +29,7 @@ def _table(preds: "pd.DataFrame", run: Path, tta: bool) -> Table:
     for _, row in preds.iterrows():
         p_pred = f"{row[f'p_{row.pred}']:.3f}" if f"p_{row.pred}" in row else "-"
         p_abnormal = f"{row.abnormal_prob:.3f}" if "abnormal_prob" in row else "-"
-        table.add_row(Path(row.path).name, row.pred, p_pred, f"{row.score:.2f}",
+        table.add_row(printable(Path(row.path).name), row.pred, p_pred, f"{row.score:.2f}",
                       "abnormal" if row.abnormal else "normal", p_abnormal)
     return table
 
