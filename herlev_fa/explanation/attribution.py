@@ -471,6 +471,8 @@ def iter_explanations(run, paths: Sequence[str | Path], target: str = "predicted
     missing = [p for p in paths if not p.is_file()]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        if missing[0].is_dir():
+            raise HerlevError(f"'{missing[0]}' is a folder, not an image file{more}; explain takes image files")
         raise HerlevError(f"image '{missing[0]}' does not exist{more}")
     if bs < 1:
         raise HerlevError(f"--bs {bs} must be at least 1")
