@@ -109,7 +109,8 @@ def train(
     name: Annotated[Optional[str], option(TrainConfig, "name")] = None,
     skip_bad: SkipBad = DATA["skip_bad"],
     resume: Annotated[bool, flag("--resume", help=help_of(TrainConfig, "resume"))] = TRAIN["resume"],
-    deterministic: Annotated[bool, flag("--deterministic", help=help_of(TrainConfig, "deterministic"))] = False,
+    deterministic: Annotated[bool, flag("--deterministic",
+                                        help=help_of(TrainConfig, "deterministic"))] = TRAIN["deterministic"],
     precision: Annotated[str, option(TrainConfig, "precision")] = TRAIN["precision"],
     quiet: Quiet = TRAIN["quiet"],
     as_json: Annotated[bool, flag("--json", help="Print the run folders and metrics as JSON on stdout "

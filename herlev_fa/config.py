@@ -28,8 +28,6 @@ METHODS = {"gausslegendre": "Gauss-Legendre", "riemann_middle": "midpoint", "rie
 DEFAULT_METHOD = "gausslegendre"  # captum's default; best for smooth networks
 DEFAULT_BASELINE = "mean"
 DEFAULT_TOL = 0.05  # relative completeness error above which a result is flagged
-
-
 SEED_MAX = 2**32 - 1  # NumPy's seeds are 32-bit
 LR_MAX = 10.0  # above this a run diverges at once; no schedule in this tool needs more
 
