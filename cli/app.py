@@ -7,20 +7,25 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 import herlev_fa
+from herlev_fa.config import DataConfig, ModelConfig, TrainConfig, defaults, help_of
 from herlev_fa.errors import HerlevError
-from herlev_fa.model.heads import HEADS
+
+LOG_WIDTH = 10_000  # columns of stdout when it is not a terminal (a log file, a pipe)
 
 app = typer.Typer(name="herlev", help="Train, evaluate and explain cervical-cell severity classifiers on Herlev-format data.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True)
-out = Console(soft_wrap=True)
+# Redirected to a file, output is a log: no width to fit, so tables never fold a file name mid-name.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else LOG_WIDTH)
 err = Console(stderr=True)
 
 DEFAULT_RUNS = Path(os.environ.get("HERLEV_RUNS", "runs"))  # where train writes, and where a missing --run is looked for
@@ -59,7 +64,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except HerlevError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("[bold red]interrupted[/]: finished files are whole; an unfinished run has no herlev.json")
@@ -69,7 +74,7 @@ def user_errors(fn):
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
 def version_callback(value: bool) -> None:
@@ -80,40 +85,56 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def main_callback(version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
-                                                        help="Print the version and exit.")] = False) -> None:
+                                                        metavar="", help="Print the version and exit.")] = False) -> None:
     """Train, evaluate and explain cervical-cell severity classifiers on Herlev-format data."""
     warnings.showwarning = _show_warning  # one readable line per warning, no source location
 
 
-# Options shared by train and lr-find, declared once.
-Data = Annotated[Optional[Path], typer.Option("--data", help="Dataset root: one folder per class, at most two levels "
-                                                            "down. Default: $HERLEV_DATA, else ./data/herlev.")]
+# Options shared by several commands, declared once; help texts and defaults live in herlev_fa/config.py.
+DATA, MODEL, TRAIN = defaults(DataConfig), defaults(ModelConfig), defaults(TrainConfig)
+
+
+def option(cls: type, name: str, *decls: str, **kwargs: Any) -> Any:
+    """A typer.Option whose help text is the config field's."""
+    return typer.Option(*decls, help=help_of(cls, name), **kwargs)
+
+
+def flag(*decls: str, help: str) -> Any:
+    """A boolean option, shown without a `<bool>` after it: a flag takes no value."""
+    return typer.Option(*decls, help=help, metavar="")
+
+
+Data = Annotated[Optional[Path], typer.Option("--data", help=f"{help_of(DataConfig, 'data')} Default: $HERLEV_DATA, "
+                                                            "else ./data/herlev.")]
 RunOption = Annotated[Optional[Path], typer.Option("--run", help="Run folder (holds herlev.json). Default: the newest "
                                                                  "finished run under ./runs (or $HERLEV_RUNS).")]
-Arch = Annotated[str, typer.Option(help="Any timm architecture, e.g. resnet101, test_resnet, convnext_tiny.")]
-Head = Annotated[str, typer.Option(help=" | ".join(f"{name} ({cls.summary})" for name, cls in HEADS.items()) + ".")]
-Task = Annotated[str, typer.Option(help="severity (5 classes) | herlev7 | binary.")]
-Classes = Annotated[Optional[Path], typer.Option("--classes", help="Class map (YAML/JSON): folder -> class and severity.")]
-Pretrained = Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Start from ImageNet weights (timm hub).")]
-Weights = Annotated[Optional[Path], typer.Option(help="Local weights file (safetensors / state dict) for offline use.")]
-Folds = Annotated[int, typer.Option(help="Number of stratified folds.")]
-Size = Annotated[int, typer.Option(help="Images are letterboxed to SIZE x SIZE pixels.")]
-Bs = Annotated[int, typer.Option(help="Batch size.")]
-Seed = Annotated[int, typer.Option(help="Seed for folds, initialisation and augmentation.")]
-Device = Annotated[str, typer.Option(help="auto | cpu | cuda.")]
-SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images with a warning instead of stopping.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or epoch table.")]
-MseWeight = Annotated[float, typer.Option(help="Lambda: weight of the MSE term of cls_reg.")]
-MseWarmup = Annotated[float, typer.Option(help="cls_reg: ramp lambda up from 0 over this fraction of training "
-                                               "(0: constant).")]
-Augment = Annotated[str, typer.Option(help="Training augmentation: batch (whole batches on the training device, "
-                                              "fast) | albumentations (per image on CPU workers) | none.")]
-CheckpointEvery = Annotated[float, typer.Option(help="Seconds between checkpoints (0: every epoch); one is always "
-                                                     "written at the end of each phase.")]
-Lr = Annotated[str, typer.Option(help="Peak learning rate, or 'auto' for fastai's lr_find suggestion.")]
-Wd = Annotated[float, typer.Option(help="AdamW weight decay.")]
-Keep = Annotated[str, typer.Option(help="Weights to evaluate and save: best (lowest validation loss; the validation "
-                                        "set is the held-out fold, so slightly optimistic) | last (final epoch).")]
+Arch = Annotated[str, option(ModelConfig, "arch")]
+Head = Annotated[str, option(ModelConfig, "head")]
+Task = Annotated[str, option(DataConfig, "task")]
+Classes = Annotated[Optional[Path], option(DataConfig, "classes", "--classes")]
+Pretrained = Annotated[bool, flag("--pretrained/--no-pretrained", help=help_of(ModelConfig, "pretrained"))]
+Weights = Annotated[Optional[Path], option(ModelConfig, "weights")]
+Folds = Annotated[int, option(DataConfig, "folds")]
+Size = Annotated[int, option(DataConfig, "size")]
+Bs = Annotated[int, option(DataConfig, "bs")]
+Seed = Annotated[int, option(DataConfig, "seed")]
+Device = Annotated[str, option(TrainConfig, "device")]
+SkipBad = Annotated[bool, flag("--skip-bad", help=help_of(DataConfig, "skip_bad"))]
+Quiet = Annotated[bool, flag("--quiet", "-q", help=help_of(TrainConfig, "quiet"))]
+MseWeight = Annotated[float, option(ModelConfig, "mse_weight")]
+MseWarmup = Annotated[float, option(TrainConfig, "mse_warmup")]
+Epochs = Annotated[int, option(TrainConfig, "epochs")]
+Lr = Annotated[str, option(TrainConfig, "lr")]
+Wd = Annotated[float, option(TrainConfig, "wd")]
+Keep = Annotated[str, option(TrainConfig, "keep")]
+Augment = Annotated[str, option(DataConfig, "augment")]
+CheckpointEvery = Annotated[float, option(TrainConfig, "checkpoint_every")]
+LR_DEFAULT = f"{TRAIN['lr']:g}"  # --lr is parsed from text ('auto' or a number)
+
+
+def bars(quiet: bool) -> bool:
+    """Show training's progress bars and epoch table: not asked to be quiet, and stdout is a terminal."""
+    return not quiet and sys.stdout.isatty()
 
 
 def parse_lr(value: str) -> float | None:

@@ -11,8 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from herlev_cli.app import Device, Quiet, RunOption, app, out, run_dir, user_errors
-from herlev_fa.explanation.attribution import BASELINES, DEFAULT_BASELINE, DEFAULT_METHOD, DEFAULT_TOL, METHODS
+from herlev_cli.app import Device, Quiet, RunOption, app, flag, out, run_dir, user_errors
+from herlev_fa.config import BASELINES, DEFAULT_BASELINE, DEFAULT_METHOD, DEFAULT_TOL, METHODS
 
 Target = Annotated[str, typer.Option(help="predicted | score | a class name: the logit (or severity score) explained.")]
 Steps = Annotated[int, typer.Option(help="Steps (quadrature nodes) of the IG path integral.")]
@@ -26,7 +26,7 @@ ImagesPerCall = Annotated[int, typer.Option("--bs", help="Images per IG call (ea
 DataRoot = Annotated[Optional[Path], typer.Option("--data", help="Dataset root (default: the run's own data root).")]
 QuantifyOut = Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: RUN/quantify-SPLIT).")]
 Split = Annotated[str, typer.Option(help="valid (the run's held-out fold) | all (every image with a mask).")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print the per-image rows as JSON on stdout (implies --quiet).")]
+AsJson = Annotated[bool, flag("--json", help="Print the per-image rows as JSON on stdout (implies --quiet).")]
 
 
 @app.command(rich_help_panel="Explanation")
@@ -47,6 +47,7 @@ def explain(
     as_json: AsJson = False,
 ) -> None:
     """Integrated Gradients per image: NAME_ig.png (cell, heat map, overlay) and NAME_ig.npy (H x W)."""
+    from herlev_fa.data.items import printable
     from herlev_fa.explanation.report import explain_images
 
     table, folder = explain_images(run_dir(run), images, out=out_dir, target=target, steps=steps, baseline=baseline,
@@ -56,7 +57,7 @@ def explain(
         typer.echo(table.to_json(orient="records"))
         return
     for r in table.itertuples(index=False):
-        out.print(f"{r.name}: predicted [bold]{r.predicted}[/], score {r.score:.2f}, IG of {r.target}, "
+        out.print(f"{printable(r.name)}: predicted [bold]{r.predicted}[/], score {r.score:.2f}, IG of {r.target}, "
                   f"delta {r.delta:+.2g} ({r.relative_delta:.1%})", highlight=False)
     out.print(f"written to [bold]{folder}[/] (NAME_ig.png, NAME_ig.npy, explanations.csv)")
 

@@ -7,6 +7,7 @@ line with exit status 2.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import warnings
@@ -14,14 +15,14 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from fastai.torch_core import rank_distrib
 from rich.table import Table
 
 import herlev_fa
-from herlev_cli.app import (DEFAULT_RUNS, Arch, Augment, Bs, CheckpointEvery, Classes, Data, Device, Folds, Head, Keep, Lr, MseWarmup, MseWeight,
-                            Pretrained, Quiet, Seed, Size, SkipBad, Task, Wd, Weights, app, data_dir, out, parse_lr,
-                            run_dir, user_errors)
-from herlev_fa.config import DataConfig, ModelConfig, TrainConfig
+from herlev_cli.app import (DATA, DEFAULT_RUNS, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Bs, CheckpointEvery, Classes, Data, Device, Epochs, Folds,
+                            Head, Keep, Lr, MseWarmup, MseWeight, Pretrained, Quiet, Seed, Size, SkipBad, Task, Wd,
+                            Weights, app, bars, data_dir, flag, option, out, parse_lr, run_dir, user_errors)
+from herlev_fa.atomic import finite_or_none
+from herlev_fa.config import DataConfig, ModelConfig, TrainConfig, help_of
 from herlev_fa.errors import HerlevError
 
 
@@ -40,8 +41,8 @@ def _metrics_table(title: str, rows: dict[str, dict]) -> Table:
     names = ("accuracy", "binary_accuracy", "auc", "mse", "kappa")
     for name in names:
         table.add_column(name, justify="right")
-    for run, m in rows.items():
-        table.add_row(run, *(f"{m[n]:.3f}" for n in names))
+    for run, m in rows.items():  # a metric that cannot be computed (None, NaN) shows as '-'
+        table.add_row(run, *(f"{m[n]:.3f}" if m[n] is not None and math.isfinite(m[n]) else "-" for n in names))
     return table
 
 
@@ -58,7 +59,7 @@ def demo(
         herlev_fa.write_synthetic(data, per_class=40, size=64, seed=0)
         out.print(f"synthetic Herlev-format data: [bold]{data}[/]")
     cfg = TrainConfig(DataConfig(data, size=64, bs=32, seed=0), ModelConfig("test_resnet", pretrained=False),
-                      epochs=epochs, lr=3e-3, device="cpu", out=out_dir / "runs", quiet=quiet)
+                      epochs=epochs, lr=3e-3, device="cpu", out=out_dir / "runs", quiet=not bars(quiet))
     result = herlev_fa.train(cfg)
     metrics = herlev_fa.evaluate(result.runs[0], device="cpu", progress=not quiet)
     out.print(_metrics_table("held-out fold 0 of the synthetic data", {result.runs[0].name: metrics}))
@@ -86,37 +87,36 @@ def synth(
 @user_errors
 def train(
     data: Data = None,
-    arch: Arch = "resnet101",
-    head: Head = "cls_reg",
-    task: Task = "severity",
+    arch: Arch = MODEL["arch"],
+    head: Head = MODEL["head"],
+    task: Task = DATA["task"],
     classes: Classes = None,
-    pretrained: Pretrained = True,
+    pretrained: Pretrained = MODEL["pretrained"],
     weights: Weights = None,
-    mse_weight: MseWeight = 1.0,
-    mse_warmup: MseWarmup = 0.0,
-    folds: Folds = 4,
-    fold: Annotated[str, typer.Option(help="Held-out fold number, or 'all' to cross-validate.")] = "0",
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 20,
-    lr: Lr = "1e-3",
-    wd: Wd = 0.05,
-    keep: Keep = "best",
-    bs: Bs = 32,
-    augment: Augment = "batch",
-    checkpoint_every: CheckpointEvery = 300.0,
-    size: Size = 224,
-    seed: Seed = 42,
-    device: Device = "auto",
-    out_dir: Annotated[Path, typer.Option("--out", help="Runs are written under this folder.")] = DEFAULT_RUNS,
-    name: Annotated[Optional[str], typer.Option(help="Run folder name (default: time-arch-head).")] = None,
-    skip_bad: SkipBad = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run (--name, or the newest "
-                                                          "unfinished one under --out) from its last completed epoch.")] = False,
-    deterministic: Annotated[bool, typer.Option("--deterministic", help="GPU: deterministic kernels and no cuDNN "
-                                                                        "autotuning (slower). CPU runs are always reproducible.")] = False,
-    precision: Annotated[str, typer.Option(help="auto (bf16 on GPUs that support it, else fp32) | fp32 | bf16.")] = "auto",
-    quiet: Quiet = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the run folders and metrics as JSON on stdout "
-                                                         "(implies --quiet).")] = False,
+    mse_weight: MseWeight = MODEL["mse_weight"],
+    mse_warmup: MseWarmup = TRAIN["mse_warmup"],
+    folds: Folds = DATA["folds"],
+    fold: Annotated[str, option(TrainConfig, "fold")] = str(TRAIN["fold"]),
+    epochs: Epochs = TRAIN["epochs"],
+    lr: Lr = LR_DEFAULT,
+    wd: Wd = TRAIN["wd"],
+    keep: Keep = TRAIN["keep"],
+    bs: Bs = DATA["bs"],
+    augment: Augment = DATA["augment"],
+    checkpoint_every: CheckpointEvery = TRAIN["checkpoint_every"],
+    size: Size = DATA["size"],
+    seed: Seed = DATA["seed"],
+    device: Device = TRAIN["device"],
+    out_dir: Annotated[Path, option(TrainConfig, "out", "--out")] = DEFAULT_RUNS,
+    name: Annotated[Optional[str], option(TrainConfig, "name")] = None,
+    skip_bad: SkipBad = DATA["skip_bad"],
+    resume: Annotated[bool, flag("--resume", help=help_of(TrainConfig, "resume"))] = TRAIN["resume"],
+    deterministic: Annotated[bool, flag("--deterministic",
+                                        help=help_of(TrainConfig, "deterministic"))] = TRAIN["deterministic"],
+    precision: Annotated[str, option(TrainConfig, "precision")] = TRAIN["precision"],
+    quiet: Quiet = TRAIN["quiet"],
+    as_json: Annotated[bool, flag("--json", help="Print the run folders and metrics as JSON on stdout "
+                                                 "(implies --quiet).")] = False,
 ) -> None:
     """Train a severity classifier; writes a run folder with weights, metrics and plots."""
     cfg = TrainConfig(
@@ -125,14 +125,16 @@ def train(
         ModelConfig(arch, head=head, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
         epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, mse_warmup=mse_warmup, fold=_fold(fold), device=device,
         out=out_dir, name=name, checkpoint_every=checkpoint_every,
-        quiet=quiet or as_json, resume=resume, deterministic=deterministic, precision=precision,
+        quiet=not bars(quiet or as_json), resume=resume, deterministic=deterministic, precision=precision,
     )
+    from fastai.torch_core import rank_distrib
+
     result = herlev_fa.train(cfg)
     if rank_distrib():  # launched data-parallel: rank 0 reports
         return
     if as_json:
-        typer.echo(json.dumps({"root": str(result.root), "runs": [str(r) for r in result.runs],
-                               "metrics": result.metrics, "summary": result.summary}))
+        typer.echo(json.dumps(finite_or_none({"root": str(result.root), "runs": [str(r) for r in result.runs],
+                                              "metrics": result.metrics, "summary": result.summary})))
         return
     out.print(_metrics_table("held-out metrics", {r.name: m for r, m in zip(result.runs, result.metrics)}))
     if result.summary:
@@ -151,17 +153,18 @@ def evaluate(
     bs: Bs = 64,
     device: Device = "auto",
     skip_bad: SkipBad = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+    as_json: Annotated[bool, flag("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
     """Metrics, confusion matrix and score distribution of a run on its held-out fold (or --data)."""
     run = run_dir(run)
     metrics = herlev_fa.evaluate(run, data=data, split=split, out=out_dir, bs=bs, device=device, skip_bad=skip_bad,
                                  progress=not as_json)
     if as_json:
-        typer.echo(json.dumps(metrics))
+        typer.echo(json.dumps(finite_or_none(metrics)))
         return
     out.print(_metrics_table(f"{metrics['data']} (n={metrics['n']})", {run.name: metrics}))
-    recall = ", ".join(f"{c} {r:.2f}" for c, r in zip(metrics["classes"], metrics["per_class_recall"]))
+    recall = ", ".join(f"{c} {r:.2f}" if r is not None and math.isfinite(r) else f"{c} -"
+                       for c, r in zip(metrics["classes"], metrics["per_class_recall"]))
     out.print(f"per-class recall: {recall}")
     out.print(f"written to [bold]{metrics['out_dir']}[/] (metrics.json, confusion_matrix.png, score_distribution.png)")
 
@@ -170,25 +173,25 @@ def evaluate(
 @user_errors
 def lr_find(
     data: Data = None,
-    arch: Arch = "resnet101",
-    head: Head = "cls_reg",
-    task: Task = "severity",
+    arch: Arch = MODEL["arch"],
+    head: Head = MODEL["head"],
+    task: Task = DATA["task"],
     classes: Classes = None,
-    pretrained: Pretrained = True,
+    pretrained: Pretrained = MODEL["pretrained"],
     weights: Weights = None,
-    folds: Folds = 4,
-    bs: Bs = 32,
-    size: Size = 224,
-    seed: Seed = 42,
-    device: Device = "auto",
+    folds: Folds = DATA["folds"],
+    bs: Bs = DATA["bs"],
+    size: Size = DATA["size"],
+    seed: Seed = DATA["seed"],
+    device: Device = TRAIN["device"],
     out_dir: Annotated[Path, typer.Option("--out", help="Where to write lr_find.png.")] = Path("."),
-    quiet: Quiet = False,
+    quiet: Quiet = TRAIN["quiet"],
 ) -> None:
     """Run fastai's learning-rate finder on fold 0; prints the suggestion and writes lr_find.png."""
     cfg = TrainConfig(
         DataConfig(data_dir(data), task=task, classes=classes, size=size, folds=folds, seed=seed, bs=bs),
         ModelConfig(arch, head=head, pretrained=pretrained, weights=weights),
-        device=device, out=out_dir, quiet=quiet,
+        device=device, out=out_dir, quiet=not bars(quiet),
     )
     lr, plot = herlev_fa.lr_find(cfg, out_dir)
     out.print(f"suggested learning rate: [bold]{lr:.2e}[/] (plot: {plot})")

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pandas as pd
 import typer
 from rich.table import Table
 
-from herlev_cli.app import Bs, Device, RunOption, SkipBad, app, out, run_dir, user_errors
+from herlev_cli.app import Bs, Device, RunOption, SkipBad, app, flag, out, run_dir, user_errors
 from herlev_fa.atomic import atomic_path
 from herlev_fa.errors import HerlevError
-from herlev_fa.prediction import predict as predict_images
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TABLE_MAX = 20  # print a table for at most this many images
 
 
-def _table(preds: pd.DataFrame, run: Path, tta: bool) -> Table:
+def _table(preds: "pd.DataFrame", run: Path, tta: bool) -> Table:
+    from herlev_fa.data.items import printable
+
     table = Table(title=f"{run.name}{' (TTA x8)' if tta else ''}")
     for name in ("image", "pred", "p(pred)", "score", "binary", "P(abnormal)"):
         table.add_column(name, justify="left" if name in ("image", "pred", "binary") else "right",
@@ -26,7 +29,7 @@ def _table(preds: pd.DataFrame, run: Path, tta: bool) -> Table:
     for _, row in preds.iterrows():
         p_pred = f"{row[f'p_{row.pred}']:.3f}" if f"p_{row.pred}" in row else "-"
         p_abnormal = f"{row.abnormal_prob:.3f}" if "abnormal_prob" in row else "-"
-        table.add_row(Path(row.path).name, row.pred, p_pred, f"{row.score:.2f}",
+        table.add_row(printable(Path(row.path).name), row.pred, p_pred, f"{row.score:.2f}",
                       "abnormal" if row.abnormal else "normal", p_abnormal)
     return table
 
@@ -37,19 +40,22 @@ def predict(
     images: Annotated[list[Path], typer.Argument(metavar="IMAGE|DIR", help="Image files, or folders searched recursively (masks skipped).")],
     run: RunOption = None,
     out_file: Annotated[Path, typer.Option("--out", help="CSV to write (replaced if it exists).")] = Path("preds.csv"),
-    tta: Annotated[bool, typer.Option("--tta", help="Average over the 8 flips and quarter turns of each image.")] = False,
+    tta: Annotated[bool, flag("--tta", help="Average over the 8 flips and quarter turns of each image.")] = False,
     bs: Bs = 64,
     device: Device = "auto",
     skip_bad: SkipBad = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the predictions as JSON records on stdout.")] = False,
+    as_json: Annotated[bool, flag("--json", help="Print the predictions as JSON records on stdout.")] = False,
 ) -> None:
     """Predict the class, class probabilities and severity score of images; writes a CSV, one row per image."""
     if out_file.is_dir():  # before any work
         raise HerlevError(f"--out '{out_file}' is a folder; give a file name, e.g. '{out_file / 'preds.csv'}'")
+    from herlev_fa.prediction import predict as predict_images
+    from herlev_fa.data.items import FILE_NAME_ERRORS
+
     run = run_dir(run)
     preds = predict_images(run, images, tta=tta, bs=bs, device=device, skip_bad=skip_bad, progress=not as_json)
     with atomic_path(out_file) as tmp:
-        preds.to_csv(tmp, index=False)
+        preds.to_csv(tmp, index=False, errors=FILE_NAME_ERRORS)
     if as_json:
         typer.echo(json.dumps(preds.to_dict(orient="records")))
         return

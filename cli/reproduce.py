@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from herlev_cli.app import (Arch, Augment, Bs, CheckpointEvery, Data, Device, Folds, Keep, Lr, MseWarmup, MseWeight,
-                            Pretrained, Quiet, Seed,
-                            Size, Task, Wd, Weights, app, data_dir, out, parse_lr, user_errors)
-from herlev_fa.config import DataConfig, ModelConfig, TrainConfig
-from herlev_fa.metrics import SCALAR_METRICS
-from herlev_fa.reproduction import COLUMNS, PAPER_HEADS, ReproduceConfig, ReproduceResult, ours_cell, paper_cell
-from herlev_fa.reproduction import reproduce as reproduce_heads
+from herlev_cli.app import (DATA, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Bs, CheckpointEvery, Data, Device, Epochs, Folds, Keep, Lr, MseWarmup,
+                            MseWeight, Pretrained, Quiet, Seed, Size, Task, Wd, Weights, app, bars, data_dir, out,
+                            parse_lr, user_errors)
+from herlev_fa.config import PAPER_HEADS, DataConfig, ModelConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from herlev_fa.reproduction import ReproduceResult
 
 
 def _table(result: ReproduceResult) -> Table:
     """Rows: metrics; per head our mean ± std over folds, then the paper's number."""
+    from herlev_fa.metrics import SCALAR_METRICS
+    from herlev_fa.reproduction import COLUMNS, ours_cell, paper_cell
+
     n_folds = len(next(iter(result.runs.values())))
     table = Table(title=f"{n_folds}-fold cross-validation: ours (mean ± std) vs the paper (4-fold)")
     table.add_column("metric")
@@ -36,35 +39,38 @@ def _table(result: ReproduceResult) -> Table:
 @user_errors
 def reproduce(
     data: Data = None,
-    arch: Arch = "resnet101",
-    task: Task = "severity",
-    folds: Folds = 4,
-    epochs: Annotated[int, typer.Option(help="Training epochs of every fold run.")] = 20,
-    size: Size = 224,
-    bs: Bs = 32,
-    augment: Augment = "batch",
-    pretrained: Pretrained = True,
+    arch: Arch = MODEL["arch"],
+    task: Task = DATA["task"],
+    folds: Folds = DATA["folds"],
+    epochs: Epochs = TRAIN["epochs"],
+    size: Size = DATA["size"],
+    bs: Bs = DATA["bs"],
+    augment: Augment = DATA["augment"],
+    pretrained: Pretrained = MODEL["pretrained"],
     weights: Weights = None,
-    mse_weight: MseWeight = 1.0,
-    mse_warmup: MseWarmup = 0.0,
-    lr: Lr = "1e-3",
-    wd: Wd = 0.05,
-    keep: Keep = "best",
+    mse_weight: MseWeight = MODEL["mse_weight"],
+    mse_warmup: MseWarmup = TRAIN["mse_warmup"],
+    lr: Lr = LR_DEFAULT,
+    wd: Wd = TRAIN["wd"],
+    keep: Keep = TRAIN["keep"],
     heads: Annotated[Optional[list[str]], typer.Option("--head", help="A head to train (repeat for several); "
-                                                                     "default: cls, reg and cls_reg.")] = None,
-    seed: Seed = 42,
+                                                                     f"default: {', '.join(PAPER_HEADS)}.")] = None,
+    seed: Seed = DATA["seed"],
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: runs/reproduce-ARCH); "
                                                                   "rerun the same command to resume it.")] = None,
-    device: Device = "auto",
-    checkpoint_every: CheckpointEvery = 300.0,
-    quiet: Quiet = False,
+    device: Device = TRAIN["device"],
+    checkpoint_every: CheckpointEvery = TRAIN["checkpoint_every"],
+    quiet: Quiet = TRAIN["quiet"],
 ) -> None:
     """Train cls, reg and cls_reg (or the --head ones) on identical folds and compare with the paper's table (resumable)."""
+    from herlev_fa.reproduction import ReproduceConfig
+    from herlev_fa.reproduction import reproduce as reproduce_heads
+
     cfg = ReproduceConfig(TrainConfig(
         DataConfig(data_dir(data), task=task, size=size, folds=folds, seed=seed, bs=bs, augment=augment),
         ModelConfig(arch, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
-        epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, mse_warmup=mse_warmup, device=device, quiet=quiet,
-        checkpoint_every=checkpoint_every,
+        epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, mse_warmup=mse_warmup, device=device,
+        quiet=not bars(quiet), checkpoint_every=checkpoint_every,
     ), heads=tuple(heads) if heads else PAPER_HEADS, out=out_dir)
     result = reproduce_heads(cfg, log=None if quiet else out.print)
     out.print(_table(result))

@@ -7,11 +7,13 @@ The CLI only parses options into these; library functions take them. Validation 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from herlev_fa.atomic import check_output_folder
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import TASK_NAMES
 
@@ -19,6 +21,16 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 KEEP = ("best", "last")
 AUGMENTS = ("batch", "albumentations", "none")
+PAPER_HEADS = ("cls", "reg", "cls_reg")  # the paper's pipelines: what `herlev reproduce` trains by default
+# Integrated Gradients (explanation/attribution.py): baselines, captum's quadrature rules and their names in text
+BASELINES = ("mean", "black", "white", "blur")
+METHODS = {"gausslegendre": "Gauss-Legendre", "riemann_middle": "midpoint", "riemann_trapezoid": "trapezoid",
+           "riemann_left": "left Riemann", "riemann_right": "right Riemann"}
+DEFAULT_METHOD = "gausslegendre"  # captum's default; best for smooth networks
+DEFAULT_BASELINE = "mean"
+DEFAULT_TOL = 0.05  # relative completeness error above which a result is flagged
+SEED_MAX = 2**32 - 1  # NumPy's seeds are 32-bit
+LR_MAX = 10.0  # above this a run diverges at once; no schedule in this tool needs more
 
 
 def _check(ok: bool, message: str) -> None:
@@ -26,18 +38,47 @@ def _check(ok: bool, message: str) -> None:
         raise HerlevError(message)
 
 
+def _opt(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
+    """A dataclass field with its help text: the CLI shows the text and the default held here."""
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+def help_of(cls: type, name: str) -> str:
+    """The help text of one field of a config dataclass (what the CLI shows for its option)."""
+    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
+
+
+def defaults(cls: type) -> dict[str, Any]:
+    """Field name -> default value of a config dataclass (fields without a plain default left out)."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+def check_batch_size(bs: int) -> None:
+    """Raises HerlevError when `bs` cannot be a batch size (for commands without a DataConfig)."""
+    _check(bs >= 1, f"--bs {bs} is out of range: use 1 or more images per batch")
+
+
+def check_name(name: str, option: str) -> None:
+    """Raises HerlevError unless `name` is one plain folder name (no separator, not '.' or '..')."""
+    _check(bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name,
+           f"{option} '{name}' is not a plain folder name: use letters, digits, '-' or '_', without '/' or '..'")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    data: Path  # dataset root: class folders at most two levels down
-    task: str = "severity"  # severity (5 classes) | herlev7 | binary; ignored with `classes`
-    classes: Path | None = None  # class map file (YAML/JSON) for other folder-per-class datasets
-    size: int = 224  # images are letterboxed to size x size pixels
-    folds: int = 4  # stratified k-fold cross-validation
-    seed: int = 42  # seeds folds, augmentation, initialisation and shuffling
-    bs: int = 32  # batch size
-    skip_bad: bool = False  # skip unreadable images with a warning instead of stopping
-    augment: str = "batch"  # batch (on the training device, default) | albumentations (per image on CPU workers) | none
-    workers: int | None = None  # DataLoader workers for --augment albumentations; None = 0 on CPU, up to 8 on CUDA
+    data: Path = _opt(help="Dataset root: one folder per class, at most two levels down.")
+    task: str = _opt("severity", help="severity (5 classes) | herlev7 (the 7 archive classes) | binary "
+                                      "(normal/abnormal).")
+    classes: Path | None = _opt(None, help="Class map (YAML/JSON): folder -> class and severity.")
+    size: int = _opt(224, help="Images are letterboxed to SIZE x SIZE pixels (16..2048; the paper used 224).")
+    folds: int = _opt(4, help="Number of stratified folds (2..20).")
+    seed: int = _opt(42, help=f"Seed for folds, initialisation and augmentation (0..{SEED_MAX}).")
+    bs: int = _opt(32, help="Batch size.")
+    skip_bad: bool = _opt(False, help="Skip unreadable images with a warning instead of stopping.")
+    augment: str = _opt("batch", help="Training augmentation: batch (whole batches on the training device, fast) | "
+                                      "albumentations (per image on CPU workers) | none.")
+    workers: int | None = _opt(None, help="DataLoader workers for --augment albumentations; default 0 on the CPU, "
+                                          "up to 8 on CUDA.")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
@@ -47,6 +88,7 @@ class DataConfig:
                f"unknown task '{self.task}': choose one of {', '.join(TASK_NAMES)}, or pass --classes FILE")
         _check(16 <= self.size <= 2048, f"--size {self.size} is out of range: use 16..2048 pixels (the paper used 224)")
         _check(2 <= self.folds <= 20, f"--folds {self.folds} is out of range: use 2..20")
+        _check(0 <= self.seed <= SEED_MAX, f"--seed {self.seed} is out of range: use 0..{SEED_MAX}")
         _check(self.bs >= 2, f"--bs {self.bs} is out of range: a batch needs at least 2 images (batch norm)")
         _check(self.augment in AUGMENTS, f"unknown --augment '{self.augment}': choose one of {', '.join(AUGMENTS)}")
         _check(self.workers is None or self.workers >= 0, f"--workers {self.workers} must be >= 0")
@@ -54,11 +96,11 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "resnet101"  # any timm architecture name
-    head: str = "cls_reg"  # cls (cross-entropy) | reg (MSE on severity) | cls_reg (CE + lambda * MSE)
-    pretrained: bool = True  # start from ImageNet weights (timm hub download), as in the paper
-    weights: Path | None = None  # local weights file (safetensors / state dict) instead of the hub
-    mse_weight: float = 1.0  # lambda: weight of the MSE term of cls_reg
+    arch: str = _opt("resnet101", help="Any timm architecture, e.g. resnet101, test_resnet, convnext_tiny.")
+    head: str = _opt("cls_reg", help="cls (cross-entropy) | reg (MSE on severity) | cls_reg (CE + lambda*MSE).")
+    pretrained: bool = _opt(True, help="Start from ImageNet weights (timm hub download), as in the paper.")
+    weights: Path | None = _opt(None, help="Local weights file (safetensors / state dict) for offline use.")
+    mse_weight: float = _opt(1.0, help="Lambda: weight of the MSE term of cls_reg.")
 
     def __post_init__(self) -> None:
         if self.weights is not None:
@@ -66,40 +108,52 @@ class ModelConfig:
         from herlev_fa.model.heads import get_head  # imports torch: not at module level, configs stay light
 
         object.__setattr__(self, "head", get_head(self.head).name)  # a name of the registry; a Head is stored by name
-        _check(self.mse_weight >= 0, f"--mse-weight {self.mse_weight} must be >= 0")
+        _check(math.isfinite(self.mse_weight) and self.mse_weight >= 0,
+               f"--mse-weight {self.mse_weight} is out of range: use a finite number >= 0")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: DataConfig  # what to train on
-    model: ModelConfig = field(default_factory=ModelConfig)  # what to train
-    epochs: int = 20  # epochs (after one frozen epoch when fine-tuning pretrained weights)
-    lr: float | None = 1e-3  # peak learning rate; None = fastai's lr_find suggestion
-    wd: float = 0.05  # AdamW weight decay
-    fold: int | None = 0  # held-out fold; None = train every fold
-    device: str = "auto"  # auto | cpu | cuda
-    out: Path = Path("runs")  # runs are written under this folder
-    name: str | None = None  # run folder name; default: <time>-<arch>-<head>
-    quiet: bool = False  # no progress bars
-    resume: bool = False  # continue an interrupted run (`name`, or the newest unfinished under `out`)
-    deterministic: bool = False  # GPU: deterministic kernels, no cuDNN autotuning (slower); CPU runs are always
-    precision: str = "auto"  # auto (bf16 on GPUs that support it, else fp32) | fp32 | bf16
-    keep: str = "best"  # best: the epoch with the lowest validation loss | last: the final epoch
-    mse_warmup: float = 0.0  # cls_reg: ramp lambda from 0 over this fraction of training (0: constant)
-    checkpoint_every: float = 300.0  # seconds between checkpoints (0: every epoch); always at the end of each phase
+    data: DataConfig = _opt(help="What to train on.")
+    model: ModelConfig = _opt(default_factory=ModelConfig, help="What to train.")
+    epochs: int = _opt(20, help="Training epochs (after one frozen epoch when fine-tuning pretrained weights).")
+    lr: float | None = _opt(1e-3, help=f"Peak learning rate (0 < LR < {LR_MAX:g}), or 'auto' for fastai's lr_find "
+                                       "suggestion.")
+    wd: float = _opt(0.05, help="AdamW weight decay.")
+    fold: int | None = _opt(0, help="Held-out fold number, or 'all' to cross-validate.")
+    device: str = _opt("auto", help=f"{' | '.join(DEVICES)}.")
+    out: Path = _opt(Path("runs"), help="Runs are written under this folder.")
+    name: str | None = _opt(None, help="Run folder name under --out (default: time-arch-head).")
+    quiet: bool = _opt(False, help="No progress bars or epoch table (the CLI shows none when its output is not a "
+                                   "terminal).")
+    resume: bool = _opt(False, help="Continue an interrupted run (--name, or the newest unfinished one under --out) "
+                                    "from its last completed epoch.")
+    deterministic: bool = _opt(False, help="GPU: deterministic kernels and no cuDNN autotuning (slower). CPU runs are "
+                                           "always reproducible.")
+    precision: str = _opt("auto", help="auto (bf16 on GPUs that support it, else fp32) | fp32 | bf16.")
+    keep: str = _opt("best", help="Weights to evaluate and save: best (lowest validation loss; the validation set is "
+                                  "the held-out fold, so slightly optimistic) | last (final epoch).")
+    mse_warmup: float = _opt(0.0, help="cls_reg: ramp lambda up from 0 over this fraction of training (0: constant).")
+    checkpoint_every: float = _opt(300.0, help="Seconds between checkpoints (0: every epoch); one is always written "
+                                               "at the end of each phase.")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
-        _check(1 <= self.epochs <= 10_000, f"--epochs {self.epochs} is out of range: use 1 or more")
-        _check(self.lr is None or 0 < self.lr < 10, f"--lr {self.lr} is out of range: use a positive number or 'auto'")
-        _check(self.wd >= 0, f"--wd {self.wd} must be >= 0")
+        check_output_folder(self.out, "--out")  # before any work, not after an epoch or lr_find
+        _check(1 <= self.epochs <= 10_000, f"--epochs {self.epochs} is out of range: use 1..10000")
+        _check(self.lr is None or (math.isfinite(self.lr) and 0 < self.lr < LR_MAX),
+               f"--lr {self.lr} is out of range: use a number between 0 and {LR_MAX:g} (exclusive), or 'auto'")
+        _check(math.isfinite(self.wd) and self.wd >= 0, f"--wd {self.wd} is out of range: use a finite number >= 0")
         _check(self.fold is None or 0 <= self.fold < self.data.folds,
                f"--fold {self.fold} is out of range: use 0..{self.data.folds - 1} or 'all'")
         _check(self.device in DEVICES, f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
         _check(0 <= self.mse_warmup <= 1, f"--mse-warmup {self.mse_warmup} is out of range: use a fraction 0..1")
-        _check(self.checkpoint_every >= 0, f"--checkpoint-every {self.checkpoint_every} must be >= 0 seconds")
+        _check(math.isfinite(self.checkpoint_every) and self.checkpoint_every >= 0,
+               f"--checkpoint-every {self.checkpoint_every} is out of range: use a number of seconds >= 0")
         _check(self.keep in KEEP, f"unknown --keep '{self.keep}': choose one of {', '.join(KEEP)}")
         _check(self.precision in PRECISIONS, f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
+        if self.name is not None:
+            check_name(self.name, "--name")
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form (paths as strings) for the run's herlev.json."""

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,11 @@ import pandas as pd
 import torch
 
 from herlev_fa.atomic import write_json
-from herlev_fa.config import resolve_device
+from herlev_fa.config import check_batch_size, resolve_device
 from herlev_fa.data.items import mask_for, scan
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import Task
-from herlev_fa.metrics import decode, severity_metrics
+from herlev_fa.metrics import decode, severity_metrics, undefined_metrics
 from herlev_fa.figures import confusion_matrix_png, score_distribution_png
 from herlev_fa.runs import Run, load_run
 
@@ -26,6 +27,12 @@ def write_evaluation(out_dir: Path, out: np.ndarray, y: np.ndarray, task: Task, 
     """Metrics of raw outputs [N, C] against classes [N]: `metrics.json` + the two figures."""
     metrics = severity_metrics(out, y, head, task.severities)
     metrics = {**(extra or {}), **metrics, "classes": list(task.classes)}
+    undefined = undefined_metrics(metrics)
+    if undefined:
+        present = ", ".join(task.classes[c] for c in np.unique(y))
+        warnings.warn(f"{', '.join(undefined)} cannot be computed on {len(y)} image(s) of {present} only (kappa needs "
+                      "two classes, auc normal and abnormal cells); written as null in "
+                      f"{out_dir / 'metrics.json'}", stacklevel=2)
     write_json(out_dir / "metrics.json", metrics)
     confusion_matrix_png(np.array(metrics["confusion_matrix"]), task.classes, out_dir / "confusion_matrix.png",
                          title=f"{head}: accuracy {metrics['accuracy']:.3f}, n={metrics['n']}")
@@ -106,6 +113,7 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | N
     Raises:
         HerlevError: bad run folder, missing data, unreadable images.
     """
+    check_batch_size(bs)
     run = load_run(run_dir)
     device = resolve_device(device)
     items, source = evaluation_items(run, data, split)

@@ -20,6 +20,7 @@ from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 from sklearn.metrics import ConfusionMatrixDisplay
 
 from herlev_fa.atomic import atomic_path
+from herlev_fa.data.items import printable
 from herlev_fa.labels import short_name
 
 if TYPE_CHECKING:
@@ -130,7 +131,7 @@ def explanation_png(result: Explanation, path: str | Path, settings: str) -> Pat
     for ax in axes:
         ax.set_axis_off()
     what = "severity score" if result.target == "score" else f"logit of {result.target}"
-    lines = [f"{result.name}: predicted {result.predicted}, severity score {result.score:.2f}"]
+    lines = [f"{printable(result.name)}: predicted {result.predicted}, severity score {result.score:.2f}"]
     if result.probs is not None:
         lines.append("p: " + "  ".join(f"{short_name(c)} {p:.2f}" for c, p in result.probs.items()))
     lines.append(f"IG of the {what}, {settings}; "

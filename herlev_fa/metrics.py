@@ -35,6 +35,11 @@ def binary_auc(is_abnormal: np.ndarray, abnormal_score: np.ndarray) -> float:
     return float(roc_auc_score(is_abnormal, abnormal_score))
 
 
+def undefined_metrics(metrics: dict) -> list[str]:
+    """Names of the scalar metrics that could not be computed (NaN), e.g. AUC when one group is absent."""
+    return [name for name in SCALAR_METRICS if not math.isfinite(metrics[name])]
+
+
 def severity_metrics(out: np.ndarray, y: np.ndarray, head: str | Head, severities: Sequence[float],
                      full: bool = True) -> dict:
     """Every metric of the tool for one set of predictions.

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from herlev_fa.training import checkpoint
-from herlev_fa.atomic import atomic_path, write_json, write_text
+from herlev_fa.atomic import atomic_path, check_output_folder, write_json, write_text
 from herlev_fa.config import TrainConfig, resolve_device
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import Task
@@ -80,6 +80,7 @@ class ReproduceConfig:
         object.__setattr__(self, "heads", tuple(self.heads))
         if self.out is not None:
             object.__setattr__(self, "out", Path(self.out))
+            check_output_folder(self.out, "--out")
         known = head_names()
         bad = [h for h in self.heads if h not in known]
         if not self.heads or bad or len(set(self.heads)) != len(self.heads):

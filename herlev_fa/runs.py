@@ -20,6 +20,7 @@ incomplete run (interrupted) and is refused.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,10 @@ from typing import Any
 import pandas as pd
 
 from herlev_fa.atomic import atomic_path, write_json
+from herlev_fa.data.items import FILE_NAME_ERRORS
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import Task
-from herlev_fa.model.heads import SeverityModel, get_head
+from herlev_fa.model.heads import SeverityModel, get_head, head_names
 
 FORMAT = "herlev_fa.run/1"
 PREDICTIONS = "predictions.csv"
@@ -72,7 +74,7 @@ def save_model(run_dir: Path, model: SeverityModel, task: Task, size: int, mean,
 def save_folds(run_dir: Path, items: pd.DataFrame, folds) -> None:
     frame = pd.DataFrame({"rel": items["rel"], "label": items["label"], "fold": folds})
     with atomic_path(run_dir / "folds.csv") as tmp:
-        frame.to_csv(tmp, index=False)
+        frame.to_csv(tmp, index=False, errors=FILE_NAME_ERRORS)
 
 
 def save_predictions(run_dir: Path, held: pd.DataFrame, fold: int, out, y, head: str, severities) -> None:
@@ -84,7 +86,7 @@ def save_predictions(run_dir: Path, held: pd.DataFrame, fold: int, out, y, head:
                           "pred": pred, "score": score})
     frame = pd.concat([frame, pd.DataFrame(out, columns=[f"out_{i}" for i in range(out.shape[1])])], axis=1)
     with atomic_path(run_dir / PREDICTIONS) as tmp:
-        frame.to_csv(tmp, index=False)
+        frame.to_csv(tmp, index=False, errors=FILE_NAME_ERRORS)
 
 
 @dataclass
@@ -121,7 +123,31 @@ class Run:
         path = self.path / self.meta.get("folds_file", "folds.csv")
         if not path.is_file():
             raise HerlevError(f"run '{self.path}' has no folds file '{path.name}'; the run folder is incomplete")
-        return pd.read_csv(path, dtype={"rel": str, "label": str, "fold": int})
+        try:
+            frame = pd.read_csv(path, dtype={"rel": str, "label": str}, encoding_errors=FILE_NAME_ERRORS)
+        except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            raise HerlevError(f"'{path}' is not a folds table ({str(e).splitlines()[0]}); the run folder is damaged: "
+                              "restore it or retrain") from None
+        problem = folds_problem(frame, self.task.classes, int(self.meta["n_folds"]))
+        if problem:
+            raise HerlevError(f"'{path}': {problem}; the run folder is damaged or was edited: restore it or retrain")
+        return frame.astype({"fold": int})
+
+
+def folds_problem(frame: pd.DataFrame, classes: tuple[str, ...], n_folds: int) -> str | None:
+    """What is wrong with a folds table (columns rel, label, fold), or None."""
+    missing = {"rel", "label", "fold"} - set(frame.columns)
+    if missing:
+        return f"it lacks the column(s) {', '.join(sorted(missing))}"
+    if frame.empty:
+        return "it lists no image"
+    folds = pd.to_numeric(frame["fold"], errors="coerce")
+    if folds.isna().any() or not folds.between(0, n_folds - 1).all() or not (folds == folds.round()).all():
+        return f"its fold column holds values other than 0..{n_folds - 1}"
+    unknown = sorted(set(frame["label"].astype(str)) - set(classes))
+    if unknown:
+        return f"label(s) {', '.join(unknown[:3])} are not classes of the run ({', '.join(classes)})"
+    return None
 
 
 def latest_run(root: str | Path) -> Path:
@@ -144,6 +170,8 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
         HerlevError: not a run folder, an incomplete one, or a malformed sidecar.
     """
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise HerlevError(f"run '{run_dir}' is a file, not a run folder: pass the folder that holds herlev.json")
     if not run_dir.is_dir():
         raise HerlevError(f"run folder '{run_dir}' does not exist")
     meta_path = run_dir / "herlev.json"
@@ -164,7 +192,60 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
             raise HerlevError(f"'{meta_path}': '{key}' should be {kind.__name__}, found {type(meta[key]).__name__}")
     if meta["format"] != FORMAT:
         raise HerlevError(f"'{meta_path}' has format '{meta['format']}', this version reads '{FORMAT}'")
+    problem = meta_problem(meta)
+    if problem:
+        raise HerlevError(f"'{meta_path}': {problem}; the run folder is damaged or was edited: restore it or retrain")
     return meta
+
+
+def _numbers(value: Any, n: int | None = None) -> bool:
+    """A list of finite real numbers (of length n when given)."""
+    return (isinstance(value, list) and (n is None or len(value) == n) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+
+
+def meta_problem(meta: dict[str, Any]) -> str | None:
+    """What is physically wrong with a run's `herlev.json` values (types already checked), or None.
+
+    A run folder is input like any other: a NaN mean, a zero std or an absurd image size would
+    otherwise give wrong numbers silently, or try to allocate hundreds of gigabytes.
+    """
+    if meta["head"] not in head_names():
+        return f"head '{meta['head']}' is not one this version knows ({', '.join(head_names())})"
+    if not 16 <= meta["image_size"] <= 2048:
+        return f"image_size {meta['image_size']} is out of range (16..2048)"
+    if not _numbers(meta["mean"], 3) or not all(0 <= v <= 1 for v in meta["mean"]):
+        return f"mean {meta['mean']} is not 3 finite numbers in 0..1"
+    if not _numbers(meta["std"], 3) or not all(0 < v <= 1 for v in meta["std"]):
+        return f"std {meta['std']} is not 3 finite numbers in (0, 1]"
+    if not 2 <= meta["n_folds"] <= 20 or not 0 <= meta["fold"] < meta["n_folds"]:
+        return f"fold {meta['fold']} of n_folds {meta['n_folds']} is out of range"
+    folds_file = meta.get("folds_file", "folds.csv")
+    if not isinstance(folds_file, str) or folds_file in ("", ".", "..") or Path(folds_file).name != folds_file:
+        return f"folds_file {folds_file!r} is not a file name inside the run folder"
+    task = meta["task"]
+    classes, severities = task.get("classes"), task.get("severities")
+    if not isinstance(classes, list) or len(classes) < 2 or len(set(map(str, classes))) != len(classes):
+        return f"task classes {classes} are not two or more distinct names"
+    if not _numbers(severities, len(classes)) or not all(0 <= v <= 1000 for v in severities):
+        return f"task severities {severities} are not {len(classes)} finite numbers in 0..1000, one per class"
+    return None
+
+
+def config_problem(config: Any, meta: dict[str, Any], task: Task) -> str | None:
+    """Where the run's timm `config.json` contradicts its `herlev.json`, or None."""
+    if not isinstance(config, dict):
+        return "it does not hold a JSON object"
+    want_outputs = get_head(meta["head"]).n_outputs(task.n_classes)
+    if config.get("num_classes") != want_outputs:
+        return f"num_classes {config.get('num_classes')!r}, but herlev.json's head and classes need {want_outputs}"
+    labels = list(task.classes) if meta["head"] != "reg" else ["severity"]
+    if "label_names" in config and config["label_names"] != labels:
+        return f"label_names {config['label_names']} differ from herlev.json's classes {labels}"
+    arch = config.get("architecture")
+    if arch is not None and arch != meta["arch"]:
+        return f"architecture '{arch}' differs from herlev.json's '{meta['arch']}'"
+    return None
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -181,8 +262,23 @@ def load_run(run_dir: str | Path) -> Run:
     weights = run_dir / "model.safetensors"
     if not weights.is_file():
         raise HerlevError(f"run '{run_dir}' has no model.safetensors; the run folder is incomplete")
+    config_path = run_dir / "config.json"
+    if config_path.is_file():  # written with every run; older hand-made folders may lack it
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise HerlevError(f"'{config_path}' is not valid JSON ({e}); the run folder is damaged") from None
+        problem = config_problem(config, meta, task)
+        if problem:
+            raise HerlevError(f"'{config_path}': {problem}; the run folder is damaged or was edited: restore it or "
+                              "retrain")
+    state = load_weights_file(weights)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise HerlevError(f"'{weights}' holds NaN or infinite weights ({len(bad)} tensor(s), e.g. '{bad[0]}'): the "
+                          "training diverged or the file is damaged; retrain, e.g. with a smaller --lr")
     head = get_head(meta["head"])
     net = create_net(meta["arch"], head.n_outputs(task.n_classes), pretrained=False)
-    load_into(net, load_weights_file(weights), str(weights), new_classifier=False)
+    load_into(net, state, str(weights), new_classifier=False)
     model = SeverityModel(net, head, task.severities).eval()
     return Run(run_dir, meta, task, model)

@@ -115,7 +115,7 @@ def test_skip_bad_trains_and_records_the_skipped_file(tmp_path):
 def test_output_folder_that_is_a_file(tmp_path):
     (tmp_path / "runs").write_text("I am a file")
     result = runner.invoke(app, TRAIN + ["--data", str(_data(tmp_path)), "--out", str(tmp_path / "runs")])
-    assert_one_line_error(result, "cannot create run folder")
+    assert_one_line_error(result, "runs' is a file, not a folder")
 
 
 def test_existing_run_name_is_not_overwritten(tmp_path):
@@ -155,7 +155,7 @@ RUN_CASES = {
     "sidecar wrong type": (_edit_meta(lambda m: m.update(image_size="big")), "'image_size' should be int"),
     "sidecar missing key": (_edit_meta(lambda m: m.pop("head")), "lacks 'head'"),
     "weights of another task": (_edit_meta(lambda m: m["task"].update(classes=["a", "b"], severities=[0, 1])),
-                                "do not fit architecture"),
+                                "config.json': num_classes 5, but herlev.json's head and classes need 2"),
     "data moved away": (_edit_meta(lambda m: m.update(data_root="/nonexistent")), "held-out image.*missing.*--data"),
 }
 

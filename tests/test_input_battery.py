@@ -6,7 +6,11 @@ The table `CASES` is the contract, and docs/bad_input.md documents it case by ca
 - "error": exit 2, one line `error: ...` naming the file or folder, no traceback, no output written.
 """
 
+import json
 import os
+import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -142,13 +146,88 @@ CASES = {
     "symlink loop": (_symlink_loop, None, dict(train="works", predict="works", quantify="works")),
 }
 
+
+# --- generated kinds: each kind is one row of docs/bad_input.md, with as many cases as the generator makes ----------
+
+def _png_header(w: int, h: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))
+
+
+def _bmp_header(w: int, h: int) -> bytes:
+    info = struct.pack("<IiiHHIIiiII", 40, w, h, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 14 + 40 + 16, 0, 0, 54) + info + b"\0" * 16
+
+
+def _jpg_header(w: int, h: int) -> bytes:  # JPEG sizes are 16-bit
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 17, 8, min(h, 65535), min(w, 65535), 3) + b"\x01\x11\0\x02\x11\0\x03\x11\0"
+    sos = b"\xff\xda" + struct.pack(">HB", 12, 3) + b"\x01\0\x02\x11\x03\x11\0\x3f\0"
+    return b"\xff\xd8" + sof + sos + b"\0" * 16 + b"\xff\xd9"
+
+
+def _tif_header(w: int, h: int) -> bytes:
+    tags = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1), (273, 4, 1, 8),
+            (277, 3, 1, 1), (278, 4, 1, h), (279, 4, 1, 1)]
+    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", *t) for t in tags) + struct.pack("<I", 0)
+    return b"II*\0" + struct.pack("<I", 9) + b"\0" + ifd
+
+
+HEADERS = {"png": _png_header, "bmp": _bmp_header, "jpg": _jpg_header, "tif": _tif_header}
+# far beyond Pillow's limit (it raises), and between its warning and its error (it would decode 120 Mpx)
+DECLARED = ((100_000, 100_000), (12_000, 10_000))
+
+
+def _hostile(ext, w, h):
+    def build(tmp):
+        root = _base(tmp)
+        (root / "light_dysplastic" / f"bomb.{ext}").write_bytes(HEADERS[ext](w, h))
+        return root
+    return build
+
+
+# bytes that are not UTF-8 in a file name (Linux allows any byte but '/' and NUL)
+UNDECODABLE = {"latin-1": b"c\xe9llule", "lone bytes": b"\xff\xfe", "cut sequence": b"cell\xc3", "overlong": b"\xc0\xaf"}
+
+
+def _undecodable(name: bytes):
+    def build(tmp):
+        root = _base(tmp)
+        folder = os.fsencode(root / "light_dysplastic")
+        shutil.copy(root / "light_dysplastic" / "lig0.BMP", os.fsdecode(folder + b"/" + name + b".bmp"))
+        return root
+    return build
+
+
+def _single_class(tmp):
+    return herlev_folder(tmp / "one class", folders={"light_dysplastic": 4})
+
+
+KIND = {}  # generated case -> its row in docs/bad_input.md
+for ext in HEADERS:
+    for i, (w, h) in enumerate(DECLARED):
+        case = f"{ext} header declaring {w}x{h} pixels"
+        expect = dict(train="error", evaluate="error", predict="error", explain="error")
+        if i == 0 and ext in ("png", "tif"):
+            expect.update(train_skip_bad="warns")  # the same reader for every format: two formats train
+        CASES[case] = (_hostile(ext, w, h), f"bomb.{ext}", expect)
+        KIND[case] = "image header declaring more pixels than Pillow decodes safely"
+for i, (label, raw) in enumerate(UNDECODABLE.items()):
+    case = f"file name with {label} bytes that are not UTF-8"
+    expect = dict(evaluate="works", predict="works", explain="works", **({"train": "works"} if i == 0 else {}))
+    CASES[case] = (_undecodable(raw), None, expect)
+    KIND[case] = "file names that are not valid UTF-8"
+CASES["single-class data set"] = (_single_class, "cannot be computed", dict(train="warns", evaluate="warns"))
+
 TRAIN = ["--arch", "test_resnet", "--no-pretrained", "--size", "32", "--bs", "4", "--folds", "2", "--quiet"]
 
 
 def _invoke(command, root, tmp, trained_run):
     out = tmp / "out"
-    if command == "train":
+    if command in ("train", "train_skip_bad"):
         args = ["train", "--data", str(root), *TRAIN, "--epochs", "1", "--out", str(out), "--name", "r"]
+        args += ["--skip-bad"] if command == "train_skip_bad" else []
     elif command == "reproduce":
         args = ["reproduce", "--data", str(root), *TRAIN, "--epochs", "1", "--out", str(out)]
     elif command == "lr_find":
@@ -188,9 +267,226 @@ def test_battery(case, command, tmp_path, trained_run):
         warnings = [line for line in lines if line.startswith("warning: ")]
         if expect[command] == "warns":
             assert any(named in w for w in warnings), result.output
+        for path in out.rglob("*.json"):  # strict JSON: a value that cannot be computed is null, never NaN
+            json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{path.name} holds {c}"))
 
 
 def test_every_case_is_documented():
     doc = (REPO / "docs" / "bad_input.md").read_text()
     for case in CASES:
-        assert f"| {case} |" in doc, case
+        assert f"| {KIND.get(case, case)} |" in doc, case
+
+
+# --- run folders that are damaged or edited: validated against physics and against themselves -----------------------
+
+NAN, INF = float("nan"), float("inf")
+META_EDITS = {  # key in herlev.json (task.* inside "task") -> values a damaged or edited file may hold
+    "mean": ([NAN] * 3, [INF, 0.5, 0.5], [-0.1, 0.5, 0.5], [0.5, 0.5], [2.0, 0.5, 0.5]),
+    "std": ([0, 0.5, 0.5], [NAN] * 3, [-1, 1, 1], [1e9] * 3),
+    "image_size": (0, -5, 10**6),
+    "fold": (7, -1),
+    "n_folds": (0, 1000),
+    "head": ("svm", ""),
+    "folds_file": ("../../etc/passwd", "/etc/passwd", ".."),
+    "task.severities": ([NAN, 1, 2, 3, 4], [0, 1, 2, 3], [-1, 1, 2, 3, 4], [0, 1, 2, 3, 1e12]),
+    "task.classes": (["normal"] * 5, ["normal"]),
+}
+CONFIG_EDITS = {"num_classes": (3, 7), "label_names": ("reversed", "renamed"), "architecture": ("resnet50",)}
+FOLDS_EDITS = {"binary garbage": b"\x00\xff\x00\x13garbage\n\x89PNG", "empty file": b"",
+               "no fold column": b"rel,label\na.bmp,normal\n", "fold beyond n_folds": None, "fold not a number": None,
+               "unknown label": None}
+
+
+def _edit_json(path, key, value):
+    data = json.loads(path.read_text())
+    *parents, last = key.split(".")
+    target = data
+    for k in parents:
+        target = target[k]
+    if value == "reversed":
+        value = target[last][::-1]
+    elif value == "renamed":
+        value = ["benign", *target[last][1:]]
+    target[last] = value
+    path.write_text(json.dumps(data))  # NaN and Infinity written as Python's json module reads them
+
+
+def _edit_folds(run, label):
+    if FOLDS_EDITS[label] is not None:
+        (run / "folds.csv").write_bytes(FOLDS_EDITS[label])
+        return
+    lines = (run / "folds.csv").read_text().splitlines()
+    rel, cls, fold = lines[1].split(",")
+    row = {"fold beyond n_folds": f"{rel},{cls},9", "fold not a number": f"{rel},{cls},x",
+           "unknown label": f"{rel},koilocyte,{fold}"}[label]
+    (run / "folds.csv").write_text("\n".join([lines[0], row, *lines[2:]]) + "\n")
+
+
+def _nan_weights(run, value):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(run / "model.safetensors"))
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name].clone().fill_(value)
+    save_file(state, str(run / "model.safetensors"))
+
+
+RUN_EDITS = (  # (id, damage(run), file the error must name, command that reads it)
+    [(f"herlev.json {key}={value!r}", lambda run, k=key, v=value: _edit_json(run / "herlev.json", k, v), "herlev.json",
+      "predict") for key, values in META_EDITS.items() for value in values]
+    + [("herlev.json classes renamed", lambda run: _edit_json(run / "herlev.json", "task.classes", "renamed"),
+        "config.json", "predict")]
+    + [(f"config.json {key}={value!r}", lambda run, k=key, v=value: _edit_json(run / "config.json", k, v),
+        "config.json", "predict") for key, values in CONFIG_EDITS.items() for value in values]
+    + [(f"folds.csv {label}", lambda run, k=label: _edit_folds(run, k), "folds.csv", "evaluate") for label in FOLDS_EDITS]
+    + [(f"weights all {value}", lambda run, v=value: _nan_weights(run, v), "model.safetensors", "predict")
+       for value in (NAN, INF)]
+)
+
+
+@pytest.mark.parametrize("damage,named,command", [e[1:] for e in RUN_EDITS], ids=[e[0] for e in RUN_EDITS])
+def test_damaged_run_folder(damage, named, command, trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    damage(run)
+    out = tmp_path / "out"
+    if command == "predict":
+        image = next(p for p in Path(json.loads((run / "herlev.json").read_text())["data_root"]).rglob("*.BMP"))
+        args = ["predict", str(image), "--run", str(run), "--out", str(out / "p.csv"), "--device", "cpu"]
+    else:
+        args = ["evaluate", str(run), "--out", str(out), "--device", "cpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and named in errors[0] and "Traceback" not in result.output, result.output
+    assert not out.exists(), "an error left output behind"
+
+
+# --- options: out-of-range values, paths that escape --out, outputs that are files -----------------------------------
+
+OPTION_VALUES = {  # (command, option) -> values that must be refused before any work
+    ("train", "--seed"): ("-1", str(2**32)),
+    ("train", "--lr"): ("0", "-1e-3", "10", "1e6", "nan", "inf"),
+    ("train", "--wd"): ("-1", "nan"),
+    ("train", "--mse-weight"): ("-1", "nan", "inf"),
+    ("train", "--epochs"): ("0", "100000"),
+    ("train", "--bs"): ("0", "1"),
+    ("train", "--size"): ("8", "100000"),
+    ("train", "--folds"): ("1", "21"),
+    ("evaluate", "--bs"): ("0", "-3"),
+    ("predict", "--bs"): ("0",),
+    ("synth", "--per-class"): ("1", "-4"),
+    ("synth", "--seed"): ("-1",),
+    ("synth", "--size"): ("8",),
+}
+OPTION_CASES = [(c, o, v) for (c, o), values in OPTION_VALUES.items() for v in values]
+TRAIN_FAST = ["--arch", "test_resnet", "--no-pretrained", "--size", "32", "--bs", "4", "--folds", "2", "--quiet"]
+
+
+def _command_args(command, tmp, trained_run, data):
+    out = tmp / "out"
+    return out, {
+        "train": ["train", "--data", str(data), *TRAIN_FAST, "--epochs", "1", "--out", str(out)],
+        "lr-find": ["lr-find", "--data", str(data), *TRAIN_FAST, "--out", str(out)],
+        "reproduce": ["reproduce", "--data", str(data), *TRAIN_FAST, "--epochs", "1", "--out", str(out)],
+        "evaluate": ["evaluate", str(trained_run), "--out", str(out), "--device", "cpu"],
+        "predict": ["predict", str(data), "--run", str(trained_run), "--out", str(out / "p.csv"), "--device", "cpu"],
+        "explain": ["explain", str(data / "light_dysplastic" / "lig0.BMP"), "--run", str(trained_run), "--out",
+                    str(out), "--steps", "4", "--device", "cpu", "--quiet"],
+        "quantify": ["quantify", "--run", str(trained_run), "--data", str(data), "--split", "all", "--out", str(out),
+                     "--steps", "4", "--device", "cpu", "--quiet"],
+        "synth": ["synth", str(out), "--size", "32"],
+    }[command]
+
+
+def _one_error(result):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+@pytest.mark.parametrize("command,option,value", OPTION_CASES, ids=[" ".join(c) for c in OPTION_CASES])
+def test_option_out_of_range(command, option, value, tmp_path, trained_run):
+    data = _base(tmp_path)
+    out, args = _command_args(command, tmp_path, trained_run, data)
+    error = _one_error(runner.invoke(app, [*args, option, value]))
+    assert error.startswith(f"error: {option} ") and "out of range" in error, error
+    assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
+
+
+NAMES = ("../x", "../../x", "/tmp/abs", "a/b", "..", ".", "a\\b")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_run_name_cannot_escape_out(name, tmp_path):
+    data = _base(tmp_path)
+    before = set(tmp_path.rglob("*"))
+    out, args = _command_args("train", tmp_path, None, data)
+    error = _one_error(runner.invoke(app, [*args, "--name", name]))
+    assert f"--name '{name}' is not a plain folder name" in error
+    assert set(tmp_path.rglob("*")) == before
+
+
+OUT_COMMANDS = ("train", "lr-find", "reproduce", "evaluate", "predict", "explain", "quantify", "synth")
+
+
+@pytest.mark.parametrize("under", [False, True], ids=["out is a file", "out under a file"])
+@pytest.mark.parametrize("command", OUT_COMMANDS)
+def test_output_that_is_a_file(command, under, tmp_path, trained_run):
+    data = _base(tmp_path)
+    out, args = _command_args(command, tmp_path, trained_run, data)
+    if command == "predict" and not under:  # predict's --out is a CSV file: a folder there is the mistake
+        (out / "p.csv").mkdir(parents=True)
+        assert f"'{out / 'p.csv'}' is a folder" in _one_error(runner.invoke(app, args))
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("a file")
+    if under:
+        args = [a.replace(str(out), str(out / "sub")) for a in args]
+    error = _one_error(runner.invoke(app, args))
+    assert f"'{out}' is a file, not a folder" in error, error
+    assert out.read_text() == "a file"
+
+
+@pytest.mark.parametrize("command", ["explain", "evaluate", "predict"])
+def test_paths_of_the_wrong_kind_are_named_as_such(command, tmp_path, trained_run):
+    """A folder named like an image is 'a folder', a run path that is a file is 'a file': never 'does not exist'."""
+    if command == "explain":
+        (tmp_path / "cell.png").mkdir()
+        args = ["explain", str(tmp_path / "cell.png"), "--run", str(trained_run), "--device", "cpu", "--quiet"]
+        expected = f"'{tmp_path / 'cell.png'}' is a folder, not an image file"
+    else:
+        (tmp_path / "run").write_text("not a run")
+        args = (["evaluate", str(tmp_path / "run")] if command == "evaluate"
+                else ["predict", str(_base(tmp_path)), "--run", str(tmp_path / "run"), "--out", str(tmp_path / "p.csv")])
+        expected = f"run '{tmp_path / 'run'}' is a file, not a run folder"
+    assert expected in _one_error(runner.invoke(app, args))
+
+
+def test_output_redirected_to_a_file_has_no_bars_and_whole_names(tmp_path, trained_run):
+    """Logs: no carriage returns or bar characters when stdout is a file; a long file name printed whole."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    long_name = "a_cell_image_with_a_name_much_longer_than_eighty_columns_" + "x" * 40 + ".png"
+    write_image(data / long_name)
+    for i in range(60):  # enough images for predict's progress bar (>= 50)
+        write_image(data / f"c{i}.png", value=i)
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        subprocess.run([sys.executable, "-m", "herlev_cli.main", "predict", str(data), "--run", str(trained_run),
+                        "--out", str(tmp_path / "p.csv"), "--device", "cpu"], stdout=f, stderr=subprocess.STDOUT,
+                       check=True, env={**os.environ, "COLUMNS": "80"})
+    text = log.read_text()
+    assert "\r" not in text and "━" not in text and "\x1b" not in text
+    assert "61 image(s)" in text
+    train_log = tmp_path / "train.txt"
+    with open(train_log, "w") as f:  # no --quiet: the bars are left out because the output is a file
+        subprocess.run([sys.executable, "-m", "herlev_cli.main", "train", "--data", str(_base(tmp_path)), *TRAIN_FAST[:-1],
+                        "--epochs", "1", "--out", str(tmp_path / "runs"), "--device", "cpu"], stdout=f,
+                       stderr=subprocess.STDOUT, check=True)
+    text = train_log.read_text()
+    assert "\r" not in text and "█" not in text and "run folder:" in text

@@ -34,3 +34,35 @@ def test_unknown_name_is_an_attribute_error():
         assert "no_such_thing" in str(e)
     else:
         raise AssertionError("no AttributeError")
+
+
+HEAVY = ("torch", "fastai", "timm", "captum", "matplotlib", "pandas", "albumentations", "sklearn", "cv2")
+
+
+def test_cli_imports_no_heavy_library():
+    """`herlev --help` and a mistyped option must not wait for torch: the CLI imports it inside the commands."""
+    probe = f"import herlev_cli.main, sys; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
+def test_help_and_usage_errors_import_no_heavy_library():
+    probe = ("import sys, runpy\nsys.argv = ['herlev'] + sys.argv[1:]\n"
+             "try:\n    runpy.run_module('herlev_cli.main', run_name='__main__')\nexcept SystemExit as e:\n"
+             f"    print('exit', e.code, sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    for args, code in ((["--help"], 0), (["train", "--help"], 0), (["train", "--bogus"], 2), (["--version"], 0)):
+        out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True).stdout
+        assert out.strip().endswith(f"exit {code} []"), (args, out[-500:])
+
+
+def test_option_help_and_defaults_come_from_the_config():
+    from typer.testing import CliRunner
+
+    from herlev_cli.main import app
+    from herlev_fa.config import DataConfig, TrainConfig, help_of
+
+    text = " ".join(CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "400"}).output.split())
+    for cls, name in ((TrainConfig, "epochs"), (TrainConfig, "keep"), (DataConfig, "size"), (TrainConfig, "quiet")):
+        assert help_of(cls, name) in text, name
+    assert "[default: 20]" in text and "[default: 224]" in text
+    assert "<bool>" not in text.replace("--help <bool>", "")  # flags take no value (typer's own --help aside)

@@ -8,6 +8,7 @@ do no decoding (Herlev is under 100 MB decoded). What does not: random augmentat
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,8 +29,14 @@ def load_image(path: str | Path) -> np.ndarray:
         HerlevError: the file is missing, empty, truncated or not an image.
     """
     path = Path(path)
+    if path.is_dir():
+        raise HerlevError(f"'{path}' is a folder, not an image file; pass the images in it, or the folder where "
+                          "a folder is accepted")
     try:
         with Image.open(path) as img:
+            if img.width * img.height > (Image.MAX_IMAGE_PIXELS or math.inf):  # Pillow only warns up to twice that
+                raise Image.DecompressionBombError(f"Image size ({img.width} x {img.height} pixels) exceeds limit of "
+                                                   f"{Image.MAX_IMAGE_PIXELS} pixels.")
             img.load()
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 # 16-bit (or 32-bit int) grayscale: scale by the dtype's range, not the image's max,
@@ -42,6 +49,8 @@ def load_image(path: str | Path) -> np.ndarray:
             return np.asarray(rgb, dtype=np.uint8).copy()
     except FileNotFoundError:
         raise HerlevError(f"image '{path}' does not exist") from None
+    except Image.DecompressionBombError as e:  # a header declaring billions of pixels: refused before decoding
+        raise HerlevError(f"cannot read image '{path}': {e} Replace it with a real cell image") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         reason = "empty file" if path.is_file() and path.stat().st_size == 0 else str(e).split("\n")[0]
         raise HerlevError(f"cannot read image '{path}': {reason}") from None

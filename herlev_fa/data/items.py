@@ -23,6 +23,16 @@ from herlev_fa.errors import HerlevError
 from herlev_fa.labels import IMAGE_EXTENSIONS, MASK_SUFFIXES, Task
 
 COLUMNS = ["path", "rel", "mask", "folder", "label", "y", "severity"]
+# file names that are not valid UTF-8 (Linux allows any bytes) are written to CSV files as their own bytes
+FILE_NAME_ERRORS = "surrogateescape"
+
+
+def printable(name: str) -> str:
+    """A file name fit for text and figures: bytes that are not UTF-8 (Linux allows them) become U+FFFD.
+
+    The name itself is kept everywhere else (CSV files write its bytes back, see `FILE_NAME_ERRORS`).
+    """
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def is_mask_file(path: Path) -> bool:

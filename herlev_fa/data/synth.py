@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from herlev_fa.atomic import check_output_folder
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import (
     ARCHIVE_FOLDERS,
@@ -205,12 +206,13 @@ def write_synthetic(out: str | Path, per_class: int = 30, size: int = 96, seed: 
     """
     out = Path(out)
     if not isinstance(per_class, int) or per_class < 2:
-        raise HerlevError(f"per_class must be an integer >= 2 (got {per_class!r})")
+        raise HerlevError(f"--per-class {per_class!r} is out of range: use an integer >= 2")
     if not isinstance(size, int) or not 16 <= size <= 1024:
-        raise HerlevError(f"size must be an integer from 16 to 1024 pixels (got {size!r})")
-    if not isinstance(seed, int) or seed < 0:
-        raise HerlevError(f"seed must be a non-negative integer (got {seed!r})")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise HerlevError(f"--size {size!r} is out of range: use an integer from 16 to 1024 pixels")
+    if not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise HerlevError(f"--seed {seed!r} is out of range: use 0..{2**32 - 1}")
+    check_output_folder(out, "OUT")
+    if out.exists() and any(out.iterdir()):
         raise HerlevError(f"output folder '{out}' already exists and is not empty: choose a new folder")
     for class_index, (name, _) in enumerate(HERLEV7):
         folder = out / ARCHIVE_FOLDERS[name]

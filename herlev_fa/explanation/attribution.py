@@ -43,18 +43,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+# the choices live in the light config module, so that the CLI lists them without importing torch
+from herlev_fa.config import BASELINES, DEFAULT_BASELINE, DEFAULT_METHOD, DEFAULT_TOL, METHODS  # noqa: F401
 from herlev_fa.errors import HerlevError
 from herlev_fa.model.heads import Head, decode_parts, get_head
 from herlev_fa.model.inference import fold_batchnorm
 
-BASELINES = ("mean", "black", "white", "blur")
-# captum's quadrature rules for the path integral, and their names in text
-METHODS = {"gausslegendre": "Gauss-Legendre", "riemann_middle": "midpoint", "riemann_trapezoid": "trapezoid",
-           "riemann_left": "left Riemann", "riemann_right": "right Riemann"}
-DEFAULT_METHOD = "gausslegendre"  # captum's default; best for smooth networks
 PRECISIONS = ("fp32", "bf16")
-DEFAULT_BASELINE = "mean"
-DEFAULT_TOL = 0.05  # relative completeness error above which a result is flagged
 GAP_FLOOR = 0.1  # |f(x) - f(baseline)| below this (logit units) is measured against this instead
 BLUR_SIGMA = 0.125  # blur baseline: Gaussian sigma as a fraction of the model's input size
 
@@ -468,6 +463,8 @@ def iter_explanations(run, paths: Sequence[str | Path], target: str = "predicted
     missing = [p for p in paths if not p.is_file()]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        if missing[0].is_dir():
+            raise HerlevError(f"'{missing[0]}' is a folder, not an image file{more}; explain takes image files")
         raise HerlevError(f"image '{missing[0]}' does not exist{more}")
     if bs < 1:
         raise HerlevError(f"--bs {bs} must be at least 1")

@@ -72,7 +72,7 @@ def read_mask(path: str | Path, max_other: float = 0.05) -> np.ndarray:
     try:
         with Image.open(path) as image:
             rgb = np.asarray(image.convert("RGB"))  # [H, W, 3]
-    except (OSError, SyntaxError, ValueError) as e:  # not an image, truncated, corrupt header
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # not an image, truncated, bomb
         raise HerlevError(f"mask '{path}' could not be read ({e}); replace it with an intact BMP or PNG") from e
     regions = decode_mask(rgb)
     other = regions == OTHER

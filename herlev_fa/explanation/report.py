@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from herlev_fa.atomic import atomic_path, write_text
+from herlev_fa.data.items import FILE_NAME_ERRORS
 from herlev_fa.errors import HerlevError
 from herlev_fa.explanation.attribution import (
     DEFAULT_BASELINE,
@@ -67,11 +68,12 @@ def write_explanation(result: Explanation, out_dir: str | Path, baseline: str, s
                       method: str = DEFAULT_METHOD) -> tuple[Path, Path]:
     """Write `NAME_ig.png` and `NAME_ig.npy` ([H, W] float32, input grid) atomically; returns both paths."""
     out_dir = Path(out_dir)
+    # the figure first: if it cannot be drawn, no map is left behind without it
+    png = explanation_png(result, out_dir / f"{result.name}_ig.png",
+                          settings=f"baseline {baseline}, {steps} {METHODS[method]} steps")
     npy = out_dir / f"{result.name}_ig.npy"
     with atomic_path(npy) as tmp, open(tmp, "wb") as f:
         np.save(f, result.attribution.astype(np.float32))
-    png = explanation_png(result, out_dir / f"{result.name}_ig.png",
-                          settings=f"baseline {baseline}, {steps} {METHODS[method]} steps")
     return png, npy
 
 
@@ -115,7 +117,7 @@ def explain_images(run, paths: Sequence[str | Path], out: str | Path | None = No
             advance(1)
     table = pd.DataFrame(rows)
     with atomic_path(out_dir / "explanations.csv") as tmp:
-        table.to_csv(tmp, index=False)
+        table.to_csv(tmp, index=False, errors=FILE_NAME_ERRORS)
     warn_unconverged(table["name"].tolist(), table["relative_delta"].tolist(), steps, tol)
     return table, out_dir
 
@@ -242,7 +244,7 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
     settings = f"target {target}, baseline {baseline}, {steps} {METHODS[method]} steps"
     files = [out_dir / "quantify.csv", out_dir / "quantify.md", out_dir / "quantify.png"]
     with atomic_path(files[0]) as tmp:
-        table.to_csv(tmp, index=False)
+        table.to_csv(tmp, index=False, errors=FILE_NAME_ERRORS)
     write_text(files[1], summary_markdown(summary, title, settings))
     nucleus_attribution_png(table, run.task.classes, files[2], title=f"{run.path.name}: {settings}")
     unconverged = warn_unconverged(table["name"].tolist(), table["relative_delta"].tolist(), steps, tol)

@@ -8,6 +8,7 @@ Local files load without unpickling code: safetensors, or `torch.load(weights_on
 from __future__ import annotations
 
 import difflib
+import pickle
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -59,7 +60,10 @@ def load_weights_file(path: str | Path) -> dict[str, Tensor]:
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle.UnpicklingError, safetensors errors, RuntimeError on bad zip
-        reason = str(e).strip().split("\n")[0][:200]
+        if isinstance(e, pickle.UnpicklingError):  # torch's text advises weights_only=False: the unsafe load refused here
+            reason = "it holds pickled Python objects besides tensors, and loading those could run code from the file"
+        else:
+            reason = str(e).strip().split("\n")[0][:200]
         raise HerlevError(f"cannot load weights '{path}' safely ({type(e).__name__}: {reason}); "
                           "give a .safetensors file or a plain state dict") from None
     for key in ("state_dict_ema", "state_dict", "model"):
