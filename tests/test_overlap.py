@@ -247,3 +247,41 @@ def test_batched_region_shares_by_hand_and_bad_inputs():
     with pytest.raises(ValueError, match="no pixel"):
         region_shares_batch(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4, dtype=torch.uint8),
                             torch.tensor(KEEP)[None].expand(2, 3, 4) & torch.tensor([True, False])[:, None, None])
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing explanations on the same cells (explanation.study)
+
+
+def test_paired_comparison_by_hand():
+    from herlev_fa.explanation.study import paired_comparison
+
+    a = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, np.nan])
+    b = a + np.array([0.5, 0.1, 0.3, 0.6, 0.2, 0.4, 1.0])  # six distinct positive differences, one NaN pair
+    r = paired_comparison(a, b)
+    assert r["n"] == 6 and r["b_greater"] == 1.0
+    assert r["mean_diff"] == pytest.approx(0.35) and r["median_diff"] == pytest.approx(0.35)
+    assert r["p"] == pytest.approx(2 / 2 ** 6)  # exact: only one of the 2^6 sign patterns is this extreme, twice
+    flipped = paired_comparison(b, a)
+    assert flipped["p"] == pytest.approx(r["p"]) and flipped["b_greater"] == 0.0 and flipped["mean_diff"] < 0
+    same = paired_comparison(a, a)
+    assert same["n"] == 6 and same["median_diff"] == 0.0 and math.isnan(same["p"])
+    assert paired_comparison([np.nan], [1.0])["n"] == 0.0
+    with pytest.raises(ValueError, match="paired"):
+        paired_comparison([1.0, 2.0], [1.0])
+
+
+def test_severity_trend_and_compare_runs():
+    import pandas as pd
+
+    from herlev_fa.explanation.study import compare_runs, severity_trend
+
+    assert severity_trend([1, 2, 3, 4, np.nan], [0, 1, 2, 3, 4])["rho"] == pytest.approx(1.0)
+    assert severity_trend([4, 3, 2, 1], [0, 1, 2, 3])["rho"] == pytest.approx(-1.0)
+    assert math.isnan(severity_trend([1, 2, 3], [2, 2, 2])["rho"])
+    ref = pd.DataFrame({"path": ["a", "b", "c", "d"], "x": [1.0, 2.0, 3.0, 4.0]})
+    other = pd.DataFrame({"path": ["d", "c", "b", "e"], "x": [5.0, 4.0, 3.0, 9.0]})  # other order, one extra cell
+    table = compare_runs({"ref": ref, "other": other}, "ref", ["x"])
+    row = table.iloc[0]
+    assert (row["name"], row["metric"], row["n"]) == ("other", "x", 3.0)
+    assert row["mean_diff"] == pytest.approx(1.0) and row["b_greater"] == 1.0
