@@ -113,7 +113,7 @@ def main() -> None:
         lines += [f"## {config}, baseline {baseline}", "", "mean ± sd, median [IQR]", "", *per_class(table, classes), ""]
     lines += ["## Nucleus against its area and against the baseline alone; trend with severity", "",
               "| config | baseline | n | + share > area share (cells) | p | enrichment > control (cells) | p "
-              "| Spearman rho (enrichment, severity) | p | |delta| mean | rel. delta median |",
+              "| Spearman rho (enrichment, severity) | p | mean \\|delta\\| | median relative delta |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for (config, baseline), t in pooled.items():
         area = paired_comparison(t["nucleus_area_share"], t["nucleus_pos_share"])
