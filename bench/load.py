@@ -26,10 +26,11 @@ from PIL import Image
 
 QUANTIFY_CHILD = r"""
 import json, resource, sys, time
+from herlev_fa.config import IGSettings
 from herlev_fa.explanation.report import quantify
 run, data, out = sys.argv[1], sys.argv[2], sys.argv[3]
 t = time.perf_counter()
-result = quantify(run, data=data, split="all", out=out, steps=16, device="cpu", progress=False)
+result = quantify(run, data=data, split="all", out=out, settings=IGSettings(steps=16, device="cpu"), progress=False)
 seconds = time.perf_counter() - t
 print(json.dumps({"n": len(result.table), "seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """

@@ -1,7 +1,8 @@
-"""The `explain` and `quantify` commands: Integrated Gradients of a run's model, per image and over a dataset.
+"""The `explain`, `quantify` and `compare-explanations` commands: Integrated Gradients of runs' models.
 
 Registered on the shared `app` when imported (``herlev_cli.main`` imports this module).
-Each command parses its options and calls one library function of ``herlev_fa.explanation.report``.
+Each command parses its options into an `IGSettings` (which holds every default and help text)
+and calls one library function of ``herlev_fa.explanation.report``.
 """
 
 from __future__ import annotations
@@ -11,18 +12,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from herlev_cli.app import Device, Quiet, RunOption, app, flag, out, run_dir, user_errors
-from herlev_fa.config import BASELINES, DEFAULT_BASELINE, DEFAULT_METHOD, DEFAULT_TOL, METHODS
+from herlev_cli.app import Quiet, RunOption, app, flag, out, run_dir, user_errors
+from herlev_fa.config import IGSettings
 
-Target = Annotated[str, typer.Option(help="predicted | score | a class name: the logit (or severity score) explained.")]
-Steps = Annotated[int, typer.Option(help="Steps (quadrature nodes) of the IG path integral.")]
-Method = Annotated[str, typer.Option(help=f"{' | '.join(METHODS)}: captum's quadrature rule. riemann_middle "
-                                          "(midpoint): 9-26% smaller delta than Gauss-Legendre on ResNets.")]
-Baseline = Annotated[str, typer.Option(help=f"{' | '.join(BASELINES)}: the input IG starts from "
-                                            "(mean = zero after normalisation; see docs/explainability.md).")]
-Tol = Annotated[float, typer.Option(help="Warn when |delta| exceeds this fraction of f(x) - f(baseline).")]
-Precision = Annotated[str, typer.Option(help="fp32 | bf16 (autocast: faster on recent GPUs and CPUs, larger delta).")]
-ImagesPerCall = Annotated[int, typer.Option("--bs", help="Images per IG call (each costs STEPS forward/backward).")]
+DEFAULT = IGSettings()
+Target = Annotated[str, typer.Option(help=IGSettings.help("target"))]
+Steps = Annotated[int, typer.Option(help=IGSettings.help("steps"))]
+Method = Annotated[str, typer.Option(help=IGSettings.help("method"))]
+Baseline = Annotated[str, typer.Option(help=IGSettings.help("baseline"))]
+Tol = Annotated[float, typer.Option(help=IGSettings.help("tol"))]
+Precision = Annotated[str, typer.Option(help=IGSettings.help("precision"))]
+ImagesPerCall = Annotated[int, typer.Option("--bs", help=IGSettings.help("bs"))]
+Device = Annotated[str, typer.Option(help=IGSettings.help("device"))]
 DataRoot = Annotated[Optional[Path], typer.Option("--data", help="Dataset root (default: the run's own data root).")]
 QuantifyOut = Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: RUN/quantify-SPLIT).")]
 Split = Annotated[str, typer.Option(help="valid (the run's held-out fold) | all (every image with a mask).")]
@@ -34,24 +35,25 @@ AsJson = Annotated[bool, flag("--json", help="Print the per-image rows as JSON o
 def explain(
     images: Annotated[list[Path], typer.Argument(help="Image files (bmp, jpg, png, tif; RGB, RGBA or grayscale).")],
     run: RunOption = None,
-    target: Target = "predicted",
-    steps: Steps = 50,
-    method: Method = DEFAULT_METHOD,
-    baseline: Baseline = DEFAULT_BASELINE,
+    target: Target = DEFAULT.target,
+    steps: Steps = DEFAULT.steps,
+    method: Method = DEFAULT.method,
+    baseline: Baseline = DEFAULT.baseline,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: RUN/explain).")] = None,
-    device: Device = "auto",
-    bs: ImagesPerCall = 8,
-    precision: Precision = "fp32",
-    tol: Tol = DEFAULT_TOL,
+    device: Device = DEFAULT.device,
+    bs: ImagesPerCall = DEFAULT.bs,
+    precision: Precision = DEFAULT.precision,
+    tol: Tol = DEFAULT.tol,
     quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:
     """Integrated Gradients per image: NAME_ig.png (cell, heat map, overlay) and NAME_ig.npy (H x W)."""
     from herlev_fa.data.items import printable
-    from herlev_fa.explanation.report import explain_images
+    from herlev_fa.explanation.report import delta_summary, explain_images
 
-    table, folder = explain_images(run_dir(run), images, out=out_dir, target=target, steps=steps, baseline=baseline,
-                                   device=device, bs=bs, precision=precision, tol=tol, method=method,
+    settings = IGSettings(target=target, steps=steps, method=method, baseline=baseline, precision=precision, tol=tol,
+                          bs=bs, device=device)
+    table, folder = explain_images(run_dir(run), images, out=out_dir, settings=settings,
                                    progress=not (quiet or as_json))
     if as_json:
         typer.echo(table.to_json(orient="records"))
@@ -59,6 +61,7 @@ def explain(
     for r in table.itertuples(index=False):
         out.print(f"{printable(r.name)}: predicted [bold]{r.predicted}[/], score {r.score:.2f}, IG of {r.target}, "
                   f"delta {r.delta:+.2g} ({r.relative_delta:.1%})", highlight=False)
+    out.print(delta_summary(table["delta"], table["relative_delta"], tol), highlight=False)
     out.print(f"written to [bold]{folder}[/] (NAME_ig.png, NAME_ig.npy, explanations.csv)")
 
 
@@ -69,14 +72,14 @@ def quantify(
     data: DataRoot = None,
     split: Split = "valid",
     out_dir: QuantifyOut = None,
-    target: Target = "predicted",
-    steps: Steps = 50,
-    method: Method = DEFAULT_METHOD,
-    baseline: Baseline = DEFAULT_BASELINE,
-    device: Device = "auto",
-    bs: ImagesPerCall = 8,
-    precision: Precision = "fp32",
-    tol: Tol = DEFAULT_TOL,
+    target: Target = DEFAULT.target,
+    steps: Steps = DEFAULT.steps,
+    method: Method = DEFAULT.method,
+    baseline: Baseline = DEFAULT.baseline,
+    device: Device = DEFAULT.device,
+    bs: ImagesPerCall = DEFAULT.bs,
+    precision: Precision = DEFAULT.precision,
+    tol: Tol = DEFAULT.tol,
     quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:
@@ -84,12 +87,47 @@ def quantify(
     from herlev_fa.explanation.report import quantify as run_quantify
     from herlev_fa.explanation.report import summary_table
 
-    result = run_quantify(run_dir(run), data=data, split=split, out=out_dir, target=target, steps=steps, baseline=baseline,
-                          device=device, bs=bs, precision=precision, tol=tol, method=method,
+    settings = IGSettings(target=target, steps=steps, method=method, baseline=baseline, precision=precision, tol=tol,
+                          bs=bs, device=device)
+    result = run_quantify(run_dir(run), data=data, split=split, out=out_dir, settings=settings,
                           progress=not (quiet or as_json))
     if as_json:
         typer.echo(result.table.to_json(orient="records"))
         return
-    steps_text = f"{steps} {METHODS[method]} steps"
-    out.print(summary_table(result.summary, f"IG on mask regions ({split}, baseline {baseline}, {steps_text})"))
+    out.print(summary_table(result.summary, f"IG on mask regions ({split}, {settings.describe()})"))
+    out.print(result.delta, highlight=False)
     out.print(f"written to [bold]{result.out_dir}[/] (quantify.csv, quantify.md, quantify.png)")
+
+
+@app.command("compare-explanations", rich_help_panel="Explanation")
+@user_errors
+def compare_explanations(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders, one column each (e.g. the cls, reg and cls_reg "
+                                                    "runs of the same fold).")],
+    out_file: Annotated[Path, typer.Option("--out", help="The PNG to write (its rows also go to the same name .csv).")]
+    = Path("figure7.png"),
+    per_class: Annotated[int, typer.Option(help="Cells per class, drawn from the runs' common held-out fold.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the cell draw (same seed, same cells).")] = 0,
+    label: Annotated[Optional[list[str]], typer.Option(help="Column title per run, in order (default: the shortest "
+                                                            "distinct ends of the run paths).")] = None,
+    data: DataRoot = None,
+    target: Target = DEFAULT.target,
+    steps: Steps = DEFAULT.steps,
+    method: Method = DEFAULT.method,
+    baseline: Baseline = DEFAULT.baseline,
+    device: Device = DEFAULT.device,
+    precision: Precision = DEFAULT.precision,
+    tol: Tol = DEFAULT.tol,
+    dpi: Annotated[int, typer.Option(help="Resolution of the PNG.")] = 100,
+) -> None:
+    """The poster's Fig. 7: the same held-out cells (rows) explained by each run (columns), nucleus outlined."""
+    from herlev_fa.explanation.report import compare_explanations as draw
+
+    settings = IGSettings(target=target, steps=steps, method=method, baseline=baseline, precision=precision, tol=tol,
+                          device=device)
+    result = draw(runs, out_file, per_class=per_class, seed=seed, labels=label, data=data, settings=settings, dpi=dpi)
+    cells = result.table["cell"].nunique()
+    out.print(f"{cells} cells x {len(runs)} runs written to [bold]{result.figure}[/] "
+              f"(and {result.figure.with_suffix('.csv').name})")
+    out.print(f"IG delta: relative delta median {result.table['relative_delta'].median():.2%}, "
+              f"max {result.table['relative_delta'].max():.1%}", highlight=False)

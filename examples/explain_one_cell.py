@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from herlev_fa import DataConfig, ModelConfig, TrainConfig, explain, load_run, read_mask, train, write_synthetic
+from herlev_fa import (DataConfig, IGSettings, ModelConfig, TrainConfig, explain, load_run, read_mask, train,
+                       write_synthetic)
 from herlev_fa.data.items import mask_for
 from herlev_fa.explanation.overlap import region_shares
 from herlev_fa.explanation.report import write_explanation
@@ -26,7 +27,7 @@ from herlev_fa.explanation.report import write_explanation
 def explain_cell(run_dir: Path, image: Path, out: Path) -> dict:
     """IG of `image` for its predicted class; the figure is written to `out`. Returns the numbers."""
     run = load_run(run_dir)
-    [result] = explain(run, [image], steps=50, device="cpu")
+    [result] = explain(run, [image], IGSettings(steps=50, device="cpu"))
     png, _ = write_explanation(result, out, baseline="mean", steps=50)
     numbers = {"predicted": result.predicted, "score": result.score, "figure": png}
     mask = mask_for(image)

@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "DataConfig": "config", "ModelConfig": "config", "TrainConfig": "config",
+    "DataConfig": "config", "ModelConfig": "config", "TrainConfig": "config", "IGSettings": "config",
     "HerlevError": "errors",
     "Task": "labels", "get_task": "labels", "load_class_map": "labels",
     "load_dataset": "data.items", "write_synthetic": "data.synth",
@@ -55,7 +55,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from herlev_fa.config import DataConfig, ModelConfig, TrainConfig
+    from herlev_fa.config import DataConfig, IGSettings, ModelConfig, TrainConfig
     from herlev_fa.data.items import scan as load_dataset
     from herlev_fa.data.synth import write_synthetic
     from herlev_fa.errors import HerlevError

@@ -22,13 +22,6 @@ PRECISIONS = ("auto", "fp32", "bf16")
 KEEP = ("best", "last")
 AUGMENTS = ("batch", "albumentations", "none")
 PAPER_HEADS = ("cls", "reg", "cls_reg")  # the paper's pipelines: what `herlev reproduce` trains by default
-# Integrated Gradients (explanation/attribution.py): baselines, captum's quadrature rules and their names in text
-BASELINES = ("mean", "black", "white", "blur")
-METHODS = {"gausslegendre": "Gauss-Legendre", "riemann_middle": "midpoint", "riemann_trapezoid": "trapezoid",
-           "riemann_left": "left Riemann", "riemann_right": "right Riemann"}
-DEFAULT_METHOD = "gausslegendre"  # captum's default; best for smooth networks
-DEFAULT_BASELINE = "mean"
-DEFAULT_TOL = 0.05  # relative completeness error above which a result is flagged
 SEED_MAX = 2**32 - 1  # NumPy's seeds are 32-bit
 LR_MAX = 10.0  # above this a run diverges at once; no schedule in this tool needs more
 
@@ -190,6 +183,71 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise HerlevError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     return device
+
+
+# ---------------------------------------------------------------------------------------------
+# Integrated Gradients: the settings of `explain`, `quantify` and `compare-explanations`, once
+
+IG_BASELINES = ("mean", "black", "white", "blur")
+# captum's quadrature rules for the path integral, and their names in text
+IG_METHODS = {"gausslegendre": "Gauss-Legendre", "riemann_middle": "midpoint", "riemann_trapezoid": "trapezoid",
+              "riemann_left": "left Riemann", "riemann_right": "right Riemann"}
+IG_PRECISIONS = ("fp32", "bf16")
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class IGSettings:
+    """How Integrated Gradients is computed and batched; each field's default and help text live here.
+
+    The `explain`, `quantify` and `compare-explanations` commands read their option defaults and
+    help from these fields (`IGSettings.help(name)`).
+    """
+
+    target: str = field(default="predicted", metadata=_help(
+        "predicted | score | a class name: the logit (or severity score) explained."))
+    steps: int = field(default=50, metadata=_help("Steps (quadrature nodes) of the IG path integral."))
+    method: str = field(default="gausslegendre", metadata=_help(
+        f"{' | '.join(IG_METHODS)}: captum's quadrature rule. riemann_middle (midpoint): 9-26% smaller delta than "
+        "Gauss-Legendre on ResNets."))
+    baseline: str = field(default="mean", metadata=_help(
+        f"{' | '.join(IG_BASELINES)}: the input IG starts from (mean = zero after normalisation; see "
+        "docs/explainability.md)."))
+    precision: str = field(default="fp32", metadata=_help(
+        "fp32 | bf16 (autocast: faster on recent GPUs and CPUs, larger delta)."))
+    tol: float = field(default=0.05, metadata=_help("Warn when |delta| exceeds this fraction of f(x) - f(baseline)."))
+    bs: int = field(default=8, metadata=_help("Images per IG call (each costs STEPS forward/backward)."))
+    internal_batch_size: int | None = field(default=None, metadata=_help(
+        "Images x steps per forward/backward pass; None = sized to the device's memory."))
+    device: str = field(default="auto", metadata=_help("auto | cpu | cuda."))
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, f"--steps {self.steps} must be at least 1 (50 is captum's default)")
+        _check(self.method in IG_METHODS, f"unknown method '{self.method}': choose one of {', '.join(IG_METHODS)}")
+        _check(self.baseline in IG_BASELINES,
+               f"unknown baseline '{self.baseline}': choose one of {', '.join(IG_BASELINES)}")
+        _check(self.precision in IG_PRECISIONS,
+               f"unknown precision '{self.precision}': choose one of {', '.join(IG_PRECISIONS)}")
+        _check(self.tol > 0, f"--tol {self.tol} must be > 0 (a fraction of f(x) - f(baseline), e.g. 0.05)")
+        _check(self.bs >= 1, f"--bs {self.bs} must be at least 1")
+        _check(self.internal_batch_size is None or self.internal_batch_size >= 1,
+               f"internal_batch_size {self.internal_batch_size} must be at least 1 (or None: automatic)")
+        _check(self.device in DEVICES or self.device.startswith("cuda:"),
+               f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        """The help text of field `name` (for the CLI options)."""
+        return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
+
+    def describe(self) -> str:
+        """One line for titles and tables, e.g. 'target predicted, baseline mean, 50 Gauss-Legendre steps'."""
+        extra = "" if self.precision == "fp32" else f", {self.precision}"
+        return (f"target {self.target}, baseline {self.baseline}, {self.steps} {IG_METHODS[self.method]} steps"
+                f"{extra}")
 
 
 def __getattr__(name: str) -> Any:

@@ -219,3 +219,59 @@ def comparison_png(groups: Sequence[str], panels: Sequence[str], mean: np.ndarra
     fig.suptitle(title or "ours (mean ± std over folds) vs the paper (n/r: not reported)", x=0.01, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.92))
     return save_png(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The poster's Fig. 7: the same cells explained by several runs (`herlev compare-explanations`)
+
+
+def explanation_grid(images: Sequence[np.ndarray], nuclei: Sequence[np.ndarray],
+                     maps: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str],
+                     column_labels: Sequence[str], notes: Sequence[Sequence[str]] | None = None,
+                     title: str = "", panel_inches: float = 1.7, dpi: int = 100):
+    """One row per cell: the cell, then its IG overlay for each run; the nucleus outlined from the mask.
+
+    Drawn with matplotlib's object API (a `Figure` on an Agg canvas, no pyplot state).
+
+    Args:
+        images: per cell, [H, W, 3] uint8.
+        nuclei: per cell, [H, W] bool nucleus mask in the image's grid.
+        maps: per cell, per run, the [H, W] attribution in the image's grid.
+        row_labels: per cell; column_labels: per run.
+        notes: per cell, per run, a short line under the panel (e.g. the prediction).
+
+    Returns:
+        The `matplotlib.figure.Figure`: [cells, runs + 1] axes, column 0 the cell itself.
+    """
+    n_rows, n_cols = len(images), len(column_labels) + 1
+    fig = _figure(figsize=(panel_inches * n_cols, panel_inches * n_rows + 0.5), dpi=dpi)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for r, (image, nucleus) in enumerate(zip(images, nuclei)):
+        grey = image.astype(np.float32).mean(axis=2)  # [H, W]
+        axes[r, 0].imshow(image)
+        axes[r, 0].set_ylabel(row_labels[r], fontsize=7)
+        for c in range(n_cols):
+            ax = axes[r, c]
+            if c:
+                attr = np.asarray(maps[r][c - 1], np.float32)  # [H, W]
+                vmax = float(np.percentile(np.abs(attr), 99.5)) or float(np.abs(attr).max()) or 1.0
+                ax.imshow(grey, cmap="gray", vmin=0, vmax=255)
+                ax.imshow(attr, cmap="RdBu_r", vmin=-vmax, vmax=vmax, alpha=np.clip(np.abs(attr) / vmax, 0, 1) * 0.85)
+                if notes is not None:
+                    ax.set_xlabel(notes[r][c - 1], fontsize=6, labelpad=1)
+            if nucleus.any():
+                ax.contour(nucleus.astype(np.float32), levels=[0.5], colors="gold", linewidths=0.8)
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title("cell" if c == 0 else column_labels[c - 1], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
+def explanation_grid_png(path: str | Path, *args, dpi: int = 100, **kwargs) -> Path:
+    """`explanation_grid(*args, **kwargs)` written atomically as a PNG to `path`."""
+    with atomic_path(path) as tmp:
+        explanation_grid(*args, dpi=dpi, **kwargs).savefig(tmp, format="png", dpi=dpi)
+    return Path(path)

@@ -24,6 +24,7 @@ from helpers import drawn_png, write_image
 from herlev_cli.main import app
 from herlev_fa.data.augment import letterbox
 from herlev_fa.data.images import load_image
+from herlev_fa.config import IGSettings
 from herlev_fa.errors import HerlevError
 from herlev_fa.explanation.attribution import (
     BASELINES,
@@ -154,7 +155,7 @@ def test_baselines_by_value():
         make_baseline(x, "grey", MEAN, STD)
 
 
-def test_bad_settings_are_user_errors():
+def test_bad_settings_are_user_errors():  # the Explainer checks what it is given, settings object or not
     for kw, pattern in (({"steps": 0}, "--steps 0"), ({"baseline": "x"}, "unknown baseline"),
                         ({"precision": "fp8"}, "unknown precision"), ({"method": "simpson"}, "unknown method")):
         with pytest.raises(HerlevError, match=pattern):
@@ -251,7 +252,7 @@ def _toy_run(tmp_path: Path, model: SeverityModel, head: str = "cls") -> Run:
 def test_explain_maps_back_to_the_input_grid(tmp_path, device, name, h, w, mode):
     model = _linear("cls")
     path = write_image(tmp_path / name, h=h, w=w, mode=mode)
-    (result,) = explain(_toy_run(tmp_path, model), [path], steps=2, baseline="black", device=device)
+    (result,) = explain(_toy_run(tmp_path, model), [path], IGSettings(steps=2, baseline="black", device=device))
     image = load_image(path)
     boxed = letterbox(S)(image=image)["image"][None]  # [1, S, S, 3]
     x = normalise(boxed, MEAN, STD)
@@ -268,14 +269,14 @@ def test_explain_reads_every_image_kind_and_refuses_broken_files(tmp_path, devic
     run = _toy_run(tmp_path, _linear("cls"))
     paths = [write_image(tmp_path / "p16.png", h=12, w=20, mode="I;16"), write_image(tmp_path / "pal.bmp", mode="P"),
              write_image(tmp_path / "one.png", h=1, w=1), write_image(tmp_path / "big.jpg", h=600, w=900)]
-    results = explain(run, paths, steps=2, device=device, bs=3)  # two batches: 3 + 1
+    results = explain(run, paths, IGSettings(steps=2, device=device, bs=3))  # two batches: 3 + 1
     assert [r.attribution.shape for r in results] == [(12, 20), (20, 24), (1, 1), (600, 900)]
     assert [r.name for r in results] == ["p16", "pal", "one", "big"]
     assert all(np.isfinite(r.attribution).all() for r in results)
     empty = tmp_path / "empty.bmp"
     empty.write_bytes(b"")
     with pytest.raises(HerlevError, match="cannot read image .*empty.bmp.*empty file"):
-        explain(run, [paths[0], empty], steps=2, device=device)
+        explain(run, [paths[0], empty], IGSettings(steps=2, device=device))
 
 
 def _toy_cell(root: Path, mask_size: tuple[int, int] | None = None) -> Path:
@@ -302,7 +303,8 @@ def test_quantify_shares_match_hand_values_on_a_linear_model(tmp_path, device):
     run = Run(tmp_path, {"head": "cls", "image_size": S, "mean": [0.5] * 3, "std": [0.5] * 3,
                          "data_root": str(tmp_path)}, TASK, _linear("cls", weight))
     data = _toy_cell(tmp_path / "data")
-    result = quantify(run, data=data, split="all", out=tmp_path / "q", steps=2, device=device, progress=False)
+    result = quantify(run, data=data, split="all", out=tmp_path / "q", settings=IGSettings(steps=2, device=device),
+                      progress=False)
     row = result.table.iloc[0]
     assert (row["label"], row["predicted"], row["target"]) == ("carcinoma_in_situ",) * 3
     assert row["gap"] == pytest.approx(96.0) and abs(row["delta"]) < 1e-3
@@ -324,7 +326,8 @@ def test_quantify_warns_about_and_skips_images_without_a_mask(tmp_path, device):
     data = _toy_cell(tmp_path / "data")
     write_image(data / "carcinoma_in_situ" / "lonely.png", h=8, w=16)
     with pytest.warns(UserWarning, match=r"1 of 2 image\(s\) have no mask .*lonely.png"):
-        result = quantify(run, data=data, split="all", out=tmp_path / "q", steps=2, device=device, progress=False)
+        result = quantify(run, data=data, split="all", out=tmp_path / "q",
+                          settings=IGSettings(steps=2, device=device), progress=False)
     assert result.skipped == 1 and list(result.table["name"]) == ["cell"]
 
 
@@ -332,7 +335,8 @@ def test_a_mask_of_another_size_is_refused_naming_both_files(tmp_path):
     run = _toy_run(tmp_path, _linear("cls"))
     data = _toy_cell(tmp_path / "data", mask_size=(10, 16))
     with pytest.raises(HerlevError, match=r"mask '.*cell-d\.png' is 16x10 px but its image '.*cell\.png' is 16x8"):
-        quantify(run, data=data, split="all", out=tmp_path / "q", steps=2, device="cpu", progress=False)
+        quantify(run, data=data, split="all", out=tmp_path / "q", settings=IGSettings(steps=2, device="cpu"),
+                 progress=False)
 
 
 @pytest.mark.parametrize("size", [64, 224])
@@ -376,7 +380,7 @@ def test_inputs_are_the_validation_preprocessing(run, device):
 def test_quantify_finds_the_nucleus_on_synthetic_held_out_cells(run, tmp_path, device):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # a few images may sit above the delta tolerance
-        result = quantify(run, out=tmp_path / "q", device=device, progress=False)
+        result = quantify(run, out=tmp_path / "q", settings=IGSettings(device=device), progress=False)
     table, summary = result.table, result.summary.set_index("class")
     assert result.skipped == 0 and len(table) == int((run.folds()["fold"] == run.fold).sum())
     enrichment = summary.loc["all", "nucleus_enrichment_mean"]
@@ -421,7 +425,7 @@ def test_explain_command_writes_figure_and_map_per_image(run, tmp_path, device):
     assert list(table["name"]) == [f.stem for f in files]
     assert set(table["predicted"]) <= set(run.task.classes) and (table["target"] == table["predicted"]).all()
     # completeness as written: delta = sum of the letterboxed map - (f(x) - f(baseline)), small at 50 steps
-    (res,) = explain(run, [files[0]], device=device)
+    (res,) = explain(run, [files[0]], IGSettings(device=device))
     assert res.grid_attribution.sum() - res.gap == pytest.approx(res.delta, abs=1e-3)
     assert res.relative_delta == pytest.approx(table.loc[0, "relative_delta"], rel=1e-3, abs=1e-6)
     assert res.relative_delta < 0.05
@@ -492,3 +496,101 @@ def test_explain_and_quantify_json_for_scripts(trained_run, synth_data, tmp_path
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert len(rows) == 42 and {"nucleus_enrichment", "nucleus_pos_share", "label"} <= set(rows[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings, prefetching, and the poster's Fig. 7 (compare-explanations)
+
+
+def test_ig_settings_validate_and_carry_the_cli_help():
+    for kw, pattern in (({"steps": 0}, "--steps 0"), ({"baseline": "x"}, "unknown baseline 'x'"),
+                        ({"precision": "fp8"}, "unknown precision"), ({"method": "simpson"}, "unknown method"),
+                        ({"bs": 0}, "--bs 0"), ({"tol": 0}, "--tol 0"), ({"device": "tpu"}, "unknown device")):
+        with pytest.raises(HerlevError, match=pattern):
+            IGSettings(**kw)
+    assert IGSettings(steps=16, method="riemann_middle").describe() == \
+        "target predicted, baseline mean, 16 midpoint steps"
+    assert "quadrature rule" in IGSettings.help("method")
+    assert herlev_cli.explain.DEFAULT == IGSettings()  # the commands' defaults are the settings' defaults
+
+
+def test_prefetched_keeps_order_and_raises_at_the_failing_chunk():
+    from herlev_fa.explanation.attribution import prefetched
+
+    assert list(prefetched(lambda i: i * 10, range(4))) == [(0, 0), (1, 10), (2, 20), (3, 30)]
+    assert list(prefetched(lambda i: i, [])) == []
+
+    def load(i: int) -> int:
+        if i == 2:
+            raise HerlevError("chunk 2 is broken")
+        return i
+
+    seen = []
+    with pytest.raises(HerlevError, match="chunk 2"):
+        for chunk, _ in prefetched(load, range(4)):
+            seen.append(chunk)
+    assert seen == [0, 1]
+
+
+def test_pick_cells_is_reproducible_per_class_and_ignores_row_order():
+    from herlev_fa.explanation.report import pick_cells
+
+    items = pd.DataFrame({"path": [f"{c}/{i:02d}.bmp" for c in TASK.classes for i in range(5)],
+                          "label": [c for c in TASK.classes for _ in range(5)]})
+    items = items[~((items["label"] == TASK.classes[1]) & (items["path"] > f"{TASK.classes[1]}/00.bmp"))]  # 1 left
+    picked = pick_cells(items, TASK.classes, per_class=2, seed=3)
+    assert list(picked["label"]) == [c for c in TASK.classes for _ in range(1 if c == TASK.classes[1] else 2)]
+    shuffled = pick_cells(items.sample(frac=1, random_state=1), TASK.classes, per_class=2, seed=3)
+    assert list(shuffled["path"]) == list(picked["path"])
+    assert list(pick_cells(items, TASK.classes, 2, seed=4)["path"]) != list(picked["path"])
+    with pytest.raises(HerlevError, match="--per-class 0"):
+        pick_cells(items, TASK.classes, 0)
+
+
+def test_short_labels_go_up_only_as_far_as_needed():
+    from herlev_fa.explanation.report import short_labels
+
+    paths = [Path("/s/cls/cls/fold0"), Path("/s/cls_reg-1/cls_reg/fold0"), Path("/s/cls_reg-0.3/cls_reg/fold0")]
+    assert short_labels(paths) == ["cls/cls/fold0", "cls_reg-1/cls_reg/fold0", "cls_reg-0.3/cls_reg/fold0"]
+    assert short_labels([Path("/a/r1"), Path("/a/r2")]) == ["r1", "r2"]
+
+
+def test_explanation_grid_has_one_overlay_per_cell_and_run():
+    from herlev_fa.figures import explanation_grid
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (20 + 4 * i, 24, 3), dtype=np.uint8) for i in range(3)]
+    nuclei = [np.zeros(im.shape[:2], bool) for im in images]
+    for n in nuclei:
+        n[5:10, 6:12] = True
+    maps = [[rng.normal(size=im.shape[:2]).astype(np.float32) for _ in range(2)] for im in images]  # [cell][run]
+    fig = explanation_grid(images, nuclei, maps, ["a", "b", "c"], ["run 1", "run 2"],
+                           notes=[["x", "y"]] * 3)
+    axes = np.array(fig.axes).reshape(3, 3)
+    for r in range(3):
+        np.testing.assert_array_equal(axes[r, 0].images[0].get_array(), images[r])
+        for c in range(2):
+            overlay = axes[r, c + 1].images[-1].get_array()
+            np.testing.assert_array_equal(overlay, maps[r][c])  # the run's own map, in the cell's grid
+            assert len(axes[r, c + 1].collections) >= 1  # the nucleus outline
+    assert [axes[0, c].get_title() for c in range(3)] == ["cell", "run 1", "run 2"]
+
+
+def test_compare_explanations_draws_the_same_held_out_cells_for_each_run(run, tmp_path, device):
+    out = tmp_path / "fig7.png"
+    result = runner.invoke(app, ["compare-explanations", str(run.path), str(run.path), "--label", "first",
+                                 "--label", "second", "--out", str(out), "--per-class", "1", "--steps", "8",
+                                 "--device", device])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out.with_suffix(".csv"))
+    held = run.folds()[run.folds()["fold"] == run.fold]
+    assert len(table) == 2 * len(run.task.classes) and set(table["run"]) == {"first", "second"}
+    assert sorted(table["label"].unique()) == sorted(run.task.classes)
+    assert {f"{c}.bmp".lower() for c in table["cell"]} <= {Path(r).name.lower() for r in held["rel"]}
+    first, second = (table[table["run"] == k].reset_index(drop=True) for k in ("first", "second"))
+    pd.testing.assert_series_equal(first["nucleus_pos_share"], second["nucleus_pos_share"])  # same run, same maps
+    pixels = np.asarray(Image.open(out).convert("L"), np.float32)
+    assert pixels.shape[0] > 5 * 100 and pixels.std() > 20  # five rows of panels, not blank
+    assert "5 cells x 2 runs" in result.output
+    _one_line_error(runner.invoke(app, ["compare-explanations", str(run.path), "--label", "a", "--label", "b",
+                                        "--out", str(out)]), "2 label\\(s\\) for 1 run")

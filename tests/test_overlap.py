@@ -9,11 +9,18 @@ import albumentations as A
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from herlev_fa.data.augment import letterbox
 from herlev_fa.explanation.attribution import Box, content_mask, gaussian_blur, letterbox_box, unletterbox
 from herlev_fa.explanation.masks import BACKGROUND, BORDER, CYTOPLASM, NUCLEUS, OTHER
-from herlev_fa.explanation.overlap import padding_share, region_shares, top_fraction_in
+from herlev_fa.explanation.overlap import (
+    padding_share,
+    padding_share_batch,
+    region_shares,
+    region_shares_batch,
+    top_fraction_in,
+)
 
 
 def _zero_padded(size: int) -> A.Compose:
@@ -193,3 +200,88 @@ def test_top_fraction_ranks_by_signed_value_with_stable_ties():
 def test_padding_share_by_hand():
     assert padding_share(ATTR, KEEP) == pytest.approx(6 / 20.5)
     assert math.isnan(padding_share(np.zeros((3, 4)), KEEP))
+
+
+def _random_batch(rng: np.random.Generator, b: int, size: int):
+    """Attribution maps with many ties (a few levels), random regions, letterbox-like keep boxes, edge cases."""
+    attr = rng.integers(-3, 4, (b, size, size)).astype(np.float32) * 0.5  # [B, S, S], ties everywhere
+    regions = rng.integers(0, 5, (b, size, size)).astype(np.uint8)
+    keep = np.zeros((b, size, size), bool)
+    for i in range(b):
+        top, left = rng.integers(0, size // 3, 2)
+        keep[i, top:size - rng.integers(0, size // 3), left:size - rng.integers(0, size // 3)] = True
+    attr[0] = -np.abs(attr[0])  # no positive attribution: NaN positive shares
+    regions[1][regions[1] == NUCLEUS] = CYTOPLASM  # no nucleus: NaN enrichment, top-k 0
+    attr[2] = 0.0  # nothing attributed at all
+    keep[3] = True  # a square image: no padding
+    return attr, regions, keep
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batched_region_shares_equal_the_per_image_ones(dtype, device):
+    rng = np.random.default_rng(3)
+    attr, regions, keep = _random_batch(rng, 6, 23)
+    got = region_shares_batch(torch.as_tensor(attr, dtype=dtype, device=device), torch.as_tensor(regions, device=device),
+                              torch.as_tensor(keep, device=device))
+    for i in range(len(attr)):
+        want = region_shares(attr[i], regions[i], keep[i])
+        assert set(got) == set(want)
+        for key, value in want.items():
+            batched = float(got[key][i])
+            assert (math.isnan(value) and math.isnan(batched)) or batched == pytest.approx(value, rel=1e-12, abs=1e-15), \
+                (i, key, batched, value)
+    padding = padding_share_batch(torch.as_tensor(attr, dtype=dtype, device=device), torch.as_tensor(keep, device=device))
+    want = [padding_share(a, k) for a, k in zip(attr, keep)]
+    np.testing.assert_allclose(padding.cpu().numpy(), want, rtol=1e-12)  # NaN for the all-zero map, 0 without padding
+    assert math.isnan(want[2]) and want[3] == 0.0
+    assert math.isnan(float(got["nucleus_pos_share"][0])) and math.isnan(float(got["nucleus_enrichment"][1]))
+    assert float(got["nucleus_top10"][1]) == 0.0 and math.isnan(float(got["nucleus_abs_share"][2]))
+
+
+def test_batched_region_shares_by_hand_and_bad_inputs():
+    got = region_shares_batch(torch.as_tensor(ATTR)[None], torch.as_tensor(REGIONS)[None], torch.as_tensor(KEEP)[None])
+    assert float(got["nucleus_enrichment"][0]) == pytest.approx(33 / 23)
+    assert float(got["nucleus_top5"][0]) == 0.0 and float(got["nucleus_top10"][0]) == 0.5
+    with pytest.raises(ValueError, match="same"):
+        region_shares_batch(torch.zeros(2, 3, 4), torch.zeros(2, 3, 3, dtype=torch.uint8), torch.ones(2, 3, 4, dtype=bool))
+    with pytest.raises(ValueError, match="no pixel"):
+        region_shares_batch(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4, dtype=torch.uint8),
+                            torch.tensor(KEEP)[None].expand(2, 3, 4) & torch.tensor([True, False])[:, None, None])
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing explanations on the same cells (explanation.study)
+
+
+def test_paired_comparison_by_hand():
+    from herlev_fa.explanation.study import paired_comparison
+
+    a = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, np.nan])
+    b = a + np.array([0.5, 0.1, 0.3, 0.6, 0.2, 0.4, 1.0])  # six distinct positive differences, one NaN pair
+    r = paired_comparison(a, b)
+    assert r["n"] == 6 and r["b_greater"] == 1.0
+    assert r["mean_diff"] == pytest.approx(0.35) and r["median_diff"] == pytest.approx(0.35)
+    assert r["p"] == pytest.approx(2 / 2 ** 6)  # exact: only one of the 2^6 sign patterns is this extreme, twice
+    flipped = paired_comparison(b, a)
+    assert flipped["p"] == pytest.approx(r["p"]) and flipped["b_greater"] == 0.0 and flipped["mean_diff"] < 0
+    same = paired_comparison(a, a)
+    assert same["n"] == 6 and same["median_diff"] == 0.0 and math.isnan(same["p"])
+    assert paired_comparison([np.nan], [1.0])["n"] == 0.0
+    with pytest.raises(ValueError, match="paired"):
+        paired_comparison([1.0, 2.0], [1.0])
+
+
+def test_severity_trend_and_compare_runs():
+    import pandas as pd
+
+    from herlev_fa.explanation.study import compare_runs, severity_trend
+
+    assert severity_trend([1, 2, 3, 4, np.nan], [0, 1, 2, 3, 4])["rho"] == pytest.approx(1.0)
+    assert severity_trend([4, 3, 2, 1], [0, 1, 2, 3])["rho"] == pytest.approx(-1.0)
+    assert math.isnan(severity_trend([1, 2, 3], [2, 2, 2])["rho"])
+    ref = pd.DataFrame({"path": ["a", "b", "c", "d"], "x": [1.0, 2.0, 3.0, 4.0]})
+    other = pd.DataFrame({"path": ["d", "c", "b", "e"], "x": [5.0, 4.0, 3.0, 9.0]})  # other order, one extra cell
+    table = compare_runs({"ref": ref, "other": other}, "ref", ["x"])
+    row = table.iloc[0]
+    assert (row["name"], row["metric"], row["n"]) == ("other", "x", 3.0)
+    assert row["mean_diff"] == pytest.approx(1.0) and row["b_greater"] == 1.0

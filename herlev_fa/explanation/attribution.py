@@ -33,23 +33,29 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-# the choices live in the light config module, so that the CLI lists them without importing torch
-from herlev_fa.config import BASELINES, DEFAULT_BASELINE, DEFAULT_METHOD, DEFAULT_TOL, METHODS  # noqa: F401
+from herlev_fa.config import IG_BASELINES, IG_METHODS, IG_PRECISIONS, IGSettings
 from herlev_fa.errors import HerlevError
 from herlev_fa.model.heads import Head, decode_parts, get_head
 from herlev_fa.model.inference import fold_batchnorm
 
-PRECISIONS = ("fp32", "bf16")
+BASELINES = IG_BASELINES
+METHODS = IG_METHODS
+DEFAULT_METHOD = IGSettings.method  # captum's default; best for smooth networks
+PRECISIONS = IG_PRECISIONS
+DEFAULT_BASELINE = IGSettings.baseline
+DEFAULT_TOL = IGSettings.tol  # relative completeness error above which a result is flagged
 GAP_FLOOR = 0.1  # |f(x) - f(baseline)| below this (logit units) is measured against this instead
 BLUR_SIGMA = 0.125  # blur baseline: Gaussian sigma as a fraction of the model's input size
 
@@ -122,14 +128,16 @@ def unletterbox(grid: np.ndarray, height: int, width: int) -> np.ndarray:
 # Inputs: normalisation and baselines (tensor functions)
 
 
-def normalise(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+def normalise(images: np.ndarray | Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """Letterboxed uint8 images [B, S, S, 3] -> float [B, 3, S, S], `(x / 255 - mean) / std`.
 
-    The same arithmetic as fastai's `IntToFloatTensor` followed by `Normalize.from_stats`.
+    The same arithmetic as fastai's `IntToFloatTensor` followed by `Normalize.from_stats`. A
+    tensor input is normalised on its own device (copy uint8 to the GPU, not four times as many float bytes).
     """
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0  # [B, 3, S, S]
-    m = torch.tensor(list(mean), dtype=torch.float32)[None, :, None, None]  # [1, 3, 1, 1]
-    s = torch.tensor(list(std), dtype=torch.float32)[None, :, None, None]
+    u8 = images if isinstance(images, Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    x = u8.permute(0, 3, 1, 2).float() / 255.0  # [B, 3, S, S]
+    m = torch.tensor(list(mean), dtype=torch.float32, device=x.device)[None, :, None, None]  # [1, 3, 1, 1]
+    s = torch.tensor(list(std), dtype=torch.float32, device=x.device)[None, :, None, None]
     return (x - m) / s
 
 
@@ -288,6 +296,8 @@ class Explainer:
             model = model.to(memory_format=torch.channels_last)
         self.outputs = ExplainedOutputs(model, head, severities).to(self.device).eval()
         self._per_pass: int | None = None  # inputs per forward/backward pass, sized on first use
+        self.attribution_seconds = 0.0  # wall time spent inside `attribute` (for bench/ig.py)
+        self.attributed = 0  # images attributed
 
     def _autocast(self):
         if self.precision == "bf16":
@@ -321,13 +331,19 @@ class Explainer:
         free, _ = torch.cuda.mem_get_info(self.device)
         return max(probe, int(0.5 * free / per_input))
 
-    def __call__(self, images: np.ndarray, target: int | None = None) -> BatchAttribution:
-        """IG of letterboxed uint8 images [B, S, S, 3] for output column `target` (None: predicted class)."""
+    def attribute(self, images: np.ndarray | Tensor, target: int | None = None) -> DeviceAttribution:
+        """IG of letterboxed uint8 images [B, S, S, 3] for output column `target` (None: predicted class).
+
+        Everything stays on the explainer's device; the wall time of the call is added to
+        `attribution_seconds` (the GPU is synchronised at the end so that the time is the GPU's).
+        """
         from captum.attr import IntegratedGradients
 
-        if images.ndim != 4 or images.shape[1:] != (self.size, self.size, 3):
-            raise ValueError(f"expected letterboxed images [B, {self.size}, {self.size}, 3], got {images.shape}")
-        x = self._to_device(normalise(images, self.mean, self.std))  # [B, 3, S, S]
+        if images.ndim != 4 or tuple(images.shape[1:]) != (self.size, self.size, 3):
+            raise ValueError(f"expected letterboxed images [B, {self.size}, {self.size}, 3], got {tuple(images.shape)}")
+        started = time.perf_counter()
+        u8 = images if isinstance(images, Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+        x = self._to_device(normalise(u8.to(self.device, non_blocking=True), self.mean, self.std))  # [B, 3, S, S]
         base = self._to_device(make_baseline(x, self.baseline, self.mean, self.std))  # [B, 3, S, S]
         n = x.shape[0]
         with torch.no_grad():  # fp32 even with bf16: the predictions, and the gap completeness is checked against
@@ -346,29 +362,76 @@ class Explainer:
             attr, delta = attr
         else:  # the endpoints in fp32: completeness of bf16 gradients against the model itself
             delta = ig.compute_convergence_delta(attr.float(), base, x, target=t)
-        attr = attr.float().sum(dim=1)  # [B, 3, S, S] -> [B, S, S]
-        change = (x - base).abs().float().sum(dim=1)  # [B, S, S]
-        return BatchAttribution(
-            attribution=attr.detach().cpu().numpy().astype(np.float32),
-            delta=delta.detach().float().cpu().numpy(),
-            gap=gap.cpu().numpy(),
-            target=t.cpu().numpy(),
-            probs=None if probs is None else probs.cpu().numpy(),
-            score=score.cpu().numpy(),
-            predicted=predicted.cpu().numpy(),
-            change=change.cpu().numpy(),
+        result = DeviceAttribution(
+            attribution=attr.detach().float().sum(dim=1),  # [B, 3, S, S] -> [B, S, S]
+            delta=delta.detach().float(), gap=gap, target=t, probs=probs, score=score, predicted=predicted,
+            change=(x - base).abs().float().sum(dim=1),  # [B, S, S]
         )
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.attribution_seconds += time.perf_counter() - started
+        self.attributed += n
+        return result
+
+    def __call__(self, images: np.ndarray | Tensor, target: int | None = None) -> BatchAttribution:
+        """`attribute`, copied to the host as numpy in one copy per field."""
+        return self.attribute(images, target).numpy()
 
 
-def explainer_for(run, steps: int = 50, baseline: str = DEFAULT_BASELINE, device: str = "auto",
-                  internal_batch_size: int | None = None, precision: str = "fp32",
-                  tol: float = DEFAULT_TOL, method: str = DEFAULT_METHOD) -> Explainer:
-    """An `Explainer` with a loaded run's model and preprocessing; `device` 'auto' | 'cpu' | 'cuda'."""
+@dataclass
+class DeviceAttribution:
+    """IG of one batch, as tensors on the explainer's device (B images, K classes); `numpy()` copies it to the host."""
+
+    attribution: Tensor  # [B, S, S] float32, summed over colour channels
+    delta: Tensor  # [B] captum's convergence delta
+    gap: Tensor  # [B] f(x) - f(baseline) of the explained scalar
+    target: Tensor  # [B] long, explained column of ExplainedOutputs
+    probs: Tensor | None  # [B, K] softmax of the class logits; None without class outputs
+    score: Tensor  # [B] severity score
+    predicted: Tensor  # [B] long
+    change: Tensor  # [B, S, S] float32, sum over channels of |x - baseline|
+
+    def numpy(self) -> BatchAttribution:
+        def host(t: Tensor | None) -> np.ndarray | None:
+            return None if t is None else t.detach().cpu().numpy()
+
+        return BatchAttribution(attribution=host(self.attribution), delta=host(self.delta), gap=host(self.gap),
+                                target=host(self.target), probs=host(self.probs), score=host(self.score),
+                                predicted=host(self.predicted), change=host(self.change))
+
+
+def explainer_for(run, settings: IGSettings = IGSettings()) -> Explainer:
+    """An `Explainer` with a loaded run's model and preprocessing, computing IG as `settings` say."""
     from herlev_fa.config import resolve_device
 
     return Explainer(run.model, run.head, run.task.classes, run.task.severities, run.mean, run.std, run.size,
-                     steps=steps, baseline=baseline, device=resolve_device(device),
-                     internal_batch_size=internal_batch_size, precision=precision, tol=tol, method=method)
+                     steps=settings.steps, baseline=settings.baseline, device=resolve_device(settings.device),
+                     internal_batch_size=settings.internal_batch_size, precision=settings.precision,
+                     tol=settings.tol, method=settings.method)
+
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+def prefetched(load: Callable[[T], U], chunks: Iterable[T]) -> Iterator[tuple[T, U]]:
+    """`(chunk, load(chunk))` in order, loading the next chunk in a thread while the caller works on this one.
+
+    Decoding (PIL, OpenCV) releases the GIL, so the files of batch i + 1 are read while batch i is
+    attributed. An exception of `load` is raised in the caller, at its chunk.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks = iter(chunks)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="herlev-decode") as pool:
+        current = next(chunks, None)
+        pending = None if current is None else pool.submit(load, current)
+        while pending is not None:
+            loaded = pending.result()
+            following = next(chunks, None)
+            pending = None if following is None else pool.submit(load, following)
+            yield current, loaded
+            current = following
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,11 +506,12 @@ def warn_unconverged(names: Sequence[str], relative_deltas: Sequence[float], ste
     return bad
 
 
-def iter_explanations(run, paths: Sequence[str | Path], target: str = "predicted", steps: int = 50,
-                      baseline: str = DEFAULT_BASELINE, device: str = "auto", bs: int = 8,
-                      internal_batch_size: int | None = None, precision: str = "fp32",
-                      tol: float = DEFAULT_TOL, method: str = DEFAULT_METHOD) -> Iterator[Explanation]:
-    """Explain images `bs` at a time, yielding one `Explanation` per image in order (streaming).
+def iter_explanations(run, paths: Sequence[str | Path], settings: IGSettings = IGSettings(),
+                      explainer: Explainer | None = None) -> Iterator[Explanation]:
+    """Explain images `settings.bs` at a time, yielding one `Explanation` per image in order (streaming).
+
+    The next batch is decoded and letterboxed while the current one is attributed (`prefetched`).
+    `explainer` replaces the one built from the run and `settings` (e.g. to read its timing).
 
     Raises:
         HerlevError: bad run, target, baseline or steps; a missing or unreadable image.
@@ -466,34 +530,28 @@ def iter_explanations(run, paths: Sequence[str | Path], target: str = "predicted
         if missing[0].is_dir():
             raise HerlevError(f"'{missing[0]}' is a folder, not an image file{more}; explain takes image files")
         raise HerlevError(f"image '{missing[0]}' does not exist{more}")
-    if bs < 1:
-        raise HerlevError(f"--bs {bs} must be at least 1")
-    column = target_column(target, run.head, run.task.classes)
-    explainer = explainer_for(run, steps=steps, baseline=baseline, device=device,
-                              internal_batch_size=internal_batch_size, precision=precision, tol=tol, method=method)
+    column = target_column(settings.target, run.head, run.task.classes)
+    explainer = explainer or explainer_for(run, settings)
     names = output_names(paths)
     resize = letterbox(run.size)
-    for start in range(0, len(paths), bs):
-        chunk = paths[start:start + bs]
-        images = [load_image(p) for p in chunk]  # [H, W, 3] uint8 each
-        boxed = np.stack([resize(image=im)["image"] for im in images])  # [B, S, S, 3]
-        yield from results_of(explainer(boxed, column), explainer, chunk, names[start:start + bs], images)
+
+    def load(start: int) -> tuple[list[np.ndarray], np.ndarray]:
+        images = [load_image(p) for p in paths[start:start + settings.bs]]  # [H, W, 3] uint8 each
+        return images, np.stack([resize(image=im)["image"] for im in images])  # [B, S, S, 3]
+
+    for start, (images, boxed) in prefetched(load, range(0, len(paths), settings.bs)):
+        stop = start + len(images)
+        yield from results_of(explainer(boxed, column), explainer, paths[start:stop], names[start:stop], images)
 
 
-def explain(run, paths: Sequence[str | Path], target: str = "predicted", steps: int = 50,
-            baseline: str = DEFAULT_BASELINE, device: str = "auto", bs: int = 8,
-            internal_batch_size: int | None = None, precision: str = "fp32",
-            tol: float = DEFAULT_TOL, method: str = DEFAULT_METHOD) -> list[Explanation]:
-    """Integrated Gradients of a run's model for each image, batched `bs` images at a time.
+def explain(run, paths: Sequence[str | Path], settings: IGSettings = IGSettings()) -> list[Explanation]:
+    """Integrated Gradients of a run's model for each image, batched `settings.bs` images at a time.
 
     Args:
         run: a loaded `Run` or a run folder.
         paths: image files (bmp/jpg/png/tif; RGB, RGBA or grayscale).
-        target: 'predicted' (each image's predicted class logit; the score for reg), 'score'
-            (the severity score), or a class name (its logit).
-        steps: quadrature nodes (default 50). method: a key of `METHODS` (default Gauss-Legendre).
-        baseline: one of `BASELINES` (default 'mean': zero input).
-        tol: relative convergence delta above which a warning is issued.
+        settings: what to explain and how (`IGSettings`: target, steps, quadrature rule, baseline,
+            precision, tolerance of the delta, batch sizes, device).
 
     Returns:
         One `Explanation` per image, in order; `attribution` is [H, W] in the image's own grid.
@@ -501,8 +559,6 @@ def explain(run, paths: Sequence[str | Path], target: str = "predicted", steps: 
     Raises:
         HerlevError: bad run, target, baseline or steps; a missing or unreadable image.
     """
-    results = list(iter_explanations(run, paths, target=target, steps=steps, baseline=baseline, device=device, bs=bs,
-                                     internal_batch_size=internal_batch_size, precision=precision, tol=tol,
-                                     method=method))
-    warn_unconverged([r.name for r in results], [r.relative_delta for r in results], steps, tol)
+    results = list(iter_explanations(run, paths, settings))
+    warn_unconverged([r.name for r in results], [r.relative_delta for r in results], settings.steps, settings.tol)
     return results

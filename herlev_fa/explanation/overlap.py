@@ -18,6 +18,10 @@ Choices, stated once:
 * "Most attributed" ranks pixels by signed attribution, highest first (the strongest evidence
   *for* the explained output); k = ceil(q * n) pixels, ties broken by pixel order.
 
+`region_shares_batch` and `padding_share_batch` compute the same numbers for a whole batch as
+tensor operations on the maps' device (what `quantify` runs); the per-image functions are the
+reference they are tested against.
+
 What it is not: computing attributions (``explain.attribution``) or reading masks.
 """
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from herlev_fa.explanation.masks import NUCLEUS, REGION_NAMES
 
@@ -96,3 +101,65 @@ def padding_share(attr: np.ndarray, keep: np.ndarray) -> float:
     absolute = np.abs(np.asarray(attr, dtype=np.float64))
     total = absolute.sum()
     return float(absolute[~keep].sum() / total) if total > 0 else math.nan
+
+
+def region_shares_batch(attr: torch.Tensor, regions: torch.Tensor, keep: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`region_shares` of a whole batch at once, as tensor operations on the maps' own device.
+
+    Args:
+        attr: [B, H, W] attribution (signed), any float dtype (computed in float64).
+        regions: [B, H, W] region codes 0..len(REGION_NAMES) - 1 (any integer dtype), same device.
+        keep: [B, H, W] bool, the pixels to count; at least one per image.
+
+    Returns:
+        The keys of `region_shares`, each a float64 tensor [B] on the input's device, equal to
+        the per-image numbers (same NaN rules, same top-k ties: earlier pixel first).
+    """
+    if attr.ndim != 3 or regions.shape != attr.shape or keep.shape != attr.shape:
+        raise ValueError(f"attribution {tuple(attr.shape)}, regions {tuple(regions.shape)} and keep "
+                         f"{tuple(keep.shape)} must be the same [B, H, W] grid")
+    n_regions = len(REGION_NAMES)
+    b = attr.shape[0]
+    a = attr.reshape(b, -1).double()  # [B, N]
+    kept = keep.reshape(b, -1)  # [B, N]
+    r = regions.reshape(b, -1).long()  # [B, N]
+    n = kept.sum(dim=1)  # [B]
+    if bool((n == 0).any()):
+        raise ValueError("no pixel to count in some image (keep is all False)")
+    member = torch.nn.functional.one_hot(r, n_regions).double() * kept[..., None]  # [B, N, R]
+    pos = torch.einsum("bn,bnr->br", a.clamp(min=0), member)  # [B, R]
+    absolute = torch.einsum("bn,bnr->br", a.abs(), member)  # [B, R]
+    area = member.sum(dim=1) / n[:, None]  # [B, R]
+    nan = torch.tensor(math.nan, dtype=torch.float64, device=a.device)
+
+    def shares(mass: torch.Tensor) -> torch.Tensor:  # [B, R] -> [B, R], NaN rows where the total is 0
+        total = mass.sum(dim=1, keepdim=True)  # [B, 1]
+        return torch.where(total > 0, mass / total.clamp(min=torch.finfo(torch.float64).tiny), nan)
+
+    pos_share, abs_share = shares(pos), shares(absolute)
+    out: dict[str, torch.Tensor] = {}
+    for i, name in enumerate(REGION_NAMES):
+        out[f"{name}_pos_share"] = pos_share[:, i]
+        out[f"{name}_abs_share"] = abs_share[:, i]
+        out[f"{name}_area_share"] = area[:, i]
+    nucleus_area = area[:, NUCLEUS]
+    has_nucleus = nucleus_area > 0
+    out["nucleus_enrichment"] = torch.where(has_nucleus, pos_share[:, NUCLEUS] / nucleus_area.clamp(min=1e-300), nan)
+    out["nucleus_abs_enrichment"] = torch.where(has_nucleus, abs_share[:, NUCLEUS] / nucleus_area.clamp(min=1e-300),
+                                                nan)
+    # rank the kept pixels by signed value, highest first; padding last; a stable sort keeps ties in pixel order
+    ranked = torch.sort(a.masked_fill(~kept, -math.inf), dim=1, descending=True, stable=True).indices  # [B, N]
+    in_nucleus = (r == NUCLEUS).gather(1, ranked)  # [B, N], in rank order
+    position = torch.arange(a.shape[1], device=a.device)[None, :]  # [1, N]
+    for q in TOP_FRACTIONS:
+        k = torch.ceil(q * n.double() - 1e-9).clamp(min=1)  # [B]
+        out[f"nucleus_top{round(q * 100)}"] = (in_nucleus & (position < k[:, None])).sum(dim=1).double() / k
+    return out
+
+
+def padding_share_batch(attr: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """`padding_share` of a batch: [B, H, W] maps and [B, H, W] bool content -> float64 [B] (NaN when all zero)."""
+    absolute = attr.abs().double().flatten(1)  # [B, H * W]
+    total = absolute.sum(dim=1)  # [B]
+    outside = (absolute * (~keep).flatten(1)).sum(dim=1)
+    return torch.where(total > 0, outside / total.clamp(min=1e-300), math.nan)

@@ -25,22 +25,25 @@ import pandas as pd
 
 from herlev_fa.atomic import atomic_path, write_text
 from herlev_fa.data.items import FILE_NAME_ERRORS
+from herlev_fa.config import IGSettings
 from herlev_fa.errors import HerlevError
 from herlev_fa.explanation.attribution import (
     DEFAULT_BASELINE,
     DEFAULT_METHOD,
-    DEFAULT_TOL,
+    GAP_FLOOR,
     METHODS,
+    Explainer,
     Explanation,
     content_mask,
     explainer_for,
     iter_explanations,
     letterbox_box,
     output_names,
+    prefetched,
     target_column,
     warn_unconverged,
 )
-from herlev_fa.explanation.overlap import padding_share, region_shares
+from herlev_fa.explanation.overlap import padding_share_batch, region_shares_batch
 from herlev_fa.figures import explanation_png, nucleus_attribution_png
 from herlev_fa.labels import short_name
 from herlev_fa.model.heads import get_head
@@ -88,10 +91,8 @@ def explanation_row(result: Explanation) -> dict:
     return row
 
 
-def explain_images(run, paths: Sequence[str | Path], out: str | Path | None = None, target: str = "predicted",
-                   steps: int = 50, baseline: str = DEFAULT_BASELINE, device: str = "auto", bs: int = 8,
-                   internal_batch_size: int | None = None, precision: str = "fp32", tol: float = DEFAULT_TOL,
-                   method: str = DEFAULT_METHOD, progress: bool = True) -> tuple[pd.DataFrame, Path]:
+def explain_images(run, paths: Sequence[str | Path], out: str | Path | None = None,
+                   settings: IGSettings = IGSettings(), progress: bool = True) -> tuple[pd.DataFrame, Path]:
     """Explain images and write `NAME_ig.png`, `NAME_ig.npy` per image and `explanations.csv` into `out`.
 
     `out` defaults to `RUN/explain`. Maps are written as they are computed (streaming).
@@ -109,17 +110,24 @@ def explain_images(run, paths: Sequence[str | Path], out: str | Path | None = No
     rows = []
     bar, advance = progress_bar(progress and len(paths) > 1, "explaining", len(paths))
     with bar:
-        for result in iter_explanations(run, paths, target=target, steps=steps, baseline=baseline, device=device,
-                                        bs=bs, internal_batch_size=internal_batch_size, precision=precision, tol=tol,
-                                        method=method):
-            png, npy = write_explanation(result, out_dir, baseline, steps, method)
+        for result in iter_explanations(run, paths, settings):
+            png, npy = write_explanation(result, out_dir, settings.baseline, settings.steps, settings.method)
             rows.append({**explanation_row(result), "figure": str(png), "map": str(npy)})
             advance(1)
     table = pd.DataFrame(rows)
     with atomic_path(out_dir / "explanations.csv") as tmp:
         table.to_csv(tmp, index=False, errors=FILE_NAME_ERRORS)
-    warn_unconverged(table["name"].tolist(), table["relative_delta"].tolist(), steps, tol)
+    warn_unconverged(table["name"].tolist(), table["relative_delta"].tolist(), settings.steps, settings.tol)
     return table, out_dir
+
+
+def delta_summary(delta: Sequence[float], relative_delta: Sequence[float], tol: float) -> str:
+    """One line on the completeness error IG reached: mean |delta|, median and max relative delta, how many above tol."""
+    delta, rel = np.abs(np.asarray(delta, np.float64)), np.asarray(relative_delta, np.float64)
+    if not len(delta):
+        return "IG delta: no image"
+    return (f"IG delta: mean |delta| {delta.mean():.3g}, relative delta median {np.median(rel):.2%}, "
+            f"max {rel.max():.1%}; {int((rel > tol).sum())} of {len(rel)} above {tol:.0%}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,6 +184,13 @@ def quantify_items(run, data: str | Path | None = None, split: str = "valid") ->
     return with_mask, skipped
 
 
+def masked_batch(items: pd.DataFrame, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Letterboxed images [B, S, S, 3] uint8, region codes [B, S, S] uint8 and content [B, S, S] bool of `items`."""
+    cells = [load_cell(p, m, size) for p, m in zip(items["path"], items["mask"])]
+    keep = np.stack([content_mask(letterbox_box(h, w, size), size) for _, _, (h, w) in cells])
+    return np.stack([c[0] for c in cells]), np.stack([c[1] for c in cells]), keep
+
+
 @dataclass
 class QuantifyResult:
     """What `quantify` wrote and found."""
@@ -186,69 +201,80 @@ class QuantifyResult:
     files: list[Path]
     skipped: int  # images without a mask
     unconverged: int  # images whose relative delta is above tol
+    delta: str  # one line on the IG completeness error reached (`delta_summary`)
 
 
 def quantify(run, data: str | Path | None = None, split: str = "valid", out: str | Path | None = None,
-             target: str = "predicted", steps: int = 50, baseline: str = DEFAULT_BASELINE, device: str = "auto",
-             bs: int = 8, internal_batch_size: int | None = None, precision: str = "fp32",
-             tol: float = DEFAULT_TOL, method: str = DEFAULT_METHOD, progress: bool = True) -> QuantifyResult:
+             settings: IGSettings = IGSettings(), progress: bool = True,
+             explainer: Explainer | None = None) -> QuantifyResult:
     """How much of each image's IG falls on the nucleus, cytoplasm and background of its mask.
 
     Explains every image with a mask (the run's held-out fold, or `split='all'`), overlaps its
     map with the mask regions in the model's letterboxed grid (padding excluded; see
     ``explain.overlap``), and writes `quantify.csv`, `quantify.md` and `quantify.png` into `out`
-    (default `RUN/quantify-<split>`). Maps are not kept: memory stays flat over the dataset.
+    (default `RUN/quantify-<split>`). The shares of a whole batch are computed on the device
+    (`region_shares_batch`) and copied to the host once; the next batch is decoded meanwhile.
+    Maps are not kept: memory stays flat over the dataset. `explainer` replaces the one built
+    from the run and `settings`.
 
     Raises:
         HerlevError: bad run or options, missing data, an unreadable image or mask, a mask of
             another size than its image, or no image with a mask.
     """
+    import torch
+
     from herlev_fa.runs import Run, load_run
 
     run = run if isinstance(run, Run) else load_run(run)
-    if bs < 1:
-        raise HerlevError(f"--bs {bs} must be at least 1")
-    column = target_column(target, run.head, run.task.classes)
+    column = target_column(settings.target, run.head, run.task.classes)
     items, skipped = quantify_items(run, data, split)
-    explainer = explainer_for(run, steps=steps, baseline=baseline, device=device,
-                              internal_batch_size=internal_batch_size, precision=precision, tol=tol, method=method)
+    explainer = explainer or explainer_for(run, settings)
     out_dir = Path(out) if out is not None else run.path / f"quantify-{split}"
     names = output_names([Path(p) for p in items["path"]])
-    score_index = get_head(run.head).score_index(len(run.task.classes))
+    classes = run.task.classes
+    score_index = get_head(run.head).score_index(len(classes))
+    starts = range(0, len(items), settings.bs)
     rows = []
     bar, advance = progress_bar(progress, "quantifying", len(items))
     with bar:
-        for start in range(0, len(items), bs):
-            chunk = items.iloc[start:start + bs]
-            cells = [load_cell(p, m, run.size) for p, m in zip(chunk["path"], chunk["mask"])]
-            batch = explainer(np.stack([c[0] for c in cells]), column)  # [B, S, S] maps inside
-            for i, (item, (_, regions, (h, w))) in enumerate(zip(chunk.itertuples(index=False), cells)):
-                keep = content_mask(letterbox_box(h, w, run.size), run.size)  # [S, S]
-                grid = batch.attribution[i]  # [S, S]
-                t = int(batch.target[i])
-                predicted = run.task.classes[int(batch.predicted[i])]
+        for start, (images, regions, keep) in prefetched(
+                lambda i: masked_batch(items.iloc[i:i + settings.bs], run.size), starts):
+            batch = explainer.attribute(images, column)  # maps [B, S, S] on the device
+            regions_t = torch.from_numpy(regions).to(explainer.device)  # [B, S, S]
+            keep_t = torch.from_numpy(keep).to(explainer.device)
+            shares = region_shares_batch(batch.attribution, regions_t, keep_t)  # name -> [B]
+            shares["nucleus_change_enrichment"] = region_shares_batch(batch.change, regions_t, keep_t)[
+                "nucleus_enrichment"]
+            shares["padding_abs_share"] = padding_share_batch(batch.attribution, keep_t)
+            p_max = batch.probs.max(dim=1).values if batch.probs is not None else torch.full_like(batch.score, torch.nan)
+            columns = {"target": batch.target, "predicted": batch.predicted, "score": batch.score, "p_predicted": p_max,
+                       "gap": batch.gap, "delta": batch.delta, **shares}
+            host = torch.stack([v.double() for v in columns.values()], dim=1).cpu().numpy()  # [B, M]: one copy a batch
+            values = dict(zip(columns, host.T))  # name -> [B]
+            values["relative_delta"] = np.abs(values["delta"]) / np.maximum(np.abs(values["gap"]), GAP_FLOOR)
+            chunk = items.iloc[start:start + settings.bs]
+            for i, item in enumerate(chunk.itertuples(index=False)):
+                t = int(values["target"][i])
                 rows.append({
-                    "name": names[start + i], "path": item.path, "label": item.label, "predicted": predicted,
-                    "target": "score" if t == score_index else run.task.classes[t], "score": float(batch.score[i]),
-                    "p_predicted": float(batch.probs[i].max()) if batch.probs is not None else np.nan,
-                    "gap": float(batch.gap[i]), "delta": float(batch.delta[i]),
-                    "relative_delta": float(batch.relative_delta[i]),
-                    **region_shares(grid, regions, keep),
-                    "nucleus_change_enrichment": region_shares(batch.change[i], regions, keep)["nucleus_enrichment"],
-                    "padding_abs_share": padding_share(grid, keep),
+                    "name": names[start + i], "path": item.path, "label": item.label,
+                    "predicted": classes[int(values["predicted"][i])],
+                    "target": "score" if t == score_index else classes[t],
+                    **{k: float(values[k][i]) for k in ("score", "p_predicted", "gap", "delta", "relative_delta")},
+                    **{k: float(values[k][i]) for k in shares},
                 })
             advance(len(chunk))
     table = pd.DataFrame(rows)
-    summary = summarize(table, run.task.classes)
+    summary = summarize(table, classes)
     title = f"IG overlap with mask regions: run {run.path.name}, split {split}, n={len(table)}"
-    settings = f"target {target}, baseline {baseline}, {steps} {METHODS[method]} steps"
+    delta = delta_summary(table["delta"], table["relative_delta"], settings.tol)
     files = [out_dir / "quantify.csv", out_dir / "quantify.md", out_dir / "quantify.png"]
     with atomic_path(files[0]) as tmp:
         table.to_csv(tmp, index=False, errors=FILE_NAME_ERRORS)
-    write_text(files[1], summary_markdown(summary, title, settings))
-    nucleus_attribution_png(table, run.task.classes, files[2], title=f"{run.path.name}: {settings}")
-    unconverged = warn_unconverged(table["name"].tolist(), table["relative_delta"].tolist(), steps, tol)
-    return QuantifyResult(table, summary, out_dir, files, skipped, unconverged)
+    write_text(files[1], summary_markdown(summary, title, f"{settings.describe()}\n\n{delta}"))
+    nucleus_attribution_png(table, classes, files[2], title=f"{run.path.name}: {settings.describe()}")
+    unconverged = warn_unconverged(table["name"].tolist(), table["relative_delta"].tolist(), settings.steps,
+                                   settings.tol)
+    return QuantifyResult(table, summary, out_dir, files, skipped, unconverged, delta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,3 +340,101 @@ def summary_table(summary: pd.DataFrame, title: str = ""):
                       f"{r['nucleus_change_enrichment_median']:.2f}", iqr(r, "nucleus_top10"),
                       end_section=r["class"] == summary["class"].iloc[-2] if len(summary) > 1 else False)
     return table
+
+
+# ---------------------------------------------------------------------------------------------
+# compare-explanations: the poster's Fig. 7, the same cells explained by several runs
+
+
+def pick_cells(items: pd.DataFrame, classes: Sequence[str], per_class: int, seed: int = 0) -> pd.DataFrame:
+    """`per_class` items of each class (task order), drawn reproducibly: the same table and seed give the same cells.
+
+    Items are sorted by path before drawing, so the row order of `items` does not matter; a
+    class with fewer items gives all it has. Returns the picked rows, class by class.
+    """
+    if per_class < 1:
+        raise HerlevError(f"--per-class {per_class} must be at least 1")
+    rng = np.random.default_rng(seed)
+    picked = []
+    for name in classes:
+        pool = items[items["label"] == name].sort_values("path")
+        take = rng.choice(len(pool), size=min(per_class, len(pool)), replace=False) if len(pool) else []
+        picked.append(pool.iloc[np.sort(np.asarray(take, int))])
+    return pd.concat(picked, ignore_index=True)
+
+
+def short_labels(paths: Sequence[Path]) -> list[str]:
+    """The fewest trailing path parts that tell the runs apart, e.g. 'cls/fold0' and 'cls_reg/fold0'."""
+    parts = [Path(p).resolve().parts for p in paths]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-k:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(p) for p in paths]
+
+
+@dataclass
+class ComparisonResult:
+    """What `compare_explanations` drew: the figure and one row per (cell, run)."""
+
+    figure: Path
+    table: pd.DataFrame  # cell, label, run, predicted, score, delta, relative_delta, nucleus_pos_share
+
+
+def compare_explanations(runs: Sequence, out: str | Path, per_class: int = 2, seed: int = 0,
+                         labels: Sequence[str] | None = None, data: str | Path | None = None,
+                         settings: IGSettings = IGSettings(), dpi: int = 100) -> ComparisonResult:
+    """The poster's Fig. 7: the same held-out cells (`per_class` per class) explained by each run, in one PNG.
+
+    The cells are those held out by every run (their common held-out fold, with a mask), drawn
+    by `pick_cells`; each row is a cell, each column a run: the IG overlay with the nucleus
+    outlined from the mask. Also writes the rows as `out` with the suffix `.csv`.
+
+    Raises:
+        HerlevError: no run, runs of different tasks, no held-out cell with a mask common to all runs.
+    """
+    from herlev_fa.explanation.masks import NUCLEUS, read_mask
+    from herlev_fa.figures import explanation_grid_png
+    from herlev_fa.runs import Run, load_run
+
+    if not runs:
+        raise HerlevError("no run given: pass one or more run folders")
+    runs = [r if isinstance(r, Run) else load_run(r) for r in runs]
+    labels = list(labels) if labels else short_labels([r.path for r in runs])
+    if len(labels) != len(runs):
+        raise HerlevError(f"{len(labels)} label(s) for {len(runs)} run(s): give one --label per run, or none")
+    classes = runs[0].task.classes
+    if any(r.task.classes != classes for r in runs):
+        raise HerlevError("the runs have different classes; compare runs of the same task")
+    held = [quantify_items(r, data, "valid")[0] for r in runs]
+    common = set(held[0]["rel"]).intersection(*(set(h["rel"]) for h in held[1:]))
+    if not common:
+        raise HerlevError("the runs hold out no common cell with a mask: compare runs of the same fold "
+                          "(same data, folds and seed)")
+    cells = pick_cells(held[0][held[0]["rel"].isin(common)], classes, per_class, seed)
+    paths = list(cells["path"])
+    explained = [list(iter_explanations(r, paths, settings)) for r in runs]  # [run][cell]
+    images = [e.image for e in explained[0]]
+    nuclei = [read_mask(m) == NUCLEUS for m in cells["mask"]]  # [H, W] each, the image's grid
+    rows, notes = [], []
+    for i, cell in enumerate(cells.itertuples(index=False)):
+        line = []
+        for label, run_results in zip(labels, explained):
+            e = run_results[i]
+            positive = np.clip(e.attribution, 0, None)
+            share = float(positive[nuclei[i]].sum() / positive.sum()) if positive.sum() > 0 else np.nan
+            rows.append({"cell": Path(cell.path).stem, "label": cell.label, "run": label, "predicted": e.predicted,
+                         "score": e.score, "delta": e.delta, "relative_delta": e.relative_delta,
+                         "nucleus_pos_share": share})
+            line.append(f"{short_name(e.predicted)}, s={e.score:.1f}, nuc {share:.0%}")
+        notes.append(line)
+    row_labels = [f"{short_name(c.label)}\n{Path(c.path).stem[:18]}" for c in cells.itertuples(index=False)]
+    title = f"Integrated Gradients, {settings.describe()}; gold: nucleus (mask)"
+    maps = [[run_results[i].attribution for run_results in explained] for i in range(len(paths))]  # [cell][run]
+    figure = explanation_grid_png(out, images, nuclei, maps, row_labels, labels, notes=notes, title=title, dpi=dpi)
+    table = pd.DataFrame(rows)
+    with atomic_path(Path(out).with_suffix(".csv")) as tmp:
+        table.to_csv(tmp, index=False)
+    warn_unconverged([f"{r['cell']} ({r['run']})" for r in rows], table["relative_delta"].tolist(), settings.steps,
+                     settings.tol)
+    return ComparisonResult(figure, table)
