@@ -107,3 +107,22 @@ def test_files_are_whole_after_kills_at_random_points(synth_data, tmp_path):
                 assert load_run(run).meta["fold"] == 0
             else:
                 find(run)  # a checkpoint, if any, loads
+
+
+def test_resume_of_a_finished_run_reuses_it_or_names_the_options_that_differ(synth_data, trained_run, device):
+    from typer.testing import CliRunner
+
+    from herlev_cli.main import app
+
+    same = ["train", "--data", str(synth_data), "--arch", "test_resnet", "--no-pretrained", "--head", "cls_reg",
+            "--size", "48", "--epochs", "15", "--lr", "3e-3", "--bs", "16", "--seed", "0", "--device", device,
+            "--out", str(trained_run.parent), "--name", trained_run.name, "--resume"]
+    before = (trained_run / "model.safetensors").stat().st_mtime_ns
+    other = CliRunner().invoke(app, [*same[:4], "resnet18", *same[5:]])
+    assert other.exit_code == 2
+    assert "finished with other settings (arch: 'test_resnet' there, 'resnet18' now)" in " ".join(other.output.split())
+    again = CliRunner().invoke(app, [*same, "--json"])
+    assert again.exit_code == 0, again.output
+    ref = json.loads((trained_run / "metrics.json").read_text())
+    assert json.loads(again.output)["metrics"][0]["accuracy"] == ref["accuracy"]
+    assert (trained_run / "model.safetensors").stat().st_mtime_ns == before  # nothing trained or rewritten

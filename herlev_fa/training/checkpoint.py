@@ -191,6 +191,12 @@ def find(run_dir: Path) -> Resume | None:
     return None
 
 
+def mismatch(old: dict, new: dict) -> str:
+    """How two TrainConfig JSON forms differ in what shapes a run's numbers, the head included ('' if not)."""
+    return differences({**settings(old), "head": (old.get("model") or {}).get("head")},
+                       {**settings(new), "head": (new.get("model") or {}).get("head")})
+
+
 def find_matching(run_dir: Path, config: dict) -> Resume | None:
     """The run's checkpoint if it was written with the same `settings` as `config` (TrainConfig JSON).
 
@@ -199,9 +205,7 @@ def find_matching(run_dir: Path, config: dict) -> Resume | None:
     """
     resume = find(run_dir)
     if resume is not None:
-        old = resume.state.get("config") or {}
-        diff = differences({**settings(old), "head": (old.get("model") or {}).get("head")},
-                           {**settings(config), "head": config["model"]["head"]})
+        diff = mismatch(resume.state.get("config") or {}, config)
         if diff:
             raise HerlevError(f"run '{run_dir}' was started with other settings ({diff}); resume it with the same "
                               "options or train under another --name")

@@ -394,6 +394,23 @@ def _shared_run_root(cfg: TrainConfig) -> Path:
     return found
 
 
+def _finished(run_dir: Path, cfg: TrainConfig) -> dict:
+    """The metrics of a fold run that `--resume` finds finished, if it was trained with these settings.
+
+    Raises:
+        HerlevError: it was trained with other settings (the message names them): --resume never
+            silently ignores options.
+    """
+    meta = json.loads((run_dir / "herlev.json").read_text(encoding="utf-8"))
+    diff = checkpoint.mismatch(meta.get("config") or {}, cfg.to_json())
+    if diff:
+        raise HerlevError(f"run '{run_dir}' finished with other settings ({diff}); --resume only continues a run "
+                          "with its own options: train under another --name")
+    if _is_main() and not cfg.quiet:
+        print(f"'{run_dir}' had finished: nothing to resume, its metrics are reused", file=sys.stderr)
+    return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     """Train `cfg.fold` (or every fold) and write one run folder per fold.
 
@@ -416,7 +433,7 @@ def _train(cfg: TrainConfig, device: str) -> TrainResult:
     for fold in folds:
         run_dir = root if cfg.fold is not None else root / f"fold{fold}"
         if cfg.resume and (run_dir / "herlev.json").is_file():  # finished before the interruption
-            metrics.append(json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")))
+            metrics.append(_finished(run_dir, cfg))
         else:
             metrics.append(train_fold(cfg, data, fold, run_dir, device))
         runs.append(run_dir)
