@@ -66,6 +66,13 @@ def decode(out: np.ndarray, head: str, severities: Sequence[float]) -> tuple[np.
     return probs.numpy(), score.numpy(), probs.argmax(dim=1).numpy()
 
 
+def abnormal_score(probs: np.ndarray | None, score: np.ndarray, severities: Sequence[float]) -> np.ndarray:
+    """The score ranking cells as abnormal [N]: P(abnormal) for class heads (probs [N, K]), the severity score for `reg`."""
+    if probs is None:
+        return np.asarray(score)
+    return probs[:, np.asarray(severities) > 0].sum(axis=1)
+
+
 def binary_auc(is_abnormal: np.ndarray, abnormal_score: np.ndarray) -> float:
     """AUC-ROC of abnormal vs normal; NaN when only one of the two is present."""
     if len(np.unique(is_abnormal)) < 2:
@@ -165,7 +172,7 @@ def decoded_metrics(probs: np.ndarray | None, score: np.ndarray, pred: np.ndarra
     sev = np.asarray(severities, dtype=np.float64)
     k = len(sev)
     abnormal = sev > 0
-    p_abnormal = score if probs is None else probs[:, abnormal].sum(axis=1)
+    p_abnormal = abnormal_score(probs, score, sev)
     cm = confusion_matrix(y, pred, labels=list(range(k)))
     kappa = cohen_kappa_score(y, pred, weights="quadratic", labels=list(range(k))) if len(np.unique(np.r_[y, pred])) > 1 else math.nan
     result = {
