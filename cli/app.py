@@ -40,21 +40,22 @@ def data_dir(value: Path | None) -> Path:
 
 
 def run_dir(value: Path | None) -> Path:
-    """The run folder given, else the newest finished run under the default runs folder (said aloud).
+    """The run folder given, else the newest finished run under the default runs folder (said aloud)."""
+    if value is not None:
+        return value
+    from herlev_fa.runs import latest_run
 
-    The folder of a cross-validated run is said aloud too: the command uses the ensemble of its fold models.
-    """
+    found = latest_run(DEFAULT_RUNS)
+    err.print(f"using the newest run: {found}", highlight=False, soft_wrap=True)
+    return found
+
+
+def model_line(run: Path) -> str:
+    """What model a command used: one fold run, or the ensemble of a cross-validated run's fold models."""
     from herlev_fa.ensemble import describe, fold_folders
 
-    if value is None:
-        from herlev_fa.runs import latest_run
-
-        value = latest_run(DEFAULT_RUNS)
-        err.print(f"using the newest run: {value}", highlight=False, soft_wrap=True)
-    folds = fold_folders(value)
-    if folds:
-        err.print(f"using the {describe(len(folds))} in {value}", highlight=False, soft_wrap=True)
-    return value
+    folds = fold_folders(run)
+    return f"model: the {describe(len(folds))} in {run}" if folds else f"model: {run}"
 
 
 def user_errors(fn):

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from herlev_cli.app import Device, Quiet, RunOption, app, out, run_dir, user_errors
+from herlev_cli.app import Device, Quiet, RunOption, app, model_line, out, run_dir, user_errors
 from herlev_fa.explanation.attribution import BASELINES, DEFAULT_BASELINE, DEFAULT_METHOD, DEFAULT_TOL, METHODS
 
 Target = Annotated[str, typer.Option(help="predicted | score | a class name: the logit (or severity score) explained.")]
@@ -49,7 +49,8 @@ def explain(
     """Integrated Gradients per image: NAME_ig.png (cell, heat map, overlay) and NAME_ig.npy (H x W)."""
     from herlev_fa.explanation.report import explain_images
 
-    table, folder = explain_images(run_dir(run), images, out=out_dir, target=target, steps=steps, baseline=baseline,
+    run = run_dir(run)
+    table, folder = explain_images(run, images, out=out_dir, target=target, steps=steps, baseline=baseline,
                                    device=device, bs=bs, precision=precision, tol=tol, method=method,
                                    progress=not (quiet or as_json))
     if as_json:
@@ -59,6 +60,7 @@ def explain(
         out.print(f"{r.name}: predicted [bold]{r.predicted}[/], score {r.score:.2f}, IG of {r.target}, "
                   f"delta {r.delta:+.2g} ({r.relative_delta:.1%})", highlight=False)
     out.print(f"written to [bold]{folder}[/] (NAME_ig.png, NAME_ig.npy, explanations.csv)")
+    out.print(model_line(run), highlight=False)
 
 
 @app.command(rich_help_panel="Explanation")
@@ -83,7 +85,8 @@ def quantify(
     from herlev_fa.explanation.report import quantify as run_quantify
     from herlev_fa.explanation.report import summary_table
 
-    result = run_quantify(run_dir(run), data=data, split=split, out=out_dir, target=target, steps=steps, baseline=baseline,
+    run = run_dir(run)
+    result = run_quantify(run, data=data, split=split, out=out_dir, target=target, steps=steps, baseline=baseline,
                           device=device, bs=bs, precision=precision, tol=tol, method=method,
                           progress=not (quiet or as_json))
     if as_json:
@@ -92,3 +95,4 @@ def quantify(
     steps_text = f"{steps} {METHODS[method]} steps"
     out.print(summary_table(result.summary, f"IG on mask regions ({split}, baseline {baseline}, {steps_text})"))
     out.print(f"written to [bold]{result.out_dir}[/] (quantify.csv, quantify.md, quantify.png)")
+    out.print(model_line(run), highlight=False)

@@ -10,7 +10,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from herlev_cli.app import Bs, Device, RunOption, SkipBad, app, out, run_dir, user_errors
+from herlev_cli.app import Bs, Device, RunOption, SkipBad, app, model_line, out, run_dir, user_errors
 from herlev_fa.atomic import atomic_path
 from herlev_fa.errors import HerlevError
 from herlev_fa.prediction import predict as predict_images
@@ -57,3 +57,4 @@ def predict(
         out.print(_table(preds, run, tta))
     n_abnormal = int(preds["abnormal"].sum())
     out.print(f"{len(preds)} image(s), {n_abnormal} predicted abnormal; written to [bold]{out_file}[/]")
+    out.print(model_line(run), highlight=False)
