@@ -98,12 +98,16 @@ def roc_png(is_abnormal: np.ndarray, abnormal_score: np.ndarray, points: dict[st
         fpr, tpr, _ = roc_curve(truth, abnormal_score)
         ax.plot(fpr, tpr, color="tab:blue", label=f"ROC (AUC {auc(fpr, tpr):.3f})")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    marks = [("default decision", 1 - points["specificity"], points["sensitivity"], "o"),
-             ("95% specificity", 0.05, points["sens_at_spec95"], "s"),
-             ("95% sensitivity", 1 - points["spec_at_sens95"], 0.95, "^")]
+    sens, spec = points["sensitivity"], points["specificity"]
+    sens95, spec95 = points["sens_at_spec95"], points["spec_at_sens95"]
+    marks = [  # where the curve crosses spec = 0.95 and sens = 0.95: on the curve, as the metrics read it
+        (f"default decision: sens {sens:.2f}, spec {spec:.2f}", 1 - spec, sens, "o"),
+        (f"sens {sens95:.2f} at spec ≥ 0.95", 0.05, sens95, "s"),
+        (f"spec {spec95:.2f} at sens ≥ 0.95", 1 - spec95, 0.95, "^"),
+    ]
     for label, x, y, marker in marks:
         if not (np.isnan(x) or np.isnan(y)):
-            ax.plot([x], [y], marker=marker, linestyle="none", markersize=8, label=f"{label} ({1 - x:.2f} spec, {y:.2f} sens)")
+            ax.plot([x], [y], marker=marker, linestyle="none", markersize=8, label=label)
     ax.set_xlabel("1 - specificity (normal cells called abnormal)")
     ax.set_ylabel("sensitivity (abnormal cells found)")
     ax.set_xlim(-0.02, 1.02), ax.set_ylim(-0.02, 1.02)

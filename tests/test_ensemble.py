@@ -180,3 +180,30 @@ def test_evaluate_of_one_run_prints_every_metric_with_its_interval(trained_run, 
                                     f"{metrics['intervals']['big_mistakes'][1]:.3f}]")
     assert 0 <= metrics["sens_at_spec95"] <= 1 and 0 <= metrics["ece"] <= 1 and not math.isnan(metrics["auc"])
     assert "100 resamples" in result.output
+
+
+def test_a_negative_bootstrap_is_one_line(trained_run, tmp_path):
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--bootstrap", "-5", "--out", str(tmp_path / "ev")],
+                           env=WIDE)
+    _one_line_error(result, r"--bootstrap -5 is out of range")
+    assert not (tmp_path / "ev").exists()
+
+
+@pytest.mark.parametrize("case", ["mixed", "one_group", "all_right"])
+def test_roc_and_reliability_figures_draw_edge_cases_without_pyplot_state(tmp_path, case):
+    import matplotlib.pyplot as plt
+
+    from herlev_fa.figures import reliability_png, roc_png
+    from herlev_fa.metrics import expected_calibration_error, operating_points
+
+    rng = np.random.default_rng(0)
+    y = {"mixed": rng.integers(0, 3, 40), "one_group": np.ones(40, int), "all_right": np.arange(40) % 3}[case]
+    probs = np.full((40, 3), 0.1) + 0.8 * np.eye(3)[y if case == "all_right" else rng.integers(0, 3, 40)]  # [N, 3]
+    truth, score = y > 0, probs[:, 1:].sum(axis=1)
+    points = operating_points(truth, score, probs.argmax(axis=1) > 0)
+    before = plt.get_fignums()
+    roc = roc_png(truth, score, points, tmp_path / "roc.png")
+    rel = reliability_png(probs, y, expected_calibration_error(probs, y), tmp_path / "rel.png")
+    assert roc.stat().st_size > 5000 and rel.stat().st_size > 5000
+    assert plt.get_fignums() == before  # no figure left in pyplot's registry
+    assert not list(tmp_path.glob("*.tmp"))
