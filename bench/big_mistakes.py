@@ -28,21 +28,23 @@ ORDER = ("cls", "reg")  # shown first; the other configurations (cls_reg-<lambda
 
 
 def fold_runs(sweep: Path) -> dict[str, list[Path]]:
-    """Configuration name -> its finished fold run folders in fold order."""
+    """Configuration name -> its finished fold run folders in fold order, for the folds all configurations finished."""
     found: dict[str, list[Path]] = {}
     for pred in sorted(sweep.glob("*/*/fold*/predictions.csv")):
         run = pred.parent
         if (run / "herlev.json").is_file():
             found.setdefault(run.parent.parent.name, []).append(run)
     names = [n for n in ORDER if n in found] + sorted(n for n in found if n not in ORDER)
-    return {n: sorted(found[n], key=lambda p: int(p.name[4:])) for n in names}
+    common = set.intersection(*(set(p.name for p in runs) for runs in found.values())) if found else set()
+    # only the folds every configuration has finished: the comparison stays paired while a study runs
+    return {n: sorted((p for p in found[n] if p.name in common), key=lambda p: int(p.name[4:])) for n in names}
 
 
 def read_fold(run: Path) -> tuple[pd.DataFrame, np.ndarray, str, Task]:
     """Held-out predictions of one fold run: the frame, the raw outputs [N, C], the head and the task."""
     meta = json.loads((run / "herlev.json").read_text(encoding="utf-8"))
     frame = pd.read_csv(run / "predictions.csv").sort_values("rel").reset_index(drop=True)  # same order in every run
-    out = frame[[c for c in frame.columns if c.startswith("out_")]].to_numpy(np.float32)
+    out = np.array(frame[[c for c in frame.columns if c.startswith("out_")]], dtype=np.float32)  # writable, for torch
     return frame, out, meta["head"], Task.from_json(meta["task"])
 
 
@@ -64,7 +66,7 @@ def main() -> None:
     p.add_argument("--sweep", type=Path, default=Path("/work/study/sweep"))
     args = p.parse_args()
     runs = fold_runs(args.sweep)
-    if not runs:
+    if not runs or not next(iter(runs.values())):
         raise SystemExit(f"no finished fold run with predictions.csv under {args.sweep}/<configuration>/<head>/fold<k>/")
     reference = next(iter(runs))
     ref_folds = [read_fold(r) for r in runs[reference]]
@@ -93,8 +95,11 @@ def main() -> None:
               "normal↔severe", "sens / spec (%)", "sens. at 95% spec. (%)", "ECE",
               f"2+ levels off − {reference}, same folds (folds fewer); cells only this / only {reference}, McNemar"]
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-    text = (f"Held-out predictions under {args.sweep}; rates are means over folds, counts summed over folds "
-            "(every cell is held out once).\n\n" + "\n".join(table) + "\n")
+    folds = ", ".join(p.name for p in runs[reference])
+    n_folds = json.loads((runs[reference][0] / "herlev.json").read_text(encoding="utf-8"))["n_folds"]
+    text = (f"Held-out predictions under {args.sweep}, folds {folds} (of {n_folds}: those every configuration has "
+            "finished); rates are means over folds, counts summed over folds (each cell is held out once).\n\n"
+            + "\n".join(table) + "\n")
     write_text(args.sweep / "big_mistakes.md", text)
     print(text)
 

@@ -36,22 +36,6 @@ SCALAR_METRICS = ("accuracy", "binary_accuracy", "auc", "mse", "kappa", "big_mis
                   "sensitivity", "specificity", "sens_at_spec95", "spec_at_sens95", "ece")
 # the subset computed every epoch during training (the epoch table and log.csv)
 EPOCH_METRICS = SCALAR_METRICS[:5]
-# one line per metric, for tables and docs
-METRIC_HELP = {
-    "accuracy": "share of cells in their true class",
-    "binary_accuracy": "share of cells on the right side of normal vs abnormal",
-    "auc": "AUC-ROC of abnormal vs normal",
-    "mse": "mean squared error of the severity score",
-    "kappa": "quadratic weighted Cohen's kappa",
-    "big_mistakes": "share of cells predicted two or more severity levels from the truth",
-    "normal_cis": "cells confused between normal and carcinoma in situ (either way)",
-    "normal_severe": "cells confused between normal and severe dysplasia (either way)",
-    "sensitivity": "share of abnormal cells predicted abnormal (default decision)",
-    "specificity": "share of normal cells predicted normal (default decision)",
-    "sens_at_spec95": "sensitivity at the threshold giving 95% specificity",
-    "spec_at_sens95": "specificity at the threshold giving 95% sensitivity",
-    "ece": "expected calibration error of the top class probability (10 bins)",
-}
 TARGET_RATE = 0.95  # the screening operating points: sensitivity at 95% specificity and the reverse
 N_BINS = 10  # confidence bins of the calibration error and the reliability diagram
 

@@ -66,7 +66,7 @@ def test_big_mistakes_table_is_paired_over_the_same_cells(sweep):
         masks = []
         for k in (0, 1):
             frame = pd.read_csv(sweep / folder / head / f"fold{k}" / "predictions.csv").sort_values("rel")
-            out = frame[[c for c in frame.columns if c.startswith("out_")]].to_numpy(np.float32)
+            out = np.array(frame[[c for c in frame.columns if c.startswith("out_")]], dtype=np.float32)
             _, _, pred = decode(out, head, sev)
             masks.append(np.abs(np.asarray(sev)[pred] - frame["y"].to_numpy()) >= 2)
             assert big_mistake_rate(frame["y"].to_numpy(), pred, sev) == pytest.approx(masks[-1].mean())
