@@ -111,7 +111,8 @@ def roc_png(is_abnormal: np.ndarray, abnormal_score: np.ndarray, points: dict[st
     ax.set_xlabel("1 - specificity (normal cells called abnormal)")
     ax.set_ylabel("sensitivity (abnormal cells found)")
     ax.set_xlim(-0.02, 1.02), ax.set_ylim(-0.02, 1.02)
-    ax.legend(loc="lower right", fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # nothing to label when only one group is present
+        ax.legend(loc="lower right", fontsize=7)
     ax.set_title(title or "normal vs abnormal", fontsize=9)
     return save_figure(fig, path)
 
