@@ -56,6 +56,14 @@ def run_dir(value: Path | None) -> Path:
     return found
 
 
+def model_line(run: Path) -> str:
+    """What model a command used: one fold run, or the ensemble of a cross-validated run's fold models."""
+    from herlev_fa.ensemble import describe, fold_folders
+
+    folds = fold_folders(run)
+    return f"model: the {describe(len(folds))} in {run}" if folds else f"model: {run}"
+
+
 def user_errors(fn):
     """Print a HerlevError (or an interrupt) as one line and exit non-zero, never a traceback."""
 

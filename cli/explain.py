@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from herlev_cli.app import Quiet, RunOption, app, flag, out, run_dir, user_errors
+from herlev_cli.app import Quiet, RunOption, app, flag, model_line, out, run_dir, user_errors
 from herlev_fa.config import IGSettings
 
 DEFAULT = IGSettings()
@@ -53,7 +53,8 @@ def explain(
 
     settings = IGSettings(target=target, steps=steps, method=method, baseline=baseline, precision=precision, tol=tol,
                           bs=bs, device=device)
-    table, folder = explain_images(run_dir(run), images, out=out_dir, settings=settings,
+    run = run_dir(run)
+    table, folder = explain_images(run, images, out=out_dir, settings=settings,
                                    progress=not (quiet or as_json))
     if as_json:
         typer.echo(table.to_json(orient="records"))
@@ -63,6 +64,7 @@ def explain(
                   f"delta {r.delta:+.2g} ({r.relative_delta:.1%})", highlight=False)
     out.print(delta_summary(table["delta"], table["relative_delta"], tol), highlight=False)
     out.print(f"written to [bold]{folder}[/] (NAME_ig.png, NAME_ig.npy, explanations.csv)")
+    out.print(model_line(run), highlight=False)
 
 
 @app.command(rich_help_panel="Explanation")
@@ -89,7 +91,8 @@ def quantify(
 
     settings = IGSettings(target=target, steps=steps, method=method, baseline=baseline, precision=precision, tol=tol,
                           bs=bs, device=device)
-    result = run_quantify(run_dir(run), data=data, split=split, out=out_dir, settings=settings,
+    run = run_dir(run)
+    result = run_quantify(run, data=data, split=split, out=out_dir, settings=settings,
                           progress=not (quiet or as_json))
     if as_json:
         typer.echo(result.table.to_json(orient="records"))
@@ -97,6 +100,7 @@ def quantify(
     out.print(summary_table(result.summary, f"IG on mask regions ({split}, {settings.describe()})"))
     out.print(result.delta, highlight=False)
     out.print(f"written to [bold]{result.out_dir}[/] (quantify.csv, quantify.md, quantify.png)")
+    out.print(model_line(run), highlight=False)
 
 
 @app.command("compare-explanations", rich_help_panel="Explanation")

@@ -35,15 +35,30 @@ def _fold(value: str) -> int | None:
         raise HerlevError(f"--fold '{value}' is not a fold number or 'all'") from None
 
 
-def _metrics_table(title: str, rows: dict[str, dict]) -> Table:
+def _metrics_table(title: str, columns: dict[str, dict], intervals: dict | None = None) -> Table:
+    """One row per scalar metric (the library's one list), one column per run or model.
+
+    `intervals` (metric -> [low, high]) are printed beside the first column's values.
+    """
+    from herlev_fa.metrics import SCALAR_METRICS
+
     table = Table(title=title)
-    table.add_column("run", overflow="fold")
-    names = ("accuracy", "binary_accuracy", "auc", "mse", "kappa")
-    for name in names:
-        table.add_column(name, justify="right")
-    for run, m in rows.items():  # a metric that cannot be computed (None, NaN) shows as '-'
-        table.add_row(run, *(f"{m[n]:.3f}" if m[n] is not None and math.isfinite(m[n]) else "-" for n in names))
+    table.add_column("metric")
+    for i, name in enumerate(columns):
+        table.add_column(f"{name} [95% CI]" if intervals and i == 0 else name, justify="right", overflow="fold")
+    for metric in SCALAR_METRICS:
+        cells = [_number(metric, m.get(metric, math.nan)) for m in columns.values()]
+        if intervals and metric in intervals:
+            low, high = intervals[metric]
+            cells[0] += f" [{_number(metric, low)}, {_number(metric, high)}]"
+        table.add_row(metric, *cells)
     return table
+
+
+def _number(metric: str, value: float) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    return f"{value:.0f}" if metric in ("normal_cis", "normal_severe") else f"{value:.3f}"
 
 
 @app.command(rich_help_panel="Getting started")
@@ -62,12 +77,12 @@ def demo(
                       epochs=epochs, lr=3e-3, device="cpu", out=out_dir / "runs", quiet=not bars(quiet))
     result = herlev_fa.train(cfg)
     metrics = herlev_fa.evaluate(result.runs[0], device="cpu", progress=not quiet)
-    out.print(_metrics_table("held-out fold 0 of the synthetic data", {result.runs[0].name: metrics}))
+    out.print(_metrics_table("held-out fold 0 of the synthetic data", {result.runs[0].name: metrics}, metrics["intervals"]))
     run = result.runs[0]
     out.print(f"model:   [bold]{run / 'model.safetensors'}[/] (+ config.json, herlev.json)")
     out.print(f"metrics: [bold]{run / 'metrics.json'}[/], per epoch: {run / 'log.csv'}")
     out.print(f"plots:   [bold]{run / 'confusion_matrix.png'}[/], {run / 'score_distribution.png'}, "
-              f"{run / 'training_curves.png'}")
+              f"{run / 'roc.png'}, {run / 'reliability.png'}, {run / 'training_curves.png'}")
 
 
 @app.command(rich_help_panel="Data")
@@ -153,20 +168,31 @@ def evaluate(
     bs: Bs = 64,
     device: Device = "auto",
     skip_bad: SkipBad = False,
+    bootstrap: Annotated[int, typer.Option(help="Resamples of the cells for 95% bootstrap intervals (seeded); "
+                                                "0 for none.")] = 1000,
     as_json: Annotated[bool, flag("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
-    """Metrics, confusion matrix and score distribution of a run on its held-out fold (or --data)."""
+    """Metrics with 95% intervals, confusion matrix, ROC and reliability diagram of a run on its held-out fold (or --data).
+
+    The folder of a cross-validated run (fold0/ .. foldK/) evaluates the ensemble of its fold
+    models beside each fold model, on new cells (--data).
+    """
     run = run_dir(run)
     metrics = herlev_fa.evaluate(run, data=data, split=split, out=out_dir, bs=bs, device=device, skip_bad=skip_bad,
-                                 progress=not as_json)
+                                 progress=not as_json, n_boot=bootstrap)
     if as_json:
         typer.echo(json.dumps(finite_or_none(metrics)))
         return
-    out.print(_metrics_table(f"{metrics['data']} (n={metrics['n']})", {run.name: metrics}))
+    columns = {"ensemble" if "members" in metrics else run.name: metrics, **metrics.get("members", {})}
+    out.print(_metrics_table(f"{metrics['data']} (n={metrics['n']}, {metrics['model']})", columns,
+                             metrics.get("intervals")))
     recall = ", ".join(f"{c} {r:.2f}" if r is not None and math.isfinite(r) else f"{c} -"
                        for c, r in zip(metrics["classes"], metrics["per_class_recall"]))
     out.print(f"per-class recall: {recall}")
-    out.print(f"written to [bold]{metrics['out_dir']}[/] (metrics.json, confusion_matrix.png, score_distribution.png)")
+    if "bootstrap" in metrics:
+        out.print(f"[95% CI]: percentile bootstrap over {metrics['bootstrap']['resamples']} resamples of the cells")
+    out.print(f"written to [bold]{metrics['out_dir']}[/] (metrics.json, confusion_matrix.png, score_distribution.png, "
+              f"roc.png{', reliability.png' if not math.isnan(metrics['ece']) else ''})")
 
 
 @app.command("lr-find", rich_help_panel="Training")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from herlev_cli.app import Bs, Device, RunOption, SkipBad, app, flag, out, run_dir, user_errors
+from herlev_cli.app import Bs, Device, RunOption, SkipBad, app, flag, model_line, out, run_dir, user_errors
 from herlev_fa.atomic import atomic_path
 from herlev_fa.errors import HerlevError
 
@@ -63,3 +63,4 @@ def predict(
         out.print(_table(preds, run, tta))
     n_abnormal = int(preds["abnormal"].sum())
     out.print(f"{len(preds)} image(s), {n_abnormal} predicted abnormal; written to [bold]{out_file}[/]")
+    out.print(model_line(run), highlight=False)

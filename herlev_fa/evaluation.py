@@ -17,14 +17,19 @@ from herlev_fa.config import check_batch_size, resolve_device
 from herlev_fa.data.items import mask_for, scan
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import Task
-from herlev_fa.metrics import decode, severity_metrics, undefined_metrics
-from herlev_fa.figures import confusion_matrix_png, score_distribution_png
+from herlev_fa.figures import confusion_matrix_png, reliability_png, roc_png, score_distribution_png
+from herlev_fa.metrics import N_BINS, abnormal_score, bootstrap_intervals, decode, severity_metrics, undefined_metrics
 from herlev_fa.runs import Run, load_run
 
 
 def write_evaluation(out_dir: Path, out: np.ndarray, y: np.ndarray, task: Task, head: str,
                      extra: dict | None = None) -> dict:
-    """Metrics of raw outputs [N, C] against classes [N]: `metrics.json` + the two figures."""
+    """Metrics of raw outputs [N, C] against classes [N]: `metrics.json` + the figures.
+
+    The figures: `confusion_matrix.png`, `score_distribution.png`, `roc.png` (normal vs
+    abnormal, with the screening operating points) and, for heads with class probabilities,
+    `reliability.png`.
+    """
     metrics = severity_metrics(out, y, head, task.severities)
     metrics = {**(extra or {}), **metrics, "classes": list(task.classes)}
     undefined = undefined_metrics(metrics)
@@ -36,8 +41,14 @@ def write_evaluation(out_dir: Path, out: np.ndarray, y: np.ndarray, task: Task, 
     write_json(out_dir / "metrics.json", metrics)
     confusion_matrix_png(np.array(metrics["confusion_matrix"]), task.classes, out_dir / "confusion_matrix.png",
                          title=f"{head}: accuracy {metrics['accuracy']:.3f}, n={metrics['n']}")
-    _, score, _ = decode(out, head, task.severities)
+    probs, score, _ = decode(out, head, task.severities)
     score_distribution_png(score, y, task.classes, task.severities, out_dir / "score_distribution.png")
+    is_abnormal = np.asarray(task.abnormal())[y]  # [N]
+    roc_png(is_abnormal, abnormal_score(probs, score, task.severities), metrics, out_dir / "roc.png",
+            title=f"{head}: normal vs abnormal, n={metrics['n']}")
+    if probs is not None:
+        reliability_png(probs, y, metrics["ece"], out_dir / "reliability.png", n_bins=N_BINS,
+                        title=f"{head}: reliability of the top class probability, n={metrics['n']}")
     return metrics
 
 
@@ -103,17 +114,28 @@ def evaluation_items(run: Run, data: str | Path | None = None, split: str | None
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | None = None,
              out: str | Path | None = None, bs: int = 64, device: str = "auto", skip_bad: bool = False,
-             progress: bool = True) -> dict:
+             progress: bool = True, n_boot: int = 1000) -> dict:
     """Evaluate a run on its held-out fold, or on every image of another folder.
 
-    See `evaluation_items` for `data` and `split`. Writes `metrics.json`, `confusion_matrix.png`
-    and `score_distribution.png` into `out` (default: the run folder for the held-out fold,
+    See `evaluation_items` for `data` and `split`. Writes `metrics.json` and the figures of
+    `write_evaluation` into `out` (default: the run folder for the held-out fold,
     `RUN/eval-<folder name>` for every image of another folder).
 
+    The folder of a cross-validated run evaluates the ensemble of its fold models (on new
+    cells only); `members` then holds each fold model's scalar metrics on the same cells.
+
+    Args:
+        n_boot: bootstrap resamples of the cells for the 95% interval of every scalar metric
+            (`intervals`: metric -> [low, high]); 0 for none.
+
     Raises:
-        HerlevError: bad run folder, missing data, unreadable images.
+        HerlevError: bad run folder, missing data, unreadable images, negative `n_boot`.
     """
     check_batch_size(bs)
+    from herlev_fa.ensemble import EnsembleRun, mean_output
+
+    if n_boot < 0:
+        raise HerlevError(f"--bootstrap {n_boot} is out of range: use 0 (no intervals) or more resamples")
     run = load_run(run_dir)
     device = resolve_device(device)
     items, source = evaluation_items(run, data, split)
@@ -123,8 +145,20 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | N
         out_dir = run.path
     else:
         out_dir = run.path / f"eval-{Path(data).resolve().name}"
-    with torch.no_grad():
-        outputs, y, items = predict_items(run, items, bs=bs, device=device, skip_bad=skip_bad, progress=progress)
-    metrics = write_evaluation(out_dir, outputs, y, run.task, run.head, extra={"run": str(run.path), "data": source})
+    members = run.members if isinstance(run, EnsembleRun) else [run]
+    with torch.no_grad():  # each member on its own (BatchNorm-folded) copy; the ensemble is their mean
+        outs = [predict_items(member, items, bs=bs, device=device, skip_bad=skip_bad, progress=progress)
+                for member in members]
+    y = outs[0][1]
+    outputs = mean_output(torch.stack([torch.from_numpy(o) for o, _, _ in outs])).numpy()  # [M, N, C] -> [N, C]
+    extra = {"run": str(run.path), "data": source, "model": run.describe() if isinstance(run, EnsembleRun) else "one model"}
+    if isinstance(run, EnsembleRun):
+        extra["members"] = {m.path.name: severity_metrics(o, y, run.head, run.task.severities, full=False)
+                            for m, (o, _, _) in zip(members, outs)}
+    if n_boot:
+        intervals = bootstrap_intervals(outputs, y, run.head, run.task.severities, n_boot=n_boot, seed=0)
+        extra["intervals"] = {name: list(bounds) for name, bounds in intervals.items()}
+        extra["bootstrap"] = {"resamples": n_boot, "level": 0.95, "seed": 0, "unit": "cell"}
+    metrics = write_evaluation(out_dir, outputs, y, run.task, run.head, extra=extra)
     metrics["out_dir"] = str(out_dir)
     return metrics

@@ -275,3 +275,65 @@ def explanation_grid_png(path: str | Path, *args, dpi: int = 100, **kwargs) -> P
     with atomic_path(path) as tmp:
         explanation_grid(*args, dpi=dpi, **kwargs).savefig(tmp, format="png", dpi=dpi)
     return Path(path)
+
+
+# --- screening and calibration figures (issue 13): matplotlib's object API, no pyplot state ---
+
+def roc_png(is_abnormal: np.ndarray, abnormal_score: np.ndarray, points: dict[str, float], path: str | Path,
+            title: str = "") -> Path:
+    """ROC of normal vs abnormal (scikit-learn's curve) with the screening operating points marked.
+
+    Args:
+        is_abnormal: truth [N]; abnormal_score: P(abnormal) or the severity score [N].
+        points: `herlev_fa.metrics.operating_points` of the same cells.
+    """
+    from matplotlib.figure import Figure
+    from sklearn.metrics import auc, roc_curve
+
+    fig = Figure(figsize=(4.6, 4.4))
+    ax = fig.add_subplot()
+    truth = np.asarray(is_abnormal, bool)
+    if truth.all() or not truth.any():
+        ax.text(0.5, 0.5, "one group only: no ROC curve", ha="center", va="center")
+    else:
+        fpr, tpr, _ = roc_curve(truth, abnormal_score)
+        ax.plot(fpr, tpr, color="tab:blue", label=f"ROC (AUC {auc(fpr, tpr):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    sens, spec = points["sensitivity"], points["specificity"]
+    sens95, spec95 = points["sens_at_spec95"], points["spec_at_sens95"]
+    marks = [  # where the curve crosses spec = 0.95 and sens = 0.95: on the curve, as the metrics read it
+        (f"default decision: sens {sens:.2f}, spec {spec:.2f}", 1 - spec, sens, "o"),
+        (f"sens {sens95:.2f} at spec ≥ 0.95", 0.05, sens95, "s"),
+        (f"spec {spec95:.2f} at sens ≥ 0.95", 1 - spec95, 0.95, "^"),
+    ]
+    for label, x, y, marker in marks:
+        if not (np.isnan(x) or np.isnan(y)):
+            ax.plot([x], [y], marker=marker, linestyle="none", markersize=8, label=label)
+    ax.set_xlabel("1 - specificity (normal cells called abnormal)")
+    ax.set_ylabel("sensitivity (abnormal cells found)")
+    ax.set_xlim(-0.02, 1.02), ax.set_ylim(-0.02, 1.02)
+    if ax.get_legend_handles_labels()[0]:  # nothing to label when only one group is present
+        ax.legend(loc="lower right", fontsize=7)
+    ax.set_title(title or "normal vs abnormal", fontsize=9)
+    return save_png(fig, path)
+
+
+def reliability_png(probs: np.ndarray, y: np.ndarray, ece: float, path: str | Path, n_bins: int = 10,
+                    title: str = "") -> Path:
+    """Reliability diagram of the top class probability [N, K] against the true class [N] (scikit-learn's bins)."""
+    from matplotlib.figure import Figure
+    from sklearn.calibration import calibration_curve
+
+    probs = np.asarray(probs)
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == np.asarray(y)  # [N], [N]
+    fig = Figure(figsize=(4.6, 5.2))
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfectly calibrated")
+    # pos_label: all-right or all-wrong cells are a valid (if extreme) diagram
+    accuracy, mean_confidence = calibration_curve(correct, confidence, n_bins=n_bins, strategy="uniform", pos_label=True)
+    top.plot(mean_confidence, accuracy, marker="o", color="tab:blue", label=f"model (ECE {ece:.3f})")
+    top.set_ylabel("accuracy in the bin"), top.set_ylim(-0.02, 1.02), top.legend(loc="upper left", fontsize=8)
+    top.set_title(title or "reliability of the top class probability", fontsize=9)
+    bottom.hist(confidence, bins=np.linspace(0, 1, n_bins + 1), color="tab:grey")
+    bottom.set_xlabel("top class probability"), bottom.set_ylabel("cells")
+    return save_png(fig, path)

@@ -4,21 +4,40 @@ All take the raw model output `out` [N, C] (see ``herlev_fa.model.heads``) and t
 indices `y` [N]. Binary (normal vs abnormal) metrics use the task's severities: a class is
 abnormal when its severity is above 0. AUC-ROC of abnormal vs normal scores P(abnormal) (sum of
 the abnormal classes' probabilities) for class heads, and the severity score for `reg`.
+
+What a cytologist asks beyond accuracy:
+
+- big mistakes: the share of cells predicted two or more severity levels from the truth, and
+  the counts of the worst confusions (normal <-> carcinoma in situ, normal <-> severe), both
+  directions;
+- screening operating points of normal vs abnormal: sensitivity and specificity at the default
+  decision (the predicted class is abnormal), sensitivity at 95% specificity and specificity at
+  95% sensitivity (read off scikit-learn's ROC curve of the abnormal score);
+- calibration: expected calibration error of the top class probability (class heads only);
+- 95% bootstrap intervals of every scalar metric (cells resampled, seeded).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from fastai.learner import Metric
-from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score
+from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score, roc_curve
 
 from herlev_fa.model.heads import Head, get_head
 
-SCALAR_METRICS = ("accuracy", "binary_accuracy", "auc", "mse", "kappa")
+# Every scalar metric, in table order: metrics.json, the CLI tables, cv_summary.md and the
+# reproduce table all read this one list.
+SCALAR_METRICS = ("accuracy", "binary_accuracy", "auc", "mse", "kappa", "big_mistakes", "normal_cis", "normal_severe",
+                  "sensitivity", "specificity", "sens_at_spec95", "spec_at_sens95", "ece")
+# the subset computed every epoch during training (the epoch table and log.csv)
+EPOCH_METRICS = SCALAR_METRICS[:5]
+TARGET_RATE = 0.95  # the screening operating points: sensitivity at 95% specificity and the reverse
+N_BINS = 10  # confidence bins of the calibration error and the reliability diagram
 
 
 def decode(out: np.ndarray, head: str | Head,
@@ -28,6 +47,13 @@ def decode(out: np.ndarray, head: str | Head,
     return None if probs is None else probs.numpy(), score.numpy(), pred.numpy()
 
 
+def abnormal_score(probs: np.ndarray | None, score: np.ndarray, severities: Sequence[float]) -> np.ndarray:
+    """The score ranking cells as abnormal [N]: P(abnormal) for class heads (probs [N, K]), the severity score for `reg`."""
+    if probs is None:
+        return np.asarray(score)
+    return probs[:, np.asarray(severities) > 0].sum(axis=1)
+
+
 def binary_auc(is_abnormal: np.ndarray, abnormal_score: np.ndarray) -> float:
     """AUC-ROC of abnormal vs normal; NaN when only one of the two is present."""
     if len(np.unique(is_abnormal)) < 2:
@@ -35,9 +61,87 @@ def binary_auc(is_abnormal: np.ndarray, abnormal_score: np.ndarray) -> float:
     return float(roc_auc_score(is_abnormal, abnormal_score))
 
 
+BY_DESIGN = ("ece", "normal_cis", "normal_severe")  # NaN for heads without probabilities, tasks without those classes
+
+
 def undefined_metrics(metrics: dict) -> list[str]:
-    """Names of the scalar metrics that could not be computed (NaN), e.g. AUC when one group is absent."""
-    return [name for name in SCALAR_METRICS if not math.isfinite(metrics[name])]
+    """Names of the scalar metrics that could not be computed on these cells (NaN), e.g. AUC when one group is absent.
+
+    Metrics that some heads or tasks never define (`BY_DESIGN`) are not listed.
+    """
+    return [name for name in SCALAR_METRICS if name not in BY_DESIGN and not math.isfinite(metrics[name])]
+
+
+def severity_levels(severities: Sequence[float]) -> np.ndarray:
+    """Per class [K]: the rank of its severity among the distinct severities (0 = normal)."""
+    sev = np.asarray(severities, dtype=np.float64)
+    return np.searchsorted(np.unique(sev), sev)
+
+
+def big_mistake_rate(y: np.ndarray, pred: np.ndarray, severities: Sequence[float], levels: int = 2) -> float:
+    """Share of cells [N] whose predicted class is `levels` or more severity levels from the true one; NaN if N = 0."""
+    if len(y) == 0:
+        return math.nan
+    rank = severity_levels(severities)
+    return float((np.abs(rank[np.asarray(pred)] - rank[np.asarray(y)]) >= levels).mean())
+
+
+def worst_confusions(y: np.ndarray, pred: np.ndarray, severities: Sequence[float]) -> tuple[float, float]:
+    """Counts of cells confused between normal and the top severity, and normal and the one below, either way.
+
+    For the severity task: normal <-> carcinoma in situ and normal <-> severe dysplasia. NaN for
+    tasks with fewer than four severity levels, where those classes do not exist.
+    """
+    rank = severity_levels(severities)
+    top = int(rank.max())
+    if top < 3:
+        return math.nan, math.nan
+    pair = np.sort(np.stack([rank[np.asarray(y)], rank[np.asarray(pred)]]), axis=0)  # [2, N], low rank first
+    normal = pair[0] == 0
+    return float((normal & (pair[1] == top)).sum()), float((normal & (pair[1] == top - 1)).sum())
+
+
+def operating_points(is_abnormal: np.ndarray, abnormal_score: np.ndarray, predicted_abnormal: np.ndarray,
+                     target: float = TARGET_RATE) -> dict[str, float]:
+    """Screening operating points of normal vs abnormal.
+
+    Args:
+        is_abnormal: truth [N] (bool).
+        abnormal_score: higher means more likely abnormal [N] (P(abnormal) or the severity score).
+        predicted_abnormal: the default decision [N] (bool).
+
+    Returns:
+        sensitivity and specificity of the default decision (NaN without abnormal / normal
+        cells), sens_at_spec95 (the highest sensitivity of a threshold with specificity >=
+        target) and spec_at_sens95 (the reverse); both NaN unless both groups are present.
+    """
+    truth, decided = np.asarray(is_abnormal, bool), np.asarray(predicted_abnormal, bool)
+    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
+    result = {"sensitivity": float((decided & truth).sum() / n_pos) if n_pos else math.nan,
+              "specificity": float((~decided & ~truth).sum() / n_neg) if n_neg else math.nan,
+              "sens_at_spec95": math.nan, "spec_at_sens95": math.nan}
+    if n_pos and n_neg:
+        fpr, tpr, _ = roc_curve(truth, abnormal_score, drop_intermediate=False)
+        eps = 1e-12  # 1 - 0.95 is not exactly 0.05 in floating point
+        result["sens_at_spec95"] = float(tpr[fpr <= 1 - target + eps].max())  # fpr[0] = 0: never empty
+        result["spec_at_sens95"] = float(1 - fpr[tpr >= target - eps].min())  # tpr[-1] = 1: never empty
+    return result
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) -> float:
+    """ECE of the top class probability: sum over equal-width confidence bins of |accuracy - confidence| x share.
+
+    Bins as scikit-learn's `calibration_curve` (a confidence on an inner edge goes to the lower
+    bin), so the reliability diagram shows the same bins. NaN for no cells.
+    """
+    probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y)
+    if len(y) == 0:
+        return math.nan
+    confidence, correct = probs.max(axis=1), (probs.argmax(axis=1) == y).astype(np.float64)  # [N], [N]
+    bins = np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], confidence)  # [N] in 0..n_bins-1
+    count = np.bincount(bins, minlength=n_bins)
+    gap = np.abs(np.bincount(bins, correct, n_bins) - np.bincount(bins, confidence, n_bins))  # summed per bin
+    return float(gap.sum() / count.sum())
 
 
 def severity_metrics(out: np.ndarray, y: np.ndarray, head: str | Head, severities: Sequence[float],
@@ -50,11 +154,17 @@ def severity_metrics(out: np.ndarray, y: np.ndarray, head: str | Head, severitie
         [K, K] (rows true, columns predicted) and n.
     """
     out, y = np.asarray(out, dtype=np.float32), np.asarray(y, dtype=np.int64)
+    probs, score, pred = decode(out, head, severities)
+    return decoded_metrics(probs, score, pred, y, severities, full)
+
+
+def decoded_metrics(probs: np.ndarray | None, score: np.ndarray, pred: np.ndarray, y: np.ndarray,
+                    severities: Sequence[float], full: bool = True) -> dict:
+    """`severity_metrics` of decoded outputs: probabilities [N, K] (None for `reg`), score [N], predicted class [N]."""
     sev = np.asarray(severities, dtype=np.float64)
     k = len(sev)
-    probs, score, pred = decode(out, head, severities)
     abnormal = sev > 0
-    p_abnormal = score if probs is None else probs[:, abnormal].sum(axis=1)
+    p_abnormal = abnormal_score(probs, score, sev)
     cm = confusion_matrix(y, pred, labels=list(range(k)))
     kappa = cohen_kappa_score(y, pred, weights="quadratic", labels=list(range(k))) if len(np.unique(np.r_[y, pred])) > 1 else math.nan
     result = {
@@ -63,7 +173,11 @@ def severity_metrics(out: np.ndarray, y: np.ndarray, head: str | Head, severitie
         "auc": binary_auc(abnormal[y], p_abnormal),
         "mse": float(((score - sev[y]) ** 2).mean()),
         "kappa": float(kappa),
+        "big_mistakes": big_mistake_rate(y, pred, sev),
     }
+    result["normal_cis"], result["normal_severe"] = worst_confusions(y, pred, sev)
+    result.update(operating_points(abnormal[y], p_abnormal, abnormal[pred]))
+    result["ece"] = math.nan if probs is None else expected_calibration_error(probs, y)
     if full:
         support = cm.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -72,13 +186,39 @@ def severity_metrics(out: np.ndarray, y: np.ndarray, head: str | Head, severitie
     return result
 
 
+def bootstrap_intervals(out: np.ndarray, y: np.ndarray, head: str, severities: Sequence[float],
+                        n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap interval of every scalar metric, the cells [N] resampled with replacement.
+
+    Args:
+        out: raw outputs [N, C]; y: true classes [N].
+        n_boot: resamples; level: coverage of the interval; seed: of the resampling.
+
+    Returns:
+        metric -> (low, high); NaN bounds for a metric undefined on every resample.
+    """
+    y = np.asarray(y, dtype=np.int64)
+    probs, score, pred = decode(np.asarray(out, dtype=np.float32), head, severities)  # decoded once
+    rng = np.random.default_rng(seed)
+    values = np.full((n_boot, len(SCALAR_METRICS)), np.nan)  # [B, M]
+    for b in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))  # [N]
+        m = decoded_metrics(None if probs is None else probs[idx], score[idx], pred[idx], y[idx], severities, full=False)
+        values[b] = [m[name] for name in SCALAR_METRICS]
+    tail = 100 * (1 - level) / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (e.g. ece of `reg`) stay NaN
+        low, high = np.nanpercentile(values, [tail, 100 - tail], axis=0)  # [M], [M]
+    return {name: (float(lo), float(hi)) for name, lo, hi in zip(SCALAR_METRICS, low, high)}
+
+
 class EpochOutputs:
     """One validation pass's model outputs and targets, kept on the device until its metrics are read.
 
     fastai's `AccumMetric` copies every batch to the host, once per metric: a synchronisation
     with the GPU per batch and metric. Here the batches stay where they are (gathered over
     processes like fastai's, by `learn.to_detach`) and go to the host once, when the epoch's
-    metrics are first read; all five are computed from that one copy.
+    metrics are first read; every epoch metric is computed from that one copy.
     """
 
     def __init__(self, head: str | Head, severities: Sequence[float]):
@@ -98,7 +238,7 @@ class EpochOutputs:
     def metrics(self) -> dict:
         if self._metrics is None:
             if not self.outs:
-                return dict.fromkeys(SCALAR_METRICS, math.nan)
+                return dict.fromkeys(EPOCH_METRICS, math.nan)
             out = torch.cat(self.outs).float().cpu().numpy()  # float first: numpy has no bfloat16
             y = torch.cat(self.ys).cpu().numpy()
             self._metrics = severity_metrics(out, y, self.head, self.severities, full=False)
@@ -135,4 +275,4 @@ class SeverityMetric(Metric):
 def fastai_metrics(head: str | Head, severities: Sequence[float]) -> list[SeverityMetric]:
     """The scalar metrics as fastai metrics over the whole validation set, from one host copy per epoch."""
     outputs = EpochOutputs(head, severities)
-    return [SeverityMetric(name, outputs, collects=i == 0) for i, name in enumerate(SCALAR_METRICS)]
+    return [SeverityMetric(name, outputs, collects=i == 0) for i, name in enumerate(EPOCH_METRICS)]

@@ -62,8 +62,12 @@ PAPER_NAMES = {"cls": "Cls", "reg": "Reg", "cls_reg": "Cls+Reg"}
 
 # column titles, in table order; accuracies are shown in percent, as in the paper
 COLUMNS = {"accuracy": "accuracy (%)", "binary_accuracy": "binary accuracy (%)", "auc": "AUC-ROC",
-           "mse": "MSE", "kappa": "quadratic kappa"}
-PERCENT = ("accuracy", "binary_accuracy")
+           "mse": "MSE", "kappa": "quadratic kappa", "big_mistakes": "2+ levels off (%)",
+           "normal_cis": "normal↔CIS (cells)", "normal_severe": "normal↔severe (cells)",
+           "sensitivity": "sensitivity (%)", "specificity": "specificity (%)",
+           "sens_at_spec95": "sens. at 95% spec. (%)", "spec_at_sens95": "spec. at 95% sens. (%)", "ece": "ECE"}
+PERCENT = ("accuracy", "binary_accuracy", "big_mistakes", "sensitivity", "specificity", "sens_at_spec95",
+           "spec_at_sens95")
 NOT_REPORTED = "–"
 KEPT = {"best": "the epoch with the lowest validation loss (the held-out fold: slightly optimistic)",
         "last": "the last epoch"}
@@ -306,14 +310,14 @@ def _write_results(root: Path, cfg: TrainConfig, heads: Sequence[str], runs: dic
     for head in heads:
         for run_dir, m in zip(runs[head], metrics[head]):
             rows.append({"head": head, "fold": m.get("fold"), "run": run_dir.relative_to(root).as_posix(),
-                         **{k: m[k] for k in SCALAR_METRICS}, "n": m.get("n"), "best_epoch": m.get("best_epoch")})
+                         **{k: m.get(k, np.nan) for k in SCALAR_METRICS}, "n": m.get("n"), "best_epoch": m.get("best_epoch")})
     files = {"results_csv": root / "results.csv", "results_md": root / "results.md",
              "comparison_png": root / "comparison.png"}
     with atomic_path(files["results_csv"]) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
     n_images = sum(int(m.get("n", 0)) for m in metrics[heads[0]])  # the held-out folds cover every image once
     write_text(files["results_md"], _results_markdown(cfg, heads, summary, n_images))
-    names = list(SCALAR_METRICS)
+    names = [k for k in SCALAR_METRICS if any(k in reported for reported in PAPER.values())]  # the paper's panels
     mean = np.array([[summary[h][k]["mean"] for k in names] for h in heads])  # [H, M]
     std = np.array([[summary[h][k]["std"] for k in names] for h in heads])  # [H, M]
     paper = np.array([[np.nan if PAPER.get(h, {}).get(k) is None else PAPER[h][k] for k in names] for h in heads])

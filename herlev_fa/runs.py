@@ -251,12 +251,18 @@ def config_problem(config: Any, meta: dict[str, Any], task: Task) -> str | None:
 def load_run(run_dir: str | Path) -> Run:
     """Load a run folder: sidecar, task and weights (safetensors only; nothing is unpickled).
 
+    The folder of a cross-validated run (holding `fold0/ .. foldK/`) loads as the ensemble of
+    its fold models (`herlev_fa.ensemble`).
+
     Raises:
         HerlevError: incomplete or damaged run folder, or weights that do not fit its config.
     """
+    from herlev_fa.ensemble import fold_folders, load_ensemble
     from herlev_fa.model.learner import create_net, load_into, load_weights_file
 
     run_dir = Path(run_dir)
+    if fold_folders(run_dir):
+        return load_ensemble(run_dir)
     meta = read_meta(run_dir)
     task = Task.from_json(meta["task"])
     weights = run_dir / "model.safetensors"

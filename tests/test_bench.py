@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,13 +16,20 @@ def _cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
-def test_constraint_sweep_table_matches_its_fold_runs(synth_data, tmp_path):
-    out = tmp_path / "sweep"
+@pytest.fixture(scope="module")
+def sweep(synth_data, tmp_path_factory) -> Path:
+    """bench/constraint_sweep.py on the synthetic data: cls, reg, cls_reg at lambda 0.5 and 2, two folds."""
+    out = tmp_path_factory.mktemp("bench") / "sweep"
     cmd = [sys.executable, str(ROOT / "bench" / "constraint_sweep.py"), "--data", str(synth_data), "--arch",
            "test_resnet", "--size", "32", "--epochs", "1", "--folds", "2", "--weights-lambda", "0.5,2",
            "--out", str(out), "--device", "cpu"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_constraint_sweep_table_matches_its_fold_runs(sweep):
+    out = sweep
     lines = (out / "sweep.md").read_text().splitlines()
     assert "test_resnet, 32 px, 1 epochs" in lines[0] and "kept epoch: last" in lines[0]
     rows = {_cells(line)[0]: _cells(line) for line in lines if line.startswith("| ") and "configuration" not in line}
@@ -40,3 +48,35 @@ def test_constraint_sweep_table_matches_its_fold_runs(synth_data, tmp_path):
         config = json.loads((out / folder / "cls_reg" / "fold0" / "herlev.json").read_text())["config"]
         assert config["model"]["mse_weight"] == pytest.approx(float(label.split("=")[1]))
         assert config["keep"] == "last"
+
+
+def test_big_mistakes_table_is_paired_over_the_same_cells(sweep):
+    from herlev_fa.labels import get_task
+    from herlev_fa.metrics import big_mistake_rate, decode
+
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "big_mistakes.py"), "--sweep", str(sweep)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = (sweep / "big_mistakes.md").read_text().splitlines()
+    rows = {_cells(line)[0]: _cells(line) for line in lines if line.startswith("| ") and "configuration" not in line}
+    assert list(rows) == ["cls", "reg", "cls_reg-0.5", "cls_reg-2"]
+    sev = get_task("severity").severities
+
+    def bad_cells(folder: str, head: str) -> list[np.ndarray]:  # per fold: is each held-out cell 2+ levels off
+        masks = []
+        for k in (0, 1):
+            frame = pd.read_csv(sweep / folder / head / f"fold{k}" / "predictions.csv").sort_values("rel")
+            out = np.array(frame[[c for c in frame.columns if c.startswith("out_")]], dtype=np.float32)
+            _, _, pred = decode(out, head, sev)
+            masks.append(np.abs(np.asarray(sev)[pred] - frame["y"].to_numpy()) >= 2)
+            assert big_mistake_rate(frame["y"].to_numpy(), pred, sev) == pytest.approx(masks[-1].mean())
+        return masks
+
+    cls = bad_cells("cls", "cls")
+    assert rows["cls"][1] == "2" and rows["cls"][4] == f"{sum(m.sum() for m in cls)}/168" and rows["cls"][-1] == "–"
+    for folder, head in (("reg", "reg"), ("cls_reg-2", "cls_reg")):
+        this = bad_cells(folder, head)
+        assert rows[folder][3] == f"{100 * np.mean([m.mean() for m in this]):.1f}"
+        only_this = sum(int((t & ~c).sum()) for t, c in zip(this, cls))
+        only_cls = sum(int((c & ~t).sum()) for t, c in zip(this, cls))
+        assert f"; {only_this} vs {only_cls}, p=" in rows[folder][-1]

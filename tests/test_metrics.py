@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, roc_auc_score
 
-from herlev_fa.metrics import SCALAR_METRICS, fastai_metrics, severity_metrics
+from herlev_fa.metrics import EPOCH_METRICS, fastai_metrics, severity_metrics
 
 SEV = (0.0, 1.0, 2.0, 3.0, 4.0)
 
@@ -68,7 +68,109 @@ def test_fastai_metric_wrappers_agree_with_the_pure_function():
                                     to_detach=lambda b, cpu=True, gather=True: b.detach())
             for metric in metrics:
                 metric.accumulate(learn)
-        assert [m.name for m in metrics] == list(SCALAR_METRICS)
+        assert [m.name for m in metrics] == list(EPOCH_METRICS)
         for metric in metrics:
             assert metric.value == pytest.approx(expected[metric.name], rel=1e-6), metric.name
     assert len(metrics[0].outputs.outs) == 3  # one entry per batch, shared by the five metrics
+
+
+# --- big mistakes, screening operating points, calibration, bootstrap (hand-computed) ---
+
+from herlev_fa.metrics import (SCALAR_METRICS, big_mistake_rate, bootstrap_intervals,  # noqa: E402
+                               expected_calibration_error, operating_points, worst_confusions)
+
+HERLEV7_SEV = (0, 0, 0, 1, 2, 3, 4)
+
+
+def test_big_mistakes_count_severity_levels_not_class_indices():
+    y = np.array([0, 0, 1, 2, 4, 3, 0])
+    pred = np.array([0, 2, 2, 4, 0, 3, 1])  # distances 0, 2, 1, 2, 4, 0, 1
+    assert big_mistake_rate(y, pred, SEV) == pytest.approx(3 / 7)
+    # herlev7: the three normal classes share level 0, so normal_superficial -> normal_columnar is no mistake
+    assert big_mistake_rate(np.array([0, 0, 1, 3]), np.array([2, 4, 6, 5]), HERLEV7_SEV) == pytest.approx(3 / 4)
+    assert big_mistake_rate(np.array([0, 4]), np.array([0, 4]), SEV) == 0.0  # perfect
+    assert math.isnan(big_mistake_rate(np.array([], int), np.array([], int), SEV))
+
+
+def test_worst_confusions_count_both_directions():
+    y = np.array([0, 4, 0, 3, 0, 4, 1, 0])
+    pred = np.array([4, 0, 3, 0, 0, 4, 4, 2])  # CIS: 0->4, 4->0; severe: 0->3, 3->0; 1->4 and 0->2 are neither
+    assert worst_confusions(y, pred, SEV) == (2.0, 2.0)
+    assert worst_confusions(np.array([1, 5]), np.array([6, 0]), HERLEV7_SEV) == (1.0, 1.0)  # normal_intermediate
+    assert worst_confusions(y, y, SEV) == (0.0, 0.0)
+    assert all(math.isnan(v) for v in worst_confusions(np.array([0, 1]), np.array([1, 0]), (0, 1)))  # binary task
+
+
+def test_operating_points_by_hand():
+    truth = np.array([0, 0, 0, 0, 1, 1, 1, 1], bool)
+    score = np.array([0.1, 0.2, 0.3, 0.8, 0.4, 0.6, 0.7, 0.9])
+    decided = score > 0.5  # one false positive (0.8), one false negative (0.4)
+    points = operating_points(truth, score, decided)
+    assert points["sensitivity"] == pytest.approx(3 / 4)
+    assert points["specificity"] == pytest.approx(3 / 4)
+    # specificity >= 95% needs no false positive: threshold above 0.8 -> only 0.9 detected
+    assert points["sens_at_spec95"] == pytest.approx(1 / 4)
+    # sensitivity >= 95% needs every abnormal cell: threshold 0.4 -> 0.8 is also called abnormal, 3 of 4 normal right
+    assert points["spec_at_sens95"] == pytest.approx(3 / 4)
+
+
+def test_operating_points_perfect_constant_and_one_group_absent():
+    truth = np.array([0, 0, 1, 1], bool)
+    perfect = operating_points(truth, np.array([0.1, 0.2, 0.8, 0.9]), truth)
+    assert perfect == {"sensitivity": 1.0, "specificity": 1.0, "sens_at_spec95": 1.0, "spec_at_sens95": 1.0}
+    constant = operating_points(truth, np.full(4, 0.5), np.ones(4, bool))
+    assert constant == {"sensitivity": 1.0, "specificity": 0.0, "sens_at_spec95": 0.0, "spec_at_sens95": 0.0}
+    only_abnormal = operating_points(np.ones(3, bool), np.array([0.2, 0.6, 0.9]), np.array([0, 1, 1], bool))
+    assert only_abnormal["sensitivity"] == pytest.approx(2 / 3)
+    assert all(math.isnan(only_abnormal[k]) for k in ("specificity", "sens_at_spec95", "spec_at_sens95"))
+
+
+def test_expected_calibration_error_by_hand():
+    probs = np.array([[0.95, 0.05], [0.95, 0.05], [0.6, 0.4], [0.4, 0.6]])
+    y = np.array([0, 1, 0, 0])
+    # bin (0.9, 1]: confidence 0.95 twice, 1 of 2 right -> |0.5 - 0.95| * 2/4
+    # bin (0.5, 0.6]: confidence 0.6 twice (0.6 lies on an inner edge: the lower bin), 1 of 2 right -> |0.5 - 0.6| * 2/4
+    assert expected_calibration_error(probs, y) == pytest.approx(0.45 * 0.5 + 0.1 * 0.5)
+    assert expected_calibration_error(np.eye(3), np.arange(3)) == 0.0  # confident and right
+    assert expected_calibration_error(np.eye(3), np.array([1, 2, 0])) == 1.0  # confident and always wrong
+    assert expected_calibration_error(np.full((4, 2), 0.5), np.array([0, 0, 1, 1])) == 0.0  # constant, 50% right
+    assert math.isnan(expected_calibration_error(np.zeros((0, 2)), np.array([], int)))
+
+
+def test_severity_metrics_hold_every_scalar_and_reg_has_no_calibration():
+    out, y, p = _random_cls_reg()
+    m = severity_metrics(out, y, "cls_reg", SEV)
+    assert set(SCALAR_METRICS) <= set(m)
+    pred = p.argmax(1)
+    assert m["big_mistakes"] == pytest.approx(np.mean(np.abs(pred - y) >= 2))
+    assert m["sensitivity"] == pytest.approx(np.mean(pred[y > 0] > 0))
+    reg = severity_metrics(np.array([[0.1], [3.9], [2.2]], np.float32), np.array([0, 4, 0]), "reg", SEV)
+    assert math.isnan(reg["ece"])
+    assert reg["big_mistakes"] == pytest.approx(1 / 3) and reg["normal_cis"] == 0.0
+    assert reg["specificity"] == pytest.approx(1 / 2) and reg["sensitivity"] == 1.0
+
+
+def test_bootstrap_intervals_contain_the_estimate_and_shrink_with_more_cells():
+    out, y, _ = _random_cls_reg(60, seed=1)
+    point = severity_metrics(out, y, "cls_reg", SEV, full=False)
+    small = bootstrap_intervals(out, y, "cls_reg", SEV, n_boot=300, seed=0)
+    assert set(small) == set(SCALAR_METRICS)
+    for name in ("accuracy", "binary_accuracy", "auc", "mse", "kappa", "big_mistakes", "ece"):
+        low, high = small[name]
+        assert low <= point[name] <= high, name
+        assert high > low, name
+    # the same cells eight times over: the same estimate, about sqrt(8) times narrower intervals
+    big = bootstrap_intervals(np.tile(out, (8, 1)), np.tile(y, 8), "cls_reg", SEV, n_boot=300, seed=0)
+    for name in ("accuracy", "mse", "kappa", "ece"):
+        ratio = (big[name][1] - big[name][0]) / (small[name][1] - small[name][0])
+        assert 0.2 < ratio < 0.6, (name, ratio)
+    assert bootstrap_intervals(out, y, "cls_reg", SEV, n_boot=50, seed=3) == \
+        bootstrap_intervals(out, y, "cls_reg", SEV, n_boot=50, seed=3)  # seeded
+
+
+def test_bootstrap_of_reg_leaves_calibration_undefined():
+    out = np.array([[0.1], [0.9], [2.2], [3.6], [1.4], [0.2]], np.float32)
+    y = np.array([0, 1, 2, 4, 1, 0])
+    intervals = bootstrap_intervals(out, y, "reg", SEV, n_boot=100)
+    assert all(math.isnan(v) for v in intervals["ece"])
+    assert intervals["accuracy"][0] <= severity_metrics(out, y, "reg", SEV)["accuracy"] <= intervals["accuracy"][1]

@@ -27,6 +27,8 @@ from helpers import drawn_png
 from herlev_cli.main import app
 from herlev_fa.config import DataConfig, ModelConfig, TrainConfig
 from herlev_fa.errors import HerlevError
+from herlev_fa.metrics import SCALAR_METRICS
+from herlev_fa.training.loop import summarize
 
 # the module itself (`herlev_fa.reproduction` may be rebound to the function by the package's exports)
 repro = importlib.import_module("herlev_fa.reproduction")
@@ -159,6 +161,11 @@ def test_table_puts_the_papers_numbers_beside_ours(resumed):
         name = METRIC_OF[label]
         ours = [_ours([metrics[(h, k)][name] for k in (0, 1)], percent="%" in label) for h in HEADS]
         assert row == [label, ours[0], paper[0], ours[1], paper[1], ours[2], paper[2]]
+    for name in ("big_mistakes", "normal_cis", "sens_at_spec95", "ece"):  # beside them, not in the paper
+        label = repro.COLUMNS[name]
+        row = _cells(next(line for line in lines if _cells(line)[:1] == [label]))
+        ours = [repro.ours_cell(name, summarize([metrics[(h, k)] for k in (0, 1)])[name]) for h in HEADS]
+        assert row == [label, ours[0], "–", ours[1], "–", ours[2], "–"]
 
 
 def test_results_md_has_every_head_and_column_with_the_paper(resumed):
@@ -166,13 +173,18 @@ def test_results_md_has_every_head_and_column_with_the_paper(resumed):
     lines = (resumed.out / "results.md").read_text().splitlines()
     header = next(line for line in lines if line.startswith("| head"))
     assert _cells(header) == ["head", "accuracy (%)", "paper", "binary accuracy (%)", "paper", "AUC-ROC", "paper",
-                              "MSE", "paper", "quadratic kappa", "paper"]
+                              "MSE", "paper", "quadratic kappa", "paper", "2+ levels off (%)", "paper",
+                              "normal↔CIS (cells)", "paper", "normal↔severe (cells)", "paper", "sensitivity (%)",
+                              "paper", "specificity (%)", "paper", "sens. at 95% spec. (%)", "paper",
+                              "spec. at 95% sens. (%)", "paper", "ECE", "paper"]
     for i, head in enumerate(HEADS):
         row = _cells(next(line for line in lines if line.startswith(f"| {head} |")))
         expected = [head]
         for label, paper in PAPER_ROWS.items():
             values = [metrics[(head, k)][METRIC_OF[label]] for k in (0, 1)]
             expected += [_ours(values, percent="%" in label), paper[i]]
+        for name in SCALAR_METRICS[len(PAPER_ROWS):]:  # not in the paper
+            expected += [repro.ours_cell(name, summarize([metrics[(head, k)] for k in (0, 1)])[name]), "–"]
         assert row == expected
 
 
@@ -183,8 +195,8 @@ def test_results_csv_equals_each_fold_runs_metrics(resumed):
     metrics = _fold_metrics(resumed.out)
     for row in rows:
         m = metrics[(row["head"], int(row["fold"]))]
-        for name in ("accuracy", "binary_accuracy", "auc", "mse", "kappa"):
-            assert float(row[name]) == pytest.approx(m[name], rel=0, abs=0, nan_ok=True)
+        for name in SCALAR_METRICS:  # the big mistakes, operating points and calibration too
+            assert float(row[name] or "nan") == pytest.approx(m[name], rel=0, abs=0, nan_ok=True)  # NaN: empty cell
 
 
 def test_pooled_figures_and_metrics(resumed):

@@ -82,7 +82,8 @@ def test_evaluate_reproduces_training_metrics_and_writes_files(trained_run, tmp_
     metrics = json.loads(result.output)
     assert metrics["accuracy"] == pytest.approx(train_metrics["accuracy"])
     assert metrics["confusion_matrix"] == train_metrics["confusion_matrix"]
-    assert {p.name for p in out.iterdir()} == {"metrics.json", "confusion_matrix.png", "score_distribution.png"}
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "confusion_matrix.png", "score_distribution.png", "roc.png",
+                                            "reliability.png"}
 
 
 def test_evaluate_on_another_folder(trained_run, tmp_path):

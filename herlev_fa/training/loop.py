@@ -331,11 +331,13 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
 
 
 def summarize(metrics: list[dict]) -> dict:
-    """Mean and std (ddof 0) of each scalar metric over folds."""
+    """Mean and std (ddof 0) of each scalar metric over folds; NaN for one undefined on every fold (ece of `reg`)."""
     out = {}
     for name in SCALAR_METRICS:
-        values = np.array([m[name] for m in metrics], dtype=float)
-        out[name] = {"mean": float(np.nanmean(values)), "std": float(np.nanstd(values)), "folds": values.tolist()}
+        values = np.array([m.get(name, math.nan) for m in metrics], dtype=float)  # runs from before a metric existed
+        defined = values[~np.isnan(values)]
+        mean, std = (float(defined.mean()), float(defined.std())) if len(defined) else (math.nan, math.nan)
+        out[name] = {"mean": mean, "std": std, "folds": values.tolist()}
     return out
 
 
