@@ -24,3 +24,16 @@ def test_readme_links_resolve():
     for target in re.findall(r"\]\(([^)#]+)\)", readme):
         if not target.startswith("http"):
             assert (REPO / target).exists(), target
+
+
+def test_architecture_graph_matches_the_imports():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("import_graph", REPO / "docs" / "import_graph.py")
+    graph = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(graph)
+    edges = graph.edges()
+    assert ("herlev_fa.training.loop", "herlev_fa.data.feed") in edges  # the graph reads real imports
+    assert not any(b.startswith("herlev_cli") for a, b in edges if a.startswith("herlev_fa"))  # nothing imports the CLI
+    assert graph.mermaid() in (REPO / "docs" / "architecture.md").read_text(), (
+        "docs/architecture.md's module graph is out of date: paste the output of python docs/import_graph.py")
