@@ -7,7 +7,7 @@ first (`cls` when present) on the same cells: per fold, and pooled over folds wi
 McNemar test on the cells one configuration gets badly wrong (two or more severity levels off)
 and the other does not. Prints a markdown table and writes it to SWEEP/big_mistakes.md.
 
-    python bench/big_mistakes.py [--sweep /work/study/sweep]
+    python bench/big_mistakes.py [--sweep runs/sweep]
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def fold_metrics(fold: tuple[pd.DataFrame, np.ndarray, str, Task]) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sweep", type=Path, default=Path("/work/study/sweep"))
+    p.add_argument("--sweep", type=Path, default=Path("runs/sweep"))
     args = p.parse_args()
     runs = fold_runs(args.sweep)
     if not runs or not next(iter(runs.values())):

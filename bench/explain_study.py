@@ -12,7 +12,7 @@ folders are reused on a rerun), pools the folds and writes OUT/study.md:
   there (paired Wilcoxon on the same cells), and does the enrichment rise with severity (Spearman);
 * each configuration against `cls` on the same cells (paired Wilcoxon), for every baseline.
 
-    python bench/explain_study.py --sweep /work/study/sweep --out /work/study/explain [--baselines mean,white,blur]
+    python bench/explain_study.py --sweep runs/sweep --out runs/explain [--baselines mean,white,blur]
 """
 
 from __future__ import annotations
