@@ -18,18 +18,27 @@
 # bench/out); the reproduction's run folders (weights: 170 MB each) stay in .data/runs, only
 # their tables and figures are copied to $OUT. A step that runs past its cap leaves its log, and
 # a rerun of reproduce / sweep on the same warm machine resumes them.
+#
+# Dry run on the development machine (every step, tiny model, one epoch, the CPU, a few minutes):
+#   DRY=1 PY=.venv/bin/python DATA=../shared/data/herlev/letterbox200 bash bench/gpu_session.sh
 set -uo pipefail
 OUT=${OUT:-bench/out}
 DATA=${DATA:-.data/herlev/letterbox200}
+PY=${PY:-python3}
+if [ -n "${DRY:-}" ]; then  # the same steps, small: checks the script, not the speed
+  DEVICE=cpu ARCH=test_resnet SIZE=32 EPOCHS=1 IMAGES=4
+else
+  DEVICE=cuda ARCH=resnet101 SIZE=224 EPOCHS=30 IMAGES=32
+fi
 mkdir -p "$OUT" .site .data/runs
-if [ -d .whl ]; then
+if [ -d .whl ] && [ -z "${DRY:-}" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target .site .whl/*.whl || exit 1
 fi
 ln -sfn "$PWD/cli" .site/herlev_cli  # the cli/ folder is the herlev_cli package (pyproject's package-dir)
 export PYTHONPATH=$PWD/.site:$PWD
 [ -d "$DATA" ] || { echo "error: no data at $DATA (copy ../shared/data/herlev to .data/ and carry .data)"; exit 2; }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU"
-  nproc; python3 -c "import torch, timm, fastai; print('torch', torch.__version__, 'timm', timm.__version__, 'fastai', fastai.__version__)"
+  nproc; $PY -c "import torch, timm, fastai; print('torch', torch.__version__, 'timm', timm.__version__, 'fastai', fastai.__version__)"
 } > "$OUT/machine.txt" 2>&1
 
 step() {  # step NAME DEFAULT_CAP COMMAND...: run under its cap, log to $OUT/NAME.log, one summary line
@@ -52,21 +61,24 @@ copy_tables() {  # copy_tables RUN_ROOT DEST: the small files of a reproduction,
 
 for s in "${@:-throughput optimizer overhead e2e ig}"; do for name in $s; do
   case $name in
-    throughput) step throughput 120 bash -c "python3 bench/train_throughput.py --device cuda --data $DATA --bs 64 &&
-                                             python3 bench/train_throughput.py --device cuda --data $DATA --bs 32" ;;
-    optimizer) step optimizer 20 python3 bench/optimizer_step.py --device cuda ;;
-    overhead) step overhead 60 python3 bench/epoch_overhead.py --device cuda --data "$DATA" --size 224 --epochs 5 ;;
-    e2e) step e2e 260 python3 bench/reproduce_vs_plain.py --device cuda --data "$DATA" --arch resnet101 --size 224 \
-           --epochs 30 --heads cls ;;
-    ig) step ig 90 python3 bench/ig.py --device cuda --images 32 --repeats 2 --json "$OUT/ig.json" ;;
-    pipeline) step pipeline 45 python3 bench/data_pipeline.py --data "$DATA" --workers 8 ;;
+    throughput) step throughput 120 bash -c "$PY bench/train_throughput.py --device $DEVICE --data $DATA --arch $ARCH \
+                   --size $SIZE --bs 64 && $PY bench/train_throughput.py --device $DEVICE --data $DATA --arch $ARCH \
+                   --size $SIZE --bs 32" ;;
+    optimizer) step optimizer 20 $PY bench/optimizer_step.py --device $DEVICE --arch $ARCH ;;
+    overhead) step overhead 60 $PY bench/epoch_overhead.py --device $DEVICE --data "$DATA" --arch $ARCH --size $SIZE \
+                --epochs $((EPOCHS < 5 ? EPOCHS : 5)) ;;
+    e2e) step e2e 260 $PY bench/reproduce_vs_plain.py --device $DEVICE --data "$DATA" --arch $ARCH --size $SIZE \
+           --epochs $EPOCHS --heads cls ;;
+    ig) step ig 90 $PY bench/ig.py --device $DEVICE --arch $ARCH --size $SIZE --images $IMAGES --repeats 2 \
+          --json "$OUT/ig.json" ;;
+    pipeline) step pipeline 45 $PY bench/data_pipeline.py --data "$DATA" --device $DEVICE --size $SIZE ;;
     reproduce)
-      step reproduce 270 python3 -m herlev_cli.main reproduce --data "$DATA" --arch resnet101 --no-pretrained \
-        --size 224 --epochs 30 --bs 32 --keep last --device cuda --out .data/runs/reproduce --quiet
+      step reproduce 270 $PY -m herlev_cli.main reproduce --data "$DATA" --arch $ARCH --no-pretrained \
+        --size $SIZE --epochs $EPOCHS --bs 32 --keep last --device $DEVICE --out .data/runs/reproduce --quiet
       copy_tables .data/runs/reproduce "$OUT" ;;
     sweep)
-      step sweep 540 python3 bench/constraint_sweep.py --data "$DATA" --arch resnet101 --size 224 --epochs 30 \
-        --weights-lambda 0.1,0.3,1 --device cuda --out .data/runs/sweep
+      step sweep 540 $PY bench/constraint_sweep.py --data "$DATA" --arch $ARCH --size $SIZE --epochs $EPOCHS \
+        --weights-lambda 0.1,0.3,1 --device $DEVICE --out .data/runs/sweep
       copy_tables .data/runs/sweep "$OUT" ;;
     *) echo "unknown step '$name': throughput optimizer overhead e2e ig pipeline reproduce sweep"; exit 2 ;;
   esac

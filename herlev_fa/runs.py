@@ -236,12 +236,13 @@ def config_problem(config: Any, meta: dict[str, Any], task: Task) -> str | None:
     """Where the run's timm `config.json` contradicts its `herlev.json`, or None."""
     if not isinstance(config, dict):
         return "it does not hold a JSON object"
-    want_outputs = get_head(meta["head"]).n_outputs(task.n_classes)
+    head = get_head(meta["head"])
+    want_outputs = head.n_outputs(task.n_classes)
     if config.get("num_classes") != want_outputs:
         return f"num_classes {config.get('num_classes')!r}, but herlev.json's head and classes need {want_outputs}"
-    labels = list(task.classes) if meta["head"] != "reg" else ["severity"]
+    labels = head.output_names(task.classes)  # what the head names its outputs, as `save_model` wrote them
     if "label_names" in config and config["label_names"] != labels:
-        return f"label_names {config['label_names']} differ from herlev.json's classes {labels}"
+        return f"label_names {config['label_names']} differ from what herlev.json's head and classes give: {labels}"
     arch = config.get("architecture")
     if arch is not None and arch != meta["arch"]:
         return f"architecture '{arch}' differs from herlev.json's '{meta['arch']}'"

@@ -141,7 +141,7 @@ def test_a_registered_head_has_its_loss_and_decoding(ordinal_head):
 
 
 def test_a_head_added_in_a_test_file_trains_predicts_and_explains(ordinal_head, synth_data, tmp_path):
-    from herlev_fa import DataConfig, TrainConfig, evaluate, explain, load_run, predict, train
+    from herlev_fa import DataConfig, IGSettings, TrainConfig, evaluate, explain, load_run, predict, train
 
     cfg = TrainConfig(DataConfig(synth_data, size=32, bs=32, folds=2),
                       ModelConfig("test_resnet", head="ordinal_test", pretrained=False),
@@ -166,6 +166,7 @@ def test_a_head_added_in_a_test_file_trains_predicts_and_explains(ordinal_head, 
     metrics = evaluate(run_dir, device="cpu", progress=False)
     assert 0 <= metrics["accuracy"] <= 1 and math.isfinite(metrics["mse"]) and metrics["n"] == 84
 
-    [result] = explain(run_dir, [next((synth_data / "carcinoma_in_situ").glob("*.BMP"))], steps=16, device="cpu")
+    cell = next((synth_data / "carcinoma_in_situ").glob("*.BMP"))
+    [result] = explain(run_dir, [cell], IGSettings(steps=16, device="cpu"))
     assert result.target == "score" and result.probs is None  # a head without classes explains its score
     assert result.attribution.ndim == 2 and np.isfinite(result.attribution).all()

@@ -7,6 +7,7 @@ resumed. Later tests read what it left; the resume-after-deletion test works on 
 import csv
 import importlib
 import json
+import math
 import os
 import re
 import shutil
@@ -196,7 +197,8 @@ def test_results_csv_equals_each_fold_runs_metrics(resumed):
     for row in rows:
         m = metrics[(row["head"], int(row["fold"]))]
         for name in SCALAR_METRICS:  # the big mistakes, operating points and calibration too
-            assert float(row[name] or "nan") == pytest.approx(m[name], rel=0, abs=0, nan_ok=True)  # NaN: empty cell
+            expected = math.nan if m[name] is None else m[name]  # metrics.json is strict JSON: null for NaN
+            assert float(row[name] or "nan") == pytest.approx(expected, rel=0, abs=0, nan_ok=True)  # NaN: empty cell
 
 
 def test_pooled_figures_and_metrics(resumed):
