@@ -47,7 +47,7 @@ from herlev_fa.metrics import SCALAR_METRICS
 from herlev_fa.model.heads import get_head
 from herlev_fa.model.learner import build_learner, build_model, check_arch, normalisation
 from herlev_fa.figures import lr_find_png, training_curves_png
-from herlev_fa.runs import FORMAT, save_folds, save_model, save_predictions, versions
+from herlev_fa.runs import FORMAT, read_meta, save_folds, save_model, save_predictions, versions
 
 
 @dataclass
@@ -403,14 +403,17 @@ def _finished(run_dir: Path, cfg: TrainConfig) -> dict:
         HerlevError: it was trained with other settings (the message names them): --resume never
             silently ignores options.
     """
-    meta = json.loads((run_dir / "herlev.json").read_text(encoding="utf-8"))
+    meta = read_meta(run_dir)  # validated: a damaged sidecar is a one-line error, not a traceback
     diff = checkpoint.mismatch(meta.get("config") or {}, cfg.to_json())
     if diff:
         raise HerlevError(f"run '{run_dir}' finished with other settings ({diff}); --resume only continues a run "
                           "with its own options: train under another --name")
     if _is_main() and not cfg.quiet:
         print(f"'{run_dir}' had finished: nothing to resume, its metrics are reused", file=sys.stderr)
-    return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    metrics = run_dir / "metrics.json"
+    if not metrics.is_file():
+        raise HerlevError(f"run '{run_dir}' has no metrics.json; the run folder is damaged: train under another --name")
+    return json.loads(metrics.read_text(encoding="utf-8"))
 
 
 def train(cfg: TrainConfig) -> TrainResult:
