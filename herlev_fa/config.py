@@ -248,12 +248,3 @@ class IGSettings:
         extra = "" if self.precision == "fp32" else f", {self.precision}"
         return (f"target {self.target}, baseline {self.baseline}, {self.steps} {IG_METHODS[self.method]} steps"
                 f"{extra}")
-
-
-def __getattr__(name: str) -> Any:
-    """`HEADS`: the registered head names, read from the registry (kept for code written against the old tuple)."""
-    if name == "HEADS":
-        from herlev_fa.model.heads import head_names
-
-        return head_names()
-    raise AttributeError(f"module 'herlev_fa.config' has no attribute '{name}'")

@@ -80,3 +80,34 @@ def test_big_mistakes_table_is_paired_over_the_same_cells(sweep):
         only_this = sum(int((t & ~c).sum()) for t, c in zip(this, cls))
         only_cls = sum(int((c & ~t).sum()) for t, c in zip(this, cls))
         assert f"; {only_this} vs {only_cls}, p=" in rows[folder][-1]
+
+
+def test_explain_study_pools_each_fold_on_its_own_held_out_cells(sweep, synth_data, tmp_path):
+    """bench/explain_study.py: every held-out cell explained once per configuration, tables from those rows."""
+    from herlev_fa.explanation.study import compare_runs, paired_comparison
+
+    out = tmp_path / "explain"
+    cmd = [sys.executable, str(ROOT / "bench" / "explain_study.py"), "--sweep", str(sweep), "--out", str(out),
+           "--configs", "cls,reg", "--baselines", "mean", "--steps", "8", "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pooled = {}
+    for config in ("cls", "reg"):
+        tables = []
+        for k in (0, 1):
+            held_out = pd.read_csv(sweep / config / config / f"fold{k}" / "folds.csv").query(f"fold == {k}")
+            table = pd.read_csv(out / config / f"fold{k}" / "mean" / "quantify.csv")
+            rel = sorted(Path(p).relative_to(synth_data).as_posix() for p in table["path"])
+            assert rel == sorted(held_out["rel"])  # the fold run's own held-out cells, each once
+            tables.append(table)
+        pooled[config] = pd.concat(tables, ignore_index=True)
+        assert len(pooled[config]) == 168 and pooled[config]["path"].is_unique
+    lines = (out / "study.md").read_text().splitlines()
+    assert lines[0] == "# IG on the real cells: 8 steps, mean baselines"
+    for config, table in pooled.items():
+        row = next(_cells(line) for line in lines if line.startswith(f"| {config} | mean |"))
+        area = paired_comparison(table["nucleus_area_share"], table["nucleus_pos_share"])
+        assert row[2:4] == [str(int(area["n"])), f"{area['b_greater']:.0%}"]
+    versus = compare_runs(pooled, "cls", ["nucleus_enrichment"]).iloc[0]
+    row = next(_cells(line) for line in lines if line.startswith("| mean | reg | nucleus enrichment |"))
+    assert row[3:6] == [str(int(versus["n"])), f"{versus['median_a']:.3f}", f"{versus['median_b']:.3f}"]

@@ -30,9 +30,6 @@ def test_the_registry_is_the_one_list_of_head_names():
     with pytest.raises(HerlevError, match="unknown head 'ordinal'"):
         ModelConfig(head="ordinal")
     assert ModelConfig(head=ClsHead()).head == "cls"  # a Head is stored by its name (run folders hold names)
-    from herlev_fa import config
-
-    assert config.HEADS == head_names()  # the old constant, now read from the registry
 
 
 def test_register_head_refuses_a_nameless_or_taken_name():
