@@ -9,7 +9,7 @@ folders are reused on a rerun), pools the folds and writes OUT/study.md:
   attribution, the nucleus area share, the enrichment and its control, the top-10% hit rate
   (mean ± sd, median [IQR]);
 * does attribution sit on the nucleus more than its area, and more than the baseline alone puts
-  there (paired Wilcoxon on the same cells), and does the enrichment rise with severity (Spearman);
+  there (paired Wilcoxon on the same cells), and do the share and the enrichment rise with severity (Spearman);
 * each configuration against `cls` on the same cells (paired Wilcoxon), for every baseline.
 
     python bench/explain_study.py --sweep runs/sweep --out runs/explain [--baselines mean,white,blur]
@@ -113,15 +113,18 @@ def main() -> None:
         lines += [f"## {config}, baseline {baseline}", "", "mean ± sd, median [IQR]", "", *per_class(table, classes), ""]
     lines += ["## Nucleus against its area and against the baseline alone; trend with severity", "",
               "| config | baseline | n | + share > area share (cells) | p | enrichment > control (cells) | p "
-              "| Spearman rho (enrichment, severity) | p | mean \\|delta\\| | median relative delta |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| Spearman rho (share, severity) | p | Spearman rho (enrichment, severity) | p | mean \\|delta\\| "
+              "| median relative delta |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for (config, baseline), t in pooled.items():
         area = paired_comparison(t["nucleus_area_share"], t["nucleus_pos_share"])
         control = paired_comparison(t["nucleus_change_enrichment"], t["nucleus_enrichment"])
-        trend = severity_trend(t["nucleus_enrichment"], t["label"].map(severity_of))
+        severity = t["label"].map(severity_of)
+        trends = [severity_trend(t[m], severity) for m in ("nucleus_pos_share", "nucleus_enrichment")]
         lines.append(f"| {config} | {baseline} | {int(area['n'])} | {area['b_greater']:.0%} | {p_text(area['p'])} | "
-                     f"{control['b_greater']:.0%} | {p_text(control['p'])} | {trend['rho']:+.2f} | {p_text(trend['p'])} "
-                     f"| {t['delta'].abs().mean():.3g} | {t['relative_delta'].median():.2%} |")
+                     f"{control['b_greater']:.0%} | {p_text(control['p'])} | "
+                     + " | ".join(f"{trend['rho']:+.2f} | {p_text(trend['p'])}" for trend in trends)
+                     + f" | {t['delta'].abs().mean():.3g} | {t['relative_delta'].median():.2%} |")
     lines += ["", "## Each head against cls on the same cells (paired Wilcoxon; b = the head, a = cls)", "",
               "| baseline | head | metric | n | cls median | head median | median diff [IQR] | head higher | p |",
               "|---|---|---|---:|---:|---:|---|---:|---:|"]

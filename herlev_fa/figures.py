@@ -244,7 +244,9 @@ def explanation_grid(images: Sequence[np.ndarray], nuclei: Sequence[np.ndarray],
         The `matplotlib.figure.Figure`: [cells, runs + 1] axes, column 0 the cell itself.
     """
     n_rows, n_cols = len(images), len(column_labels) + 1
-    fig = _figure(figsize=(panel_inches * n_cols, panel_inches * n_rows + 0.5), dpi=dpi)
+    # constrained layout keeps the title clear of the column titles (tight_layout ignores a suptitle)
+    fig = _figure(figsize=(panel_inches * n_cols, panel_inches * n_rows + 0.5), dpi=dpi, layout="constrained")
+    fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.01, hspace=0.01)
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for r, (image, nucleus) in enumerate(zip(images, nuclei)):
         grey = image.astype(np.float32).mean(axis=2)  # [H, W]
@@ -266,7 +268,6 @@ def explanation_grid(images: Sequence[np.ndarray], nuclei: Sequence[np.ndarray],
                 ax.set_title("cell" if c == 0 else column_labels[c - 1], fontsize=7)
     if title:
         fig.suptitle(title, fontsize=8)
-    fig.tight_layout(pad=0.3)
     return fig
 
 

@@ -560,16 +560,18 @@ def test_short_labels_go_up_only_as_far_as_needed():
 
 
 def test_explanation_grid_has_one_overlay_per_cell_and_run():
+    from matplotlib.text import Text
+
     from herlev_fa.figures import explanation_grid
 
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (20 + 4 * i, 24, 3), dtype=np.uint8) for i in range(3)]
+    images = [rng.integers(0, 256, (40 + 4 * i, 40, 3), dtype=np.uint8) for i in range(3)]
     nuclei = [np.zeros(im.shape[:2], bool) for im in images]
     for n in nuclei:
         n[5:10, 6:12] = True
     maps = [[rng.normal(size=im.shape[:2]).astype(np.float32) for _ in range(2)] for im in images]  # [cell][run]
     fig = explanation_grid(images, nuclei, maps, ["a", "b", "c"], ["run 1", "run 2"],
-                           notes=[["x", "y"]] * 3)
+                           notes=[["x", "y"]] * 3, title="Integrated Gradients, a title as long as the figure is wide")
     axes = np.array(fig.axes).reshape(3, 3)
     for r in range(3):
         np.testing.assert_array_equal(axes[r, 0].images[0].get_array(), images[r])
@@ -578,6 +580,11 @@ def test_explanation_grid_has_one_overlay_per_cell_and_run():
             np.testing.assert_array_equal(overlay, maps[r][c])  # the run's own map, in the cell's grid
             assert len(axes[r, c + 1].collections) >= 1  # the nucleus outline
     assert [axes[0, c].get_title() for c in range(3)] == ["cell", "run 1", "run 2"]
+    fig.canvas.draw()  # the title sits above the column titles, not over them
+    renderer = fig.canvas.get_renderer()
+    column_tops = [axes[0, c].title.get_window_extent(renderer).y1 for c in range(3)]
+    title = next(t for t in fig.findobj(Text) if t.get_text().startswith("Integrated Gradients"))
+    assert title.get_window_extent(renderer).y0 >= max(column_tops)
 
 
 def test_compare_explanations_draws_the_same_held_out_cells_for_each_run(run, tmp_path, device):
