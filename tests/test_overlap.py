@@ -236,6 +236,12 @@ def test_batched_region_shares_equal_the_per_image_ones(dtype, device):
     assert math.isnan(want[2]) and want[3] == 0.0
     assert math.isnan(float(got["nucleus_pos_share"][0])) and math.isnan(float(got["nucleus_enrichment"][1]))
     assert float(got["nucleus_top10"][1]) == 0.0 and math.isnan(float(got["nucleus_abs_share"][2]))
+    without_top = region_shares_batch(torch.as_tensor(attr, dtype=dtype, device=device),
+                                      torch.as_tensor(regions, device=device), torch.as_tensor(keep, device=device),
+                                      top=False)
+    assert set(without_top) == set(got) - {"nucleus_top5", "nucleus_top10"}
+    for key, value in without_top.items():
+        torch.testing.assert_close(value, got[key], equal_nan=True, rtol=0, atol=0)
 
 
 def test_batched_region_shares_by_hand_and_bad_inputs():

@@ -103,17 +103,20 @@ def padding_share(attr: np.ndarray, keep: np.ndarray) -> float:
     return float(absolute[~keep].sum() / total) if total > 0 else math.nan
 
 
-def region_shares_batch(attr: torch.Tensor, regions: torch.Tensor, keep: torch.Tensor) -> dict[str, torch.Tensor]:
+def region_shares_batch(attr: torch.Tensor, regions: torch.Tensor, keep: torch.Tensor,
+                        top: bool = True) -> dict[str, torch.Tensor]:
     """`region_shares` of a whole batch at once, as tensor operations on the maps' own device.
 
     Args:
         attr: [B, H, W] attribution (signed), any float dtype (computed in float64).
         regions: [B, H, W] region codes 0..len(REGION_NAMES) - 1 (any integer dtype), same device.
         keep: [B, H, W] bool, the pixels to count; at least one per image.
+        top: also the top-k hit rates (`nucleus_top5`, `nucleus_top10`), the costly part.
 
     Returns:
-        The keys of `region_shares`, each a float64 tensor [B] on the input's device, equal to
-        the per-image numbers (same NaN rules, same top-k ties: earlier pixel first).
+        The keys of `region_shares` (without the top-k ones when `top` is False), each a float64
+        tensor [B] on the input's device, equal to the per-image numbers (same NaN rules, same
+        top-k ties: earlier pixel first).
     """
     if attr.ndim != 3 or regions.shape != attr.shape or keep.shape != attr.shape:
         raise ValueError(f"attribution {tuple(attr.shape)}, regions {tuple(regions.shape)} and keep "
@@ -126,10 +129,13 @@ def region_shares_batch(attr: torch.Tensor, regions: torch.Tensor, keep: torch.T
     n = kept.sum(dim=1)  # [B]
     if bool((n == 0).any()):
         raise ValueError("no pixel to count in some image (keep is all False)")
-    member = torch.nn.functional.one_hot(r, n_regions).double() * kept[..., None]  # [B, N, R]
-    pos = torch.einsum("bn,bnr->br", a.clamp(min=0), member)  # [B, R]
-    absolute = torch.einsum("bn,bnr->br", a.abs(), member)  # [B, R]
-    area = member.sum(dim=1) / n[:, None]  # [B, R]
+    slot = torch.where(kept, r, n_regions)  # [B, N]: the region, or one spare slot for the pixels not counted
+
+    def per_region(values: torch.Tensor) -> torch.Tensor:  # [B, N] -> [B, R]: the sum over each region's pixels
+        return a.new_zeros(b, n_regions + 1).scatter_add_(1, slot, values)[:, :n_regions]
+
+    pos, absolute = per_region(a.clamp(min=0)), per_region(a.abs())  # [B, R]
+    area = per_region(torch.ones_like(a)) / n[:, None]  # [B, R]
     nan = torch.tensor(math.nan, dtype=torch.float64, device=a.device)
 
     def shares(mass: torch.Tensor) -> torch.Tensor:  # [B, R] -> [B, R], NaN rows where the total is 0
@@ -147,13 +153,20 @@ def region_shares_batch(attr: torch.Tensor, regions: torch.Tensor, keep: torch.T
     out["nucleus_enrichment"] = torch.where(has_nucleus, pos_share[:, NUCLEUS] / nucleus_area.clamp(min=1e-300), nan)
     out["nucleus_abs_enrichment"] = torch.where(has_nucleus, abs_share[:, NUCLEUS] / nucleus_area.clamp(min=1e-300),
                                                 nan)
-    # rank the kept pixels by signed value, highest first; padding last; a stable sort keeps ties in pixel order
-    ranked = torch.sort(a.masked_fill(~kept, -math.inf), dim=1, descending=True, stable=True).indices  # [B, N]
-    in_nucleus = (r == NUCLEUS).gather(1, ranked)  # [B, N], in rank order
-    position = torch.arange(a.shape[1], device=a.device)[None, :]  # [1, N]
-    for q in TOP_FRACTIONS:
-        k = torch.ceil(q * n.double() - 1e-9).clamp(min=1)  # [B]
-        out[f"nucleus_top{round(q * 100)}"] = (in_nucleus & (position < k[:, None])).sum(dim=1).double() / k
+    if not top:
+        return out
+    # the top k kept pixels by signed value, ties taken in pixel order (as a stable sort would): the pixels above
+    # the k-th highest value, then the first of those equal to it; topk, not a full sort of every pixel
+    ranked = a.masked_fill(~kept, -math.inf)  # [B, N]
+    ks = {q: torch.ceil(q * n.double() - 1e-9).clamp(min=1).long() for q in TOP_FRACTIONS}  # [B] each
+    highest = torch.topk(ranked, int(max(int(k.max()) for k in ks.values())), dim=1).values  # [B, K], descending
+    nucleus = r == NUCLEUS  # [B, N]
+    for q, k in ks.items():
+        threshold = highest.gather(1, (k - 1)[:, None])  # [B, 1], the k-th highest value
+        above, tied = ranked > threshold, ranked == threshold  # [B, N]
+        first_tied = tied & (tied.cumsum(dim=1) <= (k - above.sum(dim=1))[:, None])  # [B, N]
+        hits = (nucleus & (above | first_tied)).sum(dim=1)  # [B]
+        out[f"nucleus_top{round(q * 100)}"] = hits.double() / k.double()
     return out
 
 

@@ -243,7 +243,7 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
             regions_t = torch.from_numpy(regions).to(explainer.device)  # [B, S, S]
             keep_t = torch.from_numpy(keep).to(explainer.device)
             shares = region_shares_batch(batch.attribution, regions_t, keep_t)  # name -> [B]
-            shares["nucleus_change_enrichment"] = region_shares_batch(batch.change, regions_t, keep_t)[
+            shares["nucleus_change_enrichment"] = region_shares_batch(batch.change, regions_t, keep_t, top=False)[
                 "nucleus_enrichment"]
             shares["padding_abs_share"] = padding_share_batch(batch.attribution, keep_t)
             p_max = batch.probs.max(dim=1).values if batch.probs is not None else torch.full_like(batch.score, torch.nan)
