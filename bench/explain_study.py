@@ -10,7 +10,9 @@ folders are reused on a rerun), pools the folds and writes OUT/study.md:
   (mean ± sd, median [IQR]);
 * does attribution sit on the nucleus more than its area, and more than the baseline alone puts
   there (paired Wilcoxon on the same cells), and do the share and the enrichment rise with severity (Spearman);
-* each configuration against `cls` on the same cells (paired Wilcoxon), for every baseline.
+* each configuration against `cls` on the same cells (paired Wilcoxon), for every baseline;
+* per baseline, OUT/study_<baseline>.png: per class, the share and the enrichment of every
+  configuration beside the area share and the control (`figures.nucleus_study_png`).
 
     python bench/explain_study.py --sweep runs/sweep --out runs/explain [--baselines mean,white,blur]
 """
@@ -29,6 +31,7 @@ from herlev_fa.atomic import write_text
 from herlev_fa.config import IGSettings
 from herlev_fa.explanation.report import quantify
 from herlev_fa.explanation.study import compare_runs, paired_comparison, severity_trend
+from herlev_fa.figures import nucleus_study_png
 from herlev_fa.labels import short_name
 from herlev_fa.runs import load_run
 
@@ -136,6 +139,10 @@ def main() -> None:
             lines.append(f"| {baseline} | {r.name} | {METRICS[r.metric]} | {int(r.n)} | {r.median_a:.3f} | "
                          f"{r.median_b:.3f} | {r.median_diff:+.3f} [{r.diff_q25:+.3f}, {r.diff_q75:+.3f}] | "
                          f"{r.b_greater:.0%} | {p_text(r.p)} |")
+    for baseline in baselines:  # the poster's Fig. 8: every configuration on the same cells, per class
+        tables = {c: pooled[(c, baseline)] for c in configs if (c, baseline) in pooled}
+        nucleus_study_png(tables, classes, args.out / f"study_{baseline}.png",
+                          title=f"IG on the held-out real cells, baseline {baseline}, {args.steps} steps")
     text = "\n".join(lines) + "\n"
     write_text(args.out / "study.md", text)
     print(text)

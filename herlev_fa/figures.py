@@ -8,7 +8,7 @@ that imports the package keeps its own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -180,6 +180,68 @@ def nucleus_attribution_png(table: pd.DataFrame, classes: Sequence[str], path: s
     right.set_title("nucleus enrichment (red: no enrichment)")
     fig.suptitle(title, fontsize=9)
     return save_png(fig, path)
+
+
+def nucleus_study(tables: Mapping[str, pd.DataFrame], classes: Sequence[str], title: str = "") -> Figure:
+    """The poster's Fig. 8 for several runs on the same cells: per class and overall, one box per run.
+
+    Top: the nucleus share of positive attribution, with the nucleus share of area (grey) as the
+    level that size alone gives. Bottom: the enrichment on a log scale, with its control (grey:
+    the enrichment of |x - x'| alone, what the baseline gives by itself) and the no-enrichment line.
+
+    Args:
+        tables: run name -> a `quantify` table (one row per cell: `label`, `nucleus_pos_share`,
+            `nucleus_area_share`, `nucleus_enrichment`, `nucleus_change_enrichment`).
+
+    Returns:
+        The `Figure`, two axes (share, enrichment); in each, the boxes of the first run for every class then "all",
+        then the next run's, the grey reference (area share, control) last.
+    """
+    first = next(iter(tables.values()))
+    groups = [c for c in classes if (first["label"] == c).any()] + ["all"]
+    colours = [f"C{i}" for i in range(len(tables))]
+    series = [(name, colour) for name, colour in zip(tables, colours)]
+    fig = _figure(figsize=(max(7.0, 0.35 * len(groups) * (len(tables) + 1) + 1.5), 7.0), layout="constrained")
+    left, right = fig.subplots(2, 1)  # share above, enrichment below
+    width = 0.8 / (len(tables) + 1)
+    pos = np.arange(len(groups))
+
+    def boxes(ax, values: Sequence[tuple[str, pd.DataFrame, str, str]]) -> None:
+        for k, (label, table, metric, colour) in enumerate(values):
+            data = [table[metric] if g == "all" else table.loc[table["label"] == g, metric] for g in groups]
+            data = [d.replace([np.inf, -np.inf], np.nan).dropna().to_numpy() for d in data]
+            box = ax.boxplot([d if len(d) else [np.nan] for d in data], positions=pos - 0.4 + width * (k + 0.5),
+                             widths=width * 0.85, showfliers=False, patch_artist=True)
+            for patch in box["boxes"]:
+                patch.set(facecolor=colour, alpha=0.5)
+            for median in box["medians"]:
+                median.set(color="black")
+            ax.plot([], [], color=colour, lw=6, alpha=0.6, label=label)
+        ax.set_xticks(pos, [short_name(g) if g != "all" else "all" for g in groups])
+
+    boxes(left, [(name, tables[name], "nucleus_pos_share", colour) for name, colour in series]
+          + [("nucleus share of area", first, "nucleus_area_share", "tab:grey")])
+    left.set_ylim(-0.02, 1.02)
+    left.set_ylabel("nucleus share of positive attribution")
+    left.legend(loc="upper left", fontsize=7, ncols=len(tables) + 1)
+    boxes(right, [(name, tables[name], "nucleus_enrichment", colour) for name, colour in series]
+          + [("control: |x - x'| alone", first, "nucleus_change_enrichment", "tab:grey")])
+    right.axhline(1.0, color="red", ls="--", lw=1)
+    right.set_yscale("log")
+    right.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    right.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    right.yaxis.set_minor_formatter(NullFormatter())
+    right.set_ylabel("nucleus enrichment (share / area share)")
+    right.legend(loc="upper right", fontsize=7, ncols=len(tables) + 1)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def nucleus_study_png(tables: Mapping[str, pd.DataFrame], classes: Sequence[str], path: str | Path,
+                      title: str = "") -> Path:
+    """`nucleus_study` written atomically as a PNG to `path`."""
+    return save_png(nucleus_study(tables, classes, title), path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -104,6 +104,7 @@ def test_explain_study_pools_each_fold_on_its_own_held_out_cells(sweep, synth_da
         assert len(pooled[config]) == 168 and pooled[config]["path"].is_unique
     lines = (out / "study.md").read_text().splitlines()
     assert lines[0] == "# IG on the real cells: 8 steps, mean baselines"
+    assert sorted(p.name for p in out.glob("*.png")) == ["study_mean.png"]  # one Fig. 8 per baseline
     for config, table in pooled.items():
         row = next(_cells(line) for line in lines if line.startswith(f"| {config} | mean |"))
         area = paired_comparison(table["nucleus_area_share"], table["nucleus_pos_share"])

@@ -61,6 +61,35 @@ def test_nucleus_attribution_figure(tmp_path):
     drawn_png(tmp_path / "q.png", (800, 1100), (400, 650), colours=[PALE_RED])
 
 
+def test_nucleus_study_has_a_box_per_run_and_class_spanning_its_quartiles(tmp_path):
+    rng = np.random.default_rng(2)
+    labels = np.repeat(["normal", "light_dysplastic", "carcinoma_in_situ"], 12)  # [36]
+
+    def table(shift: float) -> pd.DataFrame:
+        t = pd.DataFrame({"label": labels, "nucleus_pos_share": rng.uniform(0.1, 0.5, 36) + shift,
+                          "nucleus_area_share": rng.uniform(0.05, 0.3, 36),
+                          "nucleus_change_enrichment": rng.uniform(0.5, 1.5, 36)})
+        t["nucleus_enrichment"] = t["nucleus_pos_share"] / t["nucleus_area_share"]
+        return t
+
+    tables = {"cls": table(0.0), "cls_reg": table(0.3)}
+    fig = figures.nucleus_study(tables, CLASSES, title="study")
+    left, right = fig.axes
+    groups = ["normal", "light_dysplastic", "carcinoma_in_situ", "all"]  # classes present, in task order, then all
+    series = [(t, "nucleus_pos_share") for t in tables.values()] + [(tables["cls"], "nucleus_area_share")]
+    assert len(left.patches) == len(series) * len(groups)
+    for k, (t, metric) in enumerate(series):
+        for g, name in enumerate(groups):
+            values = t[metric] if name == "all" else t.loc[t["label"] == name, metric]
+            box = left.patches[k * len(groups) + g].get_path().vertices[:, 1]
+            np.testing.assert_allclose([box.min(), box.max()], np.percentile(values, [25, 75]), rtol=1e-9)
+    assert [x.get_text() for x in left.get_xticklabels()] == ["normal", "light", "CIS", "all"]
+    assert [x.get_text() for x in left.get_legend().get_texts()] == ["cls", "cls_reg", "nucleus share of area"]
+    assert right.get_yscale() == "log" and len(right.patches) == len(series) * len(groups)
+    figures.nucleus_study_png(tables, CLASSES, tmp_path / "s.png")
+    assert (tmp_path / "s.png").stat().st_size > 10_000
+
+
 def test_comparison_figure_has_one_panel_per_metric(tmp_path):
     mean = np.array([[0.7, 0.9, 0.5], [0.6, 0.88, 0.7]])  # [H=2, M=3]
     paper = np.array([[0.676, np.nan, np.nan], [0.582, 0.893, 0.71]])
