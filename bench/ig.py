@@ -159,6 +159,7 @@ def main() -> None:
 
         def call():
             return np.concatenate([np.abs(explainer(b).delta) for b in batches])
+        call.explainer = explainer  # what auto chose, read after the runs
         return call
 
     configs: dict[str, object] = {} if args.e2e_only else {"plain captum default": plain_captum(None)}
@@ -170,6 +171,7 @@ def main() -> None:
             configs[f"plain captum ibs={ibs}"] = plain_captum(ibs)
     if not args.e2e_only:
         configs[f"herlev fp32 {args.steps} steps, BN not folded"] = ours(args.steps, fold_bn=False)
+        configs[f"herlev auto {args.steps} steps (default)"] = ours(args.steps, "auto")  # bf16 if its delta allows
         for steps in [args.steps, *(s for s in (32, 24, 16) if s < args.steps)]:
             configs[f"herlev fp32 {steps} steps"] = ours(steps)
             configs[f"herlev bf16 {steps} steps"] = ours(steps, "bf16")
@@ -195,7 +197,7 @@ def main() -> None:
             _sync(device)
             times[name].append((time.perf_counter() - start) * 1000 / n)
 
-    settings = IGSettings(steps=args.steps, device=device, bs=args.bs)
+    settings = IGSettings(steps=args.steps, device=device, bs=args.bs, precision="fp32")  # as the core row
 
     def e2e_explain(explainer) -> int:
         return sum(1 for _ in iter_explanations(run, paths, settings, explainer=explainer))
@@ -241,6 +243,10 @@ def main() -> None:
         print(f"{name:<44} {ms:>10} {deltas[name]:>14.4g}")
     for name, ms in e2e.items():
         print(f"{name:<44} {ms:>10.2f} {'':>14}")
+    auto = next((c.explainer for name, c in configs.items() if name.startswith("herlev auto")), None)
+    if auto is not None:
+        tried = ", ".join(f"{p} {d:.4g}" for p, d in (auto.auto_deltas or {}).items()) or "not tried on this device"
+        print(f"auto chose {auto.used} (first batch's mean |delta|: {tried})")
     print()
     core = best_ms[ours_default]
     for name, ms in e2e.items():

@@ -62,7 +62,7 @@ def explain(
     for r in table.itertuples(index=False):
         out.print(f"{printable(r.name)}: predicted [bold]{r.predicted}[/], score {r.score:.2f}, IG of {r.target}, "
                   f"delta {r.delta:+.2g} ({r.relative_delta:.1%})", highlight=False)
-    out.print(delta_summary(table["delta"], table["relative_delta"], tol), highlight=False)
+    out.print(delta_summary(table["delta"], table["relative_delta"], tol, table["precision"]), highlight=False)
     out.print(f"written to [bold]{folder}[/] (NAME_ig.png, NAME_ig.npy, explanations.csv)")
     out.print(model_line(run), highlight=False)
 
@@ -86,8 +86,8 @@ def quantify(
     as_json: AsJson = False,
 ) -> None:
     """Share of IG attribution on nucleus, cytoplasm and background of each masked image, per class."""
+    from herlev_fa.explanation.report import precisions_used, summary_table
     from herlev_fa.explanation.report import quantify as run_quantify
-    from herlev_fa.explanation.report import summary_table
 
     settings = IGSettings(target=target, steps=steps, method=method, baseline=baseline, precision=precision, tol=tol,
                           bs=bs, device=device)
@@ -97,7 +97,8 @@ def quantify(
     if as_json:
         typer.echo(result.table.to_json(orient="records"))
         return
-    out.print(summary_table(result.summary, f"IG on mask regions ({split}, {settings.describe()})"))
+    out.print(summary_table(result.summary, f"IG on mask regions ({split}, "
+                                            f"{settings.describe(precisions_used(result.table['precision']))})"))
     out.print(result.delta, highlight=False)
     out.print(f"written to [bold]{result.out_dir}[/] (quantify.csv, quantify.md, quantify.png)")
     out.print(model_line(run), highlight=False)
@@ -126,6 +127,7 @@ def compare_explanations(
 ) -> None:
     """The poster's Fig. 7: the same held-out cells (rows) explained by each run (columns), nucleus outlined."""
     from herlev_fa.explanation.report import compare_explanations as draw
+    from herlev_fa.explanation.report import precisions_used
 
     settings = IGSettings(target=target, steps=steps, method=method, baseline=baseline, precision=precision, tol=tol,
                           device=device)
@@ -134,4 +136,5 @@ def compare_explanations(
     out.print(f"{cells} cells x {len(runs)} runs written to [bold]{result.figure}[/] "
               f"(and {result.figure.with_suffix('.csv').name})")
     out.print(f"IG delta: relative delta median {result.table['relative_delta'].median():.2%}, "
-              f"max {result.table['relative_delta'].max():.1%}", highlight=False)
+              f"max {result.table['relative_delta'].max():.1%}; "
+              f"gradients in {precisions_used(result.table['precision'])}", highlight=False)

@@ -192,7 +192,7 @@ IG_BASELINES = ("mean", "black", "white", "blur")
 # captum's quadrature rules for the path integral, and their names in text
 IG_METHODS = {"gausslegendre": "Gauss-Legendre", "riemann_middle": "midpoint", "riemann_trapezoid": "trapezoid",
               "riemann_left": "left Riemann", "riemann_right": "right Riemann"}
-IG_PRECISIONS = ("fp32", "bf16")
+IG_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _help(text: str) -> dict[str, str]:
@@ -216,8 +216,9 @@ class IGSettings:
     baseline: str = field(default="mean", metadata=_help(
         f"{' | '.join(IG_BASELINES)}: the input IG starts from (mean = zero after normalisation; see "
         "docs/explainability.md)."))
-    precision: str = field(default="fp32", metadata=_help(
-        "fp32 | bf16 (autocast: faster on recent GPUs and CPUs, larger delta)."))
+    precision: str = field(default="auto", metadata=_help(
+        "auto (on a GPU: bf16 autocast when its delta on the first batch is no larger than fp32's; fp32 on the CPU) "
+        "| fp32 | bf16 (autocast: faster, delta checked against the fp32 model)."))
     tol: float = field(default=0.05, metadata=_help("Warn when |delta| exceeds this fraction of f(x) - f(baseline)."))
     bs: int = field(default=8, metadata=_help("Images per IG call (each costs STEPS forward/backward)."))
     internal_batch_size: int | None = field(default=None, metadata=_help(
@@ -243,8 +244,12 @@ class IGSettings:
         """The help text of field `name` (for the CLI options)."""
         return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
 
-    def describe(self) -> str:
-        """One line for titles and tables, e.g. 'target predicted, baseline mean, 50 Gauss-Legendre steps'."""
-        extra = "" if self.precision == "fp32" else f", {self.precision}"
+    def describe(self, precision: str | None = None) -> str:
+        """One line for titles and tables, e.g. 'target predicted, baseline mean, 50 Gauss-Legendre steps'.
+
+        `precision`: the one used (what `auto` chose), if known; fp32 is not named.
+        """
+        precision = precision or self.precision
+        extra = {"fp32": "", "auto": ", auto precision"}.get(precision, f", {precision}")
         return (f"target {self.target}, baseline {self.baseline}, {self.steps} {IG_METHODS[self.method]} steps"
                 f"{extra}")

@@ -72,6 +72,7 @@ def _images(n: int = 3, seed: int = 0) -> np.ndarray:
 
 
 def _explainer(model: SeverityModel, head: str, device: str, **kw) -> Explainer:
+    kw.setdefault("precision", "fp32")  # the exact-value tests; auto has tests of its own
     return Explainer(model, head, TASK.classes, TASK.severities, MEAN, STD, S, device=device, **kw)
 
 
@@ -141,6 +142,37 @@ def test_bf16_gradients_are_checked_against_the_fp32_model(device):
         gap = (model(x).gather(1, t) - model(torch.zeros_like(x)).gather(1, t))[:, 0]  # [B]
     np.testing.assert_allclose(batch.gap, gap.numpy(), rtol=1e-5, atol=1e-5)  # fp32 endpoints
     np.testing.assert_allclose(batch.delta, batch.attribution.sum(axis=(1, 2)) - batch.gap, rtol=1e-4, atol=1e-3)
+
+
+def test_auto_precision_is_fp32_without_trying_bf16_where_bf16_is_not_tried(device):
+    model, images = _linear("cls_reg", seed=1), _images(seed=2)
+    auto = Explainer(model, "cls_reg", TASK.classes, TASK.severities, MEAN, STD, S, device="cpu", steps=4)
+    assert auto.precision == "auto" and auto.used == "fp32"  # auto is the default  # decided up front: the CPU is not in AUTO_TRIES_BF16
+    got, want = auto(images, 5), _explainer(model, "cls_reg", "cpu", steps=4, precision="fp32")(images, 5)
+    assert auto.auto_deltas is None and got.precision == "fp32"
+    np.testing.assert_array_equal(got.attribution, want.attribution)
+    np.testing.assert_array_equal(got.delta, want.delta)
+
+
+def test_auto_precision_keeps_the_precision_whose_first_batch_delta_is_smaller(monkeypatch, device):
+    import herlev_fa.explanation.attribution as attribution
+
+    monkeypatch.setattr(attribution, "AUTO_TRIES_BF16", {"cpu", "cuda"})  # let this device try bf16
+    model, first, second = _linear("cls_reg", seed=1), _images(seed=2), _images(seed=3)
+    auto = _explainer(model, "cls_reg", device, steps=4, precision="auto")
+    assert auto.used is None  # decided by the first batch
+    got = auto(first, 5)  # the score: through the softmax, so both deltas are non-zero
+    fixed = {p: _explainer(model, "cls_reg", device, steps=4, precision=p) for p in ("fp32", "bf16")}
+    want = {p: e(first, 5) for p, e in fixed.items()}
+    assert set(auto.auto_deltas) == {"fp32", "bf16"}
+    for p in ("fp32", "bf16"):  # the deltas it compared are those of each precision on that batch
+        assert auto.auto_deltas[p] == pytest.approx(float(np.abs(want[p].delta).mean()), rel=1e-5, abs=1e-9)
+    chosen = "bf16" if auto.auto_deltas["bf16"] <= auto.auto_deltas["fp32"] else "fp32"
+    assert auto.used == chosen and got.precision == chosen
+    np.testing.assert_allclose(got.attribution, want[chosen].attribution, rtol=1e-5, atol=1e-6)
+    later = auto(second, 5)  # every later batch in the chosen precision, without trying the other again
+    assert later.precision == chosen
+    np.testing.assert_allclose(later.attribution, fixed[chosen](second, 5).attribution, rtol=1e-5, atol=1e-6)
 
 
 def test_baselines_by_value():
@@ -393,6 +425,9 @@ def test_quantify_finds_the_nucleus_on_synthetic_held_out_cells(run, tmp_path, d
     assert table["relative_delta"].median() < 0.02
     for name in ("quantify.csv", "quantify.md"):
         assert (tmp_path / "q" / name).stat().st_size > 0
+    used = table["precision"].unique()  # one precision for the whole run, named in the delta line
+    assert len(used) == 1 and result.delta.endswith(f"; gradients in {used[0]}")
+    assert used[0] == "fp32" or device != "cpu"
     drawn_png(tmp_path / "q" / "quantify.png", (800, 1400), (400, 650))
 
 
@@ -424,6 +459,9 @@ def test_explain_command_writes_figure_and_map_per_image(run, tmp_path, device):
     table = pd.read_csv(out / "explanations.csv")
     assert list(table["name"]) == [f.stem for f in files]
     assert set(table["predicted"]) <= set(run.task.classes) and (table["target"] == table["predicted"]).all()
+    used = {"cpu": {"fp32"}}.get(device, {"fp32", "bf16"})  # precision auto: fp32 on the CPU, tried on a GPU
+    assert table["precision"].nunique() == 1 and table["precision"][0] in used
+    assert f"gradients in {table['precision'][0]}" in result.output  # the summary line names it
     # completeness as written: delta = sum of the letterboxed map - (f(x) - f(baseline)), small at 50 steps
     (res,) = explain(run, [files[0]], IGSettings(device=device))
     assert res.grid_attribution.sum() - res.gap == pytest.approx(res.delta, abs=1e-3)
@@ -512,8 +550,10 @@ def test_ig_settings_validate_and_carry_the_cli_help():
                         ({"bs": 0}, "--bs 0"), ({"tol": 0}, "--tol 0"), ({"device": "tpu"}, "unknown device")):
         with pytest.raises(HerlevError, match=pattern):
             IGSettings(**kw)
-    assert IGSettings(steps=16, method="riemann_middle").describe() == \
+    assert IGSettings(steps=16, method="riemann_middle", precision="fp32").describe() == \
         "target predicted, baseline mean, 16 midpoint steps"
+    assert IGSettings().describe().endswith("Gauss-Legendre steps, auto precision")  # before auto has chosen
+    assert IGSettings().describe("bf16").endswith("steps, bf16") and IGSettings().describe("fp32").endswith("steps")
     assert "quadrature rule" in IGSettings.help("method")
     assert herlev_cli.explain.DEFAULT == IGSettings()  # the commands' defaults are the settings' defaults
 

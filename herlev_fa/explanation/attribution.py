@@ -54,6 +54,7 @@ BASELINES = IG_BASELINES
 METHODS = IG_METHODS
 DEFAULT_METHOD = IGSettings.method  # captum's default; best for smooth networks
 PRECISIONS = IG_PRECISIONS
+AUTO_TRIES_BF16 = {"cuda"}  # device types where precision 'auto' tries bf16 (CPUs: twice the delta where measured)
 DEFAULT_BASELINE = IGSettings.baseline
 DEFAULT_TOL = IGSettings.tol  # relative completeness error above which a result is flagged
 GAP_FLOOR = 0.1  # |f(x) - f(baseline)| below this (logit units) is measured against this instead
@@ -230,6 +231,7 @@ class BatchAttribution:
     score: np.ndarray  # [B] severity score
     predicted: np.ndarray  # [B] int, predicted class (nearest severity for reg)
     change: np.ndarray  # [B, S, S] float32, sum over channels of |x - baseline|: what IG multiplies the gradients by
+    precision: str = "fp32"  # what the gradients were computed in ('fp32' or 'bf16')
 
     @property
     def relative_delta(self) -> np.ndarray:
@@ -261,7 +263,11 @@ class Explainer:
         device: 'cpu' or 'cuda[:n]' (already resolved).
         internal_batch_size: images x steps per forward/backward pass; None = sized automatically
             (a memory budget on the CPU, a measured memory probe on CUDA).
-        precision: 'fp32', or 'bf16' autocast (faster on recent GPUs, larger delta).
+        precision: 'fp32', 'bf16' autocast (the delta still checked against the fp32 model), or
+            'auto': on a device type in `AUTO_TRIES_BF16` (CUDA), the first batch is attributed
+            both ways and the precision with the smaller mean |delta| (bf16 on a tie) is kept for
+            every batch (`used`, `auto_deltas`); elsewhere fp32. bf16 was 1.33x faster than fp32 on
+            an H200 at a smaller delta, but doubled the delta on a CPU (docs/explainability.md).
         method: the quadrature rule, a key of `METHODS`. Gauss-Legendre (default) converges fastest
             on smooth networks; on ReLU networks (ResNets) the midpoint rule gave a smaller
             delta at the same steps (9-26%, docs/explainability.md).
@@ -272,7 +278,7 @@ class Explainer:
     def __init__(self, model: nn.Module, head: str, classes: Sequence[str], severities: Sequence[float],
                  mean: Sequence[float], std: Sequence[float], size: int, steps: int = 50,
                  baseline: str = DEFAULT_BASELINE, device: str = "cpu", internal_batch_size: int | None = None,
-                 precision: str = "fp32", tol: float = DEFAULT_TOL, method: str = DEFAULT_METHOD,
+                 precision: str = "auto", tol: float = DEFAULT_TOL, method: str = DEFAULT_METHOD,
                  fold_bn: bool = True):
         if steps < 1:
             raise HerlevError(f"--steps {steps} must be at least 1 (50 is captum's default)")
@@ -285,6 +291,10 @@ class Explainer:
         self.head, self.classes, self.severities = head, tuple(classes), tuple(severities)
         self.mean, self.std, self.size = tuple(mean), tuple(std), int(size)
         self.steps, self.baseline, self.precision, self.tol = int(steps), baseline, precision, float(tol)
+        # the precision every batch is attributed in; None: auto, decided by the first batch's deltas
+        tries_bf16 = precision == "auto" and torch.device(device).type in AUTO_TRIES_BF16
+        self.used: str | None = None if tries_bf16 else ("fp32" if precision == "auto" else precision)
+        self.auto_deltas: dict[str, float] | None = None  # auto: mean |delta| of the first batch, per precision
         self.method = method
         self.device = torch.device(device)
         self.internal_batch_size = internal_batch_size
@@ -299,10 +309,10 @@ class Explainer:
         self.attribution_seconds = 0.0  # wall time spent inside `attribute` (for bench/ig.py)
         self.attributed = 0  # images attributed
 
-    def _autocast(self):
-        if self.precision == "bf16":
+    def _autocast(self, precision: str | None = None):
+        if (precision or self.used) == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return contextlib.nullcontext()  # fp32, and auto before its choice (the larger memory probe)
 
     def _to_device(self, x: Tensor) -> Tensor:
         x = x.to(self.device, non_blocking=True)
@@ -337,8 +347,6 @@ class Explainer:
         Everything stays on the explainer's device; the wall time of the call is added to
         `attribution_seconds` (the GPU is synchronised at the end so that the time is the GPU's).
         """
-        from captum.attr import IntegratedGradients
-
         if images.ndim != 4 or tuple(images.shape[1:]) != (self.size, self.size, 3):
             raise ValueError(f"expected letterboxed images [B, {self.size}, {self.size}, 3], got {tuple(images.shape)}")
         started = time.perf_counter()
@@ -353,25 +361,37 @@ class Explainer:
         probs, score, predicted = decode_parts(logits, out[:, -1], self.severities)  # [B, K] | None, [B], [B]
         t = predicted if target is None else torch.full((n,), target, dtype=torch.long, device=out.device)  # [B]
         gap = (out - out_base).gather(1, t[:, None])[:, 0]  # [B]
-        ig = IntegratedGradients(self.outputs)
-        fp32 = self.precision == "fp32"
-        with self._autocast(), _frozen(self.outputs):
-            attr = ig.attribute(x, baselines=base, target=t, n_steps=self.steps, method=self.method,
-                                internal_batch_size=self._chunk(n), return_convergence_delta=fp32)
-        if fp32:
-            attr, delta = attr
-        else:  # the endpoints in fp32: completeness of bf16 gradients against the model itself
-            delta = ig.compute_convergence_delta(attr.float(), base, x, target=t)
+        if self.used is None:  # auto: this first batch both ways; the smaller mean |delta| is kept from now on
+            tried = {p: self._integrate(x, base, t, p) for p in ("fp32", "bf16")}
+            self.auto_deltas = {p: float(delta.abs().mean()) for p, (_, delta) in tried.items()}
+            self.used = "bf16" if self.auto_deltas["bf16"] <= self.auto_deltas["fp32"] else "fp32"
+            attr, delta = tried[self.used]
+        else:
+            attr, delta = self._integrate(x, base, t, self.used)
         result = DeviceAttribution(
             attribution=attr.detach().float().sum(dim=1),  # [B, 3, S, S] -> [B, S, S]
             delta=delta.detach().float(), gap=gap, target=t, probs=probs, score=score, predicted=predicted,
-            change=(x - base).abs().float().sum(dim=1),  # [B, S, S]
+            change=(x - base).abs().float().sum(dim=1), precision=self.used,  # [B, S, S]
         )
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.attribution_seconds += time.perf_counter() - started
         self.attributed += n
         return result
+
+    def _integrate(self, x: Tensor, base: Tensor, t: Tensor, precision: str) -> tuple[Tensor, Tensor]:
+        """captum's IG of inputs x [B, 3, S, S] from `base` for columns t [B] in `precision`: (attribution, delta)."""
+        from captum.attr import IntegratedGradients
+
+        ig = IntegratedGradients(self.outputs)
+        fp32 = precision == "fp32"
+        with self._autocast(precision), _frozen(self.outputs):
+            attr = ig.attribute(x, baselines=base, target=t, n_steps=self.steps, method=self.method,
+                                internal_batch_size=self._chunk(x.shape[0]), return_convergence_delta=fp32)
+        if fp32:
+            return attr
+        # the endpoints in fp32: completeness of bf16 gradients against the model itself
+        return attr, ig.compute_convergence_delta(attr.float(), base, x, target=t)
 
     def __call__(self, images: np.ndarray | Tensor, target: int | None = None) -> BatchAttribution:
         """`attribute`, copied to the host as numpy in one copy per field."""
@@ -390,6 +410,7 @@ class DeviceAttribution:
     score: Tensor  # [B] severity score
     predicted: Tensor  # [B] long
     change: Tensor  # [B, S, S] float32, sum over channels of |x - baseline|
+    precision: str  # 'fp32' or 'bf16': what the gradients were computed in
 
     def numpy(self) -> BatchAttribution:
         def host(t: Tensor | None) -> np.ndarray | None:
@@ -397,7 +418,7 @@ class DeviceAttribution:
 
         return BatchAttribution(attribution=host(self.attribution), delta=host(self.delta), gap=host(self.gap),
                                 target=host(self.target), probs=host(self.probs), score=host(self.score),
-                                predicted=host(self.predicted), change=host(self.change))
+                                predicted=host(self.predicted), change=host(self.change), precision=self.precision)
 
 
 def explainer_for(run, settings: IGSettings = IGSettings()) -> Explainer:
@@ -456,6 +477,7 @@ class Explanation:
     gap: float  # f(x) - f(baseline) of the explained scalar
     relative_delta: float  # |delta| / max(|gap|, GAP_FLOOR)
     converged: bool  # relative_delta <= tol
+    precision: str = "fp32"  # what the gradients were computed in ('fp32' or 'bf16')
 
 
 def output_names(paths: Sequence[Path]) -> list[str]:
@@ -487,7 +509,7 @@ def results_of(batch: BatchAttribution, explainer: Explainer, paths: Sequence[Pa
             predicted=classes[int(batch.predicted[i])],
             probs=None if batch.probs is None else {c: float(p) for c, p in zip(classes, batch.probs[i])},
             score=float(batch.score[i]), delta=float(batch.delta[i]), gap=float(batch.gap[i]),
-            relative_delta=rel, converged=rel <= explainer.tol,
+            relative_delta=rel, converged=rel <= explainer.tol, precision=batch.precision,
         ))
     return out
 

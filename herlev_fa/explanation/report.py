@@ -72,8 +72,9 @@ def write_explanation(result: Explanation, out_dir: str | Path, baseline: str, s
     """Write `NAME_ig.png` and `NAME_ig.npy` ([H, W] float32, input grid) atomically; returns both paths."""
     out_dir = Path(out_dir)
     # the figure first: if it cannot be drawn, no map is left behind without it
+    bf16 = ", bf16" if result.precision == "bf16" else ""
     png = explanation_png(result, out_dir / f"{result.name}_ig.png",
-                          settings=f"baseline {baseline}, {steps} {METHODS[method]} steps")
+                          settings=f"baseline {baseline}, {steps} {METHODS[method]} steps{bf16}")
     npy = out_dir / f"{result.name}_ig.npy"
     with atomic_path(npy) as tmp, open(tmp, "wb") as f:
         np.save(f, result.attribution.astype(np.float32))
@@ -87,7 +88,7 @@ def explanation_row(result: Explanation) -> dict:
     if result.probs is not None:
         row.update({f"p_{c}": p for c, p in result.probs.items()})
     row.update(gap=result.gap, delta=result.delta, relative_delta=result.relative_delta, converged=result.converged,
-               attribution_sum=float(result.attribution.sum()))
+               precision=result.precision, attribution_sum=float(result.attribution.sum()))
     return row
 
 
@@ -121,13 +122,21 @@ def explain_images(run, paths: Sequence[str | Path], out: str | Path | None = No
     return table, out_dir
 
 
-def delta_summary(delta: Sequence[float], relative_delta: Sequence[float], tol: float) -> str:
-    """One line on the completeness error IG reached: mean |delta|, median and max relative delta, how many above tol."""
+def delta_summary(delta: Sequence[float], relative_delta: Sequence[float], tol: float,
+                  precision: Sequence[str] = ()) -> str:
+    """One line on the completeness error IG reached: mean |delta|, median and max relative delta, how many above
+    tol, and the precision(s) the gradients were computed in (the `precision` column of the rows), if given."""
     delta, rel = np.abs(np.asarray(delta, np.float64)), np.asarray(relative_delta, np.float64)
     if not len(delta):
         return "IG delta: no image"
+    used = f"; gradients in {precisions_used(precision)}" if len(precision) else ""
     return (f"IG delta: mean |delta| {delta.mean():.3g}, relative delta median {np.median(rel):.2%}, "
-            f"max {rel.max():.1%}; {int((rel > tol).sum())} of {len(rel)} above {tol:.0%}")
+            f"max {rel.max():.1%}; {int((rel > tol).sum())} of {len(rel)} above {tol:.0%}{used}")
+
+
+def precisions_used(precision: Sequence[str]) -> str:
+    """'fp32', 'bf16' or 'bf16, fp32': the distinct precisions of a table's rows (several runs may differ)."""
+    return ", ".join(sorted(set(precision)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,18 +269,20 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
                     "predicted": classes[int(values["predicted"][i])],
                     "target": "score" if t == score_index else classes[t],
                     **{k: float(values[k][i]) for k in ("score", "p_predicted", "gap", "delta", "relative_delta")},
+                    "precision": batch.precision,
                     **{k: float(values[k][i]) for k in shares},
                 })
             advance(len(chunk))
     table = pd.DataFrame(rows)
     summary = summarize(table, classes)
     title = f"IG overlap with mask regions: run {run.path.name}, split {split}, n={len(table)}"
-    delta = delta_summary(table["delta"], table["relative_delta"], settings.tol)
+    delta = delta_summary(table["delta"], table["relative_delta"], settings.tol, table["precision"])
+    described = settings.describe(precisions_used(table["precision"]))  # what auto chose, not 'auto'
     files = [out_dir / "quantify.csv", out_dir / "quantify.md", out_dir / "quantify.png"]
     with atomic_path(files[0]) as tmp:
         table.to_csv(tmp, index=False, errors=FILE_NAME_ERRORS)
-    write_text(files[1], summary_markdown(summary, title, f"{settings.describe()}\n\n{delta}"))
-    nucleus_attribution_png(table, classes, files[2], title=f"{run.path.name}: {settings.describe()}")
+    write_text(files[1], summary_markdown(summary, title, f"{described}\n\n{delta}"))
+    nucleus_attribution_png(table, classes, files[2], title=f"{run.path.name}: {described}")
     unconverged = warn_unconverged(table["name"].tolist(), table["relative_delta"].tolist(), settings.steps,
                                    settings.tol)
     return QuantifyResult(table, summary, out_dir, files, skipped, unconverged, delta)
@@ -425,11 +436,12 @@ def compare_explanations(runs: Sequence, out: str | Path, per_class: int = 2, se
             share = float(positive[nuclei[i]].sum() / positive.sum()) if positive.sum() > 0 else np.nan
             rows.append({"cell": Path(cell.path).stem, "label": cell.label, "run": label, "predicted": e.predicted,
                          "score": e.score, "delta": e.delta, "relative_delta": e.relative_delta,
-                         "nucleus_pos_share": share})
+                         "precision": e.precision, "nucleus_pos_share": share})
             line.append(f"{short_name(e.predicted)}, s={e.score:.1f}, nuc {share:.0%}")
         notes.append(line)
     row_labels = [f"{short_name(c.label)}\n{Path(c.path).stem[:18]}" for c in cells.itertuples(index=False)]
-    title = f"Integrated Gradients, {settings.describe()}; gold: nucleus (mask)"
+    used = precisions_used([r["precision"] for r in rows])
+    title = f"Integrated Gradients, {settings.describe(used)}; gold: nucleus (mask)"
     maps = [[run_results[i].attribution for run_results in explained] for i in range(len(paths))]  # [cell][run]
     figure = explanation_grid_png(out, images, nuclei, maps, row_labels, labels, notes=notes, title=title, dpi=dpi)
     table = pd.DataFrame(rows)
