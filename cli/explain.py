@@ -1,8 +1,8 @@
-"""The `explain`, `quantify` and `compare-explanations` commands: Integrated Gradients of runs' models.
+"""The `explain`, `quantify`, `compare-explanations` and `compare-quantify` commands: IG of runs' models.
 
 Registered on the shared `app` when imported (``herlev_cli.main`` imports this module).
 Each command parses its options into an `IGSettings` (which holds every default and help text)
-and calls one library function of ``herlev_fa.explanation.report``.
+and calls one library function of ``herlev_fa.explanation.report`` (or ``.study``).
 """
 
 from __future__ import annotations
@@ -138,3 +138,55 @@ def compare_explanations(
     out.print(f"IG delta: relative delta median {result.table['relative_delta'].median():.2%}, "
               f"max {result.table['relative_delta'].max():.1%}; "
               f"gradients in {precisions_used(result.table['precision'])}", highlight=False)
+
+
+@app.command("compare-quantify", rich_help_panel="Explanation")
+@user_errors
+def compare_quantify(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders: fold runs, or cross-validated runs (fold*/ inside, "
+                                                    "each fold on its own held-out cells). The first is the reference.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder: study.md, study.png (Fig. 8), and one "
+                                                        "quantify folder per run and fold.")] = Path("compare-quantify"),
+    label: Annotated[Optional[list[str]], typer.Option(help="Name per run, in order (default: the shortest distinct "
+                                                            "ends of the run paths).")] = None,
+    data: DataRoot = None,
+    target: Target = DEFAULT.target,
+    steps: Steps = DEFAULT.steps,
+    method: Method = DEFAULT.method,
+    baseline: Baseline = DEFAULT.baseline,
+    device: Device = DEFAULT.device,
+    bs: ImagesPerCall = DEFAULT.bs,
+    precision: Precision = DEFAULT.precision,
+    tol: Tol = DEFAULT.tol,
+    quiet: Quiet = False,
+) -> None:
+    """The poster's Fig. 8: where each run's IG falls (nucleus share, enrichment) on the same held-out cells,
+    per class, with paired tests against the first run."""
+    from rich.table import Table
+
+    import pandas as pd
+
+    from herlev_fa.explanation.report import delta_summary, precisions_used
+    from herlev_fa.explanation.study import compare_quantify as study
+
+    settings = IGSettings(target=target, steps=steps, method=method, baseline=baseline, precision=precision, tol=tol,
+                          bs=bs, device=device)
+    result = study(runs, out_dir, labels=label, data=data, settings=settings,
+                   log=None if quiet else lambda line: out.print(line, highlight=False))
+    reference = next(iter(result.tables))
+    used = precisions_used(pd.concat(result.tables.values())["precision"])
+    table = Table(title=f"nucleus on the held-out cells ({settings.describe(used)}); medians, paired against {reference}")
+    for column in ("run", "cells", "+ share", "area share", "enrichment", "control", "share − " + reference, "p"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    versus = result.versus.set_index(["name", "metric"]) if len(result.versus) else None
+    for name, t in result.tables.items():
+        medians = [f"{t[m].median():.2f}" for m in ("nucleus_pos_share", "nucleus_area_share", "nucleus_enrichment",
+                                                   "nucleus_change_enrichment")]
+        paired = ["", ""] if versus is None or name == reference else [
+            f"{versus.loc[(name, 'nucleus_pos_share'), 'median_diff']:+.3f}",
+            f"{versus.loc[(name, 'nucleus_pos_share'), 'p']:.2g}"]
+        table.add_row(name, str(len(t)), *medians, *paired)
+    out.print(table)
+    for name, t in result.tables.items():
+        out.print(f"{name}: " + delta_summary(t["delta"], t["relative_delta"], tol, t["precision"]), highlight=False)
+    out.print(f"written to [bold]{result.report.parent}[/] (study.md, study.png, one quantify folder per run and fold)")

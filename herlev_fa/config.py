@@ -203,7 +203,7 @@ def _help(text: str) -> dict[str, str]:
 class IGSettings:
     """How Integrated Gradients is computed and batched; each field's default and help text live here.
 
-    The `explain`, `quantify` and `compare-explanations` commands read their option defaults and
+    The `explain`, `quantify`, `compare-explanations` and `compare-quantify` commands read their option defaults and
     help from these fields (`IGSettings.help(name)`).
     """
 

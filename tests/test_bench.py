@@ -96,19 +96,54 @@ def test_explain_study_pools_each_fold_on_its_own_held_out_cells(sweep, synth_da
         tables = []
         for k in (0, 1):
             held_out = pd.read_csv(sweep / config / config / f"fold{k}" / "folds.csv").query(f"fold == {k}")
-            table = pd.read_csv(out / config / f"fold{k}" / "mean" / "quantify.csv")
+            table = pd.read_csv(out / config / "mean" / f"fold{k}" / "quantify.csv")
             rel = sorted(Path(p).relative_to(synth_data).as_posix() for p in table["path"])
             assert rel == sorted(held_out["rel"])  # the fold run's own held-out cells, each once
             tables.append(table)
         pooled[config] = pd.concat(tables, ignore_index=True)
         assert len(pooled[config]) == 168 and pooled[config]["path"].is_unique
     lines = (out / "study.md").read_text().splitlines()
-    assert lines[0] == "# IG on the real cells: 8 steps, mean baselines"
+    assert lines[0] == "# IG on the real cells: 8 steps, mean baselines" and "## Baseline mean" in lines
     assert sorted(p.name for p in out.glob("*.png")) == ["study_mean.png"]  # one Fig. 8 per baseline
     for config, table in pooled.items():
-        row = next(_cells(line) for line in lines if line.startswith(f"| {config} | mean |"))
+        row = next(_cells(line) for line in lines if line.startswith(f"| {config} | 168 |"))
         area = paired_comparison(table["nucleus_area_share"], table["nucleus_pos_share"])
-        assert row[2:4] == [str(int(area["n"])), f"{area['b_greater']:.0%}"]
+        assert row[2:3] == [f"{area['b_greater']:.0%}"]
     versus = compare_runs(pooled, "cls", ["nucleus_enrichment"]).iloc[0]
-    row = next(_cells(line) for line in lines if line.startswith("| mean | reg | nucleus enrichment |"))
-    assert row[3:6] == [str(int(versus["n"])), f"{versus['median_a']:.3f}", f"{versus['median_b']:.3f}"]
+    row = next(_cells(line) for line in lines if line.startswith("| reg | nucleus enrichment |"))
+    assert row[2:5] == [str(int(versus["n"])), f"{versus['median_a']:.3f}", f"{versus['median_b']:.3f}"]
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # finished folds are reused, not redone
+    assert rerun.returncode == 0 and "quantified" not in rerun.stdout and (out / "study.md").read_text() == "\n".join(
+        lines) + "\n"
+
+
+def test_compare_quantify_pools_cross_validated_runs_and_compares_them_on_the_same_cells(sweep, tmp_path):
+    """`herlev compare-quantify` on two cross-validated runs: every held-out cell once per run, paired against the first."""
+    from typer.testing import CliRunner
+
+    import herlev_cli.explain  # noqa: F401  (registers the explanation commands)
+    from herlev_cli.main import app
+    from herlev_fa.explanation.study import compare_runs
+
+    out = tmp_path / "fig8"
+    runner = CliRunner()
+    result = runner.invoke(app, ["compare-quantify", str(sweep / "cls" / "cls"), str(sweep / "reg" / "reg"),
+                                 "--out", str(out), "--steps", "8", "--device", "cpu", "--quiet"])
+    assert result.exit_code == 0, result.output
+    tables = {}
+    for label in ("cls", "reg"):  # default labels: the shortest distinct ends of the paths
+        folds = [pd.read_csv(out / label / f"fold{k}" / "quantify.csv") for k in (0, 1)]
+        tables[label] = pd.concat(folds, ignore_index=True)
+        assert len(tables[label]) == 168 and tables[label]["path"].is_unique  # each cell once, by its held-out fold
+    versus = compare_runs(tables, "cls", ["nucleus_pos_share"]).iloc[0]
+    report = (out / "study.md").read_text()
+    assert "168 cells explained by every run" in report and "### Each run against cls" in report
+    row = next(_cells(line) for line in report.splitlines()
+               if line.startswith("| reg | nucleus share of + attribution |"))
+    assert row[2:6] == ["168", f"{versus['median_a']:.3f}", f"{versus['median_b']:.3f}",
+                        f"{versus['median_diff']:+.3f} [{versus['diff_q25']:+.3f}, {versus['diff_q75']:+.3f}]"]
+    assert f"{versus['median_diff']:+.3f}" in result.output  # the printed table's paired column
+    assert (out / "study.png").stat().st_size > 10_000
+    bad = runner.invoke(app, ["compare-quantify", str(sweep), "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "no finished fold*/ run" in bad.output and "Traceback" not in bad.output
+    assert not (tmp_path / "x").exists()  # refused before writing anything

@@ -1,11 +1,13 @@
-"""Comparing explanations across runs on the same cells: paired tests, severity trends, pooled tables.
+"""Comparing explanations across runs on the same cells: paired tests, severity trends, the poster's Fig. 8.
 
-What this is: pure functions on arrays and `quantify` tables (one row per cell) that answer the
+What this is: functions on arrays and `quantify` tables (one row per cell) that answer the
 questions of docs/explainability.md's real-cell study: does attribution sit on the nucleus more
 than its area and more than the baseline alone puts there (`paired_comparison` of a cell's
 share against its area share, or of its enrichment against its control), does it rise with
 severity (`severity_trend`), and does one head differ from another on the same cells
-(`compare_runs`, pairing rows by image path).
+(`compare_runs`, pairing rows by image path); `held_out_quantify` pools a cross-validated run's
+folds, each on its own held-out cells, and `compare_quantify` (`herlev compare-quantify`)
+writes the whole comparison of several runs: `study.md` and the Fig. 8 figure.
 
 What it is not: computing attributions or shares (``explanation.report.quantify`` does).
 """
@@ -13,10 +15,22 @@ What it is not: computing attributions or shares (``explanation.report.quantify`
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from herlev_fa.atomic import write_text
+from herlev_fa.config import IGSettings
+from herlev_fa.errors import HerlevError
+from herlev_fa.labels import short_name
+
+# the per-cell numbers compared between runs, and their names in tables
+METRICS = {"nucleus_pos_share": "nucleus share of + attribution", "nucleus_enrichment": "nucleus enrichment",
+           "nucleus_top10": "top-10% pixels in nucleus"}
 
 
 def paired_comparison(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
@@ -88,3 +102,162 @@ def compare_runs(tables: Mapping[str, pd.DataFrame], reference: str, metrics: Se
             rows.append({"name": name, "metric": metric,
                          **paired_comparison(both[f"{metric}_a"].to_numpy(), both[f"{metric}_b"].to_numpy())})
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several runs on the same held-out cells: quantify pooled over folds, the report, Fig. 8
+
+
+def fold_runs(run_dir: str | Path) -> list[Path]:
+    """The fold runs of a run folder: the folder itself when it is one (herlev.json), else its fold*/ runs."""
+    run_dir = Path(run_dir)
+    if (run_dir / "herlev.json").is_file():
+        return [run_dir]
+    folds = sorted(p.parent for p in run_dir.glob("fold*/herlev.json"))
+    if not folds:
+        raise HerlevError(f"'{run_dir}' is not a run folder (no herlev.json) and holds no finished fold*/ run")
+    return folds
+
+
+def held_out_quantify(run_dir: str | Path, out: str | Path, settings: IGSettings = IGSettings(),
+                      data: str | Path | None = None, reuse: bool = False,
+                      log: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """`quantify` of each fold run of `run_dir` on its own held-out fold, pooled: every cell once, by a model
+    that did not train on it.
+
+    Each fold's files go to OUT/<fold>/ (quantify.csv, .md, .png). With `reuse`, a fold whose
+    quantify.csv is already there is read instead (made with the same settings: the caller's
+    promise). The per-fold warnings about the delta are left to the caller, who has the pooled
+    `relative_delta`.
+
+    Returns:
+        The pooled rows (one per held-out cell), with a `fold` column (the fold run's folder name).
+    """
+    from herlev_fa.explanation.report import quantify
+    from herlev_fa.runs import load_run
+
+    tables = []
+    for fold_dir in fold_runs(run_dir):
+        folder = Path(out) / fold_dir.name
+        csv = folder / "quantify.csv"
+        if not (reuse and csv.is_file()):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # unconverged images: reported on the pooled table
+                quantify(load_run(fold_dir), data=data, out=folder, settings=settings, progress=False)
+            if log is not None:
+                log(f"{fold_dir}: quantified on its held-out cells")
+        table = pd.read_csv(csv)
+        table["fold"] = fold_dir.name
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
+def _cell(values: pd.Series) -> str:
+    """'mean ± sd, median [q25-q75]' of the finite values."""
+    v = values.replace([np.inf, -np.inf], np.nan).dropna().to_numpy()
+    if not len(v):
+        return "-"
+    q25, q50, q75 = np.percentile(v, [25, 50, 75])
+    return f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0:.2f}, {q50:.2f} [{q25:.2f}-{q75:.2f}]"
+
+
+def _p(p: float) -> str:
+    return "-" if not np.isfinite(p) else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
+
+
+def study_markdown(tables: Mapping[str, pd.DataFrame], classes: Sequence[str], severities: Sequence[float],
+                   reference: str | None = None) -> str:
+    """The comparison of several runs' pooled `quantify` tables (run name -> rows), as markdown sections.
+
+    Per run, per class and overall: the nucleus share of positive attribution, the nucleus area
+    share, the enrichment, its control and the top-10% hit rate (mean ± sd, median [IQR]). Then
+    per run: share > area share and enrichment > control (paired Wilcoxon), Spearman's rho of the
+    share and of the enrichment with the true severity, the delta. Then each run against
+    `reference` (default: the first) on the cells both explained (`compare_runs`).
+    """
+    severity_of = dict(zip(classes, severities))
+    columns = ("nucleus_pos_share", "nucleus_area_share", "nucleus_enrichment", "nucleus_change_enrichment",
+               "nucleus_top10")
+    lines = []
+    for name, table in tables.items():
+        lines += [f"### {name}", "", "mean ± sd, median [IQR]", "",
+                  "| class | n | nucleus share of + attr. | nucleus area share | enrichment | control (\\|x - x'\\| alone) "
+                  "| top-10% in nucleus |", "|---|---:|---|---|---|---|---|"]
+        for group in [c for c in classes if (table["label"] == c).any()] + ["all"]:
+            part = table if group == "all" else table[table["label"] == group]
+            label = "**all**" if group == "all" else short_name(group)
+            lines.append(f"| {label} | {len(part)} | " + " | ".join(_cell(part[m]) for m in columns) + " |")
+        lines.append("")
+    lines += ["### Nucleus against its area and against the baseline alone; trend with severity", "",
+              "| run | n | + share > area share (cells) | p | enrichment > control (cells) | p "
+              "| Spearman rho (share, severity) | p | Spearman rho (enrichment, severity) | p | mean \\|delta\\| "
+              "| median relative delta |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, t in tables.items():
+        area = paired_comparison(t["nucleus_area_share"], t["nucleus_pos_share"])
+        control = paired_comparison(t["nucleus_change_enrichment"], t["nucleus_enrichment"])
+        severity = t["label"].map(severity_of)
+        trends = [severity_trend(t[m], severity) for m in ("nucleus_pos_share", "nucleus_enrichment")]
+        lines.append(f"| {name} | {int(area['n'])} | {area['b_greater']:.0%} | {_p(area['p'])} | "
+                     f"{control['b_greater']:.0%} | {_p(control['p'])} | "
+                     + " | ".join(f"{trend['rho']:+.2f} | {_p(trend['p'])}" for trend in trends)
+                     + f" | {t['delta'].abs().mean():.3g} | {t['relative_delta'].median():.2%} |")
+    reference = reference or next(iter(tables))
+    if len(tables) > 1:
+        lines += ["", f"### Each run against {reference} on the same cells (paired Wilcoxon; a = {reference})", "",
+                  f"| run | metric | n | {reference} median | run median | median diff [IQR] | run higher | p |",
+                  "|---|---|---:|---:|---:|---|---:|---:|"]
+        for r in compare_runs(tables, reference, list(METRICS)).itertuples(index=False):
+            lines.append(f"| {r.name} | {METRICS[r.metric]} | {int(r.n)} | {r.median_a:.3f} | {r.median_b:.3f} | "
+                         f"{r.median_diff:+.3f} [{r.diff_q25:+.3f}, {r.diff_q75:+.3f}] | {r.b_greater:.0%} | "
+                         f"{_p(r.p)} |")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class StudyResult:
+    """What `compare_quantify` wrote and found."""
+
+    tables: dict[str, pd.DataFrame]  # run label -> pooled quantify rows (one per held-out cell)
+    versus: pd.DataFrame  # each run against the first on the same cells (`compare_runs` rows)
+    report: Path  # study.md
+    figure: Path  # study.png, the poster's Fig. 8
+
+
+def compare_quantify(runs: Sequence[str | Path], out: str | Path, labels: Sequence[str] | None = None,
+                     data: str | Path | None = None, settings: IGSettings = IGSettings(),
+                     log: Callable[[str], None] | None = None) -> StudyResult:
+    """The poster's Fig. 8 for several runs: where each run's IG falls on the same held-out cells, compared.
+
+    Each run (a fold run, or a cross-validated run folder: each fold on its own held-out cells)
+    is quantified into OUT/<label>/; then OUT/study.md (`study_markdown`) and OUT/study.png
+    (`figures.nucleus_study`) compare them, every run against the first.
+
+    Raises:
+        HerlevError: no run, a folder that is no run, labels that do not match, runs of other tasks,
+            no cell explained by every run, or any `quantify` error.
+    """
+    from herlev_fa.explanation.report import precisions_used, short_labels
+    from herlev_fa.figures import nucleus_study_png
+    from herlev_fa.runs import load_run
+
+    if not runs:
+        raise HerlevError("no run given: pass one or more run folders")
+    folds = [fold_runs(r) for r in runs]  # checks every folder before any work
+    labels = list(labels) if labels else short_labels([Path(r) for r in runs])
+    if len(labels) != len(runs) or len(set(labels)) != len(labels):
+        raise HerlevError(f"{len(labels)} label(s) for {len(runs)} run(s): give one distinct --label per run, or none")
+    task = load_run(folds[0][0]).task
+    if any(load_run(f[0]).task.classes != task.classes for f in folds[1:]):
+        raise HerlevError("the runs have different classes; compare runs of the same task")
+    out = Path(out)
+    tables = {label: held_out_quantify(r, out / label, settings, data=data, log=log) for label, r in zip(labels, runs)}
+    common = set.intersection(*(set(t["path"]) for t in tables.values()))
+    if not common:
+        raise HerlevError("the runs explained no common cell: compare runs of the same data and folds")
+    described = settings.describe(precisions_used(pd.concat(tables.values())["precision"]))
+    report = out / "study.md"
+    write_text(report, f"# Where IG falls on the held-out cells: {', '.join(labels)}\n\n{described}; "
+               f"{len(common)} cells explained by every run\n\n" + study_markdown(tables, task.classes, task.severities))
+    figure = nucleus_study_png(tables, task.classes, out / "study.png", title=f"IG on held-out cells, {described}")
+    versus = compare_runs(tables, labels[0], list(METRICS)) if len(tables) > 1 else pd.DataFrame()
+    return StudyResult(tables, versus, report, figure)
