@@ -131,7 +131,7 @@ def test_compare_quantify_pools_cross_validated_runs_and_compares_them_on_the_sa
                                  "--out", str(out), "--steps", "8", "--device", "cpu", "--quiet"])
     assert result.exit_code == 0, result.output
     tables = {}
-    for label in ("cls", "reg"):  # default labels: the shortest distinct ends of the paths
+    for label in ("cls", "reg"):  # default labels: the shortest distinct ends of the paths, also the folders
         folds = [pd.read_csv(out / label / f"fold{k}" / "quantify.csv") for k in (0, 1)]
         tables[label] = pd.concat(folds, ignore_index=True)
         assert len(tables[label]) == 168 and tables[label]["path"].is_unique  # each cell once, by its held-out fold
@@ -147,3 +147,6 @@ def test_compare_quantify_pools_cross_validated_runs_and_compares_them_on_the_sa
     bad = runner.invoke(app, ["compare-quantify", str(sweep), "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "no finished fold*/ run" in bad.output and "Traceback" not in bad.output
     assert not (tmp_path / "x").exists()  # refused before writing anything
+    same = runner.invoke(app, ["compare-quantify", str(sweep / "cls" / "cls"), str(sweep / "reg" / "reg"), "--label",
+                               "a/b", "--label", "a_b", "--out", str(tmp_path / "y")])
+    assert same.exit_code != 0 and "name the same folder" in same.output and not (tmp_path / "y").exists()

@@ -15,6 +15,7 @@ What it is not: computing attributions or shares (``explanation.report.quantify`
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -229,7 +230,7 @@ def compare_quantify(runs: Sequence[str | Path], out: str | Path, labels: Sequen
     """The poster's Fig. 8 for several runs: where each run's IG falls on the same held-out cells, compared.
 
     Each run (a fold run, or a cross-validated run folder: each fold on its own held-out cells)
-    is quantified into OUT/<label>/; then OUT/study.md (`study_markdown`) and OUT/study.png
+    is quantified into OUT/<label>/ (characters other than letters, digits and . = + - made _); then OUT/study.md (`study_markdown`) and OUT/study.png
     (`figures.nucleus_study`) compare them, every run against the first.
 
     Raises:
@@ -249,8 +250,12 @@ def compare_quantify(runs: Sequence[str | Path], out: str | Path, labels: Sequen
     task = load_run(folds[0][0]).task
     if any(load_run(f[0]).task.classes != task.classes for f in folds[1:]):
         raise HerlevError("the runs have different classes; compare runs of the same task")
+    folders = [re.sub(r"[^\w.=+-]+", "_", label).strip("._") or "run" for label in labels]  # never outside `out`
+    if len(set(folders)) != len(folders):
+        raise HerlevError(f"the labels {labels} name the same folder; give distinct --label names")
     out = Path(out)
-    tables = {label: held_out_quantify(r, out / label, settings, data=data, log=log) for label, r in zip(labels, runs)}
+    tables = {label: held_out_quantify(r, out / folder, settings, data=data, log=log)
+              for label, folder, r in zip(labels, folders, runs)}
     common = set.intersection(*(set(t["path"]) for t in tables.values()))
     if not common:
         raise HerlevError("the runs explained no common cell: compare runs of the same data and folds")
