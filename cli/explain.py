@@ -171,7 +171,7 @@ def compare_quantify(
 
     settings = IGSettings(target=target, steps=steps, method=method, baseline=baseline, precision=precision, tol=tol,
                           bs=bs, device=device)
-    result = study(runs, out_dir, labels=label, data=data, settings=settings,
+    result = study(runs, out_dir, labels=label, data=data, settings=settings, progress=not quiet,
                    log=None if quiet else lambda line: out.print(line, highlight=False))
     reference = next(iter(result.tables))
     used = precisions_used(pd.concat(result.tables.values())["precision"])

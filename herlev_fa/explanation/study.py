@@ -122,14 +122,14 @@ def fold_runs(run_dir: str | Path) -> list[Path]:
 
 def held_out_quantify(run_dir: str | Path, out: str | Path, settings: IGSettings = IGSettings(),
                       data: str | Path | None = None, reuse: bool = False,
-                      log: Callable[[str], None] | None = None) -> pd.DataFrame:
+                      log: Callable[[str], None] | None = None, progress: bool = False) -> pd.DataFrame:
     """`quantify` of each fold run of `run_dir` on its own held-out fold, pooled: every cell once, by a model
     that did not train on it.
 
     Each fold's files go to OUT/<fold>/ (quantify.csv, .md, .png). With `reuse`, a fold whose
     quantify.csv is already there is read instead (made with the same settings: the caller's
     promise). The per-fold warnings about the delta are left to the caller, who has the pooled
-    `relative_delta`.
+    `relative_delta`. `log` gets a line per fold quantified; `progress` shows quantify's bar.
 
     Returns:
         The pooled rows (one per held-out cell), with a `fold` column (the fold run's folder name).
@@ -144,7 +144,7 @@ def held_out_quantify(run_dir: str | Path, out: str | Path, settings: IGSettings
         if not (reuse and csv.is_file()):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # unconverged images: reported on the pooled table
-                quantify(load_run(fold_dir), data=data, out=folder, settings=settings, progress=False)
+                quantify(load_run(fold_dir), data=data, out=folder, settings=settings, progress=progress)
             if log is not None:
                 log(f"{fold_dir}: quantified on its held-out cells")
         table = pd.read_csv(csv)
@@ -226,7 +226,7 @@ class StudyResult:
 
 def compare_quantify(runs: Sequence[str | Path], out: str | Path, labels: Sequence[str] | None = None,
                      data: str | Path | None = None, settings: IGSettings = IGSettings(),
-                     log: Callable[[str], None] | None = None) -> StudyResult:
+                     log: Callable[[str], None] | None = None, progress: bool = False) -> StudyResult:
     """The poster's Fig. 8 for several runs: where each run's IG falls on the same held-out cells, compared.
 
     Each run (a fold run, or a cross-validated run folder: each fold on its own held-out cells)
@@ -254,7 +254,7 @@ def compare_quantify(runs: Sequence[str | Path], out: str | Path, labels: Sequen
     if len(set(folders)) != len(folders):
         raise HerlevError(f"the labels {labels} name the same folder; give distinct --label names")
     out = Path(out)
-    tables = {label: held_out_quantify(r, out / folder, settings, data=data, log=log)
+    tables = {label: held_out_quantify(r, out / folder, settings, data=data, log=log, progress=progress)
               for label, folder, r in zip(labels, folders, runs)}
     common = set.intersection(*(set(t["path"]) for t in tables.values()))
     if not common:
