@@ -28,7 +28,7 @@ from herlev_fa.atomic import write_text
 from herlev_fa.config import IGSettings
 from herlev_fa.explanation.study import held_out_quantify, study_markdown
 from herlev_fa.figures import nucleus_study_png
-from herlev_fa.runs import load_run
+from herlev_fa.runs import run_task
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
     heads = {c: h[0] for c, h in heads.items() if h}
     if not heads:
         raise SystemExit(f"no finished fold run under {args.sweep}/<config>/<head>/fold<k>/")
-    task = load_run(next(heads[next(iter(heads))].glob("fold*/herlev.json")).parent).task
+    task = run_task(next(heads[next(iter(heads))].glob("fold*/herlev.json")).parent)
     lines = [f"# IG on the real cells: {args.steps} steps, {args.baselines.replace(',', ', ')} baselines", ""]
     for baseline in args.baselines.split(","):  # the default baseline first: its tables are the main result
         settings = IGSettings(steps=args.steps, baseline=baseline, bs=args.bs, device=args.device)

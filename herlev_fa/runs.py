@@ -249,6 +249,11 @@ def config_problem(config: Any, meta: dict[str, Any], task: Task) -> str | None:
     return None
 
 
+def run_task(run_dir: str | Path) -> Task:
+    """The task of a fold run, from its validated sidecar (no weights loaded)."""
+    return Task.from_json(read_meta(run_dir)["task"])
+
+
 def load_run(run_dir: str | Path) -> Run:
     """Load a run folder: sidecar, task and weights (safetensors only; nothing is unpickled).
 

@@ -110,11 +110,14 @@ def compare_runs(tables: Mapping[str, pd.DataFrame], reference: str, metrics: Se
 
 
 def fold_runs(run_dir: str | Path) -> list[Path]:
-    """The fold runs of a run folder: the folder itself when it is one (herlev.json), else its fold*/ runs."""
+    """The fold runs of a run folder: the folder itself when it is one (herlev.json), else its fold<k>/ runs
+    (`ensemble.fold_folders`, by fold number)."""
+    from herlev_fa.ensemble import fold_folders
+
     run_dir = Path(run_dir)
     if (run_dir / "herlev.json").is_file():
         return [run_dir]
-    folds = sorted(p.parent for p in run_dir.glob("fold*/herlev.json"))
+    folds = [f for f in fold_folders(run_dir) if (f / "herlev.json").is_file()]
     if not folds:
         raise HerlevError(f"'{run_dir}' is not a run folder (no herlev.json) and holds no finished fold*/ run")
     return folds
@@ -239,7 +242,7 @@ def compare_quantify(runs: Sequence[str | Path], out: str | Path, labels: Sequen
     """
     from herlev_fa.explanation.report import precisions_used, short_labels
     from herlev_fa.figures import nucleus_study_png
-    from herlev_fa.runs import load_run
+    from herlev_fa.runs import run_task
 
     if not runs:
         raise HerlevError("no run given: pass one or more run folders")
@@ -247,8 +250,8 @@ def compare_quantify(runs: Sequence[str | Path], out: str | Path, labels: Sequen
     labels = list(labels) if labels else short_labels([Path(r) for r in runs])
     if len(labels) != len(runs) or len(set(labels)) != len(labels):
         raise HerlevError(f"{len(labels)} label(s) for {len(runs)} run(s): give one distinct --label per run, or none")
-    task = load_run(folds[0][0]).task
-    if any(load_run(f[0]).task.classes != task.classes for f in folds[1:]):
+    task = run_task(folds[0][0])  # the sidecar only: each fold's model is loaded once, by quantify
+    if any(run_task(f[0]).classes != task.classes for f in folds[1:]):
         raise HerlevError("the runs have different classes; compare runs of the same task")
     folders = [re.sub(r"[^\w.=+-]+", "_", label).strip("._") or "run" for label in labels]  # never outside `out`
     if len(set(folders)) != len(folders):
