@@ -13,6 +13,7 @@ everything else runs in every process, but only rank 0 writes (docs/distributed.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import math
@@ -89,25 +90,31 @@ def _is_main() -> bool:
     return rank_distrib() == 0
 
 
+def _leave_process_group() -> None:
+    """Leave the process group if this process is in one (registered to run at interpreter exit)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 @contextlib.contextmanager
 def _process_group(device: str):
     """Join the launcher's process group (gloo on the CPU, NCCL on GPUs) when there are several processes.
 
-    The group is left explicitly when the work is done: a gloo group still open at interpreter exit
-    can abort the process ("terminate called without an active exception") after the run was written.
+    Accelerate's state is a process-wide singleton, so the group is joined once per process (a
+    later `train` reuses it) and left at interpreter exit: a gloo group still open when the
+    interpreter tears down can abort the process ("terminate called without an active exception")
+    after the run was written.
     """
     if num_distrib() <= 1:
         yield
         return
     from accelerate import PartialState
 
-    state = PartialState(cpu=device == "cpu")  # sets this process's GPU from LOCAL_RANK
-    try:
-        yield
-        torch.distributed.barrier()  # every process finished: rank 0's files are whole
-    finally:
-        state.destroy_process_group()
-        PartialState._reset_state()
+    PartialState(cpu=device == "cpu")  # joins the group, sets this process's GPU from LOCAL_RANK
+    atexit.unregister(_leave_process_group)  # registered once, however many times train runs
+    atexit.register(_leave_process_group)
+    yield
+    torch.distributed.barrier()  # every process finished: rank 0's files are whole
 
 
 def _from_main(value):
