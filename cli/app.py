@@ -136,6 +136,8 @@ Lr = Annotated[str, option(TrainConfig, "lr")]
 Wd = Annotated[float, option(TrainConfig, "wd")]
 Keep = Annotated[str, option(TrainConfig, "keep")]
 Augment = Annotated[str, option(DataConfig, "augment")]
+Policy = Annotated[str, option(DataConfig, "policy")]
+ValSplit = Annotated[float, option(TrainConfig, "val_split")]
 CheckpointEvery = Annotated[float, option(TrainConfig, "checkpoint_every")]
 LR_DEFAULT = f"{TRAIN['lr']:g}"  # --lr is parsed from text ('auto' or a number)
 

@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 
 import herlev_fa
-from herlev_cli.app import (DATA, DEFAULT_RUNS, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Bs, CheckpointEvery, Classes, Data, Device, Epochs, Folds,
+from herlev_cli.app import (DATA, DEFAULT_RUNS, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Policy, ValSplit, Bs, CheckpointEvery, Classes, Data, Device, Epochs, Folds,
                             Head, Keep, Lr, MseWarmup, MseWeight, Pretrained, Quiet, Seed, Size, SkipBad, Task, Wd,
                             Weights, app, bars, data_dir, flag, option, out, parse_lr, run_dir, user_errors)
 from herlev_fa.atomic import finite_or_none
@@ -116,8 +116,10 @@ def train(
     lr: Lr = LR_DEFAULT,
     wd: Wd = TRAIN["wd"],
     keep: Keep = TRAIN["keep"],
+    val_split: ValSplit = TRAIN["val_split"],
     bs: Bs = DATA["bs"],
     augment: Augment = DATA["augment"],
+    policy: Policy = DATA["policy"],
     checkpoint_every: CheckpointEvery = TRAIN["checkpoint_every"],
     size: Size = DATA["size"],
     seed: Seed = DATA["seed"],
@@ -136,9 +138,9 @@ def train(
     """Train a severity classifier; writes a run folder with weights, metrics and plots."""
     cfg = TrainConfig(
         DataConfig(data_dir(data), task=task, classes=classes, size=size, folds=folds, seed=seed, bs=bs,
-                   skip_bad=skip_bad, augment=augment),
+                   skip_bad=skip_bad, augment=augment, policy=policy),
         ModelConfig(arch, head=head, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
-        epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, mse_warmup=mse_warmup, fold=_fold(fold), device=device,
+        epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, val_split=val_split, mse_warmup=mse_warmup, fold=_fold(fold), device=device,
         out=out_dir, name=name, checkpoint_every=checkpoint_every,
         quiet=not bars(quiet or as_json), resume=resume, deterministic=deterministic, precision=precision,
     )

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
-from herlev_cli.app import (DATA, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Bs, CheckpointEvery, Data, Device, Epochs, Folds, Keep, Lr, MseWarmup,
+from herlev_cli.app import (DATA, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Policy, ValSplit, Bs, CheckpointEvery, Data, Device, Epochs, Folds, Keep, Lr, MseWarmup,
                             MseWeight, Pretrained, Quiet, Seed, Size, Task, Wd, Weights, app, bars, data_dir, out,
                             parse_lr, user_errors)
 from herlev_fa.config import PAPER_HEADS, DataConfig, ModelConfig, TrainConfig
@@ -46,6 +46,7 @@ def reproduce(
     size: Size = DATA["size"],
     bs: Bs = DATA["bs"],
     augment: Augment = DATA["augment"],
+    policy: Policy = DATA["policy"],
     pretrained: Pretrained = MODEL["pretrained"],
     weights: Weights = None,
     mse_weight: MseWeight = MODEL["mse_weight"],
@@ -53,6 +54,7 @@ def reproduce(
     lr: Lr = LR_DEFAULT,
     wd: Wd = TRAIN["wd"],
     keep: Keep = TRAIN["keep"],
+    val_split: ValSplit = TRAIN["val_split"],
     heads: Annotated[Optional[list[str]], typer.Option("--head", help="A head to train (repeat for several); "
                                                                      f"default: {', '.join(PAPER_HEADS)}.")] = None,
     seed: Seed = DATA["seed"],
@@ -67,9 +69,9 @@ def reproduce(
     from herlev_fa.reproduction import reproduce as reproduce_heads
 
     cfg = ReproduceConfig(TrainConfig(
-        DataConfig(data_dir(data), task=task, size=size, folds=folds, seed=seed, bs=bs, augment=augment),
+        DataConfig(data_dir(data), task=task, size=size, folds=folds, seed=seed, bs=bs, augment=augment, policy=policy),
         ModelConfig(arch, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
-        epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, mse_warmup=mse_warmup, device=device,
+        epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, val_split=val_split, mse_warmup=mse_warmup, device=device,
         quiet=not bars(quiet), checkpoint_every=checkpoint_every,
     ), heads=tuple(heads) if heads else PAPER_HEADS, out=out_dir)
     result = reproduce_heads(cfg, log=None if quiet else out.print)

@@ -21,6 +21,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 KEEP = ("best", "last")
 AUGMENTS = ("batch", "albumentations", "none")
+POLICY_NAMES = ("poster", "cells")  # data.augment.POLICIES (which imports albumentations: configs stay light)
 PAPER_HEADS = ("cls", "reg", "cls_reg")  # the paper's pipelines: what `herlev reproduce` trains by default
 SEED_MAX = 2**32 - 1  # NumPy's seeds are 32-bit
 LR_MAX = 10.0  # above this a run diverges at once; no schedule in this tool needs more
@@ -70,6 +71,9 @@ class DataConfig:
     skip_bad: bool = _opt(False, help="Skip unreadable images with a warning instead of stopping.")
     augment: str = _opt("batch", help="Training augmentation: batch (whole batches on the training device, fast) | "
                                       "albumentations (per image on CPU workers) | none.")
+    policy: str = _opt("poster", help="Random training augmentation: poster (dihedral, rotation ±15°, zoom 0.9-1.1, "
+                                      "lighting ±10%) | cells (dihedral, any rotation, zoom 0.8-1.25 moving the cell in "
+                                      "the frame, lighting ±20%).")
     workers: int | None = _opt(None, help="DataLoader workers for --augment albumentations; default 0 on the CPU, "
                                           "up to 8 on CUDA.")
 
@@ -84,6 +88,7 @@ class DataConfig:
         _check(0 <= self.seed <= SEED_MAX, f"--seed {self.seed} is out of range: use 0..{SEED_MAX}")
         _check(self.bs >= 2, f"--bs {self.bs} is out of range: a batch needs at least 2 images (batch norm)")
         _check(self.augment in AUGMENTS, f"unknown --augment '{self.augment}': choose one of {', '.join(AUGMENTS)}")
+        _check(self.policy in POLICY_NAMES, f"unknown --policy '{self.policy}': choose one of {', '.join(POLICY_NAMES)}")
         _check(self.workers is None or self.workers >= 0, f"--workers {self.workers} must be >= 0")
 
 
@@ -124,8 +129,11 @@ class TrainConfig:
     deterministic: bool = _opt(False, help="GPU: deterministic kernels and no cuDNN autotuning (slower). CPU runs are "
                                            "always reproducible.")
     precision: str = _opt("auto", help="auto (bf16 on GPUs that support it, else fp32) | fp32 | bf16.")
-    keep: str = _opt("best", help="Weights to evaluate and save: best (lowest validation loss; the validation set is "
-                                  "the held-out fold, so slightly optimistic) | last (final epoch).")
+    keep: str = _opt("best", help="Weights to evaluate and save: best (the epoch with the lowest loss on an inner "
+                                  "validation split of the training folds, see --val-split) | last (the final epoch). "
+                                  "The held-out fold is never used to choose.")
+    val_split: float = _opt(0.15, help="--keep best: share of the training folds held aside (stratified, seeded) to "
+                                       "choose the epoch on (0 < share < 1).")
     mse_warmup: float = _opt(0.0, help="cls_reg: ramp lambda up from 0 over this fraction of training (0: constant).")
     checkpoint_every: float = _opt(300.0, help="Seconds between checkpoints (0: every epoch); one is always written "
                                                "at the end of each phase.")
@@ -144,6 +152,8 @@ class TrainConfig:
         _check(math.isfinite(self.checkpoint_every) and self.checkpoint_every >= 0,
                f"--checkpoint-every {self.checkpoint_every} is out of range: use a number of seconds >= 0")
         _check(self.keep in KEEP, f"unknown --keep '{self.keep}': choose one of {', '.join(KEEP)}")
+        _check(0 < self.val_split < 1, f"--val-split {self.val_split} is out of range: use a share between 0 and 1 "
+                                       "(0.15: 15% of the training folds)")
         _check(self.precision in PRECISIONS, f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
         if self.name is not None:
             check_name(self.name, "--name")

@@ -39,6 +39,19 @@ REQUIRED = {"format": str, "arch": str, "head": str, "task": dict, "image_size":
             "std": list, "fold": int, "n_folds": int, "data_root": str}
 
 
+def selection(config: dict[str, Any]) -> str:
+    """How a run's weights were chosen, from its training config (`herlev.json`'s `config`), in words.
+
+    Runs saved before the inner validation split existed chose `best` on the held-out fold itself:
+    they say so, since their held-out numbers are then optimistic.
+    """
+    if config.get("keep", "best") == "last":
+        return "last epoch"
+    if "val_split" not in config:
+        return "best epoch on the held-out fold (an older run: optimistic)"
+    return f"best epoch on an inner {config['val_split']:.0%} split of the training folds"
+
+
 def versions() -> dict[str, str]:
     """Versions of the packages that shape a run's numbers."""
     from importlib.metadata import PackageNotFoundError, version
@@ -117,6 +130,11 @@ class Run:
     @property
     def fold(self) -> int:
         return int(self.meta["fold"])
+
+    @property
+    def kept(self) -> str:
+        """How the weights were chosen (`selection`)."""
+        return selection(self.meta.get("config") or {})
 
     def folds(self) -> pd.DataFrame:
         """The run's folds file: rel, label, fold for every image it was split over."""

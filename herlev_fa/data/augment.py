@@ -17,11 +17,15 @@ mimic stain and scanner variation without changing what a nucleus looks like.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import albumentations as A
 import cv2
 import numpy as np
 import torch
 from fastai.vision.augment import Brightness, Contrast, Dihedral, Rotate, Saturation, Zoom, setup_aug_tfms
+
+from herlev_fa.errors import HerlevError
 
 
 def letterbox(size: int) -> A.Compose:
@@ -36,7 +40,39 @@ def letterbox(size: int) -> A.Compose:
     ])
 
 
-def batch_augment() -> list:
+@dataclass(frozen=True)
+class Policy:
+    """The random training policy's strengths, shared by the batch and the albumentations forms.
+
+    Every element of the dihedral group is always drawn (a cell has no up or left).
+    """
+
+    name: str
+    summary: str  # one line for help texts and tables
+    max_deg: float  # rotation drawn uniformly in ±max_deg
+    zoom: tuple[float, float]  # scale range; the zoom centre is drawn too, so the cell moves in the frame
+    shift: float  # albumentations: translation as a fraction of the side (the batch form moves by zooming)
+    p_affine: float  # probability of the rotation and of the zoom, each
+    lighting: float  # brightness, contrast and saturation change (fastai's max_lighting)
+    p_lighting: float  # probability of each lighting change
+
+
+POLICIES: dict[str, Policy] = {p.name: p for p in (
+    Policy("poster", "the poster's: dihedral, rotation ±15°, zoom 0.9-1.1, lighting ±10%",
+           max_deg=15, zoom=(0.9, 1.1), shift=0.05, p_affine=0.75, lighting=0.1, p_lighting=0.5),
+    Policy("cells", "dihedral, any rotation, zoom 0.8-1.25 with the cell moved in the frame, lighting ±20%",
+           max_deg=180, zoom=(0.8, 1.25), shift=0.1, p_affine=1.0, lighting=0.2, p_lighting=0.75),
+)}
+
+
+def get_policy(name: str) -> Policy:
+    """The policy of a name (`POLICIES`); HerlevError naming the choices for an unknown one."""
+    if name not in POLICIES:
+        raise HerlevError(f"unknown augmentation policy '{name}': choose one of {', '.join(POLICIES)}")
+    return POLICIES[name]
+
+
+def batch_augment(policy: Policy = POLICIES["poster"]) -> list:
     """The random training policy as fastai batch transforms (on the batch's device, per image).
 
     Draws come from torch's generator, which the run's seed sets; fastai merges the geometric
@@ -47,22 +83,24 @@ def batch_augment() -> list:
     """
     return setup_aug_tfms([
         Dihedral(p=1.0, pad_mode="border"),
-        Rotate(max_deg=15, p=0.75, pad_mode="border"),
-        Zoom(min_zoom=0.9, max_zoom=1.1, p=0.75, pad_mode="border"),
-        Brightness(max_lighting=0.1, p=0.5),
-        Contrast(max_lighting=0.1, p=0.5),
-        Saturation(max_lighting=0.1, p=0.5),
+        Rotate(max_deg=policy.max_deg, p=policy.p_affine, pad_mode="border"),
+        Zoom(min_zoom=policy.zoom[0], max_zoom=policy.zoom[1], p=policy.p_affine, pad_mode="border"),
+        Brightness(max_lighting=policy.lighting, p=policy.p_lighting),
+        Contrast(max_lighting=policy.lighting, p=policy.p_lighting),
+        Saturation(max_lighting=policy.lighting, p=policy.p_lighting),
     ])
 
 
-def train_augment(seed: int | None = None) -> A.Compose:
+def train_augment(seed: int | None = None, policy: Policy = POLICIES["poster"]) -> A.Compose:
     """The random training policy as an albumentations pipeline, for one uint8 [H, W, 3] image."""
     return A.Compose([
         A.D4(p=1.0),
-        A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-15, 15),
-                 border_mode=cv2.BORDER_REPLICATE, p=0.75),
-        A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
-        A.HueSaturationValue(hue_shift_limit=5, sat_shift_limit=10, val_shift_limit=0, p=0.5),
+        A.Affine(scale=policy.zoom, translate_percent=(-policy.shift, policy.shift),
+                 rotate=(-policy.max_deg, policy.max_deg), border_mode=cv2.BORDER_REPLICATE, p=policy.p_affine),
+        A.RandomBrightnessContrast(brightness_limit=policy.lighting, contrast_limit=policy.lighting,
+                                   p=policy.p_lighting),
+        A.HueSaturationValue(hue_shift_limit=5, sat_shift_limit=round(100 * policy.lighting), val_shift_limit=0,
+                             p=policy.p_lighting),
     ], seed=seed)
 
 

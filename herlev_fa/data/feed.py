@@ -31,7 +31,7 @@ from fastai.data.transforms import IntToFloatTensor, Normalize
 from fastai.torch_core import TensorCategory, TensorImage
 
 from herlev_fa.config import AUGMENTS
-from herlev_fa.data.augment import ItemAugment, batch_augment, train_augment
+from herlev_fa.data.augment import ItemAugment, batch_augment, get_policy, train_augment
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import Task
 
@@ -133,7 +133,8 @@ def _workers(workers: int | None, augment: str, device: str) -> int:
 def build_dataloaders(items: pd.DataFrame, cache: dict[str, np.ndarray], task: Task, valid: np.ndarray,
                       bs: int, mean: tuple[float, ...], std: tuple[float, ...], device: str = "cpu",
                       workers: int | None = None, inference: bool = False, seed: int | None = None,
-                      augment: str = "batch") -> DataLoaders:
+                      augment: str = "batch", held_out: np.ndarray | None = None,
+                      policy: str = "poster") -> DataLoaders:
     """DataLoaders over `items` with `valid` (bool [N]) marking the validation rows.
 
     Batches are float [B, 3, S, S] on `device`, normalised with the model's `mean`/`std`; targets
@@ -142,7 +143,10 @@ def build_dataloaders(items: pd.DataFrame, cache: dict[str, np.ndarray], task: T
     CPU, "none"); the validation split is neither.
 
     `inference`: ignore `valid` and put every row, in order, in the validation split (`dls.valid`).
+    `held_out`: bool [N] rows for a third loader (`dls[2]`, in order, not augmented), neither trained on
+    nor validated on: the held-out fold when the epoch is chosen on an inner split (`valid`).
     `seed`: seeds the albumentations policy (the batch policy draws from torch's seeded generator).
+    `policy`: the random policy's name (`data.augment.POLICIES`), in either form.
 
     Raises:
         HerlevError: the training split is smaller than 2 images, or `augment` is unknown.
@@ -150,16 +154,17 @@ def build_dataloaders(items: pd.DataFrame, cache: dict[str, np.ndarray], task: T
     if augment not in AUGMENTS:
         raise HerlevError(f"unknown augmentation '{augment}': choose one of {', '.join(AUGMENTS)}")
     valid = np.ones(len(items), bool) if inference else np.asarray(valid, dtype=bool)
-    train_rows, valid_rows = np.flatnonzero(~valid), np.flatnonzero(valid)
+    held = np.zeros(len(items), bool) if held_out is None else np.asarray(held_out, dtype=bool)
+    train_rows, valid_rows = np.flatnonzero(~valid & ~held), np.flatnonzero(valid)
     if len(train_rows) < 2 and not inference:
         raise HerlevError(f"only {len(train_rows)} training image(s) left after the split; add images or use fewer folds")
     # per-item augmentation runs in CPU worker processes: its cache stays on the host
     images, labels = stack_cache(items.reset_index(drop=True), cache, task,
                                  "cpu" if augment == "albumentations" else device)
-    item_aug = ItemAugment(train_augment(seed)) if augment == "albumentations" else None
+    item_aug = ItemAugment(train_augment(seed, get_policy(policy))) if augment == "albumentations" else None
     n_workers = _workers(workers, augment, device)
     to_float, normalise = IntToFloatTensor(), Normalize.from_stats(list(mean), list(std), cuda=False)
-    train_tfms = [to_float, *(batch_augment() if augment == "batch" else []), normalise]
+    train_tfms = [to_float, *(batch_augment(get_policy(policy)) if augment == "batch" else []), normalise]
 
     def loader(rows, split_idx, tfms, **kwargs) -> CachedDL:
         ds = CachedImages(images, labels, rows, split_idx, item_aug if split_idx == 0 else None)
@@ -169,5 +174,9 @@ def build_dataloaders(items: pd.DataFrame, cache: dict[str, np.ndarray], task: T
                    bs=max(1, min(bs, len(train_rows))), shuffle=True, drop_last=True,
                    num_workers=n_workers if item_aug else 0, pin_memory=item_aug is not None and device != "cpu",
                    persistent_workers=False)
-    valid_dl = loader(valid_rows, 1, [to_float, normalise], bs=bs, shuffle=False, drop_last=False)
-    return DataLoaders(train, valid_dl, device=torch.device(device))  # moves the normalisation statistics too
+    # num_workers=0: a batch is one index operation; fastai's default (one worker per core) would start
+    # worker processes for every validation pass
+    valid_dl = loader(valid_rows, 1, [to_float, normalise], bs=bs, shuffle=False, drop_last=False, num_workers=0)
+    extra = [] if held_out is None else [loader(np.flatnonzero(held), 1, [to_float, normalise], bs=bs, shuffle=False,
+                                                drop_last=False, num_workers=0)]
+    return DataLoaders(train, valid_dl, *extra, device=torch.device(device))  # moves the normalisation statistics too

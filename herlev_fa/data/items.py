@@ -144,3 +144,20 @@ def assign_folds(items: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
     for k, (_, valid) in enumerate(splitter.split(np.zeros(len(items)), items["y"].to_numpy())):
         folds[valid] = k
     return folds
+
+
+def inner_split(items: pd.DataFrame, fold: int, share: float, seed: int) -> np.ndarray:
+    """Rows of the training folds held aside to choose the epoch: bool [N], False on the held-out `fold`.
+
+    From each class outside `fold`, a seeded random `share` of its images (rounded, at least one of
+    a class that has two or more): the held-out fold is never looked at before the final
+    evaluation. The draw depends on the seed and the fold only, so a resumed run draws it again.
+    """
+    rng = np.random.default_rng([seed, fold])
+    y, train = items["y"].to_numpy(), items["fold"].to_numpy() != fold
+    mask = np.zeros(len(items), bool)
+    for c in np.unique(y[train]):
+        rows = np.flatnonzero(train & (y == c))
+        if len(rows) >= 2:
+            mask[rng.choice(rows, size=max(1, round(share * len(rows))), replace=False)] = True
+    return mask

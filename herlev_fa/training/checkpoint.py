@@ -45,11 +45,12 @@ NAME, OLD, TMP = "checkpoint", ".checkpoint.old", ".checkpoint.tmp-"
 
 # the options that shape a run's numbers, by section of TrainConfig's JSON form; the device,
 # workers, checkpoint interval, output folder and verbosity do not
-_DATA_KEYS = ("data", "task", "classes", "size", "folds", "seed", "bs", "skip_bad", "augment")
+_DATA_KEYS = ("data", "task", "classes", "size", "folds", "seed", "bs", "skip_bad", "augment", "policy")
 _MODEL_KEYS = ("arch", "pretrained", "weights", "mse_weight")  # the head is compared on its own
-_SCHEDULE_KEYS = ("epochs", "lr", "wd", "keep", "mse_warmup")
+_SCHEDULE_KEYS = ("epochs", "lr", "wd", "keep", "val_split", "mse_warmup")
 # options added after the first version, at the value a record without them was made with
-_ADDED = {"keep": "best", "mse_warmup": 0.0, "augment": "albumentations"}
+# (val_split None: --keep best chose on the held-out fold itself)
+_ADDED = {"keep": "best", "mse_warmup": 0.0, "augment": "albumentations", "policy": "poster", "val_split": None}
 
 
 def settings(config: dict) -> dict:
@@ -61,6 +62,8 @@ def settings(config: dict) -> dict:
     flat = {**{k: data.get(k, _ADDED.get(k)) for k in _DATA_KEYS},
             **{k: model.get(k, _ADDED.get(k)) for k in _MODEL_KEYS},
             **{k: config.get(k, _ADDED.get(k)) for k in _SCHEDULE_KEYS}}
+    if flat["keep"] == "last":  # no epoch is chosen: the inner split is not made
+        flat["val_split"] = None
     return json.loads(json.dumps(flat))  # tuples -> lists, as read back from a file
 
 

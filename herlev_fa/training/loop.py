@@ -40,7 +40,7 @@ from herlev_fa.training.callbacks import BF16, ChannelsLast, DataParallel, Epoch
 from herlev_fa.config import TrainConfig, resolve_device, resolve_precision
 from herlev_fa.data.feed import build_dataloaders
 from herlev_fa.data.images import decode_all
-from herlev_fa.data.items import assign_folds, scan
+from herlev_fa.data.items import assign_folds, inner_split, scan
 from herlev_fa.errors import HerlevError
 from herlev_fa.evaluation import write_evaluation
 from herlev_fa.labels import Task, get_task, load_class_map
@@ -48,7 +48,7 @@ from herlev_fa.metrics import SCALAR_METRICS
 from herlev_fa.model.heads import get_head
 from herlev_fa.model.learner import build_learner, build_model, check_arch, normalisation
 from herlev_fa.figures import lr_find_png, training_curves_png
-from herlev_fa.runs import FORMAT, read_meta, save_folds, save_model, save_predictions, versions
+from herlev_fa.runs import FORMAT, read_meta, save_folds, save_model, save_predictions, selection, versions
 
 
 @dataclass
@@ -196,9 +196,13 @@ def _fit_learner(cfg: TrainConfig, data: Prepared, fold: int, device: str, cbs: 
         cbs.append(MseWarmup(cfg.mse_warmup))
     model = build_model(cfg.model, data.task)
     mean, std = normalisation(model.net)
-    dls = build_dataloaders(data.items, data.cache, data.task, valid=(data.items["fold"] == fold).to_numpy(),
+    held = (data.items["fold"] == fold).to_numpy()  # [N] the held-out fold
+    # --keep best chooses on an inner split of the training folds; the held-out fold is a third loader
+    inner = inner_split(data.items, fold, cfg.val_split, cfg.data.seed) if cfg.keep == "best" else None
+    dls = build_dataloaders(data.items, data.cache, data.task, valid=held if inner is None else inner,
                             bs=cfg.data.bs, mean=mean, std=std, device=device, workers=cfg.data.workers,
-                            seed=cfg.data.seed, augment=cfg.data.augment)
+                            seed=cfg.data.seed, augment=cfg.data.augment, held_out=None if inner is None else held,
+                            policy=cfg.data.policy)
     learn = build_learner(dls, model, data.task, cfg.model.mse_weight, cfg.wd, cbs=cbs, path=path)
     return learn, mean, std
 
@@ -297,14 +301,14 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
                 keep.best_epoch = int(resume.state["best"]["epoch"])
             if not main:  # rank 0 predicts the whole held-out fold, outside the distributed context
                 return _from_main(None)
-            with _as_single_process():
-                out, y = learn.get_preds(dl=learn.dls.valid, act=noop)
+            with _as_single_process():  # the held-out fold: the third loader when the epoch was chosen on an inner split
+                out, y = learn.get_preds(dl=learn.dls[-1], act=noop)
     model = learn.model.cpu().eval()
     out, y = out.float().numpy(), y.numpy()
     held = data.items[data.items["fold"] == fold]  # get_preds keeps the valid split's order
     save_predictions(run_dir, held, fold, out, y, cfg.model.head, data.task.severities)
     metrics = write_evaluation(run_dir, out, y, data.task, cfg.model.head,
-                               extra={"fold": fold, "best_epoch": int(keep.best_epoch)})
+                               extra={"fold": fold, "best_epoch": int(keep.best_epoch), "kept": selection(cfg.to_json())})
     save_model(run_dir, model, data.task, cfg.data.size, mean, std)
     log = run_dir / "log.csv"
     if log.is_file():
@@ -325,6 +329,7 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
         "folds_file": "folds.csv",
         "lr": lr,
         "best_epoch": int(keep.best_epoch),
+        "kept": selection(cfg.to_json()),
         "skipped_images": data.skipped,
         "metrics": {k: metrics[k] for k in SCALAR_METRICS},
         "train_seconds": round(time.time() - started, 1),  # of the last session, if resumed
