@@ -191,6 +191,7 @@ def evaluate(
     recall = ", ".join(f"{c} {r:.2f}" if r is not None and math.isfinite(r) else f"{c} -"
                        for c, r in zip(metrics["classes"], metrics["per_class_recall"]))
     out.print(f"per-class recall: {recall}")
+    out.print(f"weights kept: {metrics['kept']}")
     if "bootstrap" in metrics:
         out.print(f"[95% CI]: percentile bootstrap over {metrics['bootstrap']['resamples']} resamples of the cells")
     out.print(f"written to [bold]{metrics['out_dir']}[/] (metrics.json, confusion_matrix.png, score_distribution.png, "

@@ -151,7 +151,8 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | N
                 for member in members]
     y = outs[0][1]
     outputs = mean_output(torch.stack([torch.from_numpy(o) for o, _, _ in outs])).numpy()  # [M, N, C] -> [N, C]
-    extra = {"run": str(run.path), "data": source, "model": run.describe() if isinstance(run, EnsembleRun) else "one model"}
+    extra = {"run": str(run.path), "data": source, "model": run.describe() if isinstance(run, EnsembleRun) else "one model",
+             "kept": run.kept}
     if isinstance(run, EnsembleRun):
         extra["members"] = {m.path.name: severity_metrics(o, y, run.head, run.task.severities, full=False)
                             for m, (o, _, _) in zip(members, outs)}

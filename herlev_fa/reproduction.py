@@ -44,7 +44,7 @@ from herlev_fa.metrics import SCALAR_METRICS, decode, severity_metrics
 from herlev_fa.model.heads import head_names
 from herlev_fa.model.learner import build_model
 from herlev_fa.figures import comparison_png, confusion_matrix_png, score_distribution_png
-from herlev_fa.runs import read_meta, versions
+from herlev_fa.runs import read_meta, selection, versions
 from herlev_fa.runs import PREDICTIONS
 from herlev_fa.training.loop import Prepared, prepare, resolve_task, summarize, train_fold
 
@@ -69,8 +69,6 @@ COLUMNS = {"accuracy": "accuracy (%)", "binary_accuracy": "binary accuracy (%)",
 PERCENT = ("accuracy", "binary_accuracy", "big_mistakes", "sensitivity", "specificity", "sens_at_spec95",
            "spec_at_sens95")
 NOT_REPORTED = "–"
-KEPT = {"best": "the epoch with the lowest validation loss (the held-out fold: slightly optimistic)",
-        "last": "the last epoch"}
 
 @dataclass(frozen=True)
 class ReproduceConfig:
@@ -209,7 +207,7 @@ def _results_markdown(cfg: TrainConfig, heads: Sequence[str], summary: dict[str,
         f"Data `{d.data}` (task {task}, {n_images} images), {d.size} px, {cfg.epochs} epochs, batch {d.bs}, "
         f"lr {cfg.lr if cfg.lr is not None else 'auto'}, weight decay {cfg.wd}, {start}, λ (mse weight) {m.mse_weight}"
         f"{f' ramped in over {cfg.mse_warmup:.0%} of training' if cfg.mse_warmup else ''}, "
-        f"seed {d.seed}; evaluated at {KEPT[cfg.keep]}.",
+        f"{d.policy} augmentation, seed {d.seed}; weights kept: {selection(cfg.to_json())}.",
         "",
         "Ours: mean ± std over folds (std with ddof 0). Paper: Pirovano et al. (2019), 4-fold "
         f"cross-validation on Herlev; {NOT_REPORTED}: not reported.",
