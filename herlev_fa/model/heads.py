@@ -38,10 +38,9 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from coral_pytorch.dataset import corn_label_from_logits
 from coral_pytorch.losses import corn_loss
+from torch import Tensor, nn
 
 from herlev_fa.errors import HerlevError
 
