@@ -55,7 +55,8 @@ def reproduce(
     wd: Wd = TRAIN["wd"],
     keep: Keep = TRAIN["keep"],
     val_split: ValSplit = TRAIN["val_split"],
-    heads: Annotated[Optional[list[str]], typer.Option("--head", help="A head to train (repeat for several); "
+    heads: Annotated[Optional[list[str]], typer.Option("--head", "--heads", help="Heads to train, repeated or "
+                                                                     "comma-separated (--heads cls,cls_reg,corn); "
                                                                      f"default: {', '.join(PAPER_HEADS)}.")] = None,
     seed: Seed = DATA["seed"],
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: runs/reproduce-ARCH); "
@@ -73,7 +74,7 @@ def reproduce(
         ModelConfig(arch, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
         epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, val_split=val_split, mse_warmup=mse_warmup, device=device,
         quiet=not bars(quiet), checkpoint_every=checkpoint_every,
-    ), heads=tuple(heads) if heads else PAPER_HEADS, out=out_dir)
+    ), heads=tuple(h for v in heads for h in v.split(",")) if heads else PAPER_HEADS, out=out_dir)
     result = reproduce_heads(cfg, log=None if quiet else out.print)
     out.print(_table(result))
     reused = sum(len(r) for r in result.runs.values()) - len(result.trained)

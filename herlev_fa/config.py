@@ -95,7 +95,8 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = _opt("resnet101", help="Any timm architecture, e.g. resnet101, test_resnet, convnext_tiny.")
-    head: str = _opt("cls_reg", help="cls (cross-entropy) | reg (MSE on severity) | cls_reg (CE + lambda*MSE).")
+    head: str = _opt("cls_reg", help="cls (cross-entropy) | reg (MSE on severity) | cls_reg (CE + lambda*MSE) | "
+                     "corn (CORN ordinal) | sord (SORD soft ordinal labels).")
     pretrained: bool = _opt(True, help="Start from ImageNet weights (timm hub download), as in the paper.")
     weights: Path | None = _opt(None, help="Local weights file (safetensors / state dict) for offline use.")
     mse_weight: float = _opt(1.0, help="Lambda: weight of the MSE term of cls_reg.")

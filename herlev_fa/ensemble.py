@@ -8,7 +8,11 @@ mean of the fold models' raw outputs, an ordinary `nn.Module`, so that `predict`
 
 The mean is taken over raw outputs [B, C]: logits of class heads (the ensemble's probabilities
 are the softmax of the mean logit, a normalised geometric mean of the members'), the severity
-score of `reg`, and for `cls_reg` the logits and the mean of the members' scores.
+score of `reg`, and for `cls_reg` the logits and the mean of the members' scores. For `corn` it
+is the mean of the members' K - 1 conditional logits: each binary task "y > k given y > k - 1"
+pools the members' log-odds, as the class heads pool logits, and the result is again a CORN
+output (its probabilities are not the mean of the members'; test-time augmentation, which
+averages views of one model, averages probabilities instead).
 
 What does not live here: the held-out evaluation of each fold model (each has its own run
 folder). An ensemble has no held-out cells, since every cell trained some of its members.

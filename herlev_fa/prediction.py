@@ -10,7 +10,8 @@ Test-time augmentation (TTA) averages over the 8 elements of the dihedral group 
 each with and without a transpose), the same symmetries training draws from (`A.D4`). Class
 heads average the class probabilities; the severity score is the expected severity of the
 averaged probabilities, which by linearity equals the mean of the 8 scores; `reg` averages the
-score.
+score. `corn` returns the conditional logits of the averaged probabilities, so that its decoding
+(the median class) applies to them as to one view.
 """
 
 from __future__ import annotations

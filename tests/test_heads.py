@@ -13,19 +13,19 @@ import torch.nn.functional as F
 from herlev_fa.config import ModelConfig
 from herlev_fa.errors import HerlevError
 from herlev_fa.metrics import decode, severity_metrics
-from herlev_fa.model.heads import (HEADS, ClsHead, ClsRegHead, Head, RegHead, get_head, head_names, nearest_class,
-                                   register_head, split_output)
+from herlev_fa.model.heads import (HEADS, ClsHead, ClsRegHead, CornHead, Head, RegHead, SordHead, get_head, head_names,
+                                   nearest_class, register_head, split_output)
 from herlev_fa.model.loss import SeverityLoss
 
 SEV = (0.0, 1.0, 2.0, 3.0, 4.0)
 
 
 def test_the_registry_is_the_one_list_of_head_names():
-    assert head_names() == ("cls", "reg", "cls_reg")
-    assert [type(get_head(n)) for n in head_names()] == [ClsHead, RegHead, ClsRegHead]
+    assert head_names() == ("cls", "reg", "cls_reg", "corn", "sord")
+    assert [type(get_head(n)) for n in head_names()] == [ClsHead, RegHead, ClsRegHead, CornHead, SordHead]
     head = get_head("reg")
     assert get_head(head) is head and head == RegHead() and head != ClsHead()
-    with pytest.raises(HerlevError, match="unknown head 'ordinal': choose one of cls, reg, cls_reg"):
+    with pytest.raises(HerlevError, match="unknown head 'ordinal': choose one of cls, reg, cls_reg, corn, sord"):
         get_head("ordinal")
     with pytest.raises(HerlevError, match="unknown head 'ordinal'"):
         ModelConfig(head="ordinal")
@@ -46,7 +46,9 @@ def test_register_head_refuses_a_nameless_or_taken_name():
 
 
 @pytest.mark.parametrize("name,width,index,names", [("cls", 5, 5, list("abcde")), ("reg", 1, 0, ["severity"]),
-                                                     ("cls_reg", 5, 5, list("abcde"))])
+                                                     ("cls_reg", 5, 5, list("abcde")),
+                                                     ("corn", 4, 5, ["> a", "> b", "> c", "> d"]),
+                                                     ("sord", 5, 5, list("abcde"))])
 def test_each_head_states_its_widths_and_columns(name, width, index, names):
     head = get_head(name)
     assert head.n_outputs(5) == width

@@ -20,6 +20,8 @@ spent in a short stretch of the path and its attributions mix "evidence for c" w
 "evidence against the rest". The logit is the last quantity the network computes for c alone;
 its IG answers "which pixels raise the score of c". For `reg` the single output, the severity
 score, is the natural target. `score` explains the expected severity for `cls` / `cls_reg` too.
+`corn` has no logit per class (its outputs are the K - 1 conditional logits): its class column
+is log p_c, which its softmax gives back as for the other class heads.
 
 Convergence: captum's delta is `sum(attributions) - (f(x) - f(baseline))` (completeness).
 `relative_delta` divides |delta| by |f(x) - f(baseline)| (at least `GAP_FLOOR`); above `tol`
@@ -47,7 +49,7 @@ from torch import Tensor, nn
 
 from herlev_fa.config import IG_BASELINES, IG_METHODS, IG_PRECISIONS, IGSettings
 from herlev_fa.errors import HerlevError
-from herlev_fa.model.heads import Head, decode_parts, get_head
+from herlev_fa.model.heads import Head, get_head
 from herlev_fa.model.inference import fold_batchnorm
 
 BASELINES = IG_BASELINES
@@ -183,8 +185,8 @@ def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
 class ExplainedOutputs(nn.Module):
     """A SeverityModel seen as the scalars IG can explain.
 
-    Input [B, 3, S, S]; output [B, K + 1] (class logits, then the severity score) for `cls` and
-    `cls_reg`, [B, 1] (the severity score) for `reg` (`Head.explained`). Column
+    Input [B, 3, S, S]; output [B, K + 1] (class logits, then the severity score) for class heads
+    (`corn`: the class log-probabilities), [B, 1] (the severity score) for `reg` (`Head.explained`). Column
     `head.score_index(K)` is the score.
     """
 
@@ -357,8 +359,7 @@ class Explainer:
         with torch.no_grad():  # fp32 even with bf16: the predictions, and the gap completeness is checked against
             out = self.outputs(x).float()  # [B, K + 1] or [B, 1]
             out_base = self.outputs(base).float()
-        logits = out[:, :-1] if self.outputs.head.has_classes else None  # [B, K] or None
-        probs, score, predicted = decode_parts(logits, out[:, -1], self.severities)  # [B, K] | None, [B], [B]
+        probs, score, predicted = self.outputs.head.decode_explained(out, self.severities)  # [B, K] | None, [B], [B]
         t = predicted if target is None else torch.full((n,), target, dtype=torch.long, device=out.device)  # [B]
         gap = (out - out_base).gather(1, t[:, None])[:, 0]  # [B]
         if self.used is None:  # auto: this first batch both ways; the smaller mean |delta| is kept from now on

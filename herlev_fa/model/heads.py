@@ -10,10 +10,19 @@ A `Head` owns everything that depends on the pipeline, the way fastai puts `acti
 | `cls`     | [B, K]  | identity                           | [B, K] class logits                 | CE               |
 | `reg`     | [B, 1]  | identity                           | [B, 1] severity score               | MSE              |
 | `cls_reg` | [B, K]  | `AppendExpectedSeverity` (fixed)   | [B, K + 1] logits, then the score   | CE + lambda*MSE  |
+| `corn`    | [B, K-1]| identity                           | [B, K - 1] conditional logits       | CORN (coral-pytorch) |
+| `sord`    | [B, K]  | identity                           | [B, K] class logits                 | SORD (dlordinal) |
 
 `cls_reg` is the regression constraint of Pirovano et al.: softmax probabilities go through a
 fixed (never trained) linear layer whose weights are the class severities, so the score is
 sum_i p_i * severity_i.
+
+The ordinal heads use the libraries' losses. `corn` (Shi, Cao & Raschka 2021): output k is the
+logit of P(y > k | y > k - 1), so P(y > k) is the cumulative product of the sigmoids and
+p_k = P(y > k - 1) - P(y > k); its class is coral-pytorch's decoding, the number of k with
+P(y > k) > 0.5 (the median of p, not always its argmax). `sord` (Diaz & Marathe 2019): K class
+logits trained with cross-entropy against soft labels softmax(-alpha * |k - y|). Both score the
+expected severity under p, and need classes with distinct severities in increasing order.
 
 Adding a head is one subclass of `Head` decorated with `@register_head`; `HEADS` (name ->
 class) is the only list of head names: config validation, the CLI's help and run loading read it.
@@ -29,6 +38,8 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from coral_pytorch.dataset import corn_label_from_logits
+from coral_pytorch.losses import corn_loss
 from torch import Tensor, nn
 
 from herlev_fa.errors import HerlevError
@@ -130,13 +141,24 @@ class Head:
         logits, score = self.split(out, severities)
         return score.float()[:, None] if logits is None else logits.float().softmax(dim=1)
 
+    def classify(self, probs: Tensor) -> Tensor:
+        """Class probabilities [B, K] -> predicted class index [B] (class heads): the most probable class."""
+        return probs.argmax(dim=1)
+
     def decodes(self, act: Tensor, severities: Severities) -> Tensor:
         """fastai's `decodes`: activation -> predicted class index [B]."""
-        return act.argmax(dim=1) if self.has_classes else nearest_class(act[:, 0], severities)
+        return self.classify(act) if self.has_classes else nearest_class(act[:, 0], severities)
 
     def decode(self, out: Tensor, severities: Severities) -> tuple[Tensor | None, Tensor, Tensor]:
         """Model output [B, C] -> (probabilities [B, K] or None, score [B], predicted class [B])."""
-        return decode_parts(*self.split(out, severities), severities)
+        probs, score, pred = decode_parts(*self.split(out, severities), severities)
+        return probs, score, pred if probs is None else self.classify(probs)
+
+    def decode_explained(self, explained: Tensor, severities: Severities) -> tuple[Tensor | None, Tensor, Tensor]:
+        """An `explained` output [B, K + 1] or [B, 1] -> (probabilities [B, K] or None, score [B], class [B]), as `decode`."""
+        logits = explained[:, :-1] if self.has_classes else None  # [B, K] or None
+        probs, score, pred = decode_parts(logits, explained[:, -1], severities)
+        return probs, score, pred if probs is None else self.classify(probs)
 
     def average_views(self, outs: Tensor, severities: Severities) -> Tensor:
         """Outputs of V views [V, B, C] -> one output [B, C] in this head's format (test-time augmentation)."""
@@ -277,6 +299,100 @@ class ClsRegHead(_ClassHead):
         ce = F.cross_entropy(logits.float(), target)
         mse = F.mse_loss(score.float(), _sev(severities, out)[target])
         return ce + mse_weight * mse, {"ce": ce.detach(), "mse": mse.detach()}
+
+
+def corn_log_probs(logits: Tensor) -> Tensor:
+    """CORN conditional logits [B, K - 1] -> class log-probabilities log p [B, K], in fp32.
+
+    log P(y > k) = sum_{j <= k} logsigmoid(l_j) (the log of coral-pytorch's cumulative product of
+    sigmoids); log p_k = log P(y > k - 1) + logsigmoid(-l_k) for k < K - 1 and log P(y > K - 2)
+    for the last class, so that the p_k sum to 1 exactly.
+    """
+    logits = logits.float()
+    log_above = F.logsigmoid(logits).cumsum(dim=1)  # [B, K - 1] log P(y > k)
+    return F.pad(log_above, (1, 0)) + F.pad(F.logsigmoid(-logits), (0, 1))  # [B, K]
+
+
+def corn_logits(log_probs: Tensor) -> Tensor:
+    """Class log-probabilities [B, K] -> the CORN conditional logits [B, K - 1] that give them back.
+
+    l_k = log P(y > k) - log p_k, with P(y > k) = sum_{j > k} p_j (the inverse of `corn_log_probs`).
+    """
+    log_above = torch.logcumsumexp(log_probs.float().flip(1), dim=1).flip(1)[:, 1:]  # [B, K - 1] log P(y > k)
+    return log_above - log_probs[:, :-1].float()
+
+
+class _OrdinalHead(_ClassHead):
+    """Shared by the ordinal heads: they learn class ranks, so severities must be distinct and increasing."""
+
+    def check_task(self, task) -> None:
+        sev = list(task.severities)
+        if not all(a < b for a, b in zip(sev, sev[1:])):
+            raise HerlevError(f"the {self.name} head needs classes with distinct severities in increasing order, and "
+                              f"task '{task.name}' has severities {sev}; use --head cls or cls_reg, or --task severity")
+
+
+@register_head
+class CornHead(_OrdinalHead):
+    """CORN (Shi, Cao & Raschka 2021): K - 1 conditional binary tasks, coral-pytorch's `corn_loss`.
+
+    Output k is the logit of P(y > k | y > k - 1); the class log-probabilities (`corn_log_probs`)
+    stand in for class logits (their softmax is p), the class is coral-pytorch's
+    `corn_label_from_logits` (the median of p), the score the expected severity under p.
+    """
+
+    name = "corn"
+    summary = "CORN, conditional ordinal binary tasks"
+
+    def n_outputs(self, n_classes: int) -> int:
+        return n_classes - 1
+
+    def split(self, out: Tensor, severities: Severities) -> tuple[Tensor | None, Tensor]:
+        log_p = corn_log_probs(out)  # [B, K]
+        return log_p, log_p.exp() @ _sev(severities, out)
+
+    def loss(self, out, target, severities, mse_weight=1.0):
+        loss = corn_loss(out.float(), target, num_classes=out.shape[1] + 1)
+        return loss, {"corn": loss.detach()}
+
+    def classify(self, probs: Tensor) -> Tensor:
+        """p [B, K] -> the number of k with P(y > k) > 0.5: coral-pytorch's decoding, from probabilities."""
+        above = probs.float().flip(1).cumsum(dim=1).flip(1)[:, 1:]  # [B, K - 1] P(y > k)
+        return (above > 0.5).sum(dim=1)
+
+    def decode(self, out: Tensor, severities: Severities) -> tuple[Tensor | None, Tensor, Tensor]:
+        probs, score, _ = super().decode(out, severities)
+        return probs, score, corn_label_from_logits(out.float())
+
+    def average_views(self, outs: Tensor, severities: Severities) -> Tensor:
+        """Views [V, B, K - 1] -> the conditional logits [B, K - 1] of the mean probabilities p̄ (`corn_logits`)."""
+        return corn_logits(super().average_views(outs, severities))  # log p̄ [B, K] -> [B, K - 1]
+
+    def output_names(self, classes: Sequence[str]) -> list[str]:
+        return [f"> {c}" for c in classes[:-1]]
+
+
+@register_head
+class SordHead(_OrdinalHead):
+    """SORD (Diaz & Marathe 2019): K class logits, cross-entropy against soft ordinal labels (dlordinal's `SORDLoss`).
+
+    The target of true class y is softmax(-alpha * |k - y|) over the class ranks k; decoded as `cls`.
+    """
+
+    name = "sord"
+    summary = "SORD soft ordinal labels"
+    alpha: ClassVar[float] = 2.0  # the true class keeps ~0.77 of the target (5 classes), each neighbour ~0.10
+
+    def split(self, out: Tensor, severities: Severities) -> tuple[Tensor | None, Tensor]:
+        return out, expected_severity(out, severities)
+
+    def loss(self, out, target, severities, mse_weight=1.0):
+        from dlordinal.losses import SORDLoss  # imports scipy.stats and more: only when training
+
+        # train_targets only feeds SORDLoss's frequency-based proximities (prox=True), not used here
+        sord = SORDLoss(alpha=self.alpha, num_classes=out.shape[1], train_targets=target)
+        loss = sord(out.float(), target).float()  # the library's soft targets are float64
+        return loss, {"sord": loss.detach()}
 
 
 def n_outputs(head: str | Head, n_classes: int) -> int:
