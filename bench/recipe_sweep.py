@@ -47,6 +47,12 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "cls-cells": ("augmentation: any rotation, zoom 0.8-1.25 moving the cell, lighting ±20%", {"policy": "cells"}),
     "cls-cells-96": ("cells augmentation, 96 px", {"policy": "cells", "size": 96}),
     "cls-cells-60": ("cells augmentation, 60 epochs", {"policy": "cells", "epochs": 60}),
+    "sord-cells": ("sord head (dlordinal's soft ordinal labels), cells augmentation", {"head": "sord", "policy": "cells"}),
+    "corn-cells": ("corn head (coral-pytorch), cells augmentation", {"head": "corn", "policy": "cells"}),
+    "sord-poster": ("sord head (dlordinal's soft ordinal labels)", {"head": "sord"}),
+    "corn-poster": ("corn head (coral-pytorch)", {"head": "corn"}),
+    "cls-poster-96": ("96 px", {"size": 96}),
+    "cls-poster-60": ("60 epochs", {"epochs": 60}),
 }
 BASE = {"arch": "resnet18", "size": 64, "epochs": 30, "bs": 32, "lr": 1e-3, "folds": 4, "precision": "bf16",
         "head": "cls", "keep": "last", "pretrained": False}

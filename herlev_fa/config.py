@@ -130,8 +130,8 @@ class TrainConfig:
     deterministic: bool = _opt(False, help="GPU: deterministic kernels and no cuDNN autotuning (slower). CPU runs are "
                                            "always reproducible.")
     precision: str = _opt("auto", help="auto (bf16 on GPUs that support it, else fp32) | fp32 | bf16.")
-    keep: str = _opt("best", help="Weights to evaluate and save: best (the epoch with the lowest loss on an inner "
-                                  "validation split of the training folds, see --val-split) | last (the final epoch). "
+    keep: str = _opt("last", help="Weights to evaluate and save: last (the final epoch) | best (the epoch with the "
+                                  "lowest loss on an inner validation split of the training folds, see --val-split). "
                                   "The held-out fold is never used to choose.")
     val_split: float = _opt(0.15, help="--keep best: share of the training folds held aside (stratified, seeded) to "
                                        "choose the epoch on (0 < share < 1).")

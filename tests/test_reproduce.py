@@ -246,7 +246,7 @@ def test_a_reproduction_from_before_a_setting_existed_resumes_at_its_default(res
     out = tmp_path / "old"
     shutil.copytree(resumed.out, out)
     claim = json.loads((out / "reproduce.json").read_text())
-    for key in ("keep", "mse_warmup"):  # what a record of the first version lacks
+    for key in ("mse_warmup", "val_split"):  # what a record of an earlier version lacks
         del claim["settings"][key]
     (out / "reproduce.json").write_text(json.dumps(claim))
     meta_path = out / "cls" / "fold0" / "herlev.json"
@@ -257,9 +257,9 @@ def test_a_reproduction_from_before_a_setting_existed_resumes_at_its_default(res
     monkeypatch.setattr(repro, "train_fold", counter)
     result = repro.reproduce(_library_config(synth_data, out, device))
     assert counter.calls == [] and result.trained == []
-    with pytest.raises(HerlevError, match="keep: 'best' there, 'last' now"):
+    with pytest.raises(HerlevError, match="keep: 'last' there, 'best' now"):
         cfg = _library_config(synth_data, out, device)
-        repro.reproduce(repro.ReproduceConfig(replace(cfg.train, keep="last"), out=out))
+        repro.reproduce(repro.ReproduceConfig(replace(cfg.train, keep="best"), out=out))
 
 
 def test_a_fold_run_from_other_settings_is_refused(resumed, tmp_path, synth_data, device):
