@@ -53,6 +53,8 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "corn-poster": ("corn head (coral-pytorch)", {"head": "corn"}),
     "cls-poster-96": ("96 px", {"size": 96}),
     "cls-poster-60": ("60 epochs", {"epochs": 60}),
+    "cls-poster-lr3e-3": ("peak learning rate 3e-3", {"lr": 3e-3}),
+    "cls-poster-bs16": ("batch 16 (twice the steps)", {"bs": 16}),
 }
 BASE = {"arch": "resnet18", "size": 64, "epochs": 30, "bs": 32, "lr": 1e-3, "folds": 4, "precision": "bf16",
         "head": "cls", "keep": "last", "pretrained": False}
@@ -135,11 +137,15 @@ def cell(metric: str, values: np.ndarray) -> str:
     return f"{values.mean():.{digits}f} ± {values.std(ddof=1) if len(values) > 1 else 0:.{digits}f}"
 
 
-def table(out: Path, names: list[str], seeds: list[int]) -> str:
+def table(out: Path) -> str:
+    """Every configuration and seed under `out`, finished or not (in `CONFIGS` order)."""
     from scipy.stats import wilcoxon
 
+    names = [n for n in CONFIGS if (out / n).is_dir()]
+    seeds = sorted({int(p.name[4:]) for n in names for p in (out / n).glob("seed*")})
+
     done = {(n, s): [fold_metrics(out / n / f"seed{s}" / f"fold{k}") for k in range(BASE["folds"])]
-            for n in names for s in seeds}
+            for n in names for s in seeds if (out / n / f"seed{s}").is_dir()}
     header = (["configuration", "seed", "what changes"] + [TITLES[m] for m in METRICS]
               + ["accuracy − reference, same folds (won, p)", "minutes per fold"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -147,6 +153,8 @@ def table(out: Path, names: list[str], seeds: list[int]) -> str:
     for n in names:
         pooled_gain, pooled = [], {m: [] for m in METRICS}
         for s in seeds:
+            if (n, s) not in done:
+                continue
             runs = done[(n, s)]
             if any(r is None for r in runs):
                 lines.append(f"| {n} | {s} | {CONFIGS[n][0]} | " + " | ".join(["…"] * (len(METRICS) + 2)) + " |")
@@ -203,7 +211,7 @@ def main() -> None:
     jobs = [(n, s, k) for n in names for s in seeds for k in range(BASE["folds"])
             if fold_metrics(args.out / n / f"seed{s}" / f"fold{k}") is None]
     write = lambda: (args.out.mkdir(parents=True, exist_ok=True),
-                     (args.out / "sweep.md").write_text(table(args.out, names, seeds)))
+                     (args.out / "sweep.md").write_text(table(args.out)))
     if not args.table_only and jobs:
         print(f"{len(jobs)} fold runs to train, {args.workers} at a time", flush=True)
         with cf.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
