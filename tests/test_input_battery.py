@@ -113,6 +113,26 @@ def _symlink_loop(tmp):
     return root
 
 
+def _ramp(scale, dtype):
+    return (np.arange(20 * 24).reshape(20, 24) % 50 / 49 * scale).astype(dtype)
+
+
+def _high_depth(tmp):
+    root = _base(tmp)
+    for name, arr in (("float.tif", _ramp(1, np.float32)), ("twelve.png", _ramp(4095, np.uint16)),
+                      ("int32.tif", _ramp(65535, np.int32))):
+        Image.fromarray(arr).save(root / "moderate_dysplastic" / name)
+    return root
+
+
+def _no_range(name, arr):
+    def build(tmp):
+        root = _base(tmp)
+        Image.fromarray(arr).save(root / "light_dysplastic" / name)
+        return root
+    return build
+
+
 # case -> (builder, file or folder the message must name, expected behaviour per command)
 CASES = {
     "truncated image": (_truncated, "bad.BMP", dict(train="error", reproduce="error", evaluate="error", predict="error",
@@ -129,6 +149,8 @@ CASES = {
                                                        explain="works")),
     "grayscale, RGBA, 16-bit, palette images": (_modes, None, dict(train="works", evaluate="works", predict="works",
                                                                     explain="works")),
+    "float 0..1, 12-bit and 32-bit integer grey images": (_high_depth, None, dict(train="works", predict="works",
+                                                                                explain="works")),
     "mask of another size than its image": (_mask_size, "lig0-d.bmp", dict(train="works", predict="works",
                                                                             quantify="error")),
     "mask with unexpected colours": (_mask_colours, "lig0-d.bmp", dict(train="works", predict="works",
@@ -218,6 +240,16 @@ for i, (label, raw) in enumerate(UNDECODABLE.items()):
     expect = dict(evaluate="works", predict="works", explain="works", **({"train": "works"} if i == 0 else {}))
     CASES[case] = (_undecodable(raw), None, expect)
     KIND[case] = "file names that are not valid UTF-8"
+NO_RANGE = {  # grey images no 8-bit reading fits: each names its file and mode
+    "32-bit integer image beyond 16 bits": ("int32.tif", _ramp(1e6, np.int32)),
+    "signed image with negative values": ("signed.tif", _ramp(200, np.int32) - 100),
+    "float image beyond 0..1": ("float.tif", _ramp(255, np.float32)),
+    "float image holding NaN": ("nan.tif", np.full((20, 24), np.nan, np.float32)),
+    "float image that decodes to one grey level": ("flat.tif", _ramp(1e-3, np.float32)),
+}
+for case, (name, arr) in NO_RANGE.items():
+    CASES[case] = (_no_range(name, arr), name, dict(train="error", predict="error", explain="error"))
+    KIND[case] = "grey images whose values fit no range (beyond 16 bits, negative, float beyond 0..1 or NaN, one level)"
 CASES["single-class data set"] = (_single_class, "cannot be computed", dict(train="warns", evaluate="warns"))
 
 TRAIN = ["--arch", "test_resnet", "--no-pretrained", "--size", "32", "--bs", "4", "--folds", "2", "--quiet"]
