@@ -74,6 +74,15 @@ def user_errors(fn):
         except HerlevError as e:
             err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except OSError as e:  # a write outside the atomic helpers that ran out of room: still one line
+            from herlev_fa.atomic import OUT_OF_SPACE
+
+            if e.errno not in OUT_OF_SPACE:
+                raise
+            where = f"cannot write '{e.filename}': " if e.filename else ""
+            err.print(f"[bold red]error:[/] {escape(where + OUT_OF_SPACE[e.errno])}; free space, or choose another "
+                      "output folder", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("[bold red]interrupted[/]: finished files are whole; an unfinished run has no herlev.json")
             raise typer.Exit(130) from None

@@ -6,3 +6,12 @@ class HerlevError(Exception):
 
     The CLI prints it on one line and exits with status 2; library callers catch it by type.
     """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        # the message as raised: fastai rewrites the args of an exception raised in a callback
+        # ("Exception occured in `X` when calling event ...:\n\t..."), which would break the one line
+        return self.message

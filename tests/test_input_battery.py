@@ -522,3 +522,63 @@ def test_output_redirected_to_a_file_has_no_bars_and_whole_names(tmp_path, train
                        stderr=subprocess.STDOUT, check=True)
     text = train_log.read_text()
     assert "\r" not in text and "█" not in text and "run folder:" in text
+
+
+# --- a full disk: one line naming the file and the space it needs, nothing half-written ------------------------------
+
+FULL_DISK = ("train", "evaluate", "predict", "explain")
+
+
+@pytest.mark.parametrize("command", FULL_DISK)
+def test_full_disk(command, tmp_path, trained_run, monkeypatch):
+    """Writes stop part-way: one line naming the file, what stopped it and the space it needs; no temporary file left.
+
+    train: the checkpoint's safetensors write fails as on a full disk, inside fastai's callback; the
+    others run under a file size limit (the kernel's EFBIG, through every writer: PNG, CSV, JSON).
+    """
+    import resource
+
+    from safetensors import SafetensorError
+
+    data = _base(tmp_path)
+    out, args = _command_args(command, tmp_path, trained_run, data)
+    if command == "explain":  # many images: the PNGs are what fills the disk
+        args[1:2] = [str(p) for p in sorted(data.glob("*/*.BMP"))[:3]]
+    if command == "train":
+        def full(tensors, path, **kwargs):
+            Path(path).write_bytes(b"\0" * 100)  # half-written
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        monkeypatch.setattr("herlev_fa.training.checkpoint.save_file", full)
+        result = runner.invoke(app, [*args, "--name", "r"])
+        expected = f"cannot write '{out / 'r' / 'checkpoint'}': no space left on its device (it needs "
+    else:
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, hard))  # bytes: every file above 2 KB fails
+        try:
+            result = runner.invoke(app, args)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        expected = "the file size limit (ulimit -f) is reached (it needs more than the "
+    error = _one_error(result)
+    assert expected in error and " free there); free space, or choose another output folder" in error, error
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name or p.name.startswith(".")], "temporary files left"
+    assert not (out / "r" / "herlev.json").exists()
+    for path in out.rglob("*.json"):  # what was finished is whole
+        json.loads(path.read_text())
+
+
+def test_full_disk_in_a_real_process(tmp_path, trained_run):
+    """`ulimit -f 1` in the shell: predict's CSV cannot be written; one line, exit 2, no CSV and no temporary file."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    for i in range(40):  # a CSV above 1 KB
+        write_image(data / f"cell_with_a_long_name_{i}.png", value=i)
+    command = (f"ulimit -f 1; exec {sys.executable} -m herlev_cli.main predict '{data}' --run '{trained_run}' "
+               f"--out '{tmp_path / 'p.csv'}' --device cpu")
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"cannot write '{tmp_path / 'p.csv'}': the file size limit (ulimit -f) is reached" in errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

@@ -169,5 +169,7 @@ def build_dataloaders(items: pd.DataFrame, cache: dict[str, np.ndarray], task: T
                    bs=max(1, min(bs, len(train_rows))), shuffle=True, drop_last=True,
                    num_workers=n_workers if item_aug else 0, pin_memory=item_aug is not None and device != "cpu",
                    persistent_workers=False)
-    valid_dl = loader(valid_rows, 1, [to_float, normalise], bs=bs, shuffle=False, drop_last=False)
+    # gathered from the in-memory cache by one index per batch: worker processes would only copy it through shared
+    # memory (fastai's default starts one per CPU), and fail where shared memory is limited (`ulimit -f`)
+    valid_dl = loader(valid_rows, 1, [to_float, normalise], bs=bs, shuffle=False, drop_last=False, num_workers=0)
     return DataLoaders(train, valid_dl, device=torch.device(device))  # moves the normalisation statistics too
