@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from herlev_cli.app import Quiet, RunOption, app, flag, model_line, out, run_dir, user_errors
+from herlev_fa.atomic import records_json
 from herlev_fa.config import IGSettings
 
 DEFAULT = IGSettings()
@@ -57,7 +58,7 @@ def explain(
     table, folder = explain_images(run, images, out=out_dir, settings=settings,
                                    progress=not (quiet or as_json))
     if as_json:
-        typer.echo(table.to_json(orient="records"))
+        typer.echo(records_json(table))
         return
     for r in table.itertuples(index=False):
         out.print(f"{printable(r.name)}: predicted [bold]{r.predicted}[/], score {r.score:.2f}, IG of {r.target}, "
@@ -95,7 +96,7 @@ def quantify(
     result = run_quantify(run, data=data, split=split, out=out_dir, settings=settings,
                           progress=not (quiet or as_json))
     if as_json:
-        typer.echo(result.table.to_json(orient="records"))
+        typer.echo(records_json(result.table))
         return
     out.print(summary_table(result.summary, f"IG on mask regions ({split}, "
                                             f"{settings.describe(precisions_used(result.table['precision']))})"))

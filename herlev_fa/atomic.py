@@ -162,6 +162,21 @@ def finite_or_none(data: Any) -> Any:
     return data
 
 
+def json_text(data: Any) -> str:
+    """Strict JSON on one line: NaN as `null`, and a file name that is not UTF-8 escaped as the CSV keeps it.
+
+    Python reads such a name's bytes into lone surrogates (`surrogateescape`); they are written as
+    `\\udcXX` escapes (ASCII output), which `json.loads` turns back into the same name, where a
+    UTF-8 writer (pandas' `to_json`) would fail on them.
+    """
+    return json.dumps(finite_or_none(data), allow_nan=False, ensure_ascii=True, default=str)
+
+
+def records_json(frame: Any) -> str:
+    """A table (pandas DataFrame) as a JSON list of row objects, by `json_text`'s rules."""
+    return json_text(frame.to_dict(orient="records"))
+
+
 def write_json(target: str | Path, data: Any) -> Path:
     """Write strict JSON (a value that cannot be computed, NaN, is written as `null`)."""
     return write_text(target, json.dumps(finite_or_none(data), indent=2, allow_nan=False) + "\n")

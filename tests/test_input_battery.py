@@ -582,3 +582,23 @@ def test_full_disk_in_a_real_process(tmp_path, trained_run):
     assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
     assert f"cannot write '{tmp_path / 'p.csv'}': the file size limit (ulimit -f) is reached" in errors[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+# --- file names that are not UTF-8 in JSON output: escaped as the CSV keeps them, read back to the same bytes --------
+
+@pytest.mark.parametrize("command", ["explain", "quantify", "predict"])
+def test_undecodable_names_in_json(command, tmp_path, trained_run):
+    raw = UNDECODABLE["latin-1"]
+    root = _undecodable(raw)(tmp_path)
+    folder = os.fsencode(root / "light_dysplastic")
+    image = os.fsdecode(folder + b"/" + raw + b".bmp")
+    shutil.copy(root / "light_dysplastic" / "lig0-d.bmp", os.fsdecode(folder + b"/" + raw + b"-d.bmp"))
+    out, args = _command_args(command, tmp_path, trained_run, root)
+    if command == "explain":
+        args[1] = image
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    rows = json.loads(result.stdout)
+    column = "path"
+    names = [os.fsencode(row[column]) for row in rows if column in row]
+    assert folder + b"/" + raw + b".bmp" in names, names
