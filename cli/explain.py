@@ -15,6 +15,7 @@ import typer
 from herlev_cli.app import Quiet, RunOption, app, flag, model_line, out, run_dir, user_errors
 from herlev_fa.atomic import records_json
 from herlev_fa.config import IGSettings
+from herlev_fa.errors import HerlevError
 
 DEFAULT = IGSettings()
 Target = Annotated[str, typer.Option(help=IGSettings.help("target"))]
@@ -127,6 +128,10 @@ def compare_explanations(
     dpi: Annotated[int, typer.Option(help="Resolution of the PNG.")] = 100,
 ) -> None:
     """The poster's Fig. 7: the same held-out cells (rows) explained by each run (columns), nucleus outlined."""
+    for path in (out_file, out_file.with_suffix(".csv")):  # before any work
+        if path.is_dir():
+            raise HerlevError(f"--out names the figure file to write, and '{path}' is an existing folder; give a file "
+                              f"name, e.g. '{out_file / 'figure7.png'}'")
     from herlev_fa.explanation.report import compare_explanations as draw
     from herlev_fa.explanation.report import precisions_used
 

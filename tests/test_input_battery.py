@@ -602,3 +602,13 @@ def test_undecodable_names_in_json(command, tmp_path, trained_run):
     column = "path"
     names = [os.fsencode(row[column]) for row in rows if column in row]
     assert folder + b"/" + raw + b".bmp" in names, names
+
+
+@pytest.mark.parametrize("folder", ["fig.png", "fig.csv"])
+def test_compare_explanations_out_is_a_folder(folder, tmp_path, trained_run):
+    """--out names the figure (and its .csv beside it): an existing folder there is said so, before any work."""
+    (tmp_path / folder).mkdir()
+    error = _one_error(runner.invoke(app, ["compare-explanations", str(trained_run), "--out", str(tmp_path / "fig.png"),
+                                           "--steps", "4", "--device", "cpu"]))
+    assert f"--out names the figure file to write, and '{tmp_path / folder}' is an existing folder" in error, error
+    assert [p.name for p in tmp_path.iterdir()] == [folder]
