@@ -64,6 +64,15 @@ def model_line(run: Path) -> str:
     return f"model: the {describe(len(folds))} in {run}" if folds else f"model: {run}"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a scheduler's stop), raised like Ctrl-C so that every `finally` and
+    temporary folder is cleaned up as for an interrupt; `main` installs the handler."""
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def user_errors(fn):
     """Print a HerlevError (or an interrupt) as one line and exit non-zero, never a traceback."""
 
@@ -83,6 +92,10 @@ def user_errors(fn):
             err.print(f"[bold red]error:[/] {escape(where + OUT_OF_SPACE[e.errno])}; free space, or choose another "
                       "output folder", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except Terminated:
+            err.print("[bold red]terminated[/] (SIGTERM): finished files are whole, temporary ones removed; an "
+                      "unfinished run has no herlev.json (--resume continues it)", highlight=False, soft_wrap=True)
+            raise typer.Exit(143) from None
         except KeyboardInterrupt:
             err.print("[bold red]interrupted[/]: finished files are whole; an unfinished run has no herlev.json")
             raise typer.Exit(130) from None

@@ -230,9 +230,36 @@ import herlev_cli.predict  # noqa: E402,F401  (predict)
 import herlev_cli.reproduce  # noqa: E402,F401  (reproduce)
 
 
+def torch_cache_dir() -> Path:
+    """Where torch's compiler cache goes: importing torch._dynamo (timm and torchvision do) creates it,
+    by default as `torchinductor_<user>` in the system's temporary folder, where it would outlive every
+    command. The user's cache folder instead (`$XDG_CACHE_HOME/herlev_fa/torchinductor`, else
+    `~/.cache/...`); where that cannot be created, a temporary folder removed at exit.
+    """
+    import atexit
+    import shutil
+    import tempfile
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "herlev_fa" / "torchinductor"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        return base
+    except (OSError, RuntimeError):
+        scratch = tempfile.mkdtemp(prefix="herlev-torchinductor-")
+        atexit.register(shutil.rmtree, scratch, True)
+        return Path(scratch)
+
+
 def main() -> None:
     """Console-script entry point: the process-wide settings the library itself never makes."""
+    import signal
+
+    from herlev_cli.app import raise_terminated
+
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check when albumentations loads
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(torch_cache_dir())
+    signal.signal(signal.SIGTERM, raise_terminated)  # cleaned up and said, as Ctrl-C
     # raised by a dependency at import time, not by anything a user does
     warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
     app()

@@ -612,3 +612,51 @@ def test_compare_explanations_out_is_a_folder(folder, tmp_path, trained_run):
                                            "--steps", "4", "--device", "cpu"]))
     assert f"--out names the figure file to write, and '{tmp_path / folder}' is an existing folder" in error, error
     assert [p.name for p in tmp_path.iterdir()] == [folder]
+
+
+# --- nothing left outside --out: torch's compiler cache, lr-find's scratch folder, a SIGTERM ------------------------
+
+def _cli(args, tmp, **kwargs):
+    import subprocess
+    import sys
+
+    (tmp / "tmp").mkdir(exist_ok=True)
+    env = {**os.environ, "TMPDIR": str(tmp / "tmp"), "XDG_CACHE_HOME": str(tmp / "cache"), "OMP_NUM_THREADS": "1"}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    return subprocess.Popen([sys.executable, "-c", "from herlev_cli.main import main; main()", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_nothing_left_in_the_temporary_folder(tmp_path, trained_run):
+    """torch creates its compiler cache when timm imports torch._dynamo: in the user's cache folder, not in TMPDIR."""
+    data = _base(tmp_path)
+    proc = _cli(["predict", str(data), "--run", str(trained_run), "--out", str(tmp_path / "p.csv"), "--device", "cpu"],
+                tmp_path)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert (tmp_path / "cache" / "herlev_fa" / "torchinductor").is_dir()
+
+
+@pytest.mark.parametrize("command", ["lr-find", "train"])
+def test_sigterm_says_so_and_leaves_nothing(command, tmp_path):
+    """SIGTERM (kill, timeout) mid-run: one line saying so, exit 143, scratch folders removed (TMPDIR and --out)."""
+    import signal
+    import time
+
+    data = _base(tmp_path)
+    out, args = _command_args(command, tmp_path, None, data)
+    args += ["--name", "r", "--epochs", "50"] if command == "train" else []
+    proc = _cli(args, tmp_path)
+    started = time.time()
+    while time.time() - started < 240:  # until the finder or the training is under way
+        if list(out.glob(".lr_find-*")) or (out / "r" / "log.csv").exists() or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    stderr = proc.stderr.read()
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("terminated (SIGTERM): "), stderr
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert not [p for p in out.rglob("*") if p.name.startswith((".lr_find-", ".checkpoint.tmp-"))]
+    assert not (out / "r" / "herlev.json").exists()

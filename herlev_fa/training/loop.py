@@ -463,7 +463,13 @@ def lr_find(cfg: TrainConfig, out: str | Path) -> tuple[float, Path]:
     task = resolve_task(cfg)
     check_arch(cfg.model.arch)
     data = prepare(cfg, task)
-    with tempfile.TemporaryDirectory() as scratch:
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HerlevError(f"cannot create output folder '{out}': {e.strerror or e}; choose another --out") from None
+    # fastai's finder saves the model's state in its scratch folder: inside --out, so that even a killed
+    # process leaves nothing in the system's temporary folder (an interrupted one removes it)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".lr_find-") as scratch:
         learn, _, _ = _fit_learner(cfg, data, cfg.fold or 0, device, [], Path(scratch))
         with _quiet(learn, cfg.quiet):
             lr, lrs, losses = _suggest_lr(learn)
