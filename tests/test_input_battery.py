@@ -660,3 +660,18 @@ def test_sigterm_says_so_and_leaves_nothing(command, tmp_path):
     assert list((tmp_path / "tmp").iterdir()) == []
     assert not [p for p in out.rglob("*") if p.name.startswith((".lr_find-", ".checkpoint.tmp-"))]
     assert not (out / "r" / "herlev.json").exists()
+
+
+@pytest.mark.parametrize("command", ["lr-find", "train"])
+def test_batch_larger_than_the_data(command, tmp_path):
+    """--bs 500 on a few cells: batches of what there is, said at once; lr-find finishes like any other batch size."""
+    import time
+
+    data = _base(tmp_path)
+    out, args = _command_args(command, tmp_path, None, data)
+    started = time.time()
+    result = runner.invoke(app, [*args, "--bs", "500"])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert time.time() - started < 240
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning: --bs 500 is more than the ")]
+    assert warnings and "training images of fold 0: batches of 7 are used" in warnings[0], result.output

@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +197,10 @@ def _fit_learner(cfg: TrainConfig, data: Prepared, fold: int, device: str, cbs: 
         cbs.append(MseWarmup(cfg.mse_warmup))
     model = build_model(cfg.model, data.task)
     mean, std = normalisation(model.net)
+    n_train = int((data.items["fold"] != fold).sum())
+    if cfg.data.bs > n_train:  # the loaders take what there is: said once, up front
+        warnings.warn(f"--bs {cfg.data.bs} is more than the {n_train} training images of fold {fold}: batches of "
+                      f"{n_train} are used", stacklevel=2)
     dls = build_dataloaders(data.items, data.cache, data.task, valid=(data.items["fold"] == fold).to_numpy(),
                             bs=cfg.data.bs, mean=mean, std=std, device=device, workers=cfg.data.workers,
                             seed=cfg.data.seed, augment=cfg.data.augment)
