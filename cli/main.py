@@ -70,11 +70,12 @@ def demo(
 ) -> None:
     """The built-in default job: synthetic Herlev data -> small model on the CPU -> evaluation."""
     data = out_dir / "data"
+    # every option checked before the first synthetic file is written
+    cfg = TrainConfig(DataConfig(data, size=64, bs=32, seed=0), ModelConfig("test_resnet", pretrained=False),
+                      epochs=epochs, lr=3e-3, device="cpu", out=out_dir / "runs", quiet=not bars(quiet))
     if not (data / "README.txt").is_file():
         herlev_fa.write_synthetic(data, per_class=40, size=64, seed=0)
         out.print(f"synthetic Herlev-format data: [bold]{data}[/]")
-    cfg = TrainConfig(DataConfig(data, size=64, bs=32, seed=0), ModelConfig("test_resnet", pretrained=False),
-                      epochs=epochs, lr=3e-3, device="cpu", out=out_dir / "runs", quiet=not bars(quiet))
     result = herlev_fa.train(cfg)
     metrics = herlev_fa.evaluate(result.runs[0], device="cpu", progress=not quiet)
     out.print(_metrics_table("held-out fold 0 of the synthetic data", {result.runs[0].name: metrics}, metrics["intervals"]))

@@ -30,7 +30,7 @@ import pandas as pd
 from herlev_fa.atomic import atomic_path, write_json
 from herlev_fa.data.items import FILE_NAME_ERRORS
 from herlev_fa.errors import HerlevError
-from herlev_fa.labels import Task
+from herlev_fa.labels import Task, task_problem
 from herlev_fa.model.heads import SeverityModel, get_head, head_names
 
 FORMAT = "herlev_fa.run/1"
@@ -226,11 +226,10 @@ def meta_problem(meta: dict[str, Any]) -> str | None:
         return f"folds_file {folds_file!r} is not a file name inside the run folder"
     task = meta["task"]
     classes, severities = task.get("classes"), task.get("severities")
-    if not isinstance(classes, list) or len(classes) < 2 or len(set(map(str, classes))) != len(classes):
-        return f"task classes {classes} are not two or more distinct names"
-    if not _numbers(severities, len(classes)) or not all(0 <= v <= 1000 for v in severities):
-        return f"task severities {severities} are not {len(classes)} finite numbers in 0..1000, one per class"
-    return None
+    if not isinstance(classes, list) or not isinstance(severities, list):
+        return f"task classes {classes} and severities {severities} are not lists"
+    problem = task_problem(classes, severities)  # the rule a class map is checked by before training
+    return f"task {problem}" if problem else None
 
 
 def config_problem(config: Any, meta: dict[str, Any], task: Task) -> str | None:

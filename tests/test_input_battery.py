@@ -133,6 +133,12 @@ def _no_range(name, arr):
     return build
 
 
+def _case_twins(tmp):
+    root = _base(tmp)
+    write_image(root / "Carcinoma_In_Situ" / "cis9.png")
+    return root
+
+
 # case -> (builder, file or folder the message must name, expected behaviour per command)
 CASES = {
     "truncated image": (_truncated, "bad.BMP", dict(train="error", reproduce="error", evaluate="error", predict="error",
@@ -165,6 +171,8 @@ CASES = {
     "paths with spaces and non-ASCII characters": (_unicode, None, dict(train="works", evaluate="works",
                                                                          predict="works", explain="works",
                                                                          quantify="works")),
+    "class folders that differ only by case": (_case_twins, "Carcinoma_In_Situ", dict(train="warns", evaluate="warns",
+                                                                                    quantify="warns")),
     "symlink loop": (_symlink_loop, None, dict(train="works", predict="works", quantify="works")),
 }
 
@@ -675,3 +683,32 @@ def test_batch_larger_than_the_data(command, tmp_path):
     assert time.time() - started < 240
     warnings = [line for line in result.output.splitlines() if line.startswith("warning: --bs 500 is more than the ")]
     assert warnings and "training images of fold 0: batches of 7 are used" in warnings[0], result.output
+
+
+# --- a class map no run could be loaded with: refused before any work, by the rule the run loader applies ------------
+
+CLASS_MAPS = {
+    "NaN severity": ("normal_superficiel: 0\nlight_dysplastic: .nan\n", "severities [0.0, nan] are not 2 finite"),
+    "negative severity": ("normal_superficiel: 0\nlight_dysplastic: -1\n", "severities [-1.0, 0.0] are not 2 finite"),
+    "severity beyond 1000": ("normal_superficiel: 0\nlight_dysplastic: 1000000\n", "in 0..1000, one per class"),
+    "every folder one class": ("normal_superficiel: {class: cell, severity: 1}\nlight_dysplastic: {class: cell, "
+                               "severity: 1}\n", "maps every folder to one class ('cell'): a classifier needs two"),
+}
+
+
+@pytest.mark.parametrize("case", CLASS_MAPS)
+@pytest.mark.parametrize("command", ["train", "lr-find"])
+def test_class_map_that_makes_no_usable_run(case, command, tmp_path):
+    text, reason = CLASS_MAPS[case]
+    data = herlev_folder(tmp_path / "data", folders={"normal_superficiel": 2, "light_dysplastic": 2})
+    (tmp_path / "map.yaml").write_text(text)
+    out, args = _command_args(command, tmp_path, None, data)
+    error = _one_error(runner.invoke(app, [*args, "--classes", str(tmp_path / "map.yaml")]))
+    assert f"class map '{tmp_path / 'map.yaml'}'" in error and reason in error, error
+    assert not out.exists()
+
+
+def test_demo_checks_its_options_before_writing_data(tmp_path):
+    error = _one_error(runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "0"]))
+    assert error.startswith("error: --epochs 0 is out of range")
+    assert not (tmp_path / "demo").exists()

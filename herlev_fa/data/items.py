@@ -102,10 +102,17 @@ def scan(root: str | Path, task: Task) -> pd.DataFrame:
     root = Path(root).expanduser().resolve()
     class_root = find_class_root(root, task)
     rows = []
+    by_name: dict[str, Path] = {}  # lower-cased folder name -> the first folder of that name holding images
     for folder in _subdirs(class_root):
         siblings = _listing(folder)
         images = sorted(p for p in siblings.values() if is_image_file(p))
         label = task.class_of_folder(folder.name)
+        key = folder.name.strip().lower()
+        if images and label is not None and key in by_name:  # names match case-insensitively: said, not merged silently
+            warnings.warn(f"folders '{by_name[key]}' and '{folder}' differ only by case: the images of both are read "
+                          f"as class '{label}'", stacklevel=2)
+        elif images:
+            by_name[key] = folder
         if label is None:
             if not images:
                 continue  # an unrelated empty or image-less folder, e.g. a results folder
