@@ -6,7 +6,7 @@ A run folder holds:
 |---------------------|-------------------------------------------------------------------------|
 | `model.safetensors` | weights of the timm network (loads into `timm.create_model(arch, num_classes=n)`) |
 | `config.json`       | timm's config (architecture, num_classes, pretrained_cfg with mean/std, label names) |
-| `herlev.json`       | this tool's sidecar: task, classes, severities, head, size, normalisation, fold, metrics, versions |
+| `herlev.json`       | this tool's sidecar: task, classes, severities, head, size, normalisation, fold, metrics, versions, hashes of the weights and classes |
 | `folds.csv`         | every image of the dataset (path relative to the data root), its class and fold |
 | `log.csv`           | one row per epoch                                                        |
 | `metrics.json`      | final metrics on the held-out fold                                       |
@@ -19,10 +19,12 @@ incomplete run (interrupted) and is refused.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import warnings
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import pandas as pd
@@ -90,6 +92,46 @@ def save_predictions(run_dir: Path, held: pd.DataFrame, fold: int, out, y, head:
         frame.to_csv(tmp, index=False, errors=FILE_NAME_ERRORS)
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def classes_sha256(task: dict[str, Any]) -> str:
+    """The hash of a task's class list and severities, in their order (a task's JSON form, `Task.to_json`)."""
+    canonical = json.dumps([list(map(str, task["classes"])), [float(v) for v in task["severities"]]])
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def integrity(run_dir: Path, task: Task) -> dict[str, str]:
+    """What `herlev.json` records at save time so that a later edit of the weights or the classes is caught."""
+    return {"weights_sha256": file_sha256(run_dir / "model.safetensors"), "classes_sha256": classes_sha256(task.to_json())}
+
+
+def integrity_problem(run_dir: Path, meta: dict[str, Any]) -> str | None:
+    """Which recorded hash the run's weights or class list no longer match, or None.
+
+    A run folder written before the hashes were recorded has none: it loads, with a warning that
+    edits to it cannot be detected.
+    """
+    recorded = meta.get("integrity")
+    if recorded is None:
+        warnings.warn(f"run '{run_dir}' records no hashes of its weights and classes (written by an older version): "
+                      "edits to them cannot be detected; retrain to add them", stacklevel=3)
+        return None
+    if not isinstance(recorded, dict) or not all(isinstance(recorded.get(k), str)
+                                                 for k in ("weights_sha256", "classes_sha256")):
+        return "herlev.json: its 'integrity' hashes are malformed"
+    if file_sha256(run_dir / "model.safetensors") != recorded["weights_sha256"]:
+        return "model.safetensors is not the file this run saved (its sha256 differs from herlev.json's)"
+    if classes_sha256(meta["task"]) != recorded["classes_sha256"]:
+        return "herlev.json's classes or severities are not those the run was trained with (their hash differs)"
+    return None
+
+
 @dataclass
 class Run:
     """A loaded run folder: its sidecar, its task, and the model in eval mode on the CPU."""
@@ -148,7 +190,17 @@ def folds_problem(frame: pd.DataFrame, classes: tuple[str, ...], n_folds: int) -
     unknown = sorted(set(frame["label"].astype(str)) - set(classes))
     if unknown:
         return f"label(s) {', '.join(unknown[:3])} are not classes of the run ({', '.join(classes)})"
+    outside = [rel for rel in frame["rel"].astype(str) if not inside_root(rel)]
+    if outside:
+        return (f"path '{outside[0]}' is not inside the data root (absolute, or climbing out with '..'); a run's "
+                f"images are listed relative to its data root ({len(outside)} such path(s))")
     return None
+
+
+def inside_root(rel: str) -> bool:
+    """A folds.csv path names a file under the data root: relative, without '..' or an empty name."""
+    pure = PurePosixPath(rel.replace("\\", "/"))
+    return bool(rel) and not pure.is_absolute() and ".." not in pure.parts and not PureWindowsPath(rel).drive
 
 
 def latest_run(root: str | Path) -> Path:
@@ -289,6 +341,10 @@ def load_run(run_dir: str | Path) -> Run:
     if bad:
         raise HerlevError(f"'{weights}' holds NaN or infinite weights ({len(bad)} tensor(s), e.g. '{bad[0]}'): the "
                           "training diverged or the file is damaged; retrain, e.g. with a smaller --lr")
+    problem = integrity_problem(run_dir, meta)
+    if problem:
+        raise HerlevError(f"run '{run_dir}': {problem}; the run folder was edited or damaged after training: restore "
+                          "it or retrain")
     head = get_head(meta["head"])
     net = create_net(meta["arch"], head.n_outputs(task.n_classes), pretrained=False)
     load_into(net, state, str(weights), new_classifier=False)

@@ -334,7 +334,7 @@ META_EDITS = {  # key in herlev.json (task.* inside "task") -> values a damaged 
 CONFIG_EDITS = {"num_classes": (3, 7), "label_names": ("reversed", "renamed"), "architecture": ("resnet50",)}
 FOLDS_EDITS = {"binary garbage": b"\x00\xff\x00\x13garbage\n\x89PNG", "empty file": b"",
                "no fold column": b"rel,label\na.bmp,normal\n", "fold beyond n_folds": None, "fold not a number": None,
-               "unknown label": None}
+               "unknown label": None, "path climbing out of the data root": None, "absolute path": None}
 
 
 def _edit_json(path, key, value):
@@ -358,7 +358,8 @@ def _edit_folds(run, label):
     lines = (run / "folds.csv").read_text().splitlines()
     rel, cls, fold = lines[1].split(",")
     row = {"fold beyond n_folds": f"{rel},{cls},9", "fold not a number": f"{rel},{cls},x",
-           "unknown label": f"{rel},koilocyte,{fold}"}[label]
+           "unknown label": f"{rel},koilocyte,{fold}", "path climbing out of the data root": f"../../{rel},{cls},{fold}",
+           "absolute path": f"/etc/{rel},{cls},{fold}"}[label]
     (run / "folds.csv").write_text("\n".join([lines[0], row, *lines[2:]]) + "\n")
 
 
@@ -368,6 +369,29 @@ def _nan_weights(run, value):
     state = load_file(str(run / "model.safetensors"))
     name = next(k for k, v in state.items() if v.is_floating_point())
     state[name] = state[name].clone().fill_(value)
+    save_file(state, str(run / "model.safetensors"))
+
+
+def _swap_classes(run):
+    """Two class names swapped in herlev.json, and config.json's label names edited to agree: self-consistent."""
+    from herlev_fa.model.heads import get_head
+
+    meta = json.loads((run / "herlev.json").read_text())
+    classes = meta["task"]["classes"]
+    classes[0], classes[1] = classes[1], classes[0]
+    (run / "herlev.json").write_text(json.dumps(meta))
+    config = json.loads((run / "config.json").read_text())
+    config["label_names"] = get_head(meta["head"]).output_names(tuple(classes))
+    (run / "config.json").write_text(json.dumps(config))
+
+
+def _other_weights(run):
+    """Weights of the same network and classes, but not those the run saved (another run's, or retouched)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(run / "model.safetensors"))
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[name] = state[name] * 1.01
     save_file(state, str(run / "model.safetensors"))
 
 
@@ -381,6 +405,9 @@ RUN_EDITS = (  # (id, damage(run), file the error must name, command that reads 
     + [(f"folds.csv {label}", lambda run, k=label: _edit_folds(run, k), "folds.csv", "evaluate") for label in FOLDS_EDITS]
     + [(f"weights all {value}", lambda run, v=value: _nan_weights(run, v), "model.safetensors", "predict")
        for value in (NAN, INF)]
+    + [("classes swapped in herlev.json and config.json alike", _swap_classes, "herlev.json's classes", "evaluate"),
+       ("weights replaced by other valid weights", _other_weights, "model.safetensors is not the file this run saved",
+        "evaluate")]
 )
 
 
@@ -712,3 +739,18 @@ def test_demo_checks_its_options_before_writing_data(tmp_path):
     error = _one_error(runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "0"]))
     assert error.startswith("error: --epochs 0 is out of range")
     assert not (tmp_path / "demo").exists()
+
+
+def test_run_without_integrity_hashes_loads_and_says_so(trained_run, tmp_path):
+    """A run folder written before the hashes were recorded: it still predicts, with a warning that edits go unseen."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    meta = json.loads((run / "herlev.json").read_text())
+    assert set(meta.pop("integrity")) == {"weights_sha256", "classes_sha256"}
+    (run / "herlev.json").write_text(json.dumps(meta))
+    image = next(Path(meta["data_root"]).rglob("*.BMP"))
+    result = runner.invoke(app, ["predict", str(image), "--run", str(run), "--out", str(tmp_path / "p.csv"),
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert f"warning: run '{run}' records no hashes of its weights and classes" in result.output
+    assert (tmp_path / "p.csv").is_file()

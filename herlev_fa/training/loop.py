@@ -49,7 +49,7 @@ from herlev_fa.metrics import SCALAR_METRICS
 from herlev_fa.model.heads import get_head
 from herlev_fa.model.learner import build_learner, build_model, check_arch, normalisation
 from herlev_fa.figures import lr_find_png, training_curves_png
-from herlev_fa.runs import FORMAT, read_meta, save_folds, save_model, save_predictions, versions
+from herlev_fa.runs import FORMAT, integrity, read_meta, save_folds, save_model, save_predictions, versions
 
 
 @dataclass
@@ -337,6 +337,7 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
         "processes": max(num_distrib(), 1),  # data-parallel processes: the effective batch is bs x processes
         "versions": versions(),
         "config": cfg.to_json(),
+        "integrity": integrity(run_dir, data.task),  # checked at load: an edit after training is reported
     })
     checkpoint.remove(run_dir)
     return _from_main(metrics)
