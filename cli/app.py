@@ -162,6 +162,18 @@ CheckpointEvery = Annotated[float, option(TrainConfig, "checkpoint_every")]
 LR_DEFAULT = f"{TRAIN['lr']:g}"  # --lr is parsed from text ('auto' or a number)
 
 
+def as_text(value: str) -> str:
+    """An option's text as given: typer would turn an empty path into '.', the current folder."""
+    return value
+
+
+def out_folder(value: str | Path, option: str = "--out") -> Path:
+    """An output folder option (parsed with `as_text`); an empty one is an error, never the current folder."""
+    if isinstance(value, str) and not value.strip():
+        raise HerlevError(f"{option} is empty: name the output folder (. for the current one)")
+    return Path(value)
+
+
 def bars(quiet: bool) -> bool:
     """Show training's progress bars and epoch table: not asked to be quiet, and stdout is a terminal."""
     return not quiet and sys.stdout.isatty()

@@ -20,7 +20,8 @@ from rich.table import Table
 import herlev_fa
 from herlev_cli.app import (DATA, DEFAULT_RUNS, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Bs, CheckpointEvery, Classes, Data, Device, Epochs, Folds,
                             Head, Keep, Lr, MseWarmup, MseWeight, Pretrained, Quiet, Seed, Size, SkipBad, Task, Wd,
-                            Weights, app, bars, data_dir, flag, option, out, parse_lr, run_dir, user_errors)
+                            Weights, app, as_text, bars, data_dir, flag, option, out, out_folder, parse_lr, run_dir,
+                            user_errors)
 from herlev_fa.atomic import finite_or_none
 from herlev_fa.config import DataConfig, ModelConfig, TrainConfig, help_of
 from herlev_fa.errors import HerlevError
@@ -123,7 +124,7 @@ def train(
     size: Size = DATA["size"],
     seed: Seed = DATA["seed"],
     device: Device = TRAIN["device"],
-    out_dir: Annotated[Path, option(TrainConfig, "out", "--out")] = DEFAULT_RUNS,
+    out_dir: Annotated[Path, option(TrainConfig, "out", "--out", parser=as_text)] = DEFAULT_RUNS,
     name: Annotated[Optional[str], option(TrainConfig, "name")] = None,
     skip_bad: SkipBad = DATA["skip_bad"],
     resume: Annotated[bool, flag("--resume", help=help_of(TrainConfig, "resume"))] = TRAIN["resume"],
@@ -140,7 +141,7 @@ def train(
                    skip_bad=skip_bad, augment=augment),
         ModelConfig(arch, head=head, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
         epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, mse_warmup=mse_warmup, fold=_fold(fold), device=device,
-        out=out_dir, name=name, checkpoint_every=checkpoint_every,
+        out=out_folder(out_dir), name=name, checkpoint_every=checkpoint_every,
         quiet=not bars(quiet or as_json), resume=resume, deterministic=deterministic, precision=precision,
     )
     from fastai.torch_core import rank_distrib
@@ -165,7 +166,8 @@ def evaluate(
                                                        "under ./runs (or $HERLEV_RUNS).")] = None,
     data: Annotated[Optional[Path], typer.Option(help="Data folder: the training data moved here, or another folder to evaluate whole.")] = None,
     split: Annotated[Optional[str], typer.Option(help="valid (the run's held-out fold, under --data if the data moved) | all (every image of --data). Default: all when --data is given, else valid.")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write metrics and plots.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write metrics and plots.",
+                                                    parser=as_text)] = None,
     bs: Bs = 64,
     device: Device = "auto",
     skip_bad: SkipBad = False,
@@ -179,6 +181,7 @@ def evaluate(
     models beside each fold model, on new cells (--data).
     """
     run = run_dir(run)
+    out_dir = out_dir if out_dir is None else out_folder(out_dir)
     metrics = herlev_fa.evaluate(run, data=data, split=split, out=out_dir, bs=bs, device=device, skip_bad=skip_bad,
                                  progress=not as_json, n_boot=bootstrap)
     if as_json:
@@ -211,16 +214,16 @@ def lr_find(
     size: Size = DATA["size"],
     seed: Seed = DATA["seed"],
     device: Device = TRAIN["device"],
-    out_dir: Annotated[Path, typer.Option("--out", help="Where to write lr_find.png.")] = Path("."),
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to write lr_find.png.", parser=as_text)] = Path("."),
     quiet: Quiet = TRAIN["quiet"],
 ) -> None:
     """Run fastai's learning-rate finder on fold 0; prints the suggestion and writes lr_find.png."""
     cfg = TrainConfig(
         DataConfig(data_dir(data), task=task, classes=classes, size=size, folds=folds, seed=seed, bs=bs),
         ModelConfig(arch, head=head, pretrained=pretrained, weights=weights),
-        device=device, out=out_dir, quiet=not bars(quiet),
+        device=device, out=out_folder(out_dir), quiet=not bars(quiet),
     )
-    lr, plot = herlev_fa.lr_find(cfg, out_dir)
+    lr, plot = herlev_fa.lr_find(cfg, cfg.out)
     out.print(f"suggested learning rate: [bold]{lr:.2e}[/] (plot: {plot})")
 
 

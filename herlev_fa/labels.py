@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from herlev_fa.errors import HerlevError
+from herlev_fa.errors import HerlevError, missing
 
 # The seven classes of the Herlev archive ("smear2005"), in severity order, with the severity
 # score each carries (normals 0, then light .. carcinoma in situ = 1 .. 4).
@@ -177,7 +177,7 @@ def load_class_map(path: str | Path) -> Task:
     """
     path = Path(path)
     if not path.is_file():
-        raise HerlevError(f"class map '{path}' does not exist")
+        raise HerlevError(missing(path, "class map"))
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() == ".json":

@@ -31,7 +31,7 @@ import pandas as pd
 
 from herlev_fa.atomic import atomic_path, write_json
 from herlev_fa.data.items import FILE_NAME_ERRORS
-from herlev_fa.errors import HerlevError
+from herlev_fa.errors import HerlevError, missing
 from herlev_fa.labels import Task, task_problem
 from herlev_fa.model.heads import SeverityModel, get_head, head_names
 
@@ -226,7 +226,7 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
     if run_dir.exists() and not run_dir.is_dir():
         raise HerlevError(f"run '{run_dir}' is a file, not a run folder: pass the folder that holds herlev.json")
     if not run_dir.is_dir():
-        raise HerlevError(f"run folder '{run_dir}' does not exist")
+        raise HerlevError(missing(run_dir, "run folder"))
     meta_path = run_dir / "herlev.json"
     if not meta_path.is_file():
         hint = " (it holds fold*/ runs: pass one of them)" if any(run_dir.glob("fold*/herlev.json")) else \

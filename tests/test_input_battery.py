@@ -754,3 +754,98 @@ def test_run_without_integrity_hashes_loads_and_says_so(trained_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert f"warning: run '{run}' records no hashes of its weights and classes" in result.output
     assert (tmp_path / "p.csv").is_file()
+
+
+# --- messages that say what is wrong, not something near it ----------------------------------------------------------
+
+def test_symlink_loop_is_called_one(tmp_path, trained_run):
+    os.symlink("loop.png", tmp_path / "loop.png")
+    os.symlink("run", tmp_path / "run")
+    error = _one_error(runner.invoke(app, ["predict", str(tmp_path / "loop.png"), "--run", str(trained_run), "--out",
+                                           str(tmp_path / "p.csv"), "--device", "cpu"]))
+    assert f"'{tmp_path / 'loop.png'}' is a symbolic link loop" in error, error
+    error = _one_error(runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--device", "cpu"]))
+    assert f"run folder '{tmp_path / 'run'}' is a symbolic link loop" in error, error
+    os.symlink(tmp_path / "gone", tmp_path / "dangling.png")
+    error = _one_error(runner.invoke(app, ["predict", str(tmp_path / "dangling.png"), "--run", str(trained_run),
+                                           "--out", str(tmp_path / "p.csv"), "--device", "cpu"]))
+    assert f"is a symbolic link whose target '{tmp_path / 'gone'}' does not exist" in error, error
+
+
+@pytest.mark.parametrize("command", ["evaluate", "quantify", "train --classes"])
+def test_unknown_class_folder_remedy_fits_the_command(command, tmp_path, trained_run):
+    """`--classes` is suggested only where it exists and was not passed; a run's classes are fixed."""
+    data = _unknown_class(tmp_path)
+    out, args = _command_args(command.split()[0], tmp_path, trained_run, data)
+    if command == "evaluate":
+        args += ["--data", str(data), "--split", "all"]
+    if command == "train --classes":
+        folders = sorted(p.name for p in data.iterdir() if p.name != "koilocytes")
+        (tmp_path / "map.yaml").write_text("".join(f"{f}: {i % 2}\n" for i, f in enumerate(folders)))
+        args += ["--classes", str(tmp_path / "map.yaml")]
+    error = _one_error(runner.invoke(app, args))
+    assert "koilocytes" in error and "--classes" not in error, error
+    expected = "add it to the class map map.yaml" if command == "train --classes" else \
+        f"the run '{trained_run}' was trained on the classes listed; remove the folder"
+    assert expected in error, error
+
+
+def test_weights_with_pickled_objects_name_them_without_torch_warnings(tmp_path):
+    import pickle
+
+    import timm
+    import torch
+
+    data = _base(tmp_path)
+    state = timm.create_model("test_resnet", num_classes=7).state_dict()
+    torch.save({"state_dict": state, "best_acc": np.float64(0.9)}, tmp_path / "ckpt.pth")
+    out, args = _command_args("train", tmp_path, None, data)
+    result = runner.invoke(app, [*args, "--weights", str(tmp_path / "ckpt.pth")])
+    error = _one_error(result)
+    assert "besides tensors it holds pickled Python objects (numpy." in error, error
+    assert "save the weights alone (torch.save(model.state_dict(), PATH))" in error and "plain state dict" not in error
+    torch.save(state, tmp_path / "plain.pth", pickle_protocol=pickle.HIGHEST_PROTOCOL)  # torch warns, then refuses
+    result = runner.invoke(app, [*args, "--weights", str(tmp_path / "plain.pth")])
+    assert "it was written with pickle protocol 4 or higher" in _one_error(result)
+    assert "Detected pickle protocol" not in result.output and "warning" not in result.output, result.output
+    torch.save(state, tmp_path / "plain.pth")  # a plain state dict, the default protocol: loads
+    result = runner.invoke(app, [*args, "--weights", str(tmp_path / "plain.pth"), "--name", "ok"])
+    assert result.exit_code == 0, result.output
+
+
+def test_fold_beyond_the_runs_folds_is_named(tmp_path, trained_run):
+    """fold0 and fold<K+1> of a K-fold run: the second is named as not a fold of it, and the folds missing."""
+    n = json.loads((trained_run / "herlev.json").read_text())["n_folds"]
+    cv = tmp_path / "cv"
+    shutil.copytree(trained_run, cv / "fold0")
+    shutil.copytree(trained_run, cv / f"fold{n + 1}")
+    error = _one_error(runner.invoke(app, ["evaluate", str(cv), "--device", "cpu"]))
+    absent = ", ".join(f"fold{k}" for k in range(1, n))
+    assert (f"'{cv / f'fold{n + 1}'}' is not a fold of this {n}-fold run (its folds are fold0 .. fold{n - 1}; "
+            f"{absent} missing)") in error, error
+    shutil.rmtree(cv / f"fold{n + 1}")
+    shutil.copytree(trained_run, cv / "fold1")  # fold 0's run under fold1/
+    error = _one_error(runner.invoke(app, ["evaluate", str(cv), "--device", "cpu"]))
+    assert f"fold model '{cv / 'fold1'}' holds the run of fold 0 (its herlev.json): the folder was renamed" in error
+
+
+def test_resume_of_a_folder_that_is_no_run(tmp_path):
+    data = _base(tmp_path)
+    out, args = _command_args("train", tmp_path, None, data)
+    (out / "notes").mkdir(parents=True)
+    (out / "notes" / "todo.txt").write_text("not a run")
+    error = _one_error(runner.invoke(app, [*args, "--resume", "--name", "notes"]))
+    assert f"nothing to resume: '{out / 'notes'}' is not a run folder" in error, error
+    assert sorted(p.name for p in (out / "notes").iterdir()) == ["todo.txt"]
+
+
+@pytest.mark.parametrize("command", ["train", "lr-find", "evaluate"])
+def test_empty_out_is_refused(command, tmp_path, trained_run, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = _base(tmp_path / "d")
+    out, args = _command_args(command, tmp_path, trained_run, data)
+    args[args.index(str(out))] = ""
+    before = set(tmp_path.iterdir())
+    error = _one_error(runner.invoke(app, args))
+    assert error == "error: --out is empty: name the output folder (. for the current one)"
+    assert set(tmp_path.iterdir()) == before

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from herlev_fa.errors import HerlevError
+from herlev_fa.errors import HerlevError, missing
 from herlev_fa.progress import progress_bar
 
 
@@ -128,7 +128,7 @@ def load_image(path: str | Path) -> np.ndarray:
             rgb = img.convert("RGB")
             return np.asarray(rgb, dtype=np.uint8).copy()
     except FileNotFoundError:
-        raise HerlevError(f"image '{path}' does not exist") from None
+        raise HerlevError(missing(path, "image")) from None
     except Image.DecompressionBombError as e:  # a header declaring billions of pixels: refused before decoding
         raise HerlevError(f"cannot read image '{path}': {e} Replace it with a real cell image") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:

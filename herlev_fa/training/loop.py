@@ -42,7 +42,7 @@ from herlev_fa.config import TrainConfig, resolve_device, resolve_precision
 from herlev_fa.data.feed import build_dataloaders
 from herlev_fa.data.images import decode_all
 from herlev_fa.data.items import assign_folds, scan
-from herlev_fa.errors import HerlevError
+from herlev_fa.errors import HerlevError, missing
 from herlev_fa.evaluation import write_evaluation
 from herlev_fa.labels import Task, get_task, load_class_map
 from herlev_fa.metrics import SCALAR_METRICS
@@ -367,7 +367,11 @@ def _resumable_root(cfg: TrainConfig) -> Path:
     if cfg.name:
         root = cfg.out / cfg.name
         if not root.is_dir():
-            raise HerlevError(f"nothing to resume: run folder '{root}' does not exist")
+            raise HerlevError(f"nothing to resume: {missing(root, 'run folder')}")
+        marks = ("herlev.json", "checkpoint", "folds.csv")  # folds.csv: written before the first epoch
+        if not any((folder / mark).exists() for folder in (root, *root.glob("fold*")) for mark in marks):
+            raise HerlevError(f"nothing to resume: '{root}' is not a run folder (no herlev.json, checkpoint or "
+                              "folds.csv in it); start a new run under another --name, without --resume")
         return root
     unfinished = [p.parent for p in cfg.out.glob("*/checkpoint") if p.is_dir()]
     unfinished += [p.parent.parent for p in cfg.out.glob("*/fold*/checkpoint") if p.is_dir()]
