@@ -53,11 +53,13 @@ OUT_OF_SPACE = {errno.ENOSPC: "no space left on its device", errno.EDQUOT: "the 
 
 def human_size(n: float) -> str:
     """Bytes as people read them: 512 B, 3.1 KB, 20.4 MB."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    if n < 1000:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB", "GB"):
         n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover
+        if n < 1000 or unit == "GB":
+            break
+    return f"{n:.1f} {unit}"
 
 
 def _os_errno(error: BaseException) -> int | None:
