@@ -60,8 +60,8 @@ def save_model(run_dir: Path, model: SeverityModel, task: Task, size: int, mean,
 
     net = model.net
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    size = sum(v.numel() * v.element_size() for v in state.values())
-    with atomic_path(run_dir / "model.safetensors", size=size) as tmp:
+    n_bytes = sum(v.numel() * v.element_size() for v in state.values())
+    with atomic_path(run_dir / "model.safetensors", size=n_bytes) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     pretrained_cfg = {k: v for k, v in dict(net.pretrained_cfg).items() if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
     pretrained_cfg.update(input_size=[3, size, size], mean=list(mean), std=list(std), num_classes=model.pipeline.n_outputs(task.n_classes))
