@@ -124,7 +124,7 @@ def train(
     size: Size = DATA["size"],
     seed: Seed = DATA["seed"],
     device: Device = TRAIN["device"],
-    out_dir: Annotated[Path, option(TrainConfig, "out", "--out", parser=as_text)] = DEFAULT_RUNS,
+    out_dir: Annotated[Path, option(TrainConfig, "out", "--out", parser=as_text, metavar="<path>")] = DEFAULT_RUNS,
     name: Annotated[Optional[str], option(TrainConfig, "name")] = None,
     skip_bad: SkipBad = DATA["skip_bad"],
     resume: Annotated[bool, flag("--resume", help=help_of(TrainConfig, "resume"))] = TRAIN["resume"],
@@ -167,7 +167,7 @@ def evaluate(
     data: Annotated[Optional[Path], typer.Option(help="Data folder: the training data moved here, or another folder to evaluate whole.")] = None,
     split: Annotated[Optional[str], typer.Option(help="valid (the run's held-out fold, under --data if the data moved) | all (every image of --data). Default: all when --data is given, else valid.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write metrics and plots.",
-                                                    parser=as_text)] = None,
+                                                    parser=as_text, metavar="<path>")] = None,
     bs: Bs = 64,
     device: Device = "auto",
     skip_bad: SkipBad = False,
@@ -214,7 +214,8 @@ def lr_find(
     size: Size = DATA["size"],
     seed: Seed = DATA["seed"],
     device: Device = TRAIN["device"],
-    out_dir: Annotated[Path, typer.Option("--out", help="Where to write lr_find.png.", parser=as_text)] = Path("."),
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to write lr_find.png.", parser=as_text,
+                                                 metavar="<path>")] = Path("."),
     quiet: Quiet = TRAIN["quiet"],
 ) -> None:
     """Run fastai's learning-rate finder on fold 0; prints the suggestion and writes lr_find.png."""
