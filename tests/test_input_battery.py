@@ -849,3 +849,14 @@ def test_empty_out_is_refused(command, tmp_path, trained_run, monkeypatch):
     error = _one_error(runner.invoke(app, args))
     assert error == "error: --out is empty: name the output folder (. for the current one)"
     assert set(tmp_path.iterdir()) == before
+
+
+def test_saved_run_records_hashes_of_what_it_saved(trained_run):
+    """herlev.json's hashes are those of the files beside it; config.json still states the image size."""
+    from herlev_fa.runs import classes_sha256, file_sha256
+
+    meta = json.loads((trained_run / "herlev.json").read_text())
+    assert meta["integrity"] == {"weights_sha256": file_sha256(trained_run / "model.safetensors"),
+                                 "classes_sha256": classes_sha256(meta["task"])}
+    size = meta["image_size"]
+    assert json.loads((trained_run / "config.json").read_text())["pretrained_cfg"]["input_size"] == [3, size, size]
