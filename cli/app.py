@@ -64,6 +64,15 @@ def model_line(run: Path) -> str:
     return f"model: the {describe(len(folds))} in {run}" if folds else f"model: {run}"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a scheduler's stop), raised like Ctrl-C so that every `finally` and
+    temporary folder is cleaned up as for an interrupt; `main` installs the handler."""
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def user_errors(fn):
     """Print a HerlevError (or an interrupt) as one line and exit non-zero, never a traceback."""
 
@@ -74,6 +83,19 @@ def user_errors(fn):
         except HerlevError as e:
             err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except OSError as e:  # a write outside the atomic helpers that ran out of room: still one line
+            from herlev_fa.atomic import OUT_OF_SPACE
+
+            if e.errno not in OUT_OF_SPACE:
+                raise
+            where = f"cannot write '{e.filename}': " if e.filename else ""
+            err.print(f"[bold red]error:[/] {escape(where + OUT_OF_SPACE[e.errno])}; free space, or choose another "
+                      "output folder", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except Terminated:
+            err.print("[bold red]terminated[/] (SIGTERM): finished files are whole, temporary ones removed; an "
+                      "unfinished run has no herlev.json (--resume continues it)", highlight=False, soft_wrap=True)
+            raise typer.Exit(143) from None
         except KeyboardInterrupt:
             err.print("[bold red]interrupted[/]: finished files are whole; an unfinished run has no herlev.json")
             raise typer.Exit(130) from None
@@ -140,6 +162,18 @@ Policy = Annotated[str, option(DataConfig, "policy")]
 ValSplit = Annotated[float, option(TrainConfig, "val_split")]
 CheckpointEvery = Annotated[float, option(TrainConfig, "checkpoint_every")]
 LR_DEFAULT = f"{TRAIN['lr']:g}"  # --lr is parsed from text ('auto' or a number)
+
+
+def as_text(value: str) -> str:
+    """An option's text as given: typer would turn an empty path into '.', the current folder."""
+    return value
+
+
+def out_folder(value: str | Path, option: str = "--out") -> Path:
+    """An output folder option (parsed with `as_text`); an empty one is an error, never the current folder."""
+    if isinstance(value, str) and not value.strip():
+        raise HerlevError(f"{option} is empty: name the output folder (. for the current one)")
+    return Path(value)
 
 
 def bars(quiet: bool) -> bool:

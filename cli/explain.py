@@ -13,7 +13,9 @@ from typing import Annotated, Optional
 import typer
 
 from herlev_cli.app import Quiet, RunOption, app, flag, model_line, out, run_dir, user_errors
+from herlev_fa.atomic import records_json
 from herlev_fa.config import IGSettings
+from herlev_fa.errors import HerlevError
 
 DEFAULT = IGSettings()
 Target = Annotated[str, typer.Option(help=IGSettings.help("target"))]
@@ -57,7 +59,7 @@ def explain(
     table, folder = explain_images(run, images, out=out_dir, settings=settings,
                                    progress=not (quiet or as_json))
     if as_json:
-        typer.echo(table.to_json(orient="records"))
+        typer.echo(records_json(table))
         return
     for r in table.itertuples(index=False):
         out.print(f"{printable(r.name)}: predicted [bold]{r.predicted}[/], score {r.score:.2f}, IG of {r.target}, "
@@ -95,7 +97,7 @@ def quantify(
     result = run_quantify(run, data=data, split=split, out=out_dir, settings=settings,
                           progress=not (quiet or as_json))
     if as_json:
-        typer.echo(result.table.to_json(orient="records"))
+        typer.echo(records_json(result.table))
         return
     out.print(summary_table(result.summary, f"IG on mask regions ({split}, "
                                             f"{settings.describe(precisions_used(result.table['precision']))})"))
@@ -126,6 +128,10 @@ def compare_explanations(
     dpi: Annotated[int, typer.Option(help="Resolution of the PNG.")] = 100,
 ) -> None:
     """The poster's Fig. 7: the same held-out cells (rows) explained by each run (columns), nucleus outlined."""
+    for path in (out_file, out_file.with_suffix(".csv")):  # before any work
+        if path.is_dir():
+            raise HerlevError(f"--out names the figure file to write, and '{path}' is an existing folder; give a file "
+                              f"name, e.g. '{out_file / 'figure7.png'}'")
     from herlev_fa.explanation.report import compare_explanations as draw
     from herlev_fa.explanation.report import precisions_used
 

@@ -20,7 +20,8 @@ from rich.table import Table
 import herlev_fa
 from herlev_cli.app import (DATA, DEFAULT_RUNS, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Policy, ValSplit, Bs, CheckpointEvery, Classes, Data, Device, Epochs, Folds,
                             Head, Keep, Lr, MseWarmup, MseWeight, Pretrained, Quiet, Seed, Size, SkipBad, Task, Wd,
-                            Weights, app, bars, data_dir, flag, option, out, parse_lr, run_dir, user_errors)
+                            Weights, app, as_text, bars, data_dir, flag, option, out, out_folder, parse_lr, run_dir,
+                            user_errors)
 from herlev_fa.atomic import finite_or_none
 from herlev_fa.config import DataConfig, ModelConfig, TrainConfig, help_of
 from herlev_fa.errors import HerlevError
@@ -70,11 +71,12 @@ def demo(
 ) -> None:
     """The built-in default job: synthetic Herlev data -> small model on the CPU -> evaluation."""
     data = out_dir / "data"
+    # every option checked before the first synthetic file is written
+    cfg = TrainConfig(DataConfig(data, size=64, bs=32, seed=0), ModelConfig("test_resnet", pretrained=False),
+                      epochs=epochs, lr=3e-3, device="cpu", out=out_dir / "runs", quiet=not bars(quiet))
     if not (data / "README.txt").is_file():
         herlev_fa.write_synthetic(data, per_class=40, size=64, seed=0)
         out.print(f"synthetic Herlev-format data: [bold]{data}[/]")
-    cfg = TrainConfig(DataConfig(data, size=64, bs=32, seed=0), ModelConfig("test_resnet", pretrained=False),
-                      epochs=epochs, lr=3e-3, device="cpu", out=out_dir / "runs", quiet=not bars(quiet))
     result = herlev_fa.train(cfg)
     metrics = herlev_fa.evaluate(result.runs[0], device="cpu", progress=not quiet)
     out.print(_metrics_table("held-out fold 0 of the synthetic data", {result.runs[0].name: metrics}, metrics["intervals"]))
@@ -124,7 +126,7 @@ def train(
     size: Size = DATA["size"],
     seed: Seed = DATA["seed"],
     device: Device = TRAIN["device"],
-    out_dir: Annotated[Path, option(TrainConfig, "out", "--out")] = DEFAULT_RUNS,
+    out_dir: Annotated[Path, option(TrainConfig, "out", "--out", parser=as_text, metavar="<path>")] = DEFAULT_RUNS,
     name: Annotated[Optional[str], option(TrainConfig, "name")] = None,
     skip_bad: SkipBad = DATA["skip_bad"],
     resume: Annotated[bool, flag("--resume", help=help_of(TrainConfig, "resume"))] = TRAIN["resume"],
@@ -140,8 +142,8 @@ def train(
         DataConfig(data_dir(data), task=task, classes=classes, size=size, folds=folds, seed=seed, bs=bs,
                    skip_bad=skip_bad, augment=augment, policy=policy),
         ModelConfig(arch, head=head, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
-        epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, val_split=val_split, mse_warmup=mse_warmup, fold=_fold(fold), device=device,
-        out=out_dir, name=name, checkpoint_every=checkpoint_every,
+        epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, val_split=val_split, mse_warmup=mse_warmup,
+        fold=_fold(fold), device=device, out=out_folder(out_dir), name=name, checkpoint_every=checkpoint_every,
         quiet=not bars(quiet or as_json), resume=resume, deterministic=deterministic, precision=precision,
     )
     from fastai.torch_core import rank_distrib
@@ -166,7 +168,8 @@ def evaluate(
                                                        "under ./runs (or $HERLEV_RUNS).")] = None,
     data: Annotated[Optional[Path], typer.Option(help="Data folder: the training data moved here, or another folder to evaluate whole.")] = None,
     split: Annotated[Optional[str], typer.Option(help="valid (the run's held-out fold, under --data if the data moved) | all (every image of --data). Default: all when --data is given, else valid.")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write metrics and plots.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write metrics and plots.",
+                                                    parser=as_text, metavar="<path>")] = None,
     bs: Bs = 64,
     device: Device = "auto",
     skip_bad: SkipBad = False,
@@ -180,6 +183,7 @@ def evaluate(
     models beside each fold model, on new cells (--data).
     """
     run = run_dir(run)
+    out_dir = out_dir if out_dir is None else out_folder(out_dir)
     metrics = herlev_fa.evaluate(run, data=data, split=split, out=out_dir, bs=bs, device=device, skip_bad=skip_bad,
                                  progress=not as_json, n_boot=bootstrap)
     if as_json:
@@ -213,16 +217,17 @@ def lr_find(
     size: Size = DATA["size"],
     seed: Seed = DATA["seed"],
     device: Device = TRAIN["device"],
-    out_dir: Annotated[Path, typer.Option("--out", help="Where to write lr_find.png.")] = Path("."),
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to write lr_find.png.", parser=as_text,
+                                                 metavar="<path>")] = Path("."),
     quiet: Quiet = TRAIN["quiet"],
 ) -> None:
     """Run fastai's learning-rate finder on fold 0; prints the suggestion and writes lr_find.png."""
     cfg = TrainConfig(
         DataConfig(data_dir(data), task=task, classes=classes, size=size, folds=folds, seed=seed, bs=bs),
         ModelConfig(arch, head=head, pretrained=pretrained, weights=weights),
-        device=device, out=out_dir, quiet=not bars(quiet),
+        device=device, out=out_folder(out_dir), quiet=not bars(quiet),
     )
-    lr, plot = herlev_fa.lr_find(cfg, out_dir)
+    lr, plot = herlev_fa.lr_find(cfg, cfg.out)
     out.print(f"suggested learning rate: [bold]{lr:.2e}[/] (plot: {plot})")
 
 
@@ -233,9 +238,36 @@ import herlev_cli.predict  # noqa: E402,F401  (predict)
 import herlev_cli.reproduce  # noqa: E402,F401  (reproduce)
 
 
+def torch_cache_dir() -> Path:
+    """Where torch's compiler cache goes: importing torch._dynamo (timm and torchvision do) creates it,
+    by default as `torchinductor_<user>` in the system's temporary folder, where it would outlive every
+    command. The user's cache folder instead (`$XDG_CACHE_HOME/herlev_fa/torchinductor`, else
+    `~/.cache/...`); where that cannot be created, a temporary folder removed at exit.
+    """
+    import atexit
+    import shutil
+    import tempfile
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "herlev_fa" / "torchinductor"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        return base
+    except (OSError, RuntimeError):
+        scratch = tempfile.mkdtemp(prefix="herlev-torchinductor-")
+        atexit.register(shutil.rmtree, scratch, True)
+        return Path(scratch)
+
+
 def main() -> None:
     """Console-script entry point: the process-wide settings the library itself never makes."""
+    import signal
+
+    from herlev_cli.app import raise_terminated
+
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check when albumentations loads
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(torch_cache_dir())
+    signal.signal(signal.SIGTERM, raise_terminated)  # cleaned up and said, as Ctrl-C
     # raised by a dependency at import time, not by anything a user does
     warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
     app()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -10,7 +9,7 @@ import typer
 from rich.table import Table
 
 from herlev_cli.app import Bs, Device, RunOption, SkipBad, app, flag, model_line, out, run_dir, user_errors
-from herlev_fa.atomic import atomic_path
+from herlev_fa.atomic import atomic_path, records_json
 from herlev_fa.errors import HerlevError
 
 if TYPE_CHECKING:
@@ -57,7 +56,7 @@ def predict(
     with atomic_path(out_file) as tmp:
         preds.to_csv(tmp, index=False, errors=FILE_NAME_ERRORS)
     if as_json:
-        typer.echo(json.dumps(preds.to_dict(orient="records")))
+        typer.echo(records_json(preds))
         return
     if len(preds) <= TABLE_MAX:
         out.print(_table(preds, run, tta))

@@ -115,6 +115,15 @@ def load_ensemble(folder: str | Path) -> EnsembleRun:
     first = members[0]
     expected = [folder / f"fold{k}" for k in range(int(first.meta["n_folds"]))]
     missing = [p for p in expected if p not in folds]
+    beyond = [p for p in folds if p not in expected]
+    if beyond:  # a fold number the runs' own n_folds has no place for (copied in, or renamed)
+        absent = f"; {', '.join(p.name for p in missing)} missing" if missing else ""
+        raise HerlevError(f"'{beyond[0]}' is not a fold of this {len(expected)}-fold run (its folds are fold0 .. "
+                          f"fold{len(expected) - 1}{absent}); remove or rename it")
+    for run, path in zip(members, folds):
+        if f"fold{run.fold}" != path.name:
+            raise HerlevError(f"fold model '{path}' holds the run of fold {run.fold} (its herlev.json): the folder was "
+                              f"renamed; name it fold{run.fold}")
     if missing:
         raise HerlevError(f"fold model '{missing[0]}' of the ensemble is missing ({len(folds)} of "
                           f"{len(expected)} fold run folders found); finish it (herlev train --resume) or remove the "

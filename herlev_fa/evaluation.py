@@ -14,7 +14,7 @@ import torch
 
 from herlev_fa.atomic import write_json
 from herlev_fa.config import check_batch_size, resolve_device
-from herlev_fa.data.items import mask_for, scan
+from herlev_fa.data.items import mask_for, scan, trained_on
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import Task
 from herlev_fa.figures import confusion_matrix_png, reliability_png, roc_png, score_distribution_png
@@ -108,7 +108,7 @@ def evaluation_items(run: Run, data: str | Path | None = None, split: str | None
         split = "valid" if same_root else "all"
     if split == "all":
         root = Path(data) if data is not None else Path(run.meta["data_root"])
-        return scan(root, run.task), f"every image of {root}"
+        return scan(root, run.task, trained_on(run.path)), f"every image of {root}"
     return held_out_items(run, data), f"held-out fold {run.fold}"
 
 

@@ -14,10 +14,11 @@ scramble the ordinal meaning.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from herlev_fa.errors import HerlevError
+from herlev_fa.errors import HerlevError, missing
 
 # The seven classes of the Herlev archive ("smear2005"), in severity order, with the severity
 # score each carries (normals 0, then light .. carcinoma in situ = 1 .. 4).
@@ -140,6 +141,25 @@ def get_task(name: str) -> Task:
     raise HerlevError(f"unknown task '{name}': choose one of {', '.join(TASK_NAMES)}, or pass --classes FILE")
 
 
+SEVERITY_RANGE = (0.0, 1000.0)  # what a run's severities may be: finite, non-negative, not absurd
+
+
+def task_problem(classes: list | tuple, severities: list | tuple) -> str | None:
+    """What makes classes and their severities unusable for a run, or None.
+
+    The one rule for both ends: a class map is checked by it before any work, and a run folder's
+    `herlev.json` when it is loaded, so that no run is trained that could not be loaded back.
+    """
+    low, high = SEVERITY_RANGE
+    if len(classes) < 2 or len(set(map(str, classes))) != len(classes):
+        return f"classes {list(classes)} are not two or more distinct names"
+    if (len(severities) != len(classes) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low <= v <= high
+            for v in severities)):
+        return f"severities {list(severities)} are not {len(classes)} finite numbers in {low:g}..{high:g}, one per class"
+    return None
+
+
 def load_class_map(path: str | Path) -> Task:
     """Read a user class map (YAML or JSON) for another folder-per-class dataset.
 
@@ -152,11 +172,12 @@ def load_class_map(path: str | Path) -> Task:
     Classes are ordered by severity, ties by first appearance in the file.
 
     Raises:
-        HerlevError: the file is missing, unreadable or malformed.
+        HerlevError: the file is missing, unreadable or malformed, or maps to classes no run could be
+            loaded with (`task_problem`: one class, NaN or negative severities).
     """
     path = Path(path)
     if not path.is_file():
-        raise HerlevError(f"class map '{path}' does not exist")
+        raise HerlevError(missing(path, "class map"))
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() == ".json":
@@ -187,4 +208,10 @@ def load_class_map(path: str | Path) -> Task:
         severity[cls] = sev
         folder_to_class[str(folder).strip().lower()] = cls
     order = sorted(severity, key=lambda c: (severity[c], list(severity).index(c)))
+    if len(order) < 2:
+        raise HerlevError(f"class map '{path}' maps every folder to one class ('{order[0]}'): a classifier needs two "
+                          "or more classes")
+    problem = task_problem(order, [severity[c] for c in order])
+    if problem:
+        raise HerlevError(f"class map '{path}': {problem}")
     return Task(f"classmap:{path.name}", tuple(order), tuple(severity[c] for c in order), folder_to_class)

@@ -29,7 +29,7 @@ from herlev_fa.config import resolve_device
 from herlev_fa.data.feed import build_dataloaders
 from herlev_fa.data.images import decode_all
 from herlev_fa.data.items import is_image_file, is_mask_file
-from herlev_fa.errors import HerlevError
+from herlev_fa.errors import HerlevError, missing
 from herlev_fa.labels import IMAGE_EXTENSIONS
 from herlev_fa.metrics import decode
 from herlev_fa.model.heads import Head, get_head
@@ -108,7 +108,7 @@ def find_images(inputs: Sequence[str | Path], skip_bad: bool = False) -> list[Pa
                 raise HerlevError(f"'{given}' is not an image file (extensions: {', '.join(IMAGE_EXTENSIONS)}); "
                                   "remove it, or pass --skip-bad to skip it")
         else:
-            raise HerlevError(f"'{given}' does not exist")
+            raise HerlevError(missing(given, ""))
     unique = list(dict.fromkeys(paths))  # a file named twice, or inside a named folder too, is predicted once
     if not unique:
         raise HerlevError("no image to predict: every file given was skipped")

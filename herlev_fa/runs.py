@@ -6,7 +6,7 @@ A run folder holds:
 |---------------------|-------------------------------------------------------------------------|
 | `model.safetensors` | weights of the timm network (loads into `timm.create_model(arch, num_classes=n)`) |
 | `config.json`       | timm's config (architecture, num_classes, pretrained_cfg with mean/std, label names) |
-| `herlev.json`       | this tool's sidecar: task, classes, severities, head, size, normalisation, fold, metrics, versions |
+| `herlev.json`       | this tool's sidecar: task, classes, severities, head, size, normalisation, fold, metrics, versions, hashes of the weights and classes |
 | `folds.csv`         | every image of the dataset (path relative to the data root), its class and fold |
 | `log.csv`           | one row per epoch                                                        |
 | `metrics.json`      | final metrics on the held-out fold                                       |
@@ -19,18 +19,20 @@ incomplete run (interrupted) and is refused.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import warnings
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import pandas as pd
 
 from herlev_fa.atomic import atomic_path, write_json
 from herlev_fa.data.items import FILE_NAME_ERRORS
-from herlev_fa.errors import HerlevError
-from herlev_fa.labels import Task
+from herlev_fa.errors import HerlevError, missing
+from herlev_fa.labels import Task, task_problem
 from herlev_fa.model.heads import SeverityModel, get_head, head_names
 
 FORMAT = "herlev_fa.run/1"
@@ -71,7 +73,8 @@ def save_model(run_dir: Path, model: SeverityModel, task: Task, size: int, mean,
 
     net = model.net
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    with atomic_path(run_dir / "model.safetensors") as tmp:
+    n_bytes = sum(v.numel() * v.element_size() for v in state.values())
+    with atomic_path(run_dir / "model.safetensors", size=n_bytes) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     pretrained_cfg = {k: v for k, v in dict(net.pretrained_cfg).items() if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
     pretrained_cfg.update(input_size=[3, size, size], mean=list(mean), std=list(std), num_classes=model.pipeline.n_outputs(task.n_classes))
@@ -100,6 +103,46 @@ def save_predictions(run_dir: Path, held: pd.DataFrame, fold: int, out, y, head:
     frame = pd.concat([frame, pd.DataFrame(out, columns=[f"out_{i}" for i in range(out.shape[1])])], axis=1)
     with atomic_path(run_dir / PREDICTIONS) as tmp:
         frame.to_csv(tmp, index=False, errors=FILE_NAME_ERRORS)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def classes_sha256(task: dict[str, Any]) -> str:
+    """The hash of a task's class list and severities, in their order (a task's JSON form, `Task.to_json`)."""
+    canonical = json.dumps([list(map(str, task["classes"])), [float(v) for v in task["severities"]]])
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def integrity(run_dir: Path, task: Task) -> dict[str, str]:
+    """What `herlev.json` records at save time so that a later edit of the weights or the classes is caught."""
+    return {"weights_sha256": file_sha256(run_dir / "model.safetensors"), "classes_sha256": classes_sha256(task.to_json())}
+
+
+def integrity_problem(run_dir: Path, meta: dict[str, Any]) -> str | None:
+    """Which recorded hash the run's weights or class list no longer match, or None.
+
+    A run folder written before the hashes were recorded has none: it loads, with a warning that
+    edits to it cannot be detected.
+    """
+    recorded = meta.get("integrity")
+    if recorded is None:
+        warnings.warn(f"run '{run_dir}' records no hashes of its weights and classes (written by an older version): "
+                      "edits to them cannot be detected; retrain to add them", stacklevel=3)
+        return None
+    if not isinstance(recorded, dict) or not all(isinstance(recorded.get(k), str)
+                                                 for k in ("weights_sha256", "classes_sha256")):
+        return "herlev.json: its 'integrity' hashes are malformed"
+    if file_sha256(run_dir / "model.safetensors") != recorded["weights_sha256"]:
+        return "model.safetensors is not the file this run saved (its sha256 differs from herlev.json's)"
+    if classes_sha256(meta["task"]) != recorded["classes_sha256"]:
+        return "herlev.json's classes or severities are not those the run was trained with (their hash differs)"
+    return None
 
 
 @dataclass
@@ -165,7 +208,17 @@ def folds_problem(frame: pd.DataFrame, classes: tuple[str, ...], n_folds: int) -
     unknown = sorted(set(frame["label"].astype(str)) - set(classes))
     if unknown:
         return f"label(s) {', '.join(unknown[:3])} are not classes of the run ({', '.join(classes)})"
+    outside = [rel for rel in frame["rel"].astype(str) if not inside_root(rel)]
+    if outside:
+        return (f"path '{outside[0]}' is not inside the data root (absolute, or climbing out with '..'); a run's "
+                f"images are listed relative to its data root ({len(outside)} such path(s))")
     return None
+
+
+def inside_root(rel: str) -> bool:
+    """A folds.csv path names a file under the data root: relative, without '..' or an empty name."""
+    pure = PurePosixPath(rel.replace("\\", "/"))
+    return bool(rel) and not pure.is_absolute() and ".." not in pure.parts and not PureWindowsPath(rel).drive
 
 
 def latest_run(root: str | Path) -> Path:
@@ -191,7 +244,7 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
     if run_dir.exists() and not run_dir.is_dir():
         raise HerlevError(f"run '{run_dir}' is a file, not a run folder: pass the folder that holds herlev.json")
     if not run_dir.is_dir():
-        raise HerlevError(f"run folder '{run_dir}' does not exist")
+        raise HerlevError(missing(run_dir, "run folder"))
     meta_path = run_dir / "herlev.json"
     if not meta_path.is_file():
         hint = " (it holds fold*/ runs: pass one of them)" if any(run_dir.glob("fold*/herlev.json")) else \
@@ -243,11 +296,10 @@ def meta_problem(meta: dict[str, Any]) -> str | None:
         return f"folds_file {folds_file!r} is not a file name inside the run folder"
     task = meta["task"]
     classes, severities = task.get("classes"), task.get("severities")
-    if not isinstance(classes, list) or len(classes) < 2 or len(set(map(str, classes))) != len(classes):
-        return f"task classes {classes} are not two or more distinct names"
-    if not _numbers(severities, len(classes)) or not all(0 <= v <= 1000 for v in severities):
-        return f"task severities {severities} are not {len(classes)} finite numbers in 0..1000, one per class"
-    return None
+    if not isinstance(classes, list) or not isinstance(severities, list):
+        return f"task classes {classes} and severities {severities} are not lists"
+    problem = task_problem(classes, severities)  # the rule a class map is checked by before training
+    return f"task {problem}" if problem else None
 
 
 def config_problem(config: Any, meta: dict[str, Any], task: Task) -> str | None:
@@ -307,6 +359,10 @@ def load_run(run_dir: str | Path) -> Run:
     if bad:
         raise HerlevError(f"'{weights}' holds NaN or infinite weights ({len(bad)} tensor(s), e.g. '{bad[0]}'): the "
                           "training diverged or the file is damaged; retrain, e.g. with a smaller --lr")
+    problem = integrity_problem(run_dir, meta)
+    if problem:
+        raise HerlevError(f"run '{run_dir}': {problem}; the run folder was edited or damaged after training: restore "
+                          "it or retrain")
     head = get_head(meta["head"])
     net = create_net(meta["arch"], head.n_outputs(task.n_classes), pretrained=False)
     load_into(net, state, str(weights), new_classifier=False)

@@ -69,3 +69,51 @@ def test_run_files_are_readable_under_the_default_umask(trained_run):
     assert {"model.safetensors", "herlev.json", "folds.csv", "metrics.json"} <= {p.name for p in files}
     wrong = {p.name: oct(_mode(p)) for p in files if _mode(p) != 0o666 & ~mask}
     assert not wrong, wrong
+
+
+@pytest.mark.parametrize("code,words", [(28, "no space left on its device"), (122, "the disk quota is exceeded"),
+                                        (27, "the file size limit (ulimit -f) is reached")])
+def test_a_full_disk_is_one_line_naming_the_file_and_the_space_needed(tmp_path, code, words):
+    """The writer fails part-way: one HerlevError line naming the target, what stopped it, the space it needs."""
+    target = tmp_path / "figure.png"
+    with pytest.raises(HerlevError) as e:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"x" * 1500)
+            raise OSError(code, os.strerror(code))
+    message = str(e.value)
+    assert f"cannot write '{target}': {words} (it needs more than the 1.5 KB written, " in message, message
+    assert " free there); free space, or choose another output folder" in message and "\n" not in message
+    assert list(tmp_path.iterdir()) == []  # neither the target nor the temporary file
+
+
+def test_a_full_disk_under_a_writers_own_error_type_is_recognised(tmp_path):
+    """safetensors reports the OS error in its text; matplotlib and pandas chain it: both are read."""
+    from safetensors import SafetensorError
+
+    with pytest.raises(HerlevError, match=r"model.safetensors': no space left on its device \(it needs 2.0 MB, "):
+        with atomic_path(tmp_path / "model.safetensors", size=2_000_000):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    with pytest.raises(HerlevError, match="quota"):
+        with atomic_path(tmp_path / "a.png"):
+            try:
+                raise OSError(122, "Disk quota exceeded")
+            except OSError as e:
+                raise RuntimeError("savefig failed") from e
+    with pytest.raises(RuntimeError, match="not a disk problem"):  # any other failure stays what it is
+        with atomic_path(tmp_path / "b.png"):
+            raise RuntimeError("not a disk problem")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_where_the_file_goes_is_named(tmp_path):
+    (tmp_path / "fig.png").mkdir()
+    with pytest.raises(HerlevError, match="a folder of that name exists; name a file to write, not a folder"):
+        write_text(tmp_path / "fig.png", "x")
+    assert [p.name for p in tmp_path.iterdir()] == ["fig.png"]
+
+
+def test_a_herlev_error_keeps_its_one_line_when_fastai_rewrites_it():
+    from fastcore.xtras import modify_exception
+
+    e = modify_exception(HerlevError("cannot write 'x'"), "Exception occured in `Cb`:\n\tcannot write 'x'", replace=True)
+    assert str(e) == "cannot write 'x'"

@@ -63,3 +63,57 @@ def test_decode_all_caches_letterboxed_and_skips_bad_only_when_asked(tmp_path):
         cache, skipped = decode_all([str(a), str(bad)], size=16, skip_bad=True, progress=False)
     assert list(cache) == [str(a)] and skipped == [str(bad)]
     assert cache[str(a)].shape == (16, 16, 3)
+
+
+def _png_with_sbit(path, arr, bits):
+    """A 16-bit grey PNG of `arr` whose sBIT chunk declares `bits` significant bits (as 12-bit cameras write)."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    Image.fromarray(arr).save(path)
+    raw = path.read_bytes()
+    chunk = struct.pack(">I", 1) + b"sBIT" + bytes([bits]) + struct.pack(">I", zlib.crc32(b"sBIT" + bytes([bits])))
+    at = 8 + 8 + 13 + 4  # signature, IHDR
+    path.write_bytes(raw[:at] + chunk + raw[at:])
+    return path
+
+
+def test_high_depth_grey_images_decode_by_their_real_range(tmp_path):
+    """Float 0..1, 12-bit in 16-bit, 32-bit integer holding 16-bit data: each read as its range, not clipped."""
+    from PIL import Image
+
+    ramp = np.arange(20 * 24).reshape(20, 24) % 50 / 49  # 0..1
+    cases = {
+        "float.tif": ramp.astype(np.float32),
+        "twelve.png": np.round(ramp * 4095).astype(np.uint16),  # no sBIT: inferred from the largest value
+        "twelve.tif": np.round(ramp * 4095).astype(np.uint16),
+        "int32.tif": np.round(ramp * 65535).astype(np.int32),
+        "eight_in_sixteen.png": np.round(ramp * 255).astype(np.uint16),
+    }
+    for name, arr in cases.items():
+        Image.fromarray(arr).save(tmp_path / name)
+    cases["sbit.png"] = np.round(ramp * 1000).astype(np.uint16)  # 12 significant bits declared, dark content
+    _png_with_sbit(tmp_path / "sbit.png", cases["sbit.png"], 12)
+    for name in cases:
+        grey = load_image(tmp_path / name)[:, :, 0].astype(int)
+        want = np.round(ramp * (1000 / 4095 if name == "sbit.png" else 1) * 255)
+        assert np.abs(grey - want).max() <= 1, name
+
+
+@pytest.mark.parametrize("name,values,reason", [
+    ("int32.tif", np.arange(480, dtype=np.int32) * 2000, "mode I, 32-bit integer, values 0..958000): beyond 16 bits"),
+    ("signed.tif", np.arange(480, dtype=np.int32) - 240, "values -240..239): negative values"),
+    ("float.tif", np.arange(480, dtype=np.float32) / 100, "mode F, 32-bit float, values 0..4.79): a float image is read as 0..1"),
+    ("nan.tif", np.full(480, np.nan, np.float32), "NaN or infinite"),
+    ("flat.tif", np.arange(480, dtype=np.float32) / 480e3, "decodes to a single grey level"),
+    ("flat16.png", (30000 + np.arange(480) % 100).astype(np.uint16), "decodes to a single grey level"),
+])
+def test_high_depth_values_that_fit_no_range_are_refused(tmp_path, name, values, reason):
+    from PIL import Image
+
+    Image.fromarray(values.reshape(20, 24)).save(tmp_path / name)
+    with pytest.raises(HerlevError) as e:
+        load_image(tmp_path / name)
+    assert f"'{tmp_path / name}'" in str(e.value) and reason in str(e.value), str(e.value)

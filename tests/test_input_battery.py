@@ -113,6 +113,32 @@ def _symlink_loop(tmp):
     return root
 
 
+def _ramp(scale, dtype):
+    return (np.arange(20 * 24).reshape(20, 24) % 50 / 49 * scale).astype(dtype)
+
+
+def _high_depth(tmp):
+    root = _base(tmp)
+    for name, arr in (("float.tif", _ramp(1, np.float32)), ("twelve.png", _ramp(4095, np.uint16)),
+                      ("int32.tif", _ramp(65535, np.int32))):
+        Image.fromarray(arr).save(root / "moderate_dysplastic" / name)
+    return root
+
+
+def _no_range(name, arr):
+    def build(tmp):
+        root = _base(tmp)
+        Image.fromarray(arr).save(root / "light_dysplastic" / name)
+        return root
+    return build
+
+
+def _case_twins(tmp):
+    root = _base(tmp)
+    write_image(root / "Carcinoma_In_Situ" / "cis9.png")
+    return root
+
+
 # case -> (builder, file or folder the message must name, expected behaviour per command)
 CASES = {
     "truncated image": (_truncated, "bad.BMP", dict(train="error", reproduce="error", evaluate="error", predict="error",
@@ -129,6 +155,8 @@ CASES = {
                                                        explain="works")),
     "grayscale, RGBA, 16-bit, palette images": (_modes, None, dict(train="works", evaluate="works", predict="works",
                                                                     explain="works")),
+    "float 0..1, 12-bit and 32-bit integer grey images": (_high_depth, None, dict(train="works", predict="works",
+                                                                                explain="works")),
     "mask of another size than its image": (_mask_size, "lig0-d.bmp", dict(train="works", predict="works",
                                                                             quantify="error")),
     "mask with unexpected colours": (_mask_colours, "lig0-d.bmp", dict(train="works", predict="works",
@@ -143,6 +171,8 @@ CASES = {
     "paths with spaces and non-ASCII characters": (_unicode, None, dict(train="works", evaluate="works",
                                                                          predict="works", explain="works",
                                                                          quantify="works")),
+    "class folders that differ only by case": (_case_twins, "Carcinoma_In_Situ", dict(train="warns", evaluate="warns",
+                                                                                    quantify="warns")),
     "symlink loop": (_symlink_loop, None, dict(train="works", predict="works", quantify="works")),
 }
 
@@ -218,6 +248,16 @@ for i, (label, raw) in enumerate(UNDECODABLE.items()):
     expect = dict(evaluate="works", predict="works", explain="works", **({"train": "works"} if i == 0 else {}))
     CASES[case] = (_undecodable(raw), None, expect)
     KIND[case] = "file names that are not valid UTF-8"
+NO_RANGE = {  # grey images no 8-bit reading fits: each names its file and mode
+    "32-bit integer image beyond 16 bits": ("int32.tif", _ramp(1e6, np.int32)),
+    "signed image with negative values": ("signed.tif", _ramp(200, np.int32) - 100),
+    "float image beyond 0..1": ("float.tif", _ramp(255, np.float32)),
+    "float image holding NaN": ("nan.tif", np.full((20, 24), np.nan, np.float32)),
+    "float image that decodes to one grey level": ("flat.tif", _ramp(1e-3, np.float32)),
+}
+for case, (name, arr) in NO_RANGE.items():
+    CASES[case] = (_no_range(name, arr), name, dict(train="error", predict="error", explain="error"))
+    KIND[case] = "grey images whose values fit no range (beyond 16 bits, negative, float beyond 0..1 or NaN, one level)"
 CASES["single-class data set"] = (_single_class, "cannot be computed", dict(train="warns", evaluate="warns"))
 
 TRAIN = ["--arch", "test_resnet", "--no-pretrained", "--size", "32", "--bs", "4", "--folds", "2", "--quiet"]
@@ -294,7 +334,7 @@ META_EDITS = {  # key in herlev.json (task.* inside "task") -> values a damaged 
 CONFIG_EDITS = {"num_classes": (3, 7), "label_names": ("reversed", "renamed"), "architecture": ("resnet50",)}
 FOLDS_EDITS = {"binary garbage": b"\x00\xff\x00\x13garbage\n\x89PNG", "empty file": b"",
                "no fold column": b"rel,label\na.bmp,normal\n", "fold beyond n_folds": None, "fold not a number": None,
-               "unknown label": None}
+               "unknown label": None, "path climbing out of the data root": None, "absolute path": None}
 
 
 def _edit_json(path, key, value):
@@ -318,7 +358,8 @@ def _edit_folds(run, label):
     lines = (run / "folds.csv").read_text().splitlines()
     rel, cls, fold = lines[1].split(",")
     row = {"fold beyond n_folds": f"{rel},{cls},9", "fold not a number": f"{rel},{cls},x",
-           "unknown label": f"{rel},koilocyte,{fold}"}[label]
+           "unknown label": f"{rel},koilocyte,{fold}", "path climbing out of the data root": f"../../{rel},{cls},{fold}",
+           "absolute path": f"/etc/{rel},{cls},{fold}"}[label]
     (run / "folds.csv").write_text("\n".join([lines[0], row, *lines[2:]]) + "\n")
 
 
@@ -328,6 +369,29 @@ def _nan_weights(run, value):
     state = load_file(str(run / "model.safetensors"))
     name = next(k for k, v in state.items() if v.is_floating_point())
     state[name] = state[name].clone().fill_(value)
+    save_file(state, str(run / "model.safetensors"))
+
+
+def _swap_classes(run):
+    """Two class names swapped in herlev.json, and config.json's label names edited to agree: self-consistent."""
+    from herlev_fa.model.heads import get_head
+
+    meta = json.loads((run / "herlev.json").read_text())
+    classes = meta["task"]["classes"]
+    classes[0], classes[1] = classes[1], classes[0]
+    (run / "herlev.json").write_text(json.dumps(meta))
+    config = json.loads((run / "config.json").read_text())
+    config["label_names"] = get_head(meta["head"]).output_names(tuple(classes))
+    (run / "config.json").write_text(json.dumps(config))
+
+
+def _other_weights(run):
+    """Weights of the same network and classes, but not those the run saved (another run's, or retouched)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(run / "model.safetensors"))
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[name] = state[name] * 1.01
     save_file(state, str(run / "model.safetensors"))
 
 
@@ -341,6 +405,9 @@ RUN_EDITS = (  # (id, damage(run), file the error must name, command that reads 
     + [(f"folds.csv {label}", lambda run, k=label: _edit_folds(run, k), "folds.csv", "evaluate") for label in FOLDS_EDITS]
     + [(f"weights all {value}", lambda run, v=value: _nan_weights(run, v), "model.safetensors", "predict")
        for value in (NAN, INF)]
+    + [("classes swapped in herlev.json and config.json alike", _swap_classes, "herlev.json's classes", "evaluate"),
+       ("weights replaced by other valid weights", _other_weights, "model.safetensors is not the file this run saved",
+        "evaluate")]
 )
 
 
@@ -490,3 +557,306 @@ def test_output_redirected_to_a_file_has_no_bars_and_whole_names(tmp_path, train
                        stderr=subprocess.STDOUT, check=True)
     text = train_log.read_text()
     assert "\r" not in text and "█" not in text and "run folder:" in text
+
+
+# --- a full disk: one line naming the file and the space it needs, nothing half-written ------------------------------
+
+FULL_DISK = ("train", "evaluate", "predict", "explain")
+
+
+@pytest.mark.parametrize("command", FULL_DISK)
+def test_full_disk(command, tmp_path, trained_run, monkeypatch):
+    """Writes stop part-way: one line naming the file, what stopped it and the space it needs; no temporary file left.
+
+    train: the checkpoint's safetensors write fails as on a full disk, inside fastai's callback; the
+    others run under a file size limit (the kernel's EFBIG, through every writer: PNG, CSV, JSON).
+    """
+    import resource
+
+    from safetensors import SafetensorError
+
+    data = _base(tmp_path)
+    out, args = _command_args(command, tmp_path, trained_run, data)
+    if command == "explain":  # many images: the PNGs are what fills the disk
+        args[1:2] = [str(p) for p in sorted(data.glob("*/*.BMP"))[:3]]
+    if command == "train":
+        def full(tensors, path, **kwargs):
+            Path(path).write_bytes(b"\0" * 100)  # half-written
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        monkeypatch.setattr("herlev_fa.training.checkpoint.save_file", full)
+        result = runner.invoke(app, [*args, "--name", "r"])
+        expected = f"cannot write '{out / 'r' / 'checkpoint'}': no space left on its device (it needs "
+    else:
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, hard))  # bytes: every file above 2 KB fails
+        try:
+            result = runner.invoke(app, args)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        expected = "the file size limit (ulimit -f) is reached (it needs more than the "
+    error = _one_error(result)
+    assert expected in error and " free there); free space, or choose another output folder" in error, error
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name or p.name.startswith(".")], "temporary files left"
+    assert not (out / "r" / "herlev.json").exists()
+    for path in out.rglob("*.json"):  # what was finished is whole
+        json.loads(path.read_text())
+
+
+def test_full_disk_in_a_real_process(tmp_path, trained_run):
+    """`ulimit -f 1` in the shell: predict's CSV cannot be written; one line, exit 2, no CSV and no temporary file."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    for i in range(40):  # a CSV above 1 KB
+        write_image(data / f"cell_with_a_long_name_{i}.png", value=i)
+    command = (f"ulimit -f 1; exec {sys.executable} -m herlev_cli.main predict '{data}' --run '{trained_run}' "
+               f"--out '{tmp_path / 'p.csv'}' --device cpu")
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"cannot write '{tmp_path / 'p.csv'}': the file size limit (ulimit -f) is reached" in errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+# --- file names that are not UTF-8 in JSON output: escaped as the CSV keeps them, read back to the same bytes --------
+
+@pytest.mark.parametrize("command", ["explain", "quantify", "predict"])
+def test_undecodable_names_in_json(command, tmp_path, trained_run):
+    raw = UNDECODABLE["latin-1"]
+    root = _undecodable(raw)(tmp_path)
+    folder = os.fsencode(root / "light_dysplastic")
+    image = os.fsdecode(folder + b"/" + raw + b".bmp")
+    shutil.copy(root / "light_dysplastic" / "lig0-d.bmp", os.fsdecode(folder + b"/" + raw + b"-d.bmp"))
+    out, args = _command_args(command, tmp_path, trained_run, root)
+    if command == "explain":
+        args[1] = image
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    rows = json.loads(result.stdout)
+    column = "path"
+    names = [os.fsencode(row[column]) for row in rows if column in row]
+    assert folder + b"/" + raw + b".bmp" in names, names
+
+
+@pytest.mark.parametrize("folder", ["fig.png", "fig.csv"])
+def test_compare_explanations_out_is_a_folder(folder, tmp_path, trained_run):
+    """--out names the figure (and its .csv beside it): an existing folder there is said so, before any work."""
+    (tmp_path / folder).mkdir()
+    error = _one_error(runner.invoke(app, ["compare-explanations", str(trained_run), "--out", str(tmp_path / "fig.png"),
+                                           "--steps", "4", "--device", "cpu"]))
+    assert f"--out names the figure file to write, and '{tmp_path / folder}' is an existing folder" in error, error
+    assert [p.name for p in tmp_path.iterdir()] == [folder]
+
+
+# --- nothing left outside --out: torch's compiler cache, lr-find's scratch folder, a SIGTERM ------------------------
+
+def _cli(args, tmp, **kwargs):
+    import subprocess
+    import sys
+
+    (tmp / "tmp").mkdir(exist_ok=True)
+    env = {**os.environ, "TMPDIR": str(tmp / "tmp"), "XDG_CACHE_HOME": str(tmp / "cache"), "OMP_NUM_THREADS": "1"}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    return subprocess.Popen([sys.executable, "-c", "from herlev_cli.main import main; main()", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_nothing_left_in_the_temporary_folder(tmp_path, trained_run):
+    """torch creates its compiler cache when timm imports torch._dynamo: in the user's cache folder, not in TMPDIR."""
+    data = _base(tmp_path)
+    proc = _cli(["predict", str(data), "--run", str(trained_run), "--out", str(tmp_path / "p.csv"), "--device", "cpu"],
+                tmp_path)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert (tmp_path / "cache" / "herlev_fa" / "torchinductor").is_dir()
+
+
+@pytest.mark.parametrize("command", ["lr-find", "train"])
+def test_sigterm_says_so_and_leaves_nothing(command, tmp_path):
+    """SIGTERM (kill, timeout) mid-run: one line saying so, exit 143, scratch folders removed (TMPDIR and --out)."""
+    import signal
+    import time
+
+    data = _base(tmp_path)
+    out, args = _command_args(command, tmp_path, None, data)
+    args += ["--name", "r", "--epochs", "50"] if command == "train" else []
+    proc = _cli(args, tmp_path)
+    started = time.time()
+    while time.time() - started < 240:  # until the finder or the training is under way
+        if list(out.glob(".lr_find-*")) or (out / "r" / "log.csv").exists() or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    stderr = proc.stderr.read()
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("terminated (SIGTERM): "), stderr
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert not [p for p in out.rglob("*") if p.name.startswith((".lr_find-", ".checkpoint.tmp-"))]
+    assert not (out / "r" / "herlev.json").exists()
+
+
+@pytest.mark.parametrize("command", ["lr-find", "train"])
+def test_batch_larger_than_the_data(command, tmp_path):
+    """--bs 500 on a few cells: batches of what there is, said at once; lr-find finishes like any other batch size."""
+    import time
+
+    data = _base(tmp_path)
+    out, args = _command_args(command, tmp_path, None, data)
+    started = time.time()
+    result = runner.invoke(app, [*args, "--bs", "500"])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert time.time() - started < 240
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning: --bs 500 is more than the ")]
+    assert warnings and "training images of fold 0: batches of 7 are used" in warnings[0], result.output
+
+
+# --- a class map no run could be loaded with: refused before any work, by the rule the run loader applies ------------
+
+CLASS_MAPS = {
+    "NaN severity": ("normal_superficiel: 0\nlight_dysplastic: .nan\n", "severities [0.0, nan] are not 2 finite"),
+    "negative severity": ("normal_superficiel: 0\nlight_dysplastic: -1\n", "severities [-1.0, 0.0] are not 2 finite"),
+    "severity beyond 1000": ("normal_superficiel: 0\nlight_dysplastic: 1000000\n", "in 0..1000, one per class"),
+    "every folder one class": ("normal_superficiel: {class: cell, severity: 1}\nlight_dysplastic: {class: cell, "
+                               "severity: 1}\n", "maps every folder to one class ('cell'): a classifier needs two"),
+}
+
+
+@pytest.mark.parametrize("case", CLASS_MAPS)
+@pytest.mark.parametrize("command", ["train", "lr-find"])
+def test_class_map_that_makes_no_usable_run(case, command, tmp_path):
+    text, reason = CLASS_MAPS[case]
+    data = herlev_folder(tmp_path / "data", folders={"normal_superficiel": 2, "light_dysplastic": 2})
+    (tmp_path / "map.yaml").write_text(text)
+    out, args = _command_args(command, tmp_path, None, data)
+    error = _one_error(runner.invoke(app, [*args, "--classes", str(tmp_path / "map.yaml")]))
+    assert f"class map '{tmp_path / 'map.yaml'}'" in error and reason in error, error
+    assert not out.exists()
+
+
+def test_demo_checks_its_options_before_writing_data(tmp_path):
+    error = _one_error(runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "0"]))
+    assert error.startswith("error: --epochs 0 is out of range")
+    assert not (tmp_path / "demo").exists()
+
+
+def test_run_without_integrity_hashes_loads_and_says_so(trained_run, tmp_path):
+    """A run folder written before the hashes were recorded: it still predicts, with a warning that edits go unseen."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    meta = json.loads((run / "herlev.json").read_text())
+    assert set(meta.pop("integrity")) == {"weights_sha256", "classes_sha256"}
+    (run / "herlev.json").write_text(json.dumps(meta))
+    image = next(Path(meta["data_root"]).rglob("*.BMP"))
+    result = runner.invoke(app, ["predict", str(image), "--run", str(run), "--out", str(tmp_path / "p.csv"),
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert f"warning: run '{run}' records no hashes of its weights and classes" in result.output
+    assert (tmp_path / "p.csv").is_file()
+
+
+# --- messages that say what is wrong, not something near it ----------------------------------------------------------
+
+def test_symlink_loop_is_called_one(tmp_path, trained_run):
+    os.symlink("loop.png", tmp_path / "loop.png")
+    os.symlink("run", tmp_path / "run")
+    error = _one_error(runner.invoke(app, ["predict", str(tmp_path / "loop.png"), "--run", str(trained_run), "--out",
+                                           str(tmp_path / "p.csv"), "--device", "cpu"]))
+    assert f"'{tmp_path / 'loop.png'}' is a symbolic link loop" in error, error
+    error = _one_error(runner.invoke(app, ["evaluate", str(tmp_path / "run"), "--device", "cpu"]))
+    assert f"run folder '{tmp_path / 'run'}' is a symbolic link loop" in error, error
+    os.symlink(tmp_path / "gone", tmp_path / "dangling.png")
+    error = _one_error(runner.invoke(app, ["predict", str(tmp_path / "dangling.png"), "--run", str(trained_run),
+                                           "--out", str(tmp_path / "p.csv"), "--device", "cpu"]))
+    assert f"is a symbolic link whose target '{tmp_path / 'gone'}' does not exist" in error, error
+
+
+@pytest.mark.parametrize("command", ["evaluate", "quantify", "train --classes"])
+def test_unknown_class_folder_remedy_fits_the_command(command, tmp_path, trained_run):
+    """`--classes` is suggested only where it exists and was not passed; a run's classes are fixed."""
+    data = _unknown_class(tmp_path)
+    out, args = _command_args(command.split()[0], tmp_path, trained_run, data)
+    if command == "evaluate":
+        args += ["--data", str(data), "--split", "all"]
+    if command == "train --classes":
+        folders = sorted(p.name for p in data.iterdir() if p.name != "koilocytes")
+        (tmp_path / "map.yaml").write_text("".join(f"{f}: {i % 2}\n" for i, f in enumerate(folders)))
+        args += ["--classes", str(tmp_path / "map.yaml")]
+    error = _one_error(runner.invoke(app, args))
+    assert "koilocytes" in error and "--classes" not in error, error
+    expected = "add it to the class map map.yaml" if command == "train --classes" else \
+        f"the run '{trained_run}' was trained on the classes listed; remove the folder"
+    assert expected in error, error
+
+
+def test_weights_with_pickled_objects_name_them_without_torch_warnings(tmp_path):
+    import pickle
+
+    import timm
+    import torch
+
+    data = _base(tmp_path)
+    state = timm.create_model("test_resnet", num_classes=7).state_dict()
+    torch.save({"state_dict": state, "best_acc": np.float64(0.9)}, tmp_path / "ckpt.pth")
+    out, args = _command_args("train", tmp_path, None, data)
+    result = runner.invoke(app, [*args, "--weights", str(tmp_path / "ckpt.pth")])
+    error = _one_error(result)
+    assert "besides tensors it holds pickled Python objects (numpy." in error, error
+    assert "save the weights alone (torch.save(model.state_dict(), PATH))" in error and "plain state dict" not in error
+    torch.save(state, tmp_path / "plain.pth", pickle_protocol=pickle.HIGHEST_PROTOCOL)  # torch warns, then refuses
+    result = runner.invoke(app, [*args, "--weights", str(tmp_path / "plain.pth")])
+    assert "it was written with pickle protocol 4 or higher" in _one_error(result)
+    assert "Detected pickle protocol" not in result.output and "warning" not in result.output, result.output
+    torch.save(state, tmp_path / "plain.pth")  # a plain state dict, the default protocol: loads
+    result = runner.invoke(app, [*args, "--weights", str(tmp_path / "plain.pth"), "--name", "ok"])
+    assert result.exit_code == 0, result.output
+
+
+def test_fold_beyond_the_runs_folds_is_named(tmp_path, trained_run):
+    """fold0 and fold<K+1> of a K-fold run: the second is named as not a fold of it, and the folds missing."""
+    n = json.loads((trained_run / "herlev.json").read_text())["n_folds"]
+    cv = tmp_path / "cv"
+    shutil.copytree(trained_run, cv / "fold0")
+    shutil.copytree(trained_run, cv / f"fold{n + 1}")
+    error = _one_error(runner.invoke(app, ["evaluate", str(cv), "--device", "cpu"]))
+    absent = ", ".join(f"fold{k}" for k in range(1, n))
+    assert (f"'{cv / f'fold{n + 1}'}' is not a fold of this {n}-fold run (its folds are fold0 .. fold{n - 1}; "
+            f"{absent} missing)") in error, error
+    shutil.rmtree(cv / f"fold{n + 1}")
+    shutil.copytree(trained_run, cv / "fold1")  # fold 0's run under fold1/
+    error = _one_error(runner.invoke(app, ["evaluate", str(cv), "--device", "cpu"]))
+    assert f"fold model '{cv / 'fold1'}' holds the run of fold 0 (its herlev.json): the folder was renamed" in error
+
+
+def test_resume_of_a_folder_that_is_no_run(tmp_path):
+    data = _base(tmp_path)
+    out, args = _command_args("train", tmp_path, None, data)
+    (out / "notes").mkdir(parents=True)
+    (out / "notes" / "todo.txt").write_text("not a run")
+    error = _one_error(runner.invoke(app, [*args, "--resume", "--name", "notes"]))
+    assert f"nothing to resume: '{out / 'notes'}' is not a run folder" in error, error
+    assert sorted(p.name for p in (out / "notes").iterdir()) == ["todo.txt"]
+
+
+@pytest.mark.parametrize("command", ["train", "lr-find", "evaluate"])
+def test_empty_out_is_refused(command, tmp_path, trained_run, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = _base(tmp_path / "d")
+    out, args = _command_args(command, tmp_path, trained_run, data)
+    args[args.index(str(out))] = ""
+    before = set(tmp_path.iterdir())
+    error = _one_error(runner.invoke(app, args))
+    assert error == "error: --out is empty: name the output folder (. for the current one)"
+    assert set(tmp_path.iterdir()) == before
+
+
+def test_saved_run_records_hashes_of_what_it_saved(trained_run):
+    """herlev.json's hashes are those of the files beside it; config.json still states the image size."""
+    from herlev_fa.runs import classes_sha256, file_sha256
+
+    meta = json.loads((trained_run / "herlev.json").read_text())
+    assert meta["integrity"] == {"weights_sha256": file_sha256(trained_run / "model.safetensors"),
+                                 "classes_sha256": classes_sha256(meta["task"])}
+    size = meta["image_size"]
+    assert json.loads((trained_run / "config.json").read_text())["pretrained_cfg"]["input_size"] == [3, size, size]

@@ -174,8 +174,8 @@ def build_dataloaders(items: pd.DataFrame, cache: dict[str, np.ndarray], task: T
                    bs=max(1, min(bs, len(train_rows))), shuffle=True, drop_last=True,
                    num_workers=n_workers if item_aug else 0, pin_memory=item_aug is not None and device != "cpu",
                    persistent_workers=False)
-    # num_workers=0: a batch is one index operation; fastai's default (one worker per core) would start
-    # worker processes for every validation pass
+    # gathered from the in-memory cache by one index per batch: worker processes would only copy it through shared
+    # memory (fastai's default starts one per CPU, for every validation pass), and fail where shared memory is limited
     valid_dl = loader(valid_rows, 1, [to_float, normalise], bs=bs, shuffle=False, drop_last=False, num_workers=0)
     extra = [] if held_out is None else [loader(np.flatnonzero(held), 1, [to_float, normalise], bs=bs, shuffle=False,
                                                 drop_last=False, num_workers=0)]

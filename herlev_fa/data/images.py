@@ -1,6 +1,6 @@
 """Decoding image files into RGB uint8 arrays, and the in-memory cache of letterboxed images.
 
-What lives here: `load_image` (any of bmp/jpg/png/tif; RGB, RGBA, grayscale, palette, 16-bit)
+What lives here: `load_image` (any of bmp/jpg/png/tif; RGB, RGBA, grayscale, palette, 16/32-bit, float)
 and `decode_all`, which decodes and letterboxes every item once so that epochs after the first
 do no decoding (Herlev is under 100 MB decoded). What does not: random augmentation
 (``herlev_fa.data.augment``).
@@ -16,17 +16,99 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from herlev_fa.errors import HerlevError
+from herlev_fa.errors import HerlevError, missing
 from herlev_fa.progress import progress_bar
+
+
+# Bit depths a grey image in a 16- or 32-bit container is read as, when the file does not say: the
+# smallest that holds its largest value (8-bit data saved wide, 12-bit camera data, full 16-bit).
+INFERRED_BITS = (8, 12, 16)
+
+
+def _png_significant_bits(path: Path) -> int | None:
+    """The grey significant bits a PNG declares in its sBIT chunk (a 12-bit camera's 16-bit PNG), or None."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None
+            while True:
+                head = f.read(8)
+                if len(head) < 8:
+                    return None
+                length, kind = struct.unpack(">I4s", head)
+                if kind == b"sBIT":
+                    data = f.read(length)
+                    return data[0] if data and 1 <= data[0] <= 16 else None
+                if kind in (b"IDAT", b"IEND"):
+                    return None
+                f.seek(length + 4, 1)  # data and CRC
+    except OSError:
+        return None
+
+
+def declared_max(img: Image.Image, path: Path) -> float | None:
+    """The largest value the file says its samples can take (PNG sBIT, TIFF MaxSampleValue), or None."""
+    bits = _png_significant_bits(path) if img.format == "PNG" else None
+    if bits:
+        return float(2 ** bits - 1)
+    tags = getattr(img, "tag_v2", None)
+    if tags is not None and 281 in tags:  # MaxSampleValue
+        value = tags[281]
+        value = value[0] if isinstance(value, tuple) else value
+        return float(value) if isinstance(value, (int, float)) and value > 0 else None
+    return None
+
+
+def grey_to_uint8(arr: np.ndarray, mode: str, path: Path, full: float | None = None) -> np.ndarray:
+    """A high-depth grey image [H, W] (16/32-bit integer or float) as uint8 [H, W], by the image's real range.
+
+    Floats are read as 0..1; integers by `full` (the largest value the file declares) or else by the
+    smallest of `INFERRED_BITS` that holds their largest value. Values that fit no such range are
+    refused, and so is an image whose levels all collapse to one value: predicting on it would be
+    predicting on a blank.
+
+    Raises:
+        HerlevError: non-finite, negative or out-of-range values, or an image that decodes to one value.
+    """
+    values = arr.astype(np.float64)  # [H, W]
+    kind = "32-bit float" if mode == "F" else "16-bit" if mode.startswith("I;16") else "32-bit integer"
+    what = f"image '{path}' (mode {mode}, {kind}, values {_span(values)})"
+    if not np.isfinite(values).all():
+        raise HerlevError(f"cannot read {what}: it holds NaN or infinite values; save it as 8- or 16-bit")
+    low, high = float(values.min()), float(values.max())
+    if low < 0:
+        raise HerlevError(f"cannot read {what}: negative values have no intensity meaning; save it as unsigned 8- "
+                          "or 16-bit")
+    if mode == "F":
+        if high > 1:
+            raise HerlevError(f"cannot read {what}: a float image is read as 0..1; save it scaled to 0..1, or as "
+                              "8- or 16-bit")
+        full = 1.0
+    elif full is None or full < high:
+        if high > 65535:
+            raise HerlevError(f"cannot read {what}: beyond 16 bits; save it as 8- or 16-bit")
+        full = float(2 ** next(b for b in INFERRED_BITS if high < 2 ** b) - 1)
+    grey = np.clip(values / full * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if high > low and grey.min() == grey.max():
+        raise HerlevError(f"cannot read {what}: its values span less than one 8-bit step of its range 0..{full:g}, "
+                          "so it decodes to a single grey level")
+    return grey
+
+
+def _span(values: np.ndarray) -> str:
+    return f"{values.min():g}..{values.max():g}" if np.isfinite(values).all() else "not all finite"
 
 
 def load_image(path: str | Path) -> np.ndarray:
     """Read an image file as RGB uint8, shape [H, W, 3].
 
-    Alpha is dropped, grayscale and palette images become RGB, 16-bit images are scaled to 8 bits.
+    Alpha is dropped, grayscale and palette images become RGB, and 16-bit, 32-bit and float grey
+    images are scaled by their real range (`grey_to_uint8`).
 
     Raises:
-        HerlevError: the file is missing, empty, truncated or not an image.
+        HerlevError: the file is missing, empty, truncated or not an image, or its values fit no range.
     """
     path = Path(path)
     if path.is_dir():
@@ -38,17 +120,15 @@ def load_image(path: str | Path) -> np.ndarray:
                 raise Image.DecompressionBombError(f"Image size ({img.width} x {img.height} pixels) exceeds limit of "
                                                    f"{Image.MAX_IMAGE_PIXELS} pixels.")
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # 16-bit (or 32-bit int) grayscale: scale by the dtype's range, not the image's max,
-                # so that the same intensity maps to the same value in every image
-                arr = np.asarray(img)
-                scale = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-                gray = np.clip(arr.astype(np.float64) / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            if img.mode == "F" or img.mode.startswith("I"):  # I, I;16, I;16B, I;16S ...
+                # wider than 8 bits: Pillow's own conversion clips (an int32 image turns white) or
+                # truncates (a float 0..1 image turns black), so scale by the real range here
+                gray = grey_to_uint8(np.asarray(img), img.mode, path, declared_max(img, path))
                 return np.repeat(gray[:, :, None], 3, axis=2)
             rgb = img.convert("RGB")
             return np.asarray(rgb, dtype=np.uint8).copy()
     except FileNotFoundError:
-        raise HerlevError(f"image '{path}' does not exist") from None
+        raise HerlevError(missing(path, "image")) from None
     except Image.DecompressionBombError as e:  # a header declaring billions of pixels: refused before decoding
         raise HerlevError(f"cannot read image '{path}': {e} Replace it with a real cell image") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:

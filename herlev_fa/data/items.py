@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
-from herlev_fa.errors import HerlevError
+from herlev_fa.errors import HerlevError, missing
 from herlev_fa.labels import IMAGE_EXTENSIONS, MASK_SUFFIXES, Task
 
 COLUMNS = ["path", "rel", "mask", "folder", "label", "y", "severity"]
@@ -70,14 +70,15 @@ def _listing(folder: Path) -> dict[str, Path]:
     return {p.name.lower(): p for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def find_class_root(root: Path, task: Task, max_depth: int = 2) -> Path:
+def find_class_root(root: Path, task: Task, max_depth: int = 2,
+                    hint: str = "for another dataset pass --classes FILE") -> Path:
     """The folder whose subfolders are the classes: `root` itself or up to `max_depth` levels down.
 
     Raises:
         HerlevError: `root` is missing, or no known class folder is found.
     """
     if not root.exists():
-        raise HerlevError(f"data folder '{root}' does not exist")
+        raise HerlevError(missing(root, "data folder"))
     if not root.is_dir():
         raise HerlevError(f"data path '{root}' is not a folder")
     level = [root]
@@ -88,32 +89,54 @@ def find_class_root(root: Path, task: Task, max_depth: int = 2) -> Path:
         level = [d for parent in level for d in _subdirs(parent)]
     known = ", ".join(sorted(task.folder_to_class))
     raise HerlevError(
-        f"no class folder found in '{root}' (looked {max_depth} levels down for: {known}); "
-        "for another dataset pass --classes FILE"
+        f"no class folder found in '{root}' (looked {max_depth} levels down for: {known}); {hint}"
     )
 
 
-def scan(root: str | Path, task: Task) -> pd.DataFrame:
+# What to do about a folder that is no class of the task, when the task is a built-in one and the
+# caller can take another (`train --classes`); a run's classes are fixed (`trained_on`).
+MAP_IT = "pass --classes FILE to map it"
+
+
+def trained_on(run_path: str | Path) -> str:
+    """The remedy for a folder that is no class of a run: the run's classes are fixed."""
+    return f"the run '{run_path}' was trained on the classes listed; remove the folder, or pass --data with only those"
+
+
+def scan(root: str | Path, task: Task, remedy: str = MAP_IT) -> pd.DataFrame:
     """Read a folder-per-class dataset into the item table (see module docstring).
+
+    `remedy`: what the error for a folder that is no class of the task tells the user to do (for a
+    class map: add the folder to it).
 
     Raises:
         HerlevError: missing folder, no class folder, an unknown class folder, or no image at all.
     """
+    hint = "for another dataset pass --classes FILE"
+    if remedy != MAP_IT:  # a run's classes: fixed
+        hint = "pass --data with the class folders the run was trained on"
+    elif task.name.startswith("classmap:"):  # --classes was passed: no use saying to pass it
+        hint = f"check the folder names in the class map {task.name.removeprefix('classmap:')}"
+        remedy = f"add it to the class map {task.name.removeprefix('classmap:')}"
     root = Path(root).expanduser().resolve()
-    class_root = find_class_root(root, task)
+    class_root = find_class_root(root, task, hint=hint)
     rows = []
+    by_name: dict[str, Path] = {}  # lower-cased folder name -> the first folder of that name holding images
     for folder in _subdirs(class_root):
         siblings = _listing(folder)
         images = sorted(p for p in siblings.values() if is_image_file(p))
         label = task.class_of_folder(folder.name)
+        key = folder.name.strip().lower()
+        if images and label is not None and key in by_name:  # names match case-insensitively: said, not merged silently
+            warnings.warn(f"folders '{by_name[key]}' and '{folder}' differ only by case: the images of both are read "
+                          f"as class '{label}'", stacklevel=2)
+        elif images:
+            by_name[key] = folder
         if label is None:
             if not images:
                 continue  # an unrelated empty or image-less folder, e.g. a results folder
             known = ", ".join(sorted(task.folder_to_class))
-            raise HerlevError(
-                f"folder '{folder}' is not a known class of task '{task.name}' (known: {known}); "
-                "pass --classes FILE to map it"
-            )
+            raise HerlevError(f"folder '{folder}' is not a known class of task '{task.name}' (known: {known}); {remedy}")
         if not images:
             warnings.warn(f"class folder '{folder}' holds no image", stacklevel=2)
         y = task.classes.index(label)

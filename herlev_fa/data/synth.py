@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from herlev_fa.atomic import check_output_folder
+from herlev_fa.atomic import check_output_folder, out_of_space
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import (
     ARCHIVE_FOLDERS,
@@ -190,6 +190,11 @@ def _write_atomic(path: Path, data: bytes) -> None:
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
+    except OSError as e:  # a full disk: one line naming the file, as every other write
+        full = out_of_space(path, e, tmp, size=len(data))
+        if full is None:
+            raise
+        raise full from None
     finally:
         tmp.unlink(missing_ok=True)
 

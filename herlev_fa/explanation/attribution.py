@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from herlev_fa.config import IG_BASELINES, IG_METHODS, IG_PRECISIONS, IGSettings
-from herlev_fa.errors import HerlevError
+from herlev_fa.errors import HerlevError, missing as missing_message
 from herlev_fa.model.heads import Head, get_head
 from herlev_fa.model.inference import fold_batchnorm
 
@@ -552,7 +552,7 @@ def iter_explanations(run, paths: Sequence[str | Path], settings: IGSettings = I
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         if missing[0].is_dir():
             raise HerlevError(f"'{missing[0]}' is a folder, not an image file{more}; explain takes image files")
-        raise HerlevError(f"image '{missing[0]}' does not exist{more}")
+        raise HerlevError(f"{missing_message(missing[0], 'image')}{more}")
     column = target_column(settings.target, run.head, run.task.classes)
     explainer = explainer or explainer_for(run, settings)
     names = output_names(paths)

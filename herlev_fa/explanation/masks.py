@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from herlev_fa.errors import HerlevError
+from herlev_fa.errors import HerlevError, missing
 from herlev_fa.labels import BACKGROUND_RGB, BORDER_RGB, CYTOPLASM_RGB, NUCLEUS_RGB
 
 BACKGROUND = 0
@@ -68,7 +68,7 @@ def read_mask(path: str | Path, max_other: float = 0.05) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise HerlevError(f"mask '{path}' does not exist")
+        raise HerlevError(missing(path, "mask"))
     try:
         with Image.open(path) as image:
             rgb = np.asarray(image.convert("RGB"))  # [H, W, 3]

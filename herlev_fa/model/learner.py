@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import pickle
+import re
+import warnings
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 
 from herlev_fa.training.callbacks import without_host_syncs
 from herlev_fa.config import ModelConfig
-from herlev_fa.errors import HerlevError
+from herlev_fa.errors import HerlevError, missing
 from herlev_fa.labels import Task
 from herlev_fa.model.loss import SeverityLoss
 from herlev_fa.metrics import fastai_metrics
@@ -51,21 +53,30 @@ def load_weights_file(path: str | Path) -> dict[str, Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise HerlevError(f"weights file '{path}' does not exist")
+        raise HerlevError(missing(path, "weights file"))
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             sd = load_file(str(path))
         else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's warnings about the pickle protocol come before our own verdict
+                warnings.simplefilter("ignore")
+                sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle.UnpicklingError, safetensors errors, RuntimeError on bad zip
         if isinstance(e, pickle.UnpicklingError):  # torch's text advises weights_only=False: the unsafe load refused here
-            reason = "it holds pickled Python objects besides tensors, and loading those could run code from the file"
-        else:
-            reason = str(e).strip().split("\n")[0][:200]
-        raise HerlevError(f"cannot load weights '{path}' safely ({type(e).__name__}: {reason}); "
-                          "give a .safetensors file or a plain state dict") from None
+            if "Unsupported operand" in str(e):  # torch's safe reader knows pickle protocols up to 3 only
+                raise HerlevError(f"cannot load weights '{path}' safely: it was written with pickle protocol 4 or "
+                                  "higher (torch.save's pickle_protocol), which torch reads only by allowing code in "
+                                  "the file to run; save it again with the default protocol, or as .safetensors") from None
+            found = re.search(r"GLOBAL ([\w.]+)", str(e))
+            what = f" ({found.group(1)})" if found else ""
+            raise HerlevError(f"cannot load weights '{path}' safely: besides tensors it holds pickled Python "
+                              f"objects{what}, and loading those could run code from the file; save the weights "
+                              "alone (torch.save(model.state_dict(), PATH)) or as .safetensors") from None
+        reason = str(e).strip().split("\n")[0][:200]
+        raise HerlevError(f"cannot load weights '{path}' ({type(e).__name__}: {reason}); give a .safetensors file or "
+                          "a file written by torch.save(model.state_dict(), PATH)") from None
     for key in ("state_dict_ema", "state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]

@@ -38,6 +38,7 @@ from fastai.distributed import DistributedDL
 from fastai.torch_core import rank_distrib
 from safetensors.torch import load_file, save_file
 
+from herlev_fa.atomic import out_of_space
 from herlev_fa.errors import HerlevError
 from herlev_fa.training.callbacks import bare_model
 
@@ -169,6 +170,11 @@ def save(run_dir: Path, state: dict, tensors: dict[str, torch.Tensor]) -> None:
             target.rename(old)
         tmp.rename(target)
         shutil.rmtree(old, ignore_errors=True)
+    except Exception as e:  # a full disk: one line naming the checkpoint and its size, the half-written folder removed
+        full = out_of_space(run_dir / NAME, e, size=sum(t.numel() * t.element_size() for t in tensors.values()))
+        if full is None:
+            raise
+        raise full from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,14 +42,14 @@ from herlev_fa.config import TrainConfig, resolve_device, resolve_precision
 from herlev_fa.data.feed import build_dataloaders
 from herlev_fa.data.images import decode_all
 from herlev_fa.data.items import assign_folds, inner_split, scan
-from herlev_fa.errors import HerlevError
+from herlev_fa.errors import HerlevError, missing
 from herlev_fa.evaluation import write_evaluation
 from herlev_fa.labels import Task, get_task, load_class_map
 from herlev_fa.metrics import SCALAR_METRICS
 from herlev_fa.model.heads import get_head
 from herlev_fa.model.learner import build_learner, build_model, check_arch, normalisation
 from herlev_fa.figures import lr_find_png, training_curves_png
-from herlev_fa.runs import FORMAT, read_meta, save_folds, save_model, save_predictions, selection, versions
+from herlev_fa.runs import FORMAT, integrity, read_meta, save_folds, save_model, save_predictions, selection, versions
 
 
 @dataclass
@@ -197,6 +198,10 @@ def _fit_learner(cfg: TrainConfig, data: Prepared, fold: int, device: str, cbs: 
     model = build_model(cfg.model, data.task)
     mean, std = normalisation(model.net)
     held = (data.items["fold"] == fold).to_numpy()  # [N] the held-out fold
+    n_train = int((~held).sum())
+    if cfg.data.bs > n_train:  # the loaders take what there is: said once, up front
+        warnings.warn(f"--bs {cfg.data.bs} is more than the {n_train} training images of fold {fold}: batches of "
+                      f"{n_train} are used", stacklevel=2)
     # --keep best chooses on an inner split of the training folds; the held-out fold is a third loader
     inner = inner_split(data.items, fold, cfg.val_split, cfg.data.seed) if cfg.keep == "best" else None
     dls = build_dataloaders(data.items, data.cache, data.task, valid=held if inner is None else inner,
@@ -337,6 +342,7 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
         "processes": max(num_distrib(), 1),  # data-parallel processes: the effective batch is bs x processes
         "versions": versions(),
         "config": cfg.to_json(),
+        "integrity": integrity(run_dir, data.task),  # checked at load: an edit after training is reported
     })
     checkpoint.remove(run_dir)
     return _from_main(metrics)
@@ -366,7 +372,11 @@ def _resumable_root(cfg: TrainConfig) -> Path:
     if cfg.name:
         root = cfg.out / cfg.name
         if not root.is_dir():
-            raise HerlevError(f"nothing to resume: run folder '{root}' does not exist")
+            raise HerlevError(f"nothing to resume: {missing(root, 'run folder')}")
+        marks = ("herlev.json", "checkpoint", "folds.csv")  # folds.csv: written before the first epoch
+        if not any((folder / mark).exists() for folder in (root, *root.glob("fold*")) for mark in marks):
+            raise HerlevError(f"nothing to resume: '{root}' is not a run folder (no herlev.json, checkpoint or "
+                              "folds.csv in it); start a new run under another --name, without --resume")
         return root
     unfinished = [p.parent for p in cfg.out.glob("*/checkpoint") if p.is_dir()]
     unfinished += [p.parent.parent for p in cfg.out.glob("*/fold*/checkpoint") if p.is_dir()]
@@ -468,7 +478,13 @@ def lr_find(cfg: TrainConfig, out: str | Path) -> tuple[float, Path]:
     task = resolve_task(cfg)
     check_arch(cfg.model.arch)
     data = prepare(cfg, task)
-    with tempfile.TemporaryDirectory() as scratch:
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HerlevError(f"cannot create output folder '{out}': {e.strerror or e}; choose another --out") from None
+    # fastai's finder saves the model's state in its scratch folder: inside --out, so that even a killed
+    # process leaves nothing in the system's temporary folder (an interrupted one removes it)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".lr_find-") as scratch:
         learn, _, _ = _fit_learner(cfg, data, cfg.fold or 0, device, [], Path(scratch))
         with _quiet(learn, cfg.quiet):
             lr, lrs, losses = _suggest_lr(learn)
