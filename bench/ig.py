@@ -120,7 +120,7 @@ def main() -> None:
 
     from herlev_fa.config import resolve_device
     from herlev_fa.config import IGSettings
-    from herlev_fa.explanation.attribution import (DEFAULT_METHOD, ExplainedOutputs, Explainer, explainer_for,
+    from herlev_fa.explanation.attribution import (DEFAULT_RULE, ExplainedOutputs, Explainer, explainer_for,
                                                    iter_explanations, normalise)
     from herlev_fa.explanation.report import quantify
 
@@ -152,10 +152,10 @@ def main() -> None:
             return torch.cat(deltas).numpy()
         return call
 
-    def ours(steps: int, precision: str = "fp32", fold_bn: bool = True, method: str = DEFAULT_METHOD):
+    def ours(steps: int, precision: str = "fp32", fold_bn: bool = True, rule: str = DEFAULT_RULE):
         explainer = Explainer(run.model, run.head, run.task.classes, run.task.severities, run.mean, run.std,
                               run.size, steps=steps, baseline="mean", device=device, precision=precision,
-                              fold_bn=fold_bn, method=method)
+                              fold_bn=fold_bn, rule=rule)
 
         def call():
             return np.concatenate([np.abs(explainer(b).delta) for b in batches])
@@ -176,7 +176,7 @@ def main() -> None:
             configs[f"herlev fp32 {steps} steps"] = ours(steps)
             configs[f"herlev bf16 {steps} steps"] = ours(steps, "bf16")
         for steps in [args.steps, *(s for s in (40, 36, 32) if s < args.steps)]:
-            configs[f"herlev fp32 midpoint {steps} steps"] = ours(steps, method="riemann_middle")
+            configs[f"herlev fp32 midpoint {steps} steps"] = ours(steps, rule="riemann_middle")
 
     n = len(boxed)
     times: dict[str, list[float]] = {k: [] for k in configs}

@@ -122,7 +122,8 @@ def explanation_png(result: Explanation, path: str | Path, settings: str) -> Pat
     axes[0].imshow(result.image)
     axes[0].set_title("cell")
     heat = axes[1].imshow(attr, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-    axes[1].set_title("IG (red: for, blue: against)")
+    short = "IG" if result.method == "ig" else result.method
+    axes[1].set_title(f"{short} (red: for, blue: against)")
     fig.colorbar(heat, ax=axes[1], fraction=0.046, pad=0.04)
     grey = result.image.astype(np.float32).mean(axis=2)  # [H, W]
     axes[2].imshow(grey, cmap="gray", vmin=0, vmax=255)
@@ -134,8 +135,9 @@ def explanation_png(result: Explanation, path: str | Path, settings: str) -> Pat
     lines = [f"{printable(result.name)}: predicted {result.predicted}, severity score {result.score:.2f}"]
     if result.probs is not None:
         lines.append("p: " + "  ".join(f"{short_name(c)} {p:.2f}" for c, p in result.probs.items()))
-    lines.append(f"IG of the {what}, {settings}; "
-                 f"delta {result.delta:+.3g} ({result.relative_delta:.1%} of f(x) - f(baseline))")
+    delta = (f"delta {result.delta:+.3g} ({result.relative_delta:.1%} of f(x) - f(baseline))"
+             if np.isfinite(result.delta) else "no completeness delta")
+    lines.append(f"{short} of the {what}, {settings}; {delta}")
     fig.suptitle("\n".join(lines), fontsize=9)
     return save_png(fig, path)
 
