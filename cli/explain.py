@@ -56,7 +56,7 @@ DataRoot = Annotated[Optional[Path], typer.Option("--data", help="Dataset root (
 QuantifyOut = Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: RUN/quantify-SPLIT).")]
 Split = Annotated[str, typer.Option(help="valid (the run's held-out fold) | all (every image with a mask).")]
 AsJson = Annotated[bool, flag("--json", help="Print the per-image rows as JSON on stdout (implies --quiet).")]
-Limit = Annotated[int, typer.Option(help="Held-out cells to use (the first N of the fold, in path order).")]
+Limit = Annotated[int, typer.Option(help="Cells to use, spread evenly over the split's cells in path order (0: all).")]
 
 
 @app.command(rich_help_panel="Explanation")
@@ -194,3 +194,64 @@ def compare_quantify(
         out.print(f"{name}: " + delta_summary(t["delta"], t["relative_delta"], settings.tol, t["precision"]),
                   highlight=False)
     out.print(f"written to [bold]{result.report.parent}[/] (study.md, study.png, one quantify folder per run and fold)")
+
+
+AllMethods = Annotated[bool, flag("--all-methods", help="Every attribution method, one after another (overrides "
+                                                        "--method).")]
+
+
+def methods_of(settings: IGSettings, all_methods: bool) -> list[str]:
+    from herlev_fa.config import ATTRIBUTION_METHODS
+
+    return list(ATTRIBUTION_METHODS) if all_methods else [settings.method]
+
+
+@app.command(rich_help_panel="Explanation")
+@user_errors
+@attribution_options()
+def sanity(
+    run: RunOption = None,
+    data: DataRoot = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: RUN/sanity).")] = None,
+    split: Split = "valid",
+    limit: Limit = 16,
+    all_methods: AllMethods = False,
+    quiet: Quiet = False,
+    settings: IGSettings = IGSettings(),
+) -> None:
+    """Cascading model-parameter randomisation (Adebayo et al. 2018): each method's maps as the network is
+    re-initialised from the top, against the trained model's (Spearman, SSIM, nucleus enrichment)."""
+    from herlev_fa.explanation.sanity import sanity as run_sanity
+
+    run = run_dir(run)
+    result = run_sanity(run, methods_of(settings, all_methods), out=out_dir, settings=settings, data=data,
+                        limit=limit, split=split, log=None if quiet else lambda line: out.print(line, highlight=False))
+    out.print(result.files[1].read_text(), highlight=False)
+    out.print(f"written to [bold]{result.files[0].parent}[/] (sanity.csv, sanity.md, sanity.png)")
+
+
+@app.command(rich_help_panel="Explanation")
+@user_errors
+@attribution_options()
+def faithfulness(
+    run: RunOption = None,
+    data: DataRoot = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: RUN/faithfulness).")]
+    = None,
+    split: Split = "valid",
+    limit: Limit = 32,
+    all_methods: AllMethods = False,
+    quiet: Quiet = False,
+    settings: IGSettings = IGSettings(),
+) -> None:
+    """Deletion and insertion curves (pixels removed most-relevant-first, least-relevant-first, at random and
+    nucleus-first, imputed from their neighbours as in ROAD) and their areas, per method."""
+    from herlev_fa.explanation.faithfulness import faithfulness as run_faithfulness
+
+    run = run_dir(run)
+    result = run_faithfulness(run, methods_of(settings, all_methods), out=out_dir, settings=settings, data=data,
+                              limit=limit, split=split,
+                              log=None if quiet else lambda line: out.print(line, highlight=False))
+    out.print(result.files[2].read_text(), highlight=False)
+    out.print(f"written to [bold]{result.files[0].parent}[/] (faithfulness.csv, curves.csv, faithfulness.md, "
+              "faithfulness.png)")

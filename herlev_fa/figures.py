@@ -402,3 +402,53 @@ def reliability_png(probs: np.ndarray, y: np.ndarray, ece: float, path: str | Pa
     bottom.hist(confidence, bins=np.linspace(0, 1, n_bins + 1), color="tab:grey")
     bottom.set_xlabel("top class probability"), bottom.set_ylabel("cells")
     return save_png(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# sanity and faithfulness
+
+
+def sanity_png(path: str | Path, image: np.ndarray, nucleus: np.ndarray, maps: Mapping[tuple[str, str], np.ndarray],
+               methods: Sequence[str], steps: Sequence[str], title: str = "") -> Path:
+    """One cell's maps along the randomisation cascade: a row per method, a column per step (|map|, own scale)."""
+    fig = _figure(figsize=(1.7 * (len(steps) + 1), 1.8 * len(methods) + 0.6), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(methods), len(steps) + 1, squeeze=False))
+    for r, method in enumerate(methods):
+        axes[r, 0].imshow(image)
+        axes[r, 0].contour(nucleus, levels=[0.5], colors="gold", linewidths=0.8)
+        axes[r, 0].set_ylabel(method, fontsize=9)
+        for c, step in enumerate(steps):
+            m = np.abs(maps[(method, step)])
+            axes[r, c + 1].imshow(m, cmap="magma", vmin=0, vmax=float(np.percentile(m, 99.5)) or 1.0)
+            if r == 0:
+                axes[r, c + 1].set_title(step if c == 0 else f"- {step}", fontsize=9)
+    for ax in axes.ravel():
+        ax.set_xticks([]), ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_png(fig, path)
+
+
+def faithfulness_png(path: str | Path, curves: pd.DataFrame, title: str = "") -> Path:
+    """Deletion (left) and insertion (right) curves per method: the mean normalised output against the fraction of
+    pixels removed (inserted), one line per removal order. `curves`: method, curve, order, fraction, output."""
+    methods = list(dict.fromkeys(curves["method"]))
+    fig = _figure(figsize=(7, 2.4 * len(methods) + 0.5), layout="constrained")
+    axes = fig.subplots(len(methods), 2, squeeze=False)
+    styles = {"most relevant first": "C3", "least relevant first": "C0", "random": "0.5", "nucleus first": "C2"}
+    for r, method in enumerate(methods):
+        for c, curve in enumerate(("deletion", "insertion")):
+            ax = axes[r, c]
+            part = curves[(curves["method"] == method) & (curves["curve"] == curve)]
+            for order, colour in styles.items():
+                line = part[part["order"] == order].groupby("fraction")["output"].mean()
+                if len(line):
+                    ax.plot(line.index, line.to_numpy(), color=colour, label=order)
+            ax.set_title(f"{method}: {curve}", fontsize=9)
+            ax.set_xlabel(f"fraction of pixels {'removed' if curve == 'deletion' else 'inserted'}", fontsize=8)
+            ax.set_ylabel("normalised output", fontsize=8)
+            ax.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_png(fig, path)

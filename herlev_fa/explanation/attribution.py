@@ -350,8 +350,9 @@ class Explainer:
         free, _ = torch.cuda.mem_get_info(self.device)
         return max(probe, int(0.5 * free / per_input))
 
-    def attribute(self, images: np.ndarray | Tensor, target: int | None = None) -> DeviceAttribution:
-        """IG of letterboxed uint8 images [B, S, S, 3] for output column `target` (None: predicted class).
+    def attribute(self, images: np.ndarray | Tensor, target: int | Tensor | None = None) -> DeviceAttribution:
+        """IG of letterboxed uint8 images [B, S, S, 3] for output column `target` (None: predicted class; a [B]
+        tensor: one column per image).
 
         Everything stays on the explainer's device; the wall time of the call is added to
         `attribution_seconds` (the GPU is synchronised at the end so that the time is the GPU's).
@@ -368,7 +369,10 @@ class Explainer:
             out_base = self.outputs(base).float()
         logits = out[:, :-1] if self.outputs.head.has_classes else None  # [B, K] or None
         probs, score, predicted = decode_parts(logits, out[:, -1], self.severities)  # [B, K] | None, [B], [B]
-        t = predicted if target is None else torch.full((n,), target, dtype=torch.long, device=out.device)  # [B]
+        if isinstance(target, Tensor):  # a column per image
+            t = target.to(out.device, torch.long)  # [B]
+        else:
+            t = predicted if target is None else torch.full((n,), target, dtype=torch.long, device=out.device)  # [B]
         gap = (out - out_base).gather(1, t[:, None])[:, 0]  # [B]
         if self.method != "ig":
             with self._autocast(), _frozen(self.outputs):
