@@ -1,10 +1,10 @@
 """Why a small ResNet's attribution maps sit on a fixed grid: the stride-32 lattice, measured on real cells.
 
-Run (a few minutes on 2 CPU cores for a 64 px ResNet-18 and a fold's 184 held-out cells):
+Run (a few minutes on 2 CPU cores for a 64 px ResNet-18 and 48 held-out cells):
 
-    python bench/tile_pattern.py RUN [--data DIR] [--out docs/img/tile_pattern.png] [--limit N]
+    python bench/tile_pattern.py RUN [--compare RUN2] [--data DIR] [--out docs/img/tile_pattern.png] [--limit N]
 
-For the held-out cells of RUN (a fold run) it computes IG (the tool's defaults) under four
+For held-out cells of RUN (a fold run) it computes IG (the tool's defaults) under these
 conditions and prints, for each, how much of the mean |IG| lies near the points of the lattice
 of the network's total stride (multiples of 32 px for a ResNet, anchored at the top-left pixel),
 against the area of those pixels:
@@ -12,14 +12,14 @@ against the area of those pixels:
 * `trained`: the run's model on its own input size;
 * `shifted`: the same cells translated by half a lattice period (edge pixels replicated); if the
   map follows the cell, the hot spots move with it; if they stay, the network's grid sets them;
-* `untrained`: the same architecture with random weights (timm's initialisation): the grid the
-  architecture imposes before any training;
-* `2x size`: the trained model fed the cells letterboxed to twice its size (the lattice period
-  stays 32 px, so it gets finer relative to the cell).
+* `untrained`: the same architecture with timm's initialisation (random convolutions, the last
+  BatchNorm of each residual block at zero): the grid the architecture imposes before training;
+* `--compare RUN2`: another fold run on the same cells (e.g. the same recipe with a ResNet-D,
+  whose downsampling shortcuts average 2 x 2 pixels instead of reading one of them).
 
-It also reports the nucleus enrichment on each cell's own nucleus mask against the one on another
-cell's mask (`nucleus_enrichment_other` of quantify), and draws the figure: four cells' maps, the
-mean |IG| per condition with the lattice points marked.
+It also reports the share of the mean |IG| on the 8 px along the right and bottom borders, and
+the median nucleus enrichment on each cell's own nucleus mask against another cell's, and draws
+the figure: four cells' maps per run, the mean |IG| per condition with the lattice points marked.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def lattice_enrichment(mean_abs: np.ndarray, stride: int = STRIDE) -> float:
 
 
 def shifted(images: np.ndarray, dx: int, dy: int) -> np.ndarray:
-    """[B, S, S, 3] uint8 translated by (dx, dy) px, edges replicated (as the letterbox pads)."""
+    """[B, S, S, 3] (or [B, S, S]) uint8 translated by (dx, dy) px, edges replicated (as the letterbox pads)."""
     m = np.float32([[1, 0, dx], [0, 1, dy]])
     s = images.shape[1]
     return np.stack([cv2.warpAffine(im, m, (s, s), borderMode=cv2.BORDER_REPLICATE, flags=cv2.INTER_NEAREST)
@@ -73,55 +73,54 @@ def enrichment(maps: np.ndarray, nucleus: np.ndarray) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path)
+    parser.add_argument("--compare", type=Path, default=None,
+                        help="A second fold run (e.g. a ResNet-D) explained on the same cells.")
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("docs/img/tile_pattern.png"))
-    parser.add_argument("--limit", type=int, default=0, help="held-out cells to use (0: all)")
+    parser.add_argument("--limit", type=int, default=48, help="held-out cells for the mean maps (0: all)")
     args = parser.parse_args()
+    from herlev_fa.explanation.sanity import cells_of
+
     torch.manual_seed(0)
     run = load_run(args.run)
-    items, _ = quantify_items(run, args.data, "valid")
-    items = items.sort_values("path").reset_index(drop=True)
-    if args.limit:
-        items = items.iloc[np.linspace(0, len(items) - 1, args.limit).round().astype(int)].reset_index(drop=True)
+    items = cells_of(quantify_items(run, args.data, "valid")[0], args.limit)
     s = run.size
     settings = IGSettings(device="cpu", precision="fp32")
     images, regions, _ = masked_batch(items, s)  # [N, S, S, 3], [N, S, S]
-    big, big_regions, _ = masked_batch(items, 2 * s)
     nucleus = regions == NUCLEUS
 
     def ig(explainer: Explainer, x: np.ndarray) -> np.ndarray:
         return np.concatenate([explainer(x[i:i + 16]).attribution for i in range(0, len(x), 16)])  # [N, S, S]
 
-    trained = explainer_for(run, settings)
     untrained_model = copy.deepcopy(run.model)
-    for module in untrained_model.modules():
-        if hasattr(module, "reset_parameters") and module is not untrained_model:
+    for module in untrained_model.net.modules():  # timm's own initialisation, as at the start of training
+        if hasattr(module, "reset_parameters"):
             module.reset_parameters()
-    net = untrained_model.net
-    if hasattr(net, "init_weights"):
-        net.init_weights()
+    if hasattr(untrained_model.net, "init_weights"):
+        untrained_model.net.init_weights()
     untrained = Explainer(untrained_model, run.head, run.task.classes, run.task.severities, run.mean, run.std, s)
-    big_explainer = Explainer(run.model, run.head, run.task.classes, run.task.severities, run.mean, run.std, 2 * s)
     half = STRIDE // 2
-    maps = {
-        "trained": ig(trained, images),
-        f"shifted +{half} px": ig(trained, shifted(images, half, half)),
-        "untrained": ig(untrained, images),
-        f"input {2 * s} px": ig(big_explainer, big),
-    }
-    print(f"{len(items)} held-out cells of {args.run} ({run.arch} {s} px); lattice: multiples of {STRIDE} px, "
-          f"+-{NEAR} px")
-    print(f"{'condition':<18} {'lattice enrichment':>18} {'on-lattice area':>16}")
+    maps = {"trained": ig(explainer_for(run, settings), images),
+            f"shifted +{half} px": ig(explainer_for(run, settings), shifted(images, half, half)),
+            "untrained (timm init)": ig(untrained, images)}
+    if args.compare is not None:
+        other = load_run(args.compare)
+        maps[f"{other.path.name}"] = ig(explainer_for(other, settings), images)
+    print(f"{len(items)} held-out cells of {args.run} ({s} px); lattice: multiples of {STRIDE} px, +-{NEAR} px "
+          f"({lattice_mask(s).mean():.1%} of the pixels)")
+    print(f"{'condition':<24} {'lattice enrichment':>18} {'right+bottom 8 px':>18} {'own / other nucleus':>20}")
+    rng = np.random.default_rng(0)
+    partner = rng.permutation(len(items))
     for name, m in maps.items():
         mean_abs = np.abs(m).mean(axis=0)
-        print(f"{name:<18} {lattice_enrichment(mean_abs):>18.2f} {lattice_mask(mean_abs.shape[0]).mean():>16.1%}")
-    own = enrichment(maps["trained"], nucleus)
-    rng = np.random.default_rng(0)
-    other = enrichment(maps["trained"], nucleus[rng.permutation(len(items))])
-    print(f"nucleus enrichment (trained, {s} px): own nucleus median {np.median(own):.2f}, another cell's nucleus "
-          f"median {np.median(other):.2f}, own > other in {np.mean(own > other):.0%} of cells")
-    big_own = enrichment(maps[f"input {2 * s} px"], big_regions == NUCLEUS)
-    print(f"nucleus enrichment at {2 * s} px input: median {np.median(big_own):.2f}")
+        edge = (mean_abs[:, -8:].mean() + mean_abs[-8:, :].mean()) / 2 / mean_abs.mean()
+        masks = shifted(nucleus.astype(np.uint8), half, half) > 0 if name.startswith("shifted") \
+            else nucleus  # the nucleus moved with the cell
+        own, other_nucleus = enrichment(m, masks), enrichment(m, masks[partner])
+        print(f"{name:<24} {lattice_enrichment(mean_abs):>18.2f} {edge:>18.2f} "
+              f"{np.median(own):>9.2f} / {np.median(other_nucleus):.2f}")
+    np.savez_compressed(args.out.with_suffix(".npz"), images=images, nucleus=nucleus,
+                        **{k.replace(" ", "_"): v for k, v in maps.items()})
     draw(args.out, images, nucleus, maps, items, s)
     print(f"figure: {args.out}")
 
@@ -129,26 +128,30 @@ def main() -> None:
 def draw(path: Path, images: np.ndarray, nucleus: np.ndarray, maps: dict[str, np.ndarray], items, size: int) -> None:
     from herlev_fa.figures import _figure, save_png
 
-    picks = [i for c in ("carcinoma_in_situ", "normal") for i in np.flatnonzero(items["label"].to_numpy() == c)[:2]]
-    fig = _figure(figsize=(13, 6.6))
-    axes = fig.subplots(2, 4)
-    trained = maps["trained"]
-    for ax, i in zip(axes[0], picks):
-        vmax = float(np.percentile(np.abs(trained[i]), 99.5)) or 1.0
-        ax.imshow(images[i].mean(axis=2), cmap="gray", vmin=0, vmax=255)
-        ax.imshow(trained[i], cmap="RdBu_r", vmin=-vmax, vmax=vmax, alpha=np.clip(np.abs(trained[i]) / vmax, 0, 1))
-        ax.contour(nucleus[i], levels=[0.5], colors="gold", linewidths=1)
-        ax.set_title(f"{items['label'].iloc[i][:12]}: IG", fontsize=9)
-    for ax, (name, m) in zip(axes[1], maps.items()):
+    labels = items["label"].to_numpy()
+    picks = [i for c in ("carcinoma_in_situ", "normal") for i in np.flatnonzero(labels == c)[:2]]
+    rows = [name for name in maps if name not in ("untrained (timm init)",) and not name.startswith("shifted")]
+    fig = _figure(figsize=(13, 3.3 * (len(rows) + 1)), layout="constrained")
+    axes = fig.subplots(len(rows) + 1, 4)
+    for r, name in enumerate(rows):
+        for ax, i in zip(axes[r], picks):
+            m = maps[name][i]
+            vmax = float(np.percentile(np.abs(m), 99.5)) or 1.0
+            ax.imshow(images[i].mean(axis=2), cmap="gray", vmin=0, vmax=255)
+            ax.imshow(m, cmap="RdBu_r", vmin=-vmax, vmax=vmax, alpha=np.clip(np.abs(m) / vmax, 0, 1))
+            ax.contour(nucleus[i], levels=[0.5], colors="gold", linewidths=1)
+            ax.set_title(f"{name}: IG, {labels[i][:12]}", fontsize=9)
+    for ax, (name, m) in zip(axes[-1], maps.items()):
         mean_abs = np.abs(m).mean(axis=0)
         ax.imshow(mean_abs, cmap="magma")
         points = np.arange(0, mean_abs.shape[0], STRIDE)
-        ax.scatter(*np.meshgrid(points, points), s=12, c="cyan", marker="+")
-        ax.set_title(f"mean |IG|, {name}\nlattice enrichment {lattice_enrichment(mean_abs):.2f}", fontsize=9)
+        ax.scatter(*np.meshgrid(points, points), s=14, c="cyan", marker="+")
+        ax.set_title(f"mean |IG| over {len(m)} cells: {name}\nlattice enrichment {lattice_enrichment(mean_abs):.2f}",
+                     fontsize=9)
     for ax in axes.ravel():
         ax.set_axis_off()
-    fig.suptitle(f"Attribution on the stride-{STRIDE} lattice: {size} px ResNet, held-out real cells "
-                 "(gold: nucleus; cyan +: multiples of 32 px)", fontsize=10)
+    fig.suptitle(f"IG on the stride-{STRIDE} lattice, {size} px, held-out real cells (gold: nucleus; "
+                 f"cyan +: multiples of {STRIDE} px)", fontsize=10)
     save_png(fig, path)
 
 

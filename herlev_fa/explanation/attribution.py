@@ -8,7 +8,7 @@ What this is: a thin layer over captum's `IntegratedGradients` (Sundararajan, Ta
   `IntToFloatTensor` + `Normalize` do in the DataLoaders;
 * chooses the scalar to explain (`target_column`): the *logit* of a class for `cls` / `cls_reg`,
   the severity score for `reg` (or, on request, for any head);
-* builds the baseline (`BASELINES`), calls captum with its quadrature rule (`METHODS`: Gauss-
+* builds the baseline (`BASELINES`), calls captum with its quadrature rule (`RULES`: Gauss-
   Legendre by default, the midpoint rule on request), internal batching and
   `return_convergence_delta=True`, and sums the attribution over colour channels;
 * maps the [S, S] map of the model's letterboxed grid back to the input image's own pixel
@@ -24,6 +24,10 @@ score, is the natural target. `score` explains the expected severity for `cls` /
 Convergence: captum's delta is `sum(attributions) - (f(x) - f(baseline))` (completeness).
 `relative_delta` divides |delta| by |f(x) - f(baseline)| (at least `GAP_FLOOR`); above `tol`
 the result is flagged and a warning suggests more steps.
+
+The other attribution methods (`--method`: SmoothGrad, GradientShap, Saliency, Grad-CAM,
+Occlusion) run through the same `Explainer` (same input, target and batching) by way of
+``explain.methods``; they have no completeness delta (NaN).
 
 What it is not: overlap with mask regions (``explain.overlap``), figures and files
 (``explain.report``).
