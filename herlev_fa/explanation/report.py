@@ -46,7 +46,6 @@ from herlev_fa.explanation.attribution import (
 )
 from herlev_fa.explanation.masks import NUCLEUS
 from herlev_fa.explanation.overlap import (
-    LOCALISATION_METRICS,
     localisation_batch,
     padding_share_batch,
     partners,
@@ -267,7 +266,9 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
     (default `RUN/quantify-<split>`). The shares of a whole batch are computed on the device
     (`region_shares_batch`) and copied to the host once; the next batch is decoded meanwhile.
     Maps are not kept: memory stays flat over the dataset. `explainer` replaces the one built
-    from the run and `settings`.
+    from the run and `settings`. Each row also has the localisation metrics against the nucleus
+    (`overlap.localisation_batch`) and the enrichment on another cell's nucleus mask
+    (`nucleus_enrichment_other`, drawn by `other_cells`: the position control).
 
     Raises:
         HerlevError: bad run or options, missing data, an unreadable image or mask, a mask of
