@@ -119,8 +119,6 @@ def main() -> None:
         own, other_nucleus = enrichment(m, masks), enrichment(m, masks[partner])
         print(f"{name:<24} {lattice_enrichment(mean_abs):>18.2f} {edge:>18.2f} "
               f"{np.median(own):>9.2f} / {np.median(other_nucleus):.2f}")
-    np.savez_compressed(args.out.with_suffix(".npz"), images=images, nucleus=nucleus,
-                        **{k.replace(" ", "_"): v for k, v in maps.items()})
     draw(args.out, images, nucleus, maps, items, s)
     print(f"figure: {args.out}")
 
