@@ -19,6 +19,8 @@ that a busy machine slows them alike), with each configuration's convergence del
   device waits for. `quantify` is also run on half of the images, which splits its outside time
   into a cost per image and a cost per call (its csv, summary and figure, written once).
   The issue's CPU proxy: `--size 224 --e2e-only`, goal <= 3 ms/image.
+* with `--methods`: every other attribution method (`--method` of the commands, default
+  settings) on the same batches, with its time per image as a ratio to IG's (fp32, `--steps`).
 
 It prints the ratios: plain captum default / ours, best plain captum / ours, both at equal or
 smaller mean |delta|. Defaults: `test_resnet` at 64 px on the CPU; `resnet101` at 224 px,
@@ -29,6 +31,7 @@ smaller mean |delta|. Defaults: `test_resnet` at 64 px on the CPU; `resnet101` a
     .venv/bin/python bench/ig.py --device cuda        # GPU: resnet101, 224 px, 50 steps
     .venv/bin/python bench/ig.py --run runs/r --json bench.json
     .venv/bin/python bench/ig.py --size 224 --e2e-only  # CPU: the time outside the attribution call
+    .venv/bin/python bench/ig.py --size 224 --e2e-only --methods  # and each method's time beside IG's
 """
 
 from __future__ import annotations
@@ -114,13 +117,15 @@ def main() -> None:
     parser.add_argument("--e2e-only", action="store_true",
                         help="Only plain captum's default, herlev's default and the two end-to-end rows (quick, e.g. "
                              "at --size 224 on the CPU).")
+    parser.add_argument("--methods", action="store_true",
+                        help="Also time every other attribution method (default settings) beside IG.")
     args = parser.parse_args()
 
     from captum.attr import IntegratedGradients
 
     from herlev_fa.config import resolve_device
-    from herlev_fa.config import IGSettings
-    from herlev_fa.explanation.attribution import (DEFAULT_METHOD, ExplainedOutputs, Explainer, explainer_for,
+    from herlev_fa.config import ATTRIBUTION_METHODS, IGSettings
+    from herlev_fa.explanation.attribution import (DEFAULT_RULE, ExplainedOutputs, Explainer, explainer_for,
                                                    iter_explanations, normalise)
     from herlev_fa.explanation.report import quantify
 
@@ -152,14 +157,23 @@ def main() -> None:
             return torch.cat(deltas).numpy()
         return call
 
-    def ours(steps: int, precision: str = "fp32", fold_bn: bool = True, method: str = DEFAULT_METHOD):
+    def ours(steps: int, precision: str = "fp32", fold_bn: bool = True, rule: str = DEFAULT_RULE):
         explainer = Explainer(run.model, run.head, run.task.classes, run.task.severities, run.mean, run.std,
                               run.size, steps=steps, baseline="mean", device=device, precision=precision,
-                              fold_bn=fold_bn, method=method)
+                              fold_bn=fold_bn, rule=rule)
 
         def call():
             return np.concatenate([np.abs(explainer(b).delta) for b in batches])
         call.explainer = explainer  # what auto chose, read after the runs
+        return call
+
+    def method(name: str):
+        explainer = Explainer(run.model, run.head, run.task.classes, run.task.severities, run.mean, run.std,
+                              run.size, steps=args.steps, baseline="mean", device=device, precision="fp32",
+                              method=name)
+
+        def call():
+            return np.concatenate([np.abs(explainer(b).delta) for b in batches])  # NaN: no delta
         return call
 
     configs: dict[str, object] = {} if args.e2e_only else {"plain captum default": plain_captum(None)}
@@ -176,20 +190,25 @@ def main() -> None:
             configs[f"herlev fp32 {steps} steps"] = ours(steps)
             configs[f"herlev bf16 {steps} steps"] = ours(steps, "bf16")
         for steps in [args.steps, *(s for s in (40, 36, 32) if s < args.steps)]:
-            configs[f"herlev fp32 midpoint {steps} steps"] = ours(steps, method="riemann_middle")
+            configs[f"herlev fp32 midpoint {steps} steps"] = ours(steps, rule="riemann_middle")
+    others = [m for m in ATTRIBUTION_METHODS if m != "ig"] if args.methods else []
+    for m in others:
+        configs[f"method {m}"] = method(m)
 
     n = len(boxed)
     times: dict[str, list[float]] = {k: [] for k in configs}
     deltas: dict[str, float] = {}
+    out_of_memory = set()
     for name, call in configs.items():  # warm-up (cudnn autotune, allocator), and the deltas
         try:
             deltas[name] = float(call().mean())
         except torch.cuda.OutOfMemoryError:
             times[name], deltas[name] = [], float("nan")
+            out_of_memory.add(name)
             torch.cuda.empty_cache()
     for _ in range(args.repeats):
         for name, call in configs.items():
-            if np.isnan(deltas[name]):
+            if name in out_of_memory:
                 continue
             _sync(device)
             start = time.perf_counter()
@@ -254,6 +273,10 @@ def main() -> None:
               f"({core:.2f}); outside the attribution call {outside[name]:.2f} ms/image")
     print(f"quantify outside the attribution call: {per_image_outside:.2f} ms per image + {per_call_outside:.0f} ms "
           f"per call (its csv, summary and figure; {count_half} and {count_all} images)")
+    for m in others:
+        ms = best_ms.get(f"method {m}")
+        if ms is not None:
+            print(f"{m}: {ms:.2f} ms/image, {ms / core:.3f}x IG's ({args.steps} steps, fp32)")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "arch": args.arch, "size": args.size, "steps": args.steps, "images": n, "bs": args.bs, "device": device,

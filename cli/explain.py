@@ -1,14 +1,20 @@
-"""The `explain`, `quantify`, `compare-explanations` and `compare-quantify` commands: IG of runs' models.
+"""The attribution commands: `explain`, `quantify`, `compare-explanations`, `compare-quantify`, `sanity` and
+`faithfulness`.
 
 Registered on the shared `app` when imported (``herlev_cli.main`` imports this module).
-Each command parses its options into an `IGSettings` (which holds every default and help text)
-and calls one library function of ``herlev_fa.explanation.report`` (or ``.study``).
+Each command takes the attribution options once, through `attribution_options` (which adds the
+`IGSettings` fields as options, with the defaults and help texts held there, and hands the
+command one `settings` object), and calls one library function of ``herlev_fa.explanation``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -17,44 +23,59 @@ from herlev_fa.atomic import records_json
 from herlev_fa.config import IGSettings
 from herlev_fa.errors import HerlevError
 
-DEFAULT = IGSettings()
-Target = Annotated[str, typer.Option(help=IGSettings.help("target"))]
-Steps = Annotated[int, typer.Option(help=IGSettings.help("steps"))]
-Method = Annotated[str, typer.Option(help=IGSettings.help("method"))]
-Baseline = Annotated[str, typer.Option(help=IGSettings.help("baseline"))]
-Tol = Annotated[float, typer.Option(help=IGSettings.help("tol"))]
-Precision = Annotated[str, typer.Option(help=IGSettings.help("precision"))]
-ImagesPerCall = Annotated[int, typer.Option("--bs", help=IGSettings.help("bs"))]
-Device = Annotated[str, typer.Option(help=IGSettings.help("device"))]
+# the IGSettings fields that are options of the attribution commands, and their types on the command line
+SETTING_TYPES: dict[str, Any] = {"method": str, "target": str, "steps": int, "rule": str, "baseline": str,
+                                 "samples": int, "noise": float, "window": Optional[int], "device": str, "bs": int,
+                                 "precision": str, "tol": float}
+
+
+def attribution_options(*skip: str) -> Callable[[Callable], Callable]:
+    """Add the `IGSettings` fields of `SETTING_TYPES` (but `skip`) as options of a command, with their defaults and
+    help from `IGSettings`; the command gets them as one `settings: IGSettings` keyword argument."""
+    names = [n for n in SETTING_TYPES if n not in skip]
+    defaults = {f.name: f.default for f in dataclasses.fields(IGSettings)}
+
+    def decorate(command: Callable) -> Callable:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != "settings"]
+        added = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=defaults[n],
+                                   annotation=Annotated[SETTING_TYPES[n], typer.Option(help=IGSettings.help(n))])
+                 for n in names]
+
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            settings = IGSettings(**{n: kwargs.pop(n) for n in names})
+            return command(*args, settings=settings, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=[*own, *added])  # what Typer reads
+        wrapper.__annotations__ = {p.name: p.annotation for p in (*own, *added)}
+        return wrapper
+
+    return decorate
+
+
 DataRoot = Annotated[Optional[Path], typer.Option("--data", help="Dataset root (default: the run's own data root).")]
 QuantifyOut = Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: RUN/quantify-SPLIT).")]
 Split = Annotated[str, typer.Option(help="valid (the run's held-out fold) | all (every image with a mask).")]
 AsJson = Annotated[bool, flag("--json", help="Print the per-image rows as JSON on stdout (implies --quiet).")]
+Limit = Annotated[int, typer.Option(help="Cells to use, spread evenly over the split's cells in path order (0: all).")]
 
 
 @app.command(rich_help_panel="Explanation")
 @user_errors
+@attribution_options()
 def explain(
     images: Annotated[list[Path], typer.Argument(help="Image files (bmp, jpg, png, tif; RGB, RGBA or grayscale).")],
     run: RunOption = None,
-    target: Target = DEFAULT.target,
-    steps: Steps = DEFAULT.steps,
-    method: Method = DEFAULT.method,
-    baseline: Baseline = DEFAULT.baseline,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: RUN/explain).")] = None,
-    device: Device = DEFAULT.device,
-    bs: ImagesPerCall = DEFAULT.bs,
-    precision: Precision = DEFAULT.precision,
-    tol: Tol = DEFAULT.tol,
     quiet: Quiet = False,
     as_json: AsJson = False,
+    settings: IGSettings = IGSettings(),
 ) -> None:
-    """Integrated Gradients per image: NAME_ig.png (cell, heat map, overlay) and NAME_ig.npy (H x W)."""
+    """Attribution per image (IG by default): NAME_METHOD.png (cell, heat map, overlay) and NAME_METHOD.npy (H x W)."""
     from herlev_fa.data.items import printable
     from herlev_fa.explanation.report import delta_summary, explain_images
 
-    settings = IGSettings(target=target, steps=steps, method=method, baseline=baseline, precision=precision, tol=tol,
-                          bs=bs, device=device)
     run = run_dir(run)
     table, folder = explain_images(run, images, out=out_dir, settings=settings,
                                    progress=not (quiet or as_json))
@@ -62,44 +83,40 @@ def explain(
         typer.echo(records_json(table))
         return
     for r in table.itertuples(index=False):
-        out.print(f"{printable(r.name)}: predicted [bold]{r.predicted}[/], score {r.score:.2f}, IG of {r.target}, "
-                  f"delta {r.delta:+.2g} ({r.relative_delta:.1%})", highlight=False)
-    out.print(delta_summary(table["delta"], table["relative_delta"], tol, table["precision"]), highlight=False)
-    out.print(f"written to [bold]{folder}[/] (NAME_ig.png, NAME_ig.npy, explanations.csv)")
+        delta = f", delta {r.delta:+.2g} ({r.relative_delta:.1%})" if settings.method == "ig" else ""
+        out.print(f"{printable(r.name)}: predicted [bold]{r.predicted}[/], score {r.score:.2f}, {settings.method} of "
+                  f"{r.target}{delta}", highlight=False)
+    out.print(delta_summary(table["delta"], table["relative_delta"], settings.tol, table["precision"]),
+              highlight=False)
+    m = settings.method
+    out.print(f"written to [bold]{folder}[/] (NAME_{m}.png, NAME_{m}.npy, explanations.csv)")
     out.print(model_line(run), highlight=False)
 
 
 @app.command(rich_help_panel="Explanation")
 @user_errors
+@attribution_options()
 def quantify(
     run: RunOption = None,
     data: DataRoot = None,
     split: Split = "valid",
     out_dir: QuantifyOut = None,
-    target: Target = DEFAULT.target,
-    steps: Steps = DEFAULT.steps,
-    method: Method = DEFAULT.method,
-    baseline: Baseline = DEFAULT.baseline,
-    device: Device = DEFAULT.device,
-    bs: ImagesPerCall = DEFAULT.bs,
-    precision: Precision = DEFAULT.precision,
-    tol: Tol = DEFAULT.tol,
     quiet: Quiet = False,
     as_json: AsJson = False,
+    settings: IGSettings = IGSettings(),
 ) -> None:
-    """Share of IG attribution on nucleus, cytoplasm and background of each masked image, per class."""
+    """Share of the attribution on nucleus, cytoplasm and background of each masked image, per class; localisation
+    metrics and the other-cell control."""
     from herlev_fa.explanation.report import precisions_used, summary_table
     from herlev_fa.explanation.report import quantify as run_quantify
 
-    settings = IGSettings(target=target, steps=steps, method=method, baseline=baseline, precision=precision, tol=tol,
-                          bs=bs, device=device)
     run = run_dir(run)
     result = run_quantify(run, data=data, split=split, out=out_dir, settings=settings,
                           progress=not (quiet or as_json))
     if as_json:
         typer.echo(records_json(result.table))
         return
-    out.print(summary_table(result.summary, f"IG on mask regions ({split}, "
+    out.print(summary_table(result.summary, f"{settings.method} on mask regions ({split}, "
                                             f"{settings.describe(precisions_used(result.table['precision']))})"))
     out.print(result.delta, highlight=False)
     out.print(f"written to [bold]{result.out_dir}[/] (quantify.csv, quantify.md, quantify.png)")
@@ -108,6 +125,7 @@ def quantify(
 
 @app.command("compare-explanations", rich_help_panel="Explanation")
 @user_errors
+@attribution_options("bs")
 def compare_explanations(
     runs: Annotated[list[Path], typer.Argument(help="Run folders, one column each (e.g. the cls, reg and cls_reg "
                                                     "runs of the same fold).")],
@@ -118,14 +136,8 @@ def compare_explanations(
     label: Annotated[Optional[list[str]], typer.Option(help="Column title per run, in order (default: the shortest "
                                                             "distinct ends of the run paths).")] = None,
     data: DataRoot = None,
-    target: Target = DEFAULT.target,
-    steps: Steps = DEFAULT.steps,
-    method: Method = DEFAULT.method,
-    baseline: Baseline = DEFAULT.baseline,
-    device: Device = DEFAULT.device,
-    precision: Precision = DEFAULT.precision,
-    tol: Tol = DEFAULT.tol,
     dpi: Annotated[int, typer.Option(help="Resolution of the PNG.")] = 100,
+    settings: IGSettings = IGSettings(),
 ) -> None:
     """The poster's Fig. 7: the same held-out cells (rows) explained by each run (columns), nucleus outlined."""
     for path in (out_file, out_file.with_suffix(".csv")):  # before any work
@@ -135,19 +147,18 @@ def compare_explanations(
     from herlev_fa.explanation.report import compare_explanations as draw
     from herlev_fa.explanation.report import precisions_used
 
-    settings = IGSettings(target=target, steps=steps, method=method, baseline=baseline, precision=precision, tol=tol,
-                          device=device)
     result = draw(runs, out_file, per_class=per_class, seed=seed, labels=label, data=data, settings=settings, dpi=dpi)
     cells = result.table["cell"].nunique()
     out.print(f"{cells} cells x {len(runs)} runs written to [bold]{result.figure}[/] "
               f"(and {result.figure.with_suffix('.csv').name})")
-    out.print(f"IG delta: relative delta median {result.table['relative_delta'].median():.2%}, "
-              f"max {result.table['relative_delta'].max():.1%}; "
-              f"gradients in {precisions_used(result.table['precision'])}", highlight=False)
+    delta = (f"IG delta: relative delta median {result.table['relative_delta'].median():.2%}, "
+             f"max {result.table['relative_delta'].max():.1%}; " if settings.method == "ig" else "")
+    out.print(f"{delta}gradients in {precisions_used(result.table['precision'])}", highlight=False)
 
 
 @app.command("compare-quantify", rich_help_panel="Explanation")
 @user_errors
+@attribution_options()
 def compare_quantify(
     runs: Annotated[list[Path], typer.Argument(help="Run folders: fold runs, or cross-validated runs (fold*/ inside, "
                                                     "each fold on its own held-out cells). The first is the reference.")],
@@ -156,17 +167,10 @@ def compare_quantify(
     label: Annotated[Optional[list[str]], typer.Option(help="Name per run, in order (default: the shortest distinct "
                                                             "ends of the run paths).")] = None,
     data: DataRoot = None,
-    target: Target = DEFAULT.target,
-    steps: Steps = DEFAULT.steps,
-    method: Method = DEFAULT.method,
-    baseline: Baseline = DEFAULT.baseline,
-    device: Device = DEFAULT.device,
-    bs: ImagesPerCall = DEFAULT.bs,
-    precision: Precision = DEFAULT.precision,
-    tol: Tol = DEFAULT.tol,
     quiet: Quiet = False,
+    settings: IGSettings = IGSettings(),
 ) -> None:
-    """The poster's Fig. 8: where each run's IG falls (nucleus share, enrichment) on the same held-out cells,
+    """The poster's Fig. 8: where each run's attribution falls (nucleus share, enrichment) on the same held-out cells,
     per class, with paired tests against the first run."""
     from rich.table import Table
 
@@ -175,24 +179,85 @@ def compare_quantify(
     from herlev_fa.explanation.report import delta_summary, precisions_used
     from herlev_fa.explanation.study import compare_quantify as study
 
-    settings = IGSettings(target=target, steps=steps, method=method, baseline=baseline, precision=precision, tol=tol,
-                          bs=bs, device=device)
     result = study(runs, out_dir, labels=label, data=data, settings=settings, progress=not quiet,
                    log=None if quiet else lambda line: out.print(line, highlight=False))
     reference = next(iter(result.tables))
     used = precisions_used(pd.concat(result.tables.values())["precision"])
     table = Table(title=f"nucleus on the held-out cells ({settings.describe(used)}); medians, paired against {reference}")
-    for column in ("run", "cells", "+ share", "area share", "enrichment", "control", "share − " + reference, "p"):
+    for column in ("run", "cells", "+ share", "area share", "enrichment", "control", "other cell", "share − " + reference,
+                   "p"):
         table.add_column(column, justify="left" if column == "run" else "right")
     versus = result.versus.set_index(["name", "metric"]) if len(result.versus) else None
     for name, t in result.tables.items():
         medians = [f"{t[m].median():.2f}" for m in ("nucleus_pos_share", "nucleus_area_share", "nucleus_enrichment",
-                                                   "nucleus_change_enrichment")]
+                                                   "nucleus_change_enrichment", "nucleus_enrichment_other")]
         paired = ["", ""] if versus is None or name == reference else [
             f"{versus.loc[(name, 'nucleus_pos_share'), 'median_diff']:+.3f}",
             f"{versus.loc[(name, 'nucleus_pos_share'), 'p']:.2g}"]
         table.add_row(name, str(len(t)), *medians, *paired)
     out.print(table)
     for name, t in result.tables.items():
-        out.print(f"{name}: " + delta_summary(t["delta"], t["relative_delta"], tol, t["precision"]), highlight=False)
+        out.print(f"{name}: " + delta_summary(t["delta"], t["relative_delta"], settings.tol, t["precision"]),
+                  highlight=False)
     out.print(f"written to [bold]{result.report.parent}[/] (study.md, study.png, one quantify folder per run and fold)")
+
+
+AllMethods = Annotated[bool, flag("--all-methods", help="Every attribution method, one after another (overrides "
+                                                        "--method).")]
+
+
+def methods_of(settings: IGSettings, all_methods: bool) -> list[str]:
+    from herlev_fa.config import ATTRIBUTION_METHODS
+
+    return list(ATTRIBUTION_METHODS) if all_methods else [settings.method]
+
+
+@app.command(rich_help_panel="Explanation")
+@user_errors
+@attribution_options()
+def sanity(
+    run: RunOption = None,
+    data: DataRoot = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: RUN/sanity).")] = None,
+    split: Split = "valid",
+    limit: Limit = 16,
+    all_methods: AllMethods = False,
+    quiet: Quiet = False,
+    settings: IGSettings = IGSettings(),
+) -> None:
+    """Cascading model-parameter randomisation (Adebayo et al. 2018): each method's maps as the network is
+    re-initialised from the top, against the trained model's (Spearman, SSIM, nucleus enrichment)."""
+    from herlev_fa.explanation.sanity import sanity as run_sanity
+
+    run = run_dir(run)
+    result = run_sanity(run, methods_of(settings, all_methods), out=out_dir, settings=settings, data=data,
+                        limit=limit, split=split, log=None if quiet else lambda line: out.print(line, highlight=False))
+    out.print(result.files[1].read_text(), highlight=False)
+    out.print(f"written to [bold]{result.files[0].parent}[/] (sanity.csv, sanity.md, sanity.png)")
+
+
+@app.command(rich_help_panel="Explanation")
+@user_errors
+@attribution_options()
+def faithfulness(
+    run: RunOption = None,
+    data: DataRoot = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: RUN/faithfulness).")]
+    = None,
+    split: Split = "valid",
+    limit: Limit = 32,
+    all_methods: AllMethods = False,
+    quiet: Quiet = False,
+    settings: IGSettings = IGSettings(),
+) -> None:
+    """Deletion and insertion curves (pixels removed most-relevant-first, least-relevant-first, at random and
+    nucleus-first, imputed from their neighbours as in ROAD) and their areas, per method."""
+    from herlev_fa.explanation.faithfulness import faithfulness as run_faithfulness
+
+    run = run_dir(run)
+    result = run_faithfulness(run, methods_of(settings, all_methods), out=out_dir, settings=settings, data=data,
+                              limit=limit, split=split,
+                              log=None if quiet else lambda line: out.print(line, highlight=False))
+    out.print(result.files[2].read_text(), highlight=False)
+    out.print(f"written to [bold]{result.files[0].parent}[/] (faithfulness.csv, curves.csv, faithfulness.md, "
+              "faithfulness.png)")

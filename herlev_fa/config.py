@@ -197,12 +197,18 @@ def resolve_device(device: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Integrated Gradients: the settings of `explain`, `quantify` and `compare-explanations`, once
+# Attribution: the settings of `explain`, `quantify`, `compare-explanations`, `compare-quantify`, `sanity` and
+# `faithfulness`, once
 
+# the attribution methods (all through captum) and their names in text
+ATTRIBUTION_METHODS = {"ig": "Integrated Gradients", "smoothgrad": "SmoothGrad (IG under a noise tunnel)",
+                       "gradientshap": "GradientShap", "saliency": "Saliency", "gradcam": "Grad-CAM",
+                       "occlusion": "Occlusion"}
 IG_BASELINES = ("mean", "black", "white", "blur")
 # captum's quadrature rules for the path integral, and their names in text
 IG_METHODS = {"gausslegendre": "Gauss-Legendre", "riemann_middle": "midpoint", "riemann_trapezoid": "trapezoid",
               "riemann_left": "left Riemann", "riemann_right": "right Riemann"}
+IG_RULES = IG_METHODS
 IG_PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -212,35 +218,49 @@ def _help(text: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class IGSettings:
-    """How Integrated Gradients is computed and batched; each field's default and help text live here.
+    """How attributions are computed and batched; each field's default and help text live here.
 
-    The `explain`, `quantify`, `compare-explanations` and `compare-quantify` commands read their option defaults and
-    help from these fields (`IGSettings.help(name)`).
+    The attribution commands (`explain`, `quantify`, `compare-explanations`, `compare-quantify`, `sanity`,
+    `faithfulness`) read their option defaults and help from these fields (`IGSettings.help(name)`). `method` picks
+    the attribution method (Integrated Gradients by default); the other fields apply where the method uses them.
     """
 
+    method: str = field(default="ig", metadata=_help(
+        f"{' | '.join(ATTRIBUTION_METHODS)}: the attribution method (captum); smoothgrad is IG under a noise "
+        "tunnel, gradcam the last convolutional stage upsampled to the input."))
     target: str = field(default="predicted", metadata=_help(
         "predicted | score | a class name: the logit (or severity score) explained."))
-    steps: int = field(default=50, metadata=_help("Steps (quadrature nodes) of the IG path integral."))
-    method: str = field(default="gausslegendre", metadata=_help(
-        f"{' | '.join(IG_METHODS)}: captum's quadrature rule. riemann_middle (midpoint): 9-26% smaller delta than "
+    steps: int = field(default=50, metadata=_help("Steps (quadrature nodes) of the IG path integral (ig, smoothgrad)."))
+    rule: str = field(default="gausslegendre", metadata=_help(
+        f"{' | '.join(IG_RULES)}: captum's quadrature rule of IG. riemann_middle (midpoint): 9-26% smaller delta than "
         "Gauss-Legendre on ResNets."))
     baseline: str = field(default="mean", metadata=_help(
-        f"{' | '.join(IG_BASELINES)}: the input IG starts from (mean = zero after normalisation; see "
-        "docs/explainability.md)."))
+        f"{' | '.join(IG_BASELINES)}: the reference input (IG's path start, GradientShap's and Occlusion's "
+        "reference; mean = zero after normalisation; see docs/explainability.md)."))
+    samples: int = field(default=8, metadata=_help("Noisy samples per image (smoothgrad, gradientshap)."))
+    noise: float = field(default=0.15, metadata=_help(
+        "Noise sd as a fraction of the input's value range (smoothgrad, gradientshap)."))
+    window: int | None = field(default=None, metadata=_help(
+        "Occlusion: side of the occluded square in model pixels, moved by half of it; None = input size / 8."))
     precision: str = field(default="auto", metadata=_help(
-        "auto (on a GPU: bf16 autocast when its delta on the first batch is no larger than fp32's; fp32 on the CPU) "
+        "auto (IG on a GPU: bf16 autocast when its delta on the first batch is no larger than fp32's; fp32 otherwise) "
         "| fp32 | bf16 (autocast: faster, delta checked against the fp32 model)."))
     tol: float = field(default=0.05, metadata=_help("Warn when |delta| exceeds this fraction of f(x) - f(baseline)."))
-    bs: int = field(default=8, metadata=_help("Images per IG call (each costs STEPS forward/backward)."))
+    bs: int = field(default=8, metadata=_help("Images per attribution call (IG: each costs STEPS forward/backward)."))
     internal_batch_size: int | None = field(default=None, metadata=_help(
         "Images x steps per forward/backward pass; None = sized to the device's memory."))
     device: str = field(default="auto", metadata=_help("auto | cpu | cuda."))
 
     def __post_init__(self) -> None:
+        _check(self.method in ATTRIBUTION_METHODS,
+               f"unknown method '{self.method}': choose one of {', '.join(ATTRIBUTION_METHODS)}")
         _check(self.steps >= 1, f"--steps {self.steps} must be at least 1 (50 is captum's default)")
-        _check(self.method in IG_METHODS, f"unknown method '{self.method}': choose one of {', '.join(IG_METHODS)}")
+        _check(self.rule in IG_RULES, f"unknown rule '{self.rule}': choose one of {', '.join(IG_RULES)}")
         _check(self.baseline in IG_BASELINES,
                f"unknown baseline '{self.baseline}': choose one of {', '.join(IG_BASELINES)}")
+        _check(self.samples >= 1, f"--samples {self.samples} must be at least 1")
+        _check(math.isfinite(self.noise) and self.noise >= 0, f"--noise {self.noise} must be a finite number >= 0")
+        _check(self.window is None or self.window >= 1, f"--window {self.window} must be at least 1 pixel")
         _check(self.precision in IG_PRECISIONS,
                f"unknown precision '{self.precision}': choose one of {', '.join(IG_PRECISIONS)}")
         _check(self.tol > 0, f"--tol {self.tol} must be > 0 (a fraction of f(x) - f(baseline), e.g. 0.05)")
@@ -256,11 +276,18 @@ class IGSettings:
         return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
 
     def describe(self, precision: str | None = None) -> str:
-        """One line for titles and tables, e.g. 'target predicted, baseline mean, 50 Gauss-Legendre steps'.
+        """One line for titles and tables, e.g. 'target predicted, baseline mean, 50 Gauss-Legendre steps' (IG) or
+        'Grad-CAM (last conv stage), target predicted'.
 
         `precision`: the one used (what `auto` chose), if known; fp32 is not named.
         """
         precision = precision or self.precision
         extra = {"fp32": "", "auto": ", auto precision"}.get(precision, f", {precision}")
-        return (f"target {self.target}, baseline {self.baseline}, {self.steps} {IG_METHODS[self.method]} steps"
-                f"{extra}")
+        ig = f"baseline {self.baseline}, {self.steps} {IG_RULES[self.rule]} steps"
+        noise = f"{self.samples} samples, noise {self.noise:g}"
+        method = {"ig": "", "smoothgrad": f"SmoothGrad (IG, {noise}), ",
+                  "gradientshap": f"GradientShap ({noise}, baseline {self.baseline}), ",
+                  "saliency": "Saliency (|gradient|), ", "gradcam": "Grad-CAM (last conv stage), ",
+                  "occlusion": f"Occlusion (window {self.window or 'size/8'}, baseline {self.baseline}), "}[self.method]
+        tail = f", {ig}" if self.method in ("ig", "smoothgrad") else ""
+        return f"{method}target {self.target}{tail}{extra}"

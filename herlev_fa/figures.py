@@ -122,7 +122,8 @@ def explanation_png(result: Explanation, path: str | Path, settings: str) -> Pat
     axes[0].imshow(result.image)
     axes[0].set_title("cell")
     heat = axes[1].imshow(attr, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-    axes[1].set_title("IG (red: for, blue: against)")
+    short = "IG" if result.method == "ig" else result.method
+    axes[1].set_title(f"{short} (red: for, blue: against)")
     fig.colorbar(heat, ax=axes[1], fraction=0.046, pad=0.04)
     grey = result.image.astype(np.float32).mean(axis=2)  # [H, W]
     axes[2].imshow(grey, cmap="gray", vmin=0, vmax=255)
@@ -134,8 +135,9 @@ def explanation_png(result: Explanation, path: str | Path, settings: str) -> Pat
     lines = [f"{printable(result.name)}: predicted {result.predicted}, severity score {result.score:.2f}"]
     if result.probs is not None:
         lines.append("p: " + "  ".join(f"{short_name(c)} {p:.2f}" for c, p in result.probs.items()))
-    lines.append(f"IG of the {what}, {settings}; "
-                 f"delta {result.delta:+.3g} ({result.relative_delta:.1%} of f(x) - f(baseline))")
+    delta = (f"delta {result.delta:+.3g} ({result.relative_delta:.1%} of f(x) - f(baseline))"
+             if np.isfinite(result.delta) else "no completeness delta")
+    lines.append(f"{short} of the {what}, {settings}; {delta}")
     fig.suptitle("\n".join(lines), fontsize=9)
     return save_png(fig, path)
 
@@ -399,4 +401,54 @@ def reliability_png(probs: np.ndarray, y: np.ndarray, ece: float, path: str | Pa
     top.set_title(title or "reliability of the top class probability", fontsize=9)
     bottom.hist(confidence, bins=np.linspace(0, 1, n_bins + 1), color="tab:grey")
     bottom.set_xlabel("top class probability"), bottom.set_ylabel("cells")
+    return save_png(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# sanity and faithfulness
+
+
+def sanity_png(path: str | Path, image: np.ndarray, nucleus: np.ndarray, maps: Mapping[tuple[str, str], np.ndarray],
+               methods: Sequence[str], steps: Sequence[str], title: str = "") -> Path:
+    """One cell's maps along the randomisation cascade: a row per method, a column per step (|map|, own scale)."""
+    fig = _figure(figsize=(1.7 * (len(steps) + 1), 1.8 * len(methods) + 0.6), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(methods), len(steps) + 1, squeeze=False))
+    for r, method in enumerate(methods):
+        axes[r, 0].imshow(image)
+        axes[r, 0].contour(nucleus, levels=[0.5], colors="gold", linewidths=0.8)
+        axes[r, 0].set_ylabel(method, fontsize=9)
+        for c, step in enumerate(steps):
+            m = np.abs(maps[(method, step)])
+            axes[r, c + 1].imshow(m, cmap="magma", vmin=0, vmax=float(np.percentile(m, 99.5)) or 1.0)
+            if r == 0:
+                axes[r, c + 1].set_title(step if c == 0 else f"- {step}", fontsize=9)
+    for ax in axes.ravel():
+        ax.set_xticks([]), ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_png(fig, path)
+
+
+def faithfulness_png(path: str | Path, curves: pd.DataFrame, title: str = "") -> Path:
+    """Deletion (left) and insertion (right) curves per method: the mean normalised output against the fraction of
+    pixels removed (inserted), one line per removal order. `curves`: method, curve, order, fraction, output."""
+    methods = list(dict.fromkeys(curves["method"]))
+    fig = _figure(figsize=(7, 2.4 * len(methods) + 0.5), layout="constrained")
+    axes = fig.subplots(len(methods), 2, squeeze=False)
+    styles = {"most relevant first": "C3", "least relevant first": "C0", "random": "0.5", "nucleus first": "C2"}
+    for r, method in enumerate(methods):
+        for c, curve in enumerate(("deletion", "insertion")):
+            ax = axes[r, c]
+            part = curves[(curves["method"] == method) & (curves["curve"] == curve)]
+            for order, colour in styles.items():
+                line = part[part["order"] == order].groupby("fraction")["output"].mean()
+                if len(line):
+                    ax.plot(line.index, line.to_numpy(), color=colour, label=order)
+            ax.set_title(f"{method}: {curve}", fontsize=9)
+            ax.set_xlabel(f"fraction of pixels {'removed' if curve == 'deletion' else 'inserted'}", fontsize=8)
+            ax.set_ylabel("normalised output", fontsize=8)
+            ax.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return save_png(fig, path)

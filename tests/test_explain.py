@@ -7,6 +7,7 @@ against it. The end-to-end tests use the session's trained synthetic run (``conf
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import warnings
 from pathlib import Path
@@ -189,7 +190,8 @@ def test_baselines_by_value():
 
 def test_bad_settings_are_user_errors():  # the Explainer checks what it is given, settings object or not
     for kw, pattern in (({"steps": 0}, "--steps 0"), ({"baseline": "x"}, "unknown baseline"),
-                        ({"precision": "fp8"}, "unknown precision"), ({"method": "simpson"}, "unknown method")):
+                        ({"precision": "fp8"}, "unknown precision"), ({"rule": "simpson"}, "unknown rule"),
+                        ({"method": "lime"}, "unknown method")):
         with pytest.raises(HerlevError, match=pattern):
             _explainer(_linear("cls"), "cls", "cpu", **kw)
 
@@ -238,7 +240,7 @@ def test_midpoint_method_is_the_midpoint_riemann_sum_by_hand(device):
         point = ((k + 0.5) / steps * x).requires_grad_(True)
         grads.append(torch.autograd.grad(outputs(point)[:, t].sum(), point)[0])
     want = (x * torch.stack(grads).mean(dim=0)).sum(dim=1).numpy()  # [B, S, S]
-    mid = _explainer(model, "cls_reg", device, steps=steps, method="riemann_middle")(images, t)
+    mid = _explainer(model, "cls_reg", device, steps=steps, rule="riemann_middle")(images, t)
     gl = _explainer(model, "cls_reg", device, steps=steps)(images, t)
     scale = np.abs(want).max()
     np.testing.assert_allclose(mid.attribution, want, rtol=1e-3, atol=1e-4 * scale)
@@ -503,7 +505,7 @@ def test_explain_bad_inputs_are_one_line_errors(run, tmp_path):
         (["explain", str(good), "--run", str(run.path), "--baseline", "grey"], "unknown baseline 'grey'"),
         (["explain", str(good), "--run", str(run.path), "--method", "simpson"], "unknown method 'simpson'"),
         (["quantify", "--run", str(run.path), "--split", "test"], "unknown --split 'test'"),
-        (["quantify", "--run", str(run.path), "--method", "simpson"], "unknown method 'simpson'"),
+        (["quantify", "--run", str(run.path), "--rule", "simpson"], "unknown rule 'simpson'"),
     ]
     for args, pattern in cases:
         _one_line_error(runner.invoke(app, args), pattern)
@@ -546,16 +548,23 @@ def test_explain_and_quantify_json_for_scripts(trained_run, synth_data, tmp_path
 
 def test_ig_settings_validate_and_carry_the_cli_help():
     for kw, pattern in (({"steps": 0}, "--steps 0"), ({"baseline": "x"}, "unknown baseline 'x'"),
-                        ({"precision": "fp8"}, "unknown precision"), ({"method": "simpson"}, "unknown method"),
-                        ({"bs": 0}, "--bs 0"), ({"tol": 0}, "--tol 0"), ({"device": "tpu"}, "unknown device")):
+                        ({"precision": "fp8"}, "unknown precision"), ({"rule": "simpson"}, "unknown rule"),
+                        ({"method": "lime"}, "unknown method 'lime'"), ({"samples": 0}, "--samples 0"),
+                        ({"noise": -1}, "--noise -1"), ({"window": 0}, "--window 0"), ({"bs": 0}, "--bs 0"), ({"tol": 0}, "--tol 0"), ({"device": "tpu"}, "unknown device")):
         with pytest.raises(HerlevError, match=pattern):
             IGSettings(**kw)
-    assert IGSettings(steps=16, method="riemann_middle", precision="fp32").describe() == \
+    assert IGSettings(steps=16, rule="riemann_middle", precision="fp32").describe() == \
         "target predicted, baseline mean, 16 midpoint steps"
     assert IGSettings().describe().endswith("Gauss-Legendre steps, auto precision")  # before auto has chosen
     assert IGSettings().describe("bf16").endswith("steps, bf16") and IGSettings().describe("fp32").endswith("steps")
-    assert "quadrature rule" in IGSettings.help("method")
-    assert herlev_cli.explain.DEFAULT == IGSettings()  # the commands' defaults are the settings' defaults
+    assert "quadrature rule" in IGSettings.help("rule") and "gradcam" in IGSettings.help("method")
+    assert IGSettings(method="gradcam").describe("fp32") == "Grad-CAM (last conv stage), target predicted"
+    assert IGSettings(method="smoothgrad", samples=4).describe("fp32") == \
+        "SmoothGrad (IG, 4 samples, noise 0.15), target predicted, baseline mean, 50 Gauss-Legendre steps"
+    for command in (herlev_cli.explain.explain, herlev_cli.explain.quantify, herlev_cli.explain.compare_quantify):
+        options = inspect.signature(command).parameters  # the commands' defaults are the settings' defaults
+        assert {n: options[n].default for n in herlev_cli.explain.SETTING_TYPES} == \
+            {n: getattr(IGSettings(), n) for n in herlev_cli.explain.SETTING_TYPES}
 
 
 def test_prefetched_keeps_order_and_raises_at_the_failing_chunk():

@@ -15,10 +15,14 @@ from herlev_fa.data.augment import letterbox
 from herlev_fa.explanation.attribution import Box, content_mask, gaussian_blur, letterbox_box, unletterbox
 from herlev_fa.explanation.masks import BACKGROUND, BORDER, CYTOPLASM, NUCLEUS, OTHER
 from herlev_fa.explanation.overlap import (
+    LOCALISATION_METRICS,
+    localisation,
+    localisation_batch,
     padding_share,
     padding_share_batch,
     region_shares,
     region_shares_batch,
+    partners,
     top_fraction_in,
 )
 
@@ -253,6 +257,74 @@ def test_batched_region_shares_by_hand_and_bad_inputs():
     with pytest.raises(ValueError, match="no pixel"):
         region_shares_batch(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4, dtype=torch.uint8),
                             torch.tensor(KEEP)[None].expand(2, 3, 4) & torch.tensor([True, False])[:, None, None])
+
+
+# ---------------------------------------------------------------------------------------------
+# Localisation metrics against the nucleus mask
+
+
+def test_localisation_metrics_by_hand():
+    attr = np.array([[3.0, -1.0, 0.0],
+                     [1.0, 2.0, -2.0]])  # [2, 3]
+    inside = np.array([[False, True, False],
+                       [True, True, False]])  # K = 3 mask pixels
+    got = localisation(attr, inside)
+    assert got["pointing_game"] == 0.0  # the maximum, 3, is outside
+    # min-max normalised: (a + 2) / 5 = [[1, .2, .4], [.6, .8, 0]], sum 3.0; inside .2 + .6 + .8 = 1.6
+    assert got["energy_pointing_game"] == pytest.approx(1.6 / 3.0)
+    assert got["relevance_mass_accuracy"] == pytest.approx(3 / 6)  # positive mass 3 + 1 + 2, inside 1 + 2
+    assert got["relevance_rank_accuracy"] == pytest.approx(2 / 3)  # top 3: 3 (out), 2 (in), 1 (in)
+    keep = np.array([[False, True, True], [True, True, True]])  # the 3 left out: the maximum is now 2, inside
+    kept = localisation(attr, inside, keep)
+    assert kept["pointing_game"] == 1.0 and kept["relevance_mass_accuracy"] == pytest.approx(1.0)
+    assert kept["relevance_rank_accuracy"] == pytest.approx(2 / 3)  # top 3 of the kept: 2 (in), 1 (in), 0 (out)
+    # ties: the first pixel in row-major order wins, as in the stable sort
+    flat = localisation(np.array([[1.0, 1.0], [1.0, 0.0]]), np.array([[False, True], [True, False]]))
+    assert flat["pointing_game"] == 0.0 and flat["relevance_rank_accuracy"] == pytest.approx(0.5)
+    constant = localisation(np.zeros((2, 2)), np.array([[True, False], [False, False]]))
+    assert math.isnan(constant["energy_pointing_game"]) and math.isnan(constant["relevance_mass_accuracy"])
+    assert all(math.isnan(v) for v in localisation(attr, np.zeros_like(inside)).values())  # no mask pixel
+    assert set(got) == set(LOCALISATION_METRICS)
+
+
+def test_a_map_exactly_on_the_mask_scores_one_everywhere_and_its_complement_zero():
+    rng = np.random.default_rng(0)
+    inside = rng.random((9, 11)) < 0.3
+    on = np.where(inside, 1 + rng.random(inside.shape), -1.0)  # outside at the minimum: no energy after min-max
+    assert localisation(on, inside) == pytest.approx(dict.fromkeys(LOCALISATION_METRICS, 1.0))
+    off = localisation(-on, inside)
+    assert off["pointing_game"] == 0 and off["relevance_rank_accuracy"] == 0 and off["relevance_mass_accuracy"] == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batched_localisation_equals_the_per_image_one(dtype, device):
+    rng = np.random.default_rng(5)
+    attr, regions, keep = _random_batch(rng, 6, 23)
+    attr[4] = np.round(attr[4])  # many ties
+    inside = regions == NUCLEUS
+    inside[5] = False  # no nucleus
+    got = localisation_batch(torch.as_tensor(attr, dtype=dtype, device=device), torch.as_tensor(inside, device=device),
+                             torch.as_tensor(keep, device=device))
+    for i in range(len(attr)):
+        want = localisation(attr[i].astype(np.float32 if dtype == torch.float32 else np.float64), inside[i], keep[i])
+        for key, value in want.items():
+            batched = float(got[key][i])
+            assert (math.isnan(value) and math.isnan(batched)) or batched == pytest.approx(value, rel=1e-9, abs=1e-12), \
+                (i, key, batched, value)
+    assert all(math.isnan(float(v[5])) for v in got.values())
+
+
+def test_partners_are_a_seeded_derangement_within_each_group():
+    groups = np.array(["a", "b", "a", "a", "c", "b", "a"])
+    got = partners(groups, seed=1)
+    assert got[4] == -1  # alone in its group
+    for i, j in enumerate(got):
+        if j >= 0:
+            assert j != i and groups[j] == groups[i]
+    assert sorted(got[groups == "a"]) == sorted(np.flatnonzero(groups == "a"))  # each drawn once
+    assert list(got[[1, 5]]) == [5, 1]
+    np.testing.assert_array_equal(partners(groups, seed=1), got)
+    assert any((partners(groups, seed=s) != got).any() for s in range(2, 6))
 
 
 # ---------------------------------------------------------------------------------------------

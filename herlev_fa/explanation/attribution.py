@@ -8,7 +8,7 @@ What this is: a thin layer over captum's `IntegratedGradients` (Sundararajan, Ta
   `IntToFloatTensor` + `Normalize` do in the DataLoaders;
 * chooses the scalar to explain (`target_column`): the *logit* of a class for `cls` / `cls_reg`,
   the severity score for `reg` (or, on request, for any head);
-* builds the baseline (`BASELINES`), calls captum with its quadrature rule (`METHODS`: Gauss-
+* builds the baseline (`BASELINES`), calls captum with its quadrature rule (`RULES`: Gauss-
   Legendre by default, the midpoint rule on request), internal batching and
   `return_convergence_delta=True`, and sums the attribution over colour channels;
 * maps the [S, S] map of the model's letterboxed grid back to the input image's own pixel
@@ -26,6 +26,10 @@ is log p_c, which its softmax gives back as for the other class heads.
 Convergence: captum's delta is `sum(attributions) - (f(x) - f(baseline))` (completeness).
 `relative_delta` divides |delta| by |f(x) - f(baseline)| (at least `GAP_FLOOR`); above `tol`
 the result is flagged and a warning suggests more steps.
+
+The other attribution methods (`--method`: SmoothGrad, GradientShap, Saliency, Grad-CAM,
+Occlusion) run through the same `Explainer` (same input, target and batching) by way of
+``explain.methods``; they have no completeness delta (NaN).
 
 What it is not: overlap with mask regions (``explain.overlap``), figures and files
 (``explain.report``).
@@ -47,14 +51,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from herlev_fa.config import IG_BASELINES, IG_METHODS, IG_PRECISIONS, IGSettings
+from herlev_fa.config import ATTRIBUTION_METHODS, IG_BASELINES, IG_PRECISIONS, IG_RULES, IGSettings
 from herlev_fa.errors import HerlevError, missing as missing_message
+from herlev_fa.explanation.methods import METHODS as OTHER_METHODS
 from herlev_fa.model.heads import Head, get_head
 from herlev_fa.model.inference import fold_batchnorm
 
 BASELINES = IG_BASELINES
-METHODS = IG_METHODS
-DEFAULT_METHOD = IGSettings.method  # captum's default; best for smooth networks
+RULES = IG_RULES
+DEFAULT_RULE = IGSettings.rule  # captum's default; best for smooth networks
 PRECISIONS = IG_PRECISIONS
 AUTO_TRIES_BF16 = {"cuda"}  # device types where precision 'auto' tries bf16 (CPUs: twice the delta where measured)
 DEFAULT_BASELINE = IGSettings.baseline
@@ -270,39 +275,47 @@ class Explainer:
             both ways and the precision with the smaller mean |delta| (bf16 on a tie) is kept for
             every batch (`used`, `auto_deltas`); elsewhere fp32. bf16 was 1.33x faster than fp32 on
             an H200 at a smaller delta, but doubled the delta on a CPU (docs/explainability.md).
-        method: the quadrature rule, a key of `METHODS`. Gauss-Legendre (default) converges fastest
+        rule: the quadrature rule, a key of `RULES`. Gauss-Legendre (default) converges fastest
             on smooth networks; on ReLU networks (ResNets) the midpoint rule gave a smaller
             delta at the same steps (9-26%, docs/explainability.md).
         fold_bn: attribute through a copy with BatchNorm folded into the convolutions
             (`fold_batchnorm`: same IG, faster); False keeps the model as it is.
+        method: the attribution method, a key of `config.ATTRIBUTION_METHODS`: `ig` (this module's
+            batched path with its completeness delta), or one of ``explain.methods`` (no delta: NaN).
+        samples, noise, window: the settings of smoothgrad / gradientshap (noisy samples, noise sd as
+            a fraction of the value range) and occlusion (square side; None = S / 8).
     """
 
     def __init__(self, model: nn.Module, head: str, classes: Sequence[str], severities: Sequence[float],
                  mean: Sequence[float], std: Sequence[float], size: int, steps: int = 50,
                  baseline: str = DEFAULT_BASELINE, device: str = "cpu", internal_batch_size: int | None = None,
-                 precision: str = "auto", tol: float = DEFAULT_TOL, method: str = DEFAULT_METHOD,
-                 fold_bn: bool = True):
+                 precision: str = "auto", tol: float = DEFAULT_TOL, rule: str = DEFAULT_RULE,
+                 fold_bn: bool = True, method: str = "ig", samples: int = 8, noise: float = 0.15,
+                 window: int | None = None):
         if steps < 1:
             raise HerlevError(f"--steps {steps} must be at least 1 (50 is captum's default)")
         if baseline not in BASELINES:
             raise HerlevError(f"unknown baseline '{baseline}': choose one of {', '.join(BASELINES)}")
         if precision not in PRECISIONS:
             raise HerlevError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
-        if method not in METHODS:
-            raise HerlevError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
+        if rule not in RULES:
+            raise HerlevError(f"unknown rule '{rule}': choose one of {', '.join(RULES)}")
+        if method not in ATTRIBUTION_METHODS:
+            raise HerlevError(f"unknown method '{method}': choose one of {', '.join(ATTRIBUTION_METHODS)}")
         self.head, self.classes, self.severities = head, tuple(classes), tuple(severities)
         self.mean, self.std, self.size = tuple(mean), tuple(std), int(size)
         self.steps, self.baseline, self.precision, self.tol = int(steps), baseline, precision, float(tol)
         # the precision every batch is attributed in; None: auto, decided by the first batch's deltas
-        tries_bf16 = precision == "auto" and torch.device(device).type in AUTO_TRIES_BF16
+        tries_bf16 = precision == "auto" and torch.device(device).type in AUTO_TRIES_BF16 and method == "ig"
         self.used: str | None = None if tries_bf16 else ("fp32" if precision == "auto" else precision)
         self.auto_deltas: dict[str, float] | None = None  # auto: mean |delta| of the first batch, per precision
-        self.method = method
+        self.rule, self.method = rule, method
+        self.samples, self.noise, self.window = int(samples), float(noise), window
         self.device = torch.device(device)
         self.internal_batch_size = internal_batch_size
         self.channels_last = self.device.type == "cuda"  # faster convolutions on GPUs; slower on this CPU path
         model = model.to(self.device).eval()
-        if fold_bn:
+        if fold_bn and not (method in OTHER_METHODS and OTHER_METHODS[method].needs_layer):
             model = fold_batchnorm(model, self.size)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -343,8 +356,9 @@ class Explainer:
         free, _ = torch.cuda.mem_get_info(self.device)
         return max(probe, int(0.5 * free / per_input))
 
-    def attribute(self, images: np.ndarray | Tensor, target: int | None = None) -> DeviceAttribution:
-        """IG of letterboxed uint8 images [B, S, S, 3] for output column `target` (None: predicted class).
+    def attribute(self, images: np.ndarray | Tensor, target: int | Tensor | None = None) -> DeviceAttribution:
+        """IG of letterboxed uint8 images [B, S, S, 3] for output column `target` (None: predicted class; a [B]
+        tensor: one column per image).
 
         Everything stays on the explainer's device; the wall time of the call is added to
         `attribution_seconds` (the GPU is synchronised at the end so that the time is the GPU's).
@@ -360,9 +374,18 @@ class Explainer:
             out = self.outputs(x).float()  # [B, K + 1] or [B, 1]
             out_base = self.outputs(base).float()
         probs, score, predicted = self.outputs.head.decode_explained(out, self.severities)  # [B, K] | None, [B], [B]
-        t = predicted if target is None else torch.full((n,), target, dtype=torch.long, device=out.device)  # [B]
+        if isinstance(target, Tensor):  # a column per image
+            t = target.to(out.device, torch.long)  # [B]
+        else:
+            t = predicted if target is None else torch.full((n,), target, dtype=torch.long, device=out.device)  # [B]
         gap = (out - out_base).gather(1, t[:, None])[:, 0]  # [B]
-        if self.used is None:  # auto: this first batch both ways; the smaller mean |delta| is kept from now on
+        if self.method != "ig":
+            with self._autocast(), _frozen(self.outputs):
+                attr = OTHER_METHODS[self.method].attribute(
+                    self.outputs, x, base, t, steps=self.steps, rule=self.rule, samples=self.samples, noise=self.noise,
+                    window=self.window, chunk=self._chunk(n) if self.method != "saliency" else n).float()  # [B, S, S]
+            attr, delta = attr[:, None], torch.full((n,), torch.nan, device=x.device)  # no completeness: no delta
+        elif self.used is None:  # auto: this first batch both ways; the smaller mean |delta| is kept from now on
             tried = {p: self._integrate(x, base, t, p) for p in ("fp32", "bf16")}
             self.auto_deltas = {p: float(delta.abs().mean()) for p, (_, delta) in tried.items()}
             self.used = "bf16" if self.auto_deltas["bf16"] <= self.auto_deltas["fp32"] else "fp32"
@@ -387,7 +410,7 @@ class Explainer:
         ig = IntegratedGradients(self.outputs)
         fp32 = precision == "fp32"
         with self._autocast(precision), _frozen(self.outputs):
-            attr = ig.attribute(x, baselines=base, target=t, n_steps=self.steps, method=self.method,
+            attr = ig.attribute(x, baselines=base, target=t, n_steps=self.steps, method=self.rule,
                                 internal_batch_size=self._chunk(x.shape[0]), return_convergence_delta=fp32)
         if fp32:
             return attr
@@ -429,7 +452,8 @@ def explainer_for(run, settings: IGSettings = IGSettings()) -> Explainer:
     return Explainer(run.model, run.head, run.task.classes, run.task.severities, run.mean, run.std, run.size,
                      steps=settings.steps, baseline=settings.baseline, device=resolve_device(settings.device),
                      internal_batch_size=settings.internal_batch_size, precision=settings.precision,
-                     tol=settings.tol, method=settings.method)
+                     tol=settings.tol, rule=settings.rule, method=settings.method, samples=settings.samples,
+                     noise=settings.noise, window=settings.window)
 
 
 T = TypeVar("T")
@@ -474,11 +498,12 @@ class Explanation:
     predicted: str  # predicted class
     probs: dict[str, float] | None  # class probabilities (None for reg)
     score: float  # severity score
-    delta: float  # completeness error: sum(grid_attribution) - (f(x) - f(baseline))
+    delta: float  # completeness error: sum(grid_attribution) - (f(x) - f(baseline)); NaN for methods other than IG
     gap: float  # f(x) - f(baseline) of the explained scalar
     relative_delta: float  # |delta| / max(|gap|, GAP_FLOOR)
     converged: bool  # relative_delta <= tol
     precision: str = "fp32"  # what the gradients were computed in ('fp32' or 'bf16')
+    method: str = "ig"  # the attribution method (`config.ATTRIBUTION_METHODS`)
 
 
 def output_names(paths: Sequence[Path]) -> list[str]:
@@ -510,7 +535,7 @@ def results_of(batch: BatchAttribution, explainer: Explainer, paths: Sequence[Pa
             predicted=classes[int(batch.predicted[i])],
             probs=None if batch.probs is None else {c: float(p) for c, p in zip(classes, batch.probs[i])},
             score=float(batch.score[i]), delta=float(batch.delta[i]), gap=float(batch.gap[i]),
-            relative_delta=rel, converged=rel <= explainer.tol, precision=batch.precision,
+            relative_delta=rel, converged=not rel > explainer.tol, precision=batch.precision, method=explainer.method,
         ))
     return out
 

@@ -176,3 +176,115 @@ def padding_share_batch(attr: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     total = absolute.sum(dim=1)  # [B]
     outside = (absolute * (~keep).flatten(1)).sum(dim=1)
     return torch.where(total > 0, outside / total.clamp(min=1e-300), math.nan)
+
+
+# ---------------------------------------------------------------------------------------------
+# Localisation metrics against one mask (the nucleus): the field's names for them
+
+LOCALISATION_METRICS = {
+    "pointing_game": "pointing game: the most attributed pixel lies in the nucleus (1 / 0)",
+    "energy_pointing_game": "energy-based pointing game: nucleus share of the min-max normalised map",
+    "relevance_mass_accuracy": "relevance mass accuracy: nucleus share of the positive attribution",
+    "relevance_rank_accuracy": "relevance rank accuracy: fraction of the K most attributed pixels in the nucleus "
+                               "(K = nucleus pixels)",
+}
+
+
+def localisation(attr: np.ndarray, inside: np.ndarray, keep: np.ndarray | None = None) -> dict[str, float]:
+    """The localisation metrics of one map against one mask, the reference for `localisation_batch`.
+
+    * pointing game (Zhang et al. 2018): 1 when the highest-attributed kept pixel (the first in
+      pixel order on a tie) is inside the mask, else 0;
+    * energy-based pointing game (Wang et al., Score-CAM, 2020): the map min-max normalised over the
+      kept pixels, then the share of its sum inside the mask (NaN for a constant map);
+    * relevance mass accuracy (Arras et al. 2022): share of the positive attribution inside the
+      mask (= `nucleus_pos_share`; NaN without positive attribution);
+    * relevance rank accuracy (Arras et al. 2022): with K the mask's pixel count, the fraction of
+      the K highest-attributed pixels (signed, ties in pixel order) inside the mask.
+
+    All NaN when the mask has no kept pixel.
+
+    Args:
+        attr: [H, W] attribution (signed). inside: [H, W] bool, the mask. keep: [H, W] bool, the pixels to
+            count (default: all), e.g. the letterbox content.
+    """
+    keep = np.ones(attr.shape, bool) if keep is None else np.asarray(keep, bool)
+    a = np.asarray(attr, np.float64)[keep]  # [N]
+    m = np.asarray(inside, bool)[keep]  # [N]
+    k = int(m.sum())
+    if k == 0:
+        return dict.fromkeys(LOCALISATION_METRICS, math.nan)
+    span = a.max() - a.min()
+    energy = (a - a.min()) / span if span > 0 else None
+    positive = np.clip(a, 0, None)
+    return {
+        "pointing_game": float(m[int(np.argmax(a))]),
+        "energy_pointing_game": float(energy[m].sum() / energy.sum()) if energy is not None else math.nan,
+        "relevance_mass_accuracy": float(positive[m].sum() / positive.sum()) if positive.sum() > 0 else math.nan,
+        "relevance_rank_accuracy": float(m[np.argsort(-a, kind="stable")[:k]].mean()),
+    }
+
+
+def localisation_batch(attr: torch.Tensor, inside: torch.Tensor, keep: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`localisation` of a whole batch as tensor operations on the maps' device.
+
+    Args:
+        attr: [B, H, W] attribution, any float dtype (computed in float64). inside: [B, H, W] bool, the mask.
+        keep: [B, H, W] bool, the pixels to count; at least one per image.
+
+    Returns:
+        The keys of `LOCALISATION_METRICS`, each a float64 tensor [B] equal to the per-image numbers.
+    """
+    if attr.ndim != 3 or inside.shape != attr.shape or keep.shape != attr.shape:
+        raise ValueError(f"attribution {tuple(attr.shape)}, mask {tuple(inside.shape)} and keep {tuple(keep.shape)} "
+                         "must be the same [B, H, W] grid")
+    b = attr.shape[0]
+    a = attr.reshape(b, -1).double()  # [B, N]
+    kept = keep.reshape(b, -1)  # [B, N]
+    m = inside.reshape(b, -1) & kept  # [B, N]
+    k = m.sum(dim=1)  # [B]
+    nan = torch.tensor(math.nan, dtype=torch.float64, device=a.device)
+    tiny = torch.finfo(torch.float64).tiny
+    ranked = a.masked_fill(~kept, -math.inf)  # [B, N]
+    pointing = m.gather(1, ranked.argmax(dim=1, keepdim=True))[:, 0].double()  # [B]; argmax: first of the maxima
+    low = a.masked_fill(~kept, math.inf).min(dim=1, keepdim=True).values  # [B, 1]
+    high = ranked.max(dim=1, keepdim=True).values
+    span = high - low  # [B, 1]
+    energy = torch.where(kept, (a - low) / span.clamp(min=tiny), 0.0)  # [B, N]
+    energy_share = torch.where(span[:, 0] > 0, (energy * m).sum(dim=1) / energy.sum(dim=1).clamp(min=tiny), nan)
+    positive = torch.where(kept, a.clamp(min=0), 0.0)  # [B, N]
+    total = positive.sum(dim=1)
+    mass = torch.where(total > 0, (positive * m).sum(dim=1) / total.clamp(min=tiny), nan)
+    # the K highest kept pixels, ties in pixel order (as the stable sort): the pixels above the K-th value, then the
+    # first of those equal to it
+    kth = torch.sort(ranked, dim=1, descending=True).values.gather(1, (k.clamp(min=1) - 1)[:, None])  # [B, 1]
+    above, tied = ranked > kth, ranked == kth  # [B, N]
+    first_tied = tied & (tied.cumsum(dim=1) <= (k - above.sum(dim=1))[:, None])
+    rank = (m & (above | first_tied)).sum(dim=1).double() / k.clamp(min=1).double()
+    out = {"pointing_game": pointing, "energy_pointing_game": energy_share, "relevance_mass_accuracy": mass,
+           "relevance_rank_accuracy": rank}
+    return {name: torch.where(k > 0, v, nan) for name, v in out.items()}
+
+
+def partners(groups: np.ndarray, seed: int = 0) -> np.ndarray:
+    """For each of N items, another item of the same group, as a seeded random derangement within each group.
+
+    Each group's items are shuffled into a cycle and each item gets the next one in it: no item is its own
+    partner and every item is someone's partner once. An item alone in its group gets -1.
+
+    Args:
+        groups: [N] hashable group keys (e.g. 'HxW' of the image, so that masks share a grid).
+
+    Returns:
+        [N] int64 partner indices (-1 for an item alone in its group).
+    """
+    groups = np.asarray(groups)
+    out = np.full(len(groups), -1, np.int64)
+    rng = np.random.default_rng(seed)
+    for key in sorted(set(groups.tolist()), key=str):
+        members = np.flatnonzero(groups == key)
+        if len(members) < 2:
+            continue
+        cycle = members[rng.permutation(len(members))]
+        out[cycle] = np.roll(cycle, -1)
+    return out

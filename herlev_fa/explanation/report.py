@@ -25,13 +25,14 @@ import pandas as pd
 
 from herlev_fa.atomic import atomic_path, write_text
 from herlev_fa.data.items import FILE_NAME_ERRORS
+from herlev_fa.config import ATTRIBUTION_METHODS as METHOD_NAMES
 from herlev_fa.config import IGSettings
 from herlev_fa.errors import HerlevError
 from herlev_fa.explanation.attribution import (
     DEFAULT_BASELINE,
-    DEFAULT_METHOD,
+    DEFAULT_RULE,
     GAP_FLOOR,
-    METHODS,
+    RULES,
     Explainer,
     Explanation,
     content_mask,
@@ -43,7 +44,13 @@ from herlev_fa.explanation.attribution import (
     target_column,
     warn_unconverged,
 )
-from herlev_fa.explanation.overlap import padding_share_batch, region_shares_batch
+from herlev_fa.explanation.masks import NUCLEUS
+from herlev_fa.explanation.overlap import (
+    localisation_batch,
+    padding_share_batch,
+    partners,
+    region_shares_batch,
+)
 from herlev_fa.figures import explanation_png, nucleus_attribution_png
 from herlev_fa.labels import short_name
 from herlev_fa.model.heads import get_head
@@ -56,26 +63,33 @@ SUMMARY_METRICS: dict[str, str] = {
     "nucleus_area_share": "nucleus share of area",
     "nucleus_enrichment": "nucleus enrichment (+ share / area share)",
     "nucleus_change_enrichment": "enrichment of |x - baseline| alone (uniform-gradient control)",
+    "nucleus_enrichment_other": "enrichment on another cell's nucleus mask (position control)",
     "nucleus_top5": "top 5% pixels in nucleus",
     "nucleus_top10": "top 10% pixels in nucleus",
     "cytoplasm_pos_share": "cytoplasm share of + attribution",
     "background_pos_share": "background share of + attribution",
+    "pointing_game": "pointing game (most attributed pixel in nucleus)",
+    "energy_pointing_game": "energy-based pointing game",
+    "relevance_rank_accuracy": "relevance rank accuracy",
 }
+OTHER_CELL_SEED = 0  # the draw of the other cell whose nucleus mask is the position control
 
 
 # ---------------------------------------------------------------------------------------------
 # explain: one figure and one map per image
 
 
-def write_explanation(result: Explanation, out_dir: str | Path, baseline: str, steps: int,
-                      method: str = DEFAULT_METHOD) -> tuple[Path, Path]:
-    """Write `NAME_ig.png` and `NAME_ig.npy` ([H, W] float32, input grid) atomically; returns both paths."""
+def write_explanation(result: Explanation, out_dir: str | Path, baseline: str = "mean", steps: int = 50,
+                      rule: str = DEFAULT_RULE, description: str | None = None) -> tuple[Path, Path]:
+    """Write `NAME_METHOD.png` and `NAME_METHOD.npy` ([H, W] float32, input grid) atomically, e.g. `cell_ig.png`;
+    returns both paths. `description` (`IGSettings.describe`) captions the figure; without it, IG's baseline, steps
+    and rule do."""
     out_dir = Path(out_dir)
     # the figure first: if it cannot be drawn, no map is left behind without it
     bf16 = ", bf16" if result.precision == "bf16" else ""
-    png = explanation_png(result, out_dir / f"{result.name}_ig.png",
-                          settings=f"baseline {baseline}, {steps} {METHODS[method]} steps{bf16}")
-    npy = out_dir / f"{result.name}_ig.npy"
+    png = explanation_png(result, out_dir / f"{result.name}_{result.method}.png",
+                          settings=description or f"baseline {baseline}, {steps} {RULES[rule]} steps{bf16}")
+    npy = out_dir / f"{result.name}_{result.method}.npy"
     with atomic_path(npy) as tmp, open(tmp, "wb") as f:
         np.save(f, result.attribution.astype(np.float32))
     return png, npy
@@ -83,8 +97,8 @@ def write_explanation(result: Explanation, out_dir: str | Path, baseline: str, s
 
 def explanation_row(result: Explanation) -> dict:
     """The scalars of one explanation, as a row of `explanations.csv`."""
-    row = {"name": result.name, "path": str(result.path), "predicted": result.predicted, "target": result.target,
-           "score": result.score}
+    row = {"name": result.name, "path": str(result.path), "method": result.method, "predicted": result.predicted,
+           "target": result.target, "score": result.score}
     if result.probs is not None:
         row.update({f"p_{c}": p for c, p in result.probs.items()})
     row.update(gap=result.gap, delta=result.delta, relative_delta=result.relative_delta, converged=result.converged,
@@ -112,7 +126,7 @@ def explain_images(run, paths: Sequence[str | Path], out: str | Path | None = No
     bar, advance = progress_bar(progress and len(paths) > 1, "explaining", len(paths))
     with bar:
         for result in iter_explanations(run, paths, settings):
-            png, npy = write_explanation(result, out_dir, settings.baseline, settings.steps, settings.method)
+            png, npy = write_explanation(result, out_dir, description=settings.describe(result.precision))
             rows.append({**explanation_row(result), "figure": str(png), "map": str(npy)})
             advance(1)
     table = pd.DataFrame(rows)
@@ -129,6 +143,8 @@ def delta_summary(delta: Sequence[float], relative_delta: Sequence[float], tol: 
     delta, rel = np.abs(np.asarray(delta, np.float64)), np.asarray(relative_delta, np.float64)
     if not len(delta):
         return "IG delta: no image"
+    if not np.isfinite(delta).any():
+        return "no completeness delta: only IG has one (the method's maps need not sum to f(x) - f(baseline))"
     used = f"; gradients in {precisions_used(precision)}" if len(precision) else ""
     return (f"IG delta: mean |delta| {delta.mean():.3g}, relative delta median {np.median(rel):.2%}, "
             f"max {rel.max():.1%}; {int((rel > tol).sum())} of {len(rel)} above {tol:.0%}{used}")
@@ -200,6 +216,32 @@ def masked_batch(items: pd.DataFrame, size: int) -> tuple[np.ndarray, np.ndarray
     return np.stack([c[0] for c in cells]), np.stack([c[1] for c in cells]), keep
 
 
+def letterboxed_regions(mask_path: str | Path, size: int) -> np.ndarray:
+    """A mask's region codes [S, S] uint8 in the model's letterboxed grid (as `load_cell` carries them)."""
+    from herlev_fa.data.augment import letterbox
+    from herlev_fa.explanation.masks import read_mask
+
+    regions = read_mask(mask_path)  # [h, w]
+    return letterbox(size)(image=np.zeros((*regions.shape, 3), np.uint8), mask=regions)["mask"]
+
+
+def other_cells(masks: Sequence[str | Path], size: int, seed: int = OTHER_CELL_SEED) -> np.ndarray:
+    """For each cell, the index of another cell whose nucleus mask is its position control (-1: none).
+
+    The other cell is drawn (`overlap.partners`, seeded) among the cells whose content sits in the same box of the
+    model's grid (same letterbox), so that its mask lies on the same pixels; each cell is drawn once.
+    """
+    from PIL import Image
+
+    boxes = []
+    for m in masks:
+        with Image.open(m) as im:  # the header only: a mask has its image's size
+            w, h = im.size
+        box = letterbox_box(h, w, size)
+        boxes.append(f"{box.top},{box.left},{box.height},{box.width}")
+    return partners(np.asarray(boxes), seed)
+
+
 @dataclass
 class QuantifyResult:
     """What `quantify` wrote and found."""
@@ -224,7 +266,9 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
     (default `RUN/quantify-<split>`). The shares of a whole batch are computed on the device
     (`region_shares_batch`) and copied to the host once; the next batch is decoded meanwhile.
     Maps are not kept: memory stays flat over the dataset. `explainer` replaces the one built
-    from the run and `settings`.
+    from the run and `settings`. Each row also has the localisation metrics against the nucleus
+    (`overlap.localisation_batch`) and the enrichment on another cell's nucleus mask
+    (`nucleus_enrichment_other`, drawn by `other_cells`: the position control).
 
     Raises:
         HerlevError: bad run or options, missing data, an unreadable image or mask, a mask of
@@ -243,18 +287,31 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
     classes = run.task.classes
     score_index = get_head(run.head).score_index(len(classes))
     starts = range(0, len(items), settings.bs)
+    other = other_cells(items["mask"], run.size)  # [N]
     rows = []
+
+    def load(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        images, regions, keep = masked_batch(items.iloc[i:i + settings.bs], run.size)
+        theirs = np.stack([letterboxed_regions(items["mask"].iloc[j], run.size) if j >= 0 else np.full_like(r, 255)
+                           for j, r in zip(other[i:i + settings.bs], regions)])  # [B, S, S]; 255: no other cell
+        return images, regions, keep, theirs
+
     bar, advance = progress_bar(progress, "quantifying", len(items))
     with bar:
-        for start, (images, regions, keep) in prefetched(
-                lambda i: masked_batch(items.iloc[i:i + settings.bs], run.size), starts):
+        for start, (images, regions, keep, theirs) in prefetched(load, starts):
             batch = explainer.attribute(images, column)  # maps [B, S, S] on the device
             regions_t = torch.from_numpy(regions).to(explainer.device)  # [B, S, S]
+            theirs_t = torch.from_numpy(theirs).to(explainer.device)  # [B, S, S]
             keep_t = torch.from_numpy(keep).to(explainer.device)
             shares = region_shares_batch(batch.attribution, regions_t, keep_t)  # name -> [B]
             shares["nucleus_change_enrichment"] = region_shares_batch(batch.change, regions_t, keep_t, top=False)[
                 "nucleus_enrichment"]
             shares["padding_abs_share"] = padding_share_batch(batch.attribution, keep_t)
+            has_other = theirs_t[:, 0, 0] != 255  # [B]
+            shares["nucleus_enrichment_other"] = torch.where(
+                has_other, region_shares_batch(batch.attribution, torch.where(has_other[:, None, None], theirs_t, 0),
+                                               keep_t, top=False)["nucleus_enrichment"], torch.nan)
+            shares.update(localisation_batch(batch.attribution, regions_t == NUCLEUS, keep_t))
             p_max = batch.probs.max(dim=1).values if batch.probs is not None else torch.full_like(batch.score, torch.nan)
             columns = {"target": batch.target, "predicted": batch.predicted, "score": batch.score, "p_predicted": p_max,
                        "gap": batch.gap, "delta": batch.delta, **shares}
@@ -264,18 +321,20 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
             chunk = items.iloc[start:start + settings.bs]
             for i, item in enumerate(chunk.itertuples(index=False)):
                 t = int(values["target"][i])
+                j = int(other[start + i])
                 rows.append({
-                    "name": names[start + i], "path": item.path, "label": item.label,
+                    "name": names[start + i], "path": item.path, "label": item.label, "method": settings.method,
                     "predicted": classes[int(values["predicted"][i])],
                     "target": "score" if t == score_index else classes[t],
                     **{k: float(values[k][i]) for k in ("score", "p_predicted", "gap", "delta", "relative_delta")},
                     "precision": batch.precision,
                     **{k: float(values[k][i]) for k in shares},
+                    "other_cell": names[j] if j >= 0 else "",
                 })
             advance(len(chunk))
     table = pd.DataFrame(rows)
     summary = summarize(table, classes)
-    title = f"IG overlap with mask regions: run {run.path.name}, split {split}, n={len(table)}"
+    title = f"{METHOD_NAMES[settings.method]} on mask regions: run {run.path.name}, split {split}, n={len(table)}"
     delta = delta_summary(table["delta"], table["relative_delta"], settings.tol, table["precision"])
     described = settings.describe(precisions_used(table["precision"]))  # what auto chose, not 'auto'
     files = [out_dir / "quantify.csv", out_dir / "quantify.md", out_dir / "quantify.png"]
@@ -404,7 +463,7 @@ def compare_explanations(runs: Sequence, out: str | Path, per_class: int = 2, se
     Raises:
         HerlevError: no run, runs of different tasks, no held-out cell with a mask common to all runs.
     """
-    from herlev_fa.explanation.masks import NUCLEUS, read_mask
+    from herlev_fa.explanation.masks import read_mask
     from herlev_fa.figures import explanation_grid_png
     from herlev_fa.runs import Run, load_run
 
@@ -434,14 +493,15 @@ def compare_explanations(runs: Sequence, out: str | Path, per_class: int = 2, se
             e = run_results[i]
             positive = np.clip(e.attribution, 0, None)
             share = float(positive[nuclei[i]].sum() / positive.sum()) if positive.sum() > 0 else np.nan
-            rows.append({"cell": Path(cell.path).stem, "label": cell.label, "run": label, "predicted": e.predicted,
+            rows.append({"cell": Path(cell.path).stem, "label": cell.label, "run": label, "method": e.method,
+                         "predicted": e.predicted,
                          "score": e.score, "delta": e.delta, "relative_delta": e.relative_delta,
                          "precision": e.precision, "nucleus_pos_share": share})
             line.append(f"{short_name(e.predicted)}, s={e.score:.1f}, nuc {share:.0%}")
         notes.append(line)
     row_labels = [f"{short_name(c.label)}\n{Path(c.path).stem[:18]}" for c in cells.itertuples(index=False)]
     used = precisions_used([r["precision"] for r in rows])
-    title = f"Integrated Gradients, {settings.describe(used)}; gold: nucleus (mask)"
+    title = f"{METHOD_NAMES[settings.method]}, {settings.describe(used)}; gold: nucleus (mask)"
     maps = [[run_results[i].attribution for run_results in explained] for i in range(len(paths))]  # [cell][run]
     figure = explanation_grid_png(out, images, nuclei, maps, row_labels, labels, notes=notes, title=title, dpi=dpi)
     table = pd.DataFrame(rows)

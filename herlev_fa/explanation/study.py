@@ -32,6 +32,9 @@ from herlev_fa.labels import short_name
 # the per-cell numbers compared between runs, and their names in tables
 METRICS = {"nucleus_pos_share": "nucleus share of + attribution", "nucleus_enrichment": "nucleus enrichment",
            "nucleus_top10": "top-10% pixels in nucleus"}
+# the localisation metrics of `overlap.LOCALISATION_METRICS`, by their short names in tables
+LOCALISATION = {"pointing_game": "pointing game", "energy_pointing_game": "energy pointing game",
+                "relevance_mass_accuracy": "relevance mass acc.", "relevance_rank_accuracy": "relevance rank acc."}
 
 
 def paired_comparison(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
@@ -174,37 +177,56 @@ def study_markdown(tables: Mapping[str, pd.DataFrame], classes: Sequence[str], s
     """The comparison of several runs' pooled `quantify` tables (run name -> rows), as markdown sections.
 
     Per run, per class and overall: the nucleus share of positive attribution, the nucleus area
-    share, the enrichment, its control and the top-10% hit rate (mean ± sd, median [IQR]). Then
-    per run: share > area share and enrichment > control (paired Wilcoxon), Spearman's rho of the
-    share and of the enrichment with the true severity, the delta. Then each run against
-    `reference` (default: the first) on the cells both explained (`compare_runs`).
+    share, the enrichment, its two controls (|x - x'| alone; another cell's nucleus mask) and the
+    top-10% hit rate (mean ± sd, median [IQR]). Then per run: share > area share, enrichment >
+    control and enrichment on the own nucleus > on another cell's (paired Wilcoxon), Spearman's
+    rho of the share and of the enrichment with the true severity, the delta; the localisation
+    metrics (mean, per run). Then each run against `reference` (default: the first) on the cells
+    both explained (`compare_runs`). Tables without the method column or the newer metrics
+    (written before they existed) get '-' there.
     """
     severity_of = dict(zip(classes, severities))
     columns = ("nucleus_pos_share", "nucleus_area_share", "nucleus_enrichment", "nucleus_change_enrichment",
-               "nucleus_top10")
+               "nucleus_enrichment_other", "nucleus_top10")
     lines = []
     for name, table in tables.items():
-        lines += [f"### {name}", "", "mean ± sd, median [IQR]", "",
+        method = ", ".join(sorted(set(table["method"]))) if "method" in table else "-"
+        lines += [f"### {name}", "", f"method {method}; mean ± sd, median [IQR]", "",
                   "| class | n | nucleus share of + attr. | nucleus area share | enrichment | control (\\|x - x'\\| alone) "
-                  "| top-10% in nucleus |", "|---|---:|---|---|---|---|---|"]
+                  "| enrichment on another cell's nucleus | top-10% in nucleus |", "|---|---:|---|---|---|---|---|---|"]
         for group in [c for c in classes if (table["label"] == c).any()] + ["all"]:
             part = table if group == "all" else table[table["label"] == group]
             label = "**all**" if group == "all" else short_name(group)
-            lines.append(f"| {label} | {len(part)} | " + " | ".join(_cell(part[m]) for m in columns) + " |")
+            lines.append(f"| {label} | {len(part)} | "
+                         + " | ".join(_cell(part[m]) if m in part else "-" for m in columns) + " |")
         lines.append("")
-    lines += ["### Nucleus against its area and against the baseline alone; trend with severity", "",
+    lines += ["### Nucleus against its area, the baseline alone and another cell's nucleus; trend with severity", "",
               "| run | n | + share > area share (cells) | p | enrichment > control (cells) | p "
+              "| own nucleus > other cell's (cells) | median own − other | p "
               "| Spearman rho (share, severity) | p | Spearman rho (enrichment, severity) | p | mean \\|delta\\| "
-              "| median relative delta |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| median relative delta |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, t in tables.items():
         area = paired_comparison(t["nucleus_area_share"], t["nucleus_pos_share"])
         control = paired_comparison(t["nucleus_change_enrichment"], t["nucleus_enrichment"])
+        other = paired_comparison(t["nucleus_enrichment_other"], t["nucleus_enrichment"]) \
+            if "nucleus_enrichment_other" in t else None
+        own = (f"{other['b_greater']:.0%} | {other['median_diff']:+.2f} | {_p(other['p'])}" if other and other["n"]
+               else "- | - | -")
         severity = t["label"].map(severity_of)
         trends = [severity_trend(t[m], severity) for m in ("nucleus_pos_share", "nucleus_enrichment")]
+        delta = f"{t['delta'].abs().mean():.3g} | {t['relative_delta'].median():.2%}" \
+            if np.isfinite(t["delta"]).any() else "- | -"
         lines.append(f"| {name} | {int(area['n'])} | {area['b_greater']:.0%} | {_p(area['p'])} | "
-                     f"{control['b_greater']:.0%} | {_p(control['p'])} | "
+                     f"{control['b_greater']:.0%} | {_p(control['p'])} | {own} | "
                      + " | ".join(f"{trend['rho']:+.2f} | {_p(trend['p'])}" for trend in trends)
-                     + f" | {t['delta'].abs().mean():.3g} | {t['relative_delta'].median():.2%} |")
+                     + f" | {delta} |")
+    if any(m in t for t in tables.values() for m in LOCALISATION):
+        lines += ["", "### Localisation against the nucleus mask (mean over cells; chance: the nucleus area share)", "",
+                  "| run | n | " + " | ".join(LOCALISATION.values()) + " | nucleus area share |",
+                  "|---|---:|" + "---:|" * (len(LOCALISATION) + 1)]
+        for name, t in tables.items():
+            cells = [f"{t[m].mean():.3f}" if m in t else "-" for m in (*LOCALISATION, "nucleus_area_share")]
+            lines.append(f"| {name} | {len(t)} | " + " | ".join(cells) + " |")
     reference = reference or next(iter(tables))
     if len(tables) > 1:
         lines += ["", f"### Each run against {reference} on the same cells (paired Wilcoxon; a = {reference})", "",
@@ -264,8 +286,9 @@ def compare_quantify(runs: Sequence[str | Path], out: str | Path, labels: Sequen
         raise HerlevError("the runs explained no common cell: compare runs of the same data and folds")
     described = settings.describe(precisions_used(pd.concat(tables.values())["precision"]))
     report = out / "study.md"
-    write_text(report, f"# Where IG falls on the held-out cells: {', '.join(labels)}\n\n{described}; "
+    method = "IG" if settings.method == "ig" else settings.method
+    write_text(report, f"# Where {method} falls on the held-out cells: {', '.join(labels)}\n\n{described}; "
                f"{len(common)} cells explained by every run\n\n" + study_markdown(tables, task.classes, task.severities))
-    figure = nucleus_study_png(tables, task.classes, out / "study.png", title=f"IG on held-out cells, {described}")
+    figure = nucleus_study_png(tables, task.classes, out / "study.png", title=f"{method} on held-out cells, {described}")
     versus = compare_runs(tables, labels[0], list(METRICS)) if len(tables) > 1 else pd.DataFrame()
     return StudyResult(tables, versus, report, figure)
