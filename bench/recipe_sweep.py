@@ -54,6 +54,8 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "cls-poster-96": ("96 px", {"size": 96}),
     "cls-poster-60": ("60 epochs", {"epochs": 60}),
     "sord-cells-60": ("sord head, cells augmentation, 60 epochs", {"head": "sord", "policy": "cells", "epochs": 60}),
+    "cls-cells-60-r18d": ("ResNet-18-D (average-pool shortcuts), cells augmentation, 60 epochs",
+                          {"arch": "resnet18d", "policy": "cells", "epochs": 60}),
     "cls-poster-lr3e-3": ("peak learning rate 3e-3", {"lr": 3e-3}),
     "cls-poster-bs16": ("batch 16 (twice the steps)", {"bs": 16}),
 }

@@ -11,7 +11,7 @@ from rich.table import Table
 from herlev_cli.app import (DATA, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Policy, ValSplit, Bs, CheckpointEvery, Data, Device, Epochs, Folds, Keep, Lr, MseWarmup,
                             MseWeight, Pretrained, Quiet, Seed, Size, Task, Wd, Weights, app, bars, data_dir, out,
                             parse_lr, user_errors)
-from herlev_fa.config import PAPER_HEADS, DataConfig, ModelConfig, TrainConfig
+from herlev_fa.config import PAPER_HEADS, POSTER_EPOCHS, POSTER_POLICY, DataConfig, ModelConfig, TrainConfig
 
 if TYPE_CHECKING:
     from herlev_fa.reproduction import ReproduceResult
@@ -42,11 +42,11 @@ def reproduce(
     arch: Arch = MODEL["arch"],
     task: Task = DATA["task"],
     folds: Folds = DATA["folds"],
-    epochs: Epochs = TRAIN["epochs"],
+    epochs: Epochs = POSTER_EPOCHS,
     size: Size = DATA["size"],
     bs: Bs = DATA["bs"],
     augment: Augment = DATA["augment"],
-    policy: Policy = DATA["policy"],
+    policy: Policy = POSTER_POLICY,
     pretrained: Pretrained = MODEL["pretrained"],
     weights: Weights = None,
     mse_weight: MseWeight = MODEL["mse_weight"],

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 import herlev_cli.reproduce  # noqa: F401  registers the command on the app
 from helpers import drawn_png
 from herlev_cli.main import app
-from herlev_fa.config import DataConfig, ModelConfig, TrainConfig
+from herlev_fa.config import POSTER_POLICY, DataConfig, ModelConfig, TrainConfig
 from herlev_fa.errors import HerlevError
 from herlev_fa.metrics import SCALAR_METRICS
 from herlev_fa.training.loop import summarize
@@ -59,7 +59,7 @@ def _args(data: Path, out: Path, device: str, epochs: int = 1) -> list[str]:
 
 def _library_config(data: Path, out: Path, device: str) -> "repro.ReproduceConfig":
     """The same reproduction as `_args` builds, through the library."""
-    return repro.ReproduceConfig(TrainConfig(DataConfig(data, size=32, folds=2, seed=0, bs=32),
+    return repro.ReproduceConfig(TrainConfig(DataConfig(data, size=32, folds=2, seed=0, bs=32, policy=POSTER_POLICY),
                                              ModelConfig("test_resnet", pretrained=False), epochs=1, device=device,
                                              quiet=True), out=out)
 
