@@ -136,6 +136,9 @@ Lr = Annotated[str, option(TrainConfig, "lr")]
 Wd = Annotated[float, option(TrainConfig, "wd")]
 Keep = Annotated[str, option(TrainConfig, "keep")]
 Augment = Annotated[str, option(DataConfig, "augment")]
+Threshold = Annotated[Optional[str], typer.Option(
+    help="Screening threshold: a cell is called abnormal when P(abnormal) (the severity score for reg) reaches it. "
+         "A number, or spec95 / sens95: the operating point the run reached on its held-out fold. Default: 0.5.")]
 CheckpointEvery = Annotated[float, option(TrainConfig, "checkpoint_every")]
 LR_DEFAULT = f"{TRAIN['lr']:g}"  # --lr is parsed from text ('auto' or a number)
 

@@ -19,8 +19,8 @@ from rich.table import Table
 
 import herlev_fa
 from herlev_cli.app import (DATA, DEFAULT_RUNS, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Bs, CheckpointEvery, Classes, Data, Device, Epochs, Folds,
-                            Head, Keep, Lr, MseWarmup, MseWeight, Pretrained, Quiet, Seed, Size, SkipBad, Task, Wd,
-                            Weights, app, bars, data_dir, flag, option, out, parse_lr, run_dir, user_errors)
+                            Head, Keep, Lr, MseWarmup, MseWeight, Pretrained, Quiet, Seed, Size, SkipBad, Task,
+                            Threshold, Wd, Weights, app, bars, data_dir, flag, option, out, parse_lr, run_dir, user_errors)
 from herlev_fa.atomic import finite_or_none
 from herlev_fa.config import DataConfig, ModelConfig, TrainConfig, help_of
 from herlev_fa.errors import HerlevError
@@ -53,6 +53,13 @@ def _metrics_table(title: str, columns: dict[str, dict], intervals: dict | None 
             cells[0] += f" [{_number(metric, low)}, {_number(metric, high)}]"
         table.add_row(metric, *cells)
     return table
+
+
+def screening_line(metrics: dict) -> str:
+    """How the table's two binary accuracies differ, and the threshold of the screening call."""
+    score = "P(abnormal)" if metrics.get("ece") is not None and not math.isnan(metrics["ece"]) else "severity score"
+    return (f"screening call: {score} ≥ {metrics['threshold']:.3g} (screening_accuracy, sensitivity, specificity); "
+            "binary_accuracy: the predicted class mapped to normal / abnormal, as in the poster")
 
 
 def _number(metric: str, value: float) -> str:
@@ -170,6 +177,7 @@ def evaluate(
     skip_bad: SkipBad = False,
     bootstrap: Annotated[int, typer.Option(help="Resamples of the cells for 95% bootstrap intervals (seeded); "
                                                 "0 for none.")] = 1000,
+    threshold: Threshold = None,
     as_json: Annotated[bool, flag("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
     """Metrics with 95% intervals, confusion matrix, ROC and reliability diagram of a run on its held-out fold (or --data).
@@ -179,7 +187,7 @@ def evaluate(
     """
     run = run_dir(run)
     metrics = herlev_fa.evaluate(run, data=data, split=split, out=out_dir, bs=bs, device=device, skip_bad=skip_bad,
-                                 progress=not as_json, n_boot=bootstrap)
+                                 progress=not as_json, n_boot=bootstrap, threshold=threshold)
     if as_json:
         typer.echo(json.dumps(finite_or_none(metrics)))
         return
@@ -189,6 +197,7 @@ def evaluate(
     recall = ", ".join(f"{c} {r:.2f}" if r is not None and math.isfinite(r) else f"{c} -"
                        for c, r in zip(metrics["classes"], metrics["per_class_recall"]))
     out.print(f"per-class recall: {recall}")
+    out.print(screening_line(metrics), highlight=False)
     if "bootstrap" in metrics:
         out.print(f"[95% CI]: percentile bootstrap over {metrics['bootstrap']['resamples']} resamples of the cells")
     out.print(f"written to [bold]{metrics['out_dir']}[/] (metrics.json, confusion_matrix.png, score_distribution.png, "

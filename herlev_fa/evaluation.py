@@ -18,19 +18,20 @@ from herlev_fa.data.items import mask_for, scan
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import Task
 from herlev_fa.figures import confusion_matrix_png, reliability_png, roc_png, score_distribution_png
-from herlev_fa.metrics import N_BINS, abnormal_score, bootstrap_intervals, decode, severity_metrics, undefined_metrics
+from herlev_fa.metrics import (N_BINS, THRESHOLD, abnormal_score, bootstrap_intervals, decode, severity_metrics,
+                               undefined_metrics)
 from herlev_fa.runs import Run, load_run
 
 
 def write_evaluation(out_dir: Path, out: np.ndarray, y: np.ndarray, task: Task, head: str,
-                     extra: dict | None = None) -> dict:
+                     extra: dict | None = None, threshold: float = THRESHOLD) -> dict:
     """Metrics of raw outputs [N, C] against classes [N]: `metrics.json` + the figures.
 
     The figures: `confusion_matrix.png`, `score_distribution.png`, `roc.png` (normal vs
     abnormal, with the screening operating points) and, for heads with class probabilities,
-    `reliability.png`.
+    `reliability.png`. `threshold`: of the screening call (see `metrics.severity_metrics`).
     """
-    metrics = severity_metrics(out, y, head, task.severities)
+    metrics = severity_metrics(out, y, head, task.severities, threshold=threshold)
     metrics = {**(extra or {}), **metrics, "classes": list(task.classes)}
     undefined = undefined_metrics(metrics)
     if undefined:
@@ -114,7 +115,7 @@ def evaluation_items(run: Run, data: str | Path | None = None, split: str | None
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | None = None,
              out: str | Path | None = None, bs: int = 64, device: str = "auto", skip_bad: bool = False,
-             progress: bool = True, n_boot: int = 1000) -> dict:
+             progress: bool = True, n_boot: int = 1000, threshold: float | str | None = None) -> dict:
     """Evaluate a run on its held-out fold, or on every image of another folder.
 
     See `evaluation_items` for `data` and `split`. Writes `metrics.json` and the figures of
@@ -127,9 +128,12 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | N
     Args:
         n_boot: bootstrap resamples of the cells for the 95% interval of every scalar metric
             (`intervals`: metric -> [low, high]); 0 for none.
+        threshold: of the screening call that sensitivity, specificity and screening_accuracy
+            score: a number, None (0.5), or an operating point the run recorded on its held-out
+            fold (`spec95`, `sens95`; meaningful on new cells, `--data`).
 
     Raises:
-        HerlevError: bad run folder, missing data, unreadable images, negative `n_boot`.
+        HerlevError: bad run folder, missing data, unreadable images, negative `n_boot`, bad threshold.
     """
     check_batch_size(bs)
     from herlev_fa.ensemble import EnsembleRun, mean_output
@@ -137,6 +141,7 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | N
     if n_boot < 0:
         raise HerlevError(f"--bootstrap {n_boot} is out of range: use 0 (no intervals) or more resamples")
     run = load_run(run_dir)
+    cut = run.screening_threshold(threshold)
     device = resolve_device(device)
     items, source = evaluation_items(run, data, split)
     if out is not None:
@@ -153,12 +158,13 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | N
     outputs = mean_output(torch.stack([torch.from_numpy(o) for o, _, _ in outs])).numpy()  # [M, N, C] -> [N, C]
     extra = {"run": str(run.path), "data": source, "model": run.describe() if isinstance(run, EnsembleRun) else "one model"}
     if isinstance(run, EnsembleRun):
-        extra["members"] = {m.path.name: severity_metrics(o, y, run.head, run.task.severities, full=False)
+        extra["members"] = {m.path.name: severity_metrics(o, y, run.head, run.task.severities, full=False, threshold=cut)
                             for m, (o, _, _) in zip(members, outs)}
     if n_boot:
-        intervals = bootstrap_intervals(outputs, y, run.head, run.task.severities, n_boot=n_boot, seed=0)
+        intervals = bootstrap_intervals(outputs, y, run.head, run.task.severities, n_boot=n_boot, seed=0,
+                                        threshold=cut)
         extra["intervals"] = {name: list(bounds) for name, bounds in intervals.items()}
         extra["bootstrap"] = {"resamples": n_boot, "level": 0.95, "seed": 0, "unit": "cell"}
-    metrics = write_evaluation(out_dir, outputs, y, run.task, run.head, extra=extra)
+    metrics = write_evaluation(out_dir, outputs, y, run.task, run.head, extra=extra, threshold=cut)
     metrics["out_dir"] = str(out_dir)
     return metrics

@@ -365,7 +365,7 @@ def roc_png(is_abnormal: np.ndarray, abnormal_score: np.ndarray, points: dict[st
     sens, spec = points["sensitivity"], points["specificity"]
     sens95, spec95 = points["sens_at_spec95"], points["spec_at_sens95"]
     marks = [  # where the curve crosses spec = 0.95 and sens = 0.95: on the curve, as the metrics read it
-        (f"default decision: sens {sens:.2f}, spec {spec:.2f}", 1 - spec, sens, "o"),
+        (f"screening call (≥ {points.get('threshold', 0.5):.2g}): sens {sens:.2f}, spec {spec:.2f}", 1 - spec, sens, "o"),
         (f"sens {sens95:.2f} at spec ≥ 0.95", 0.05, sens95, "s"),
         (f"spec {spec95:.2f} at sens ≥ 0.95", 1 - spec95, 0.95, "^"),
     ]

@@ -64,9 +64,9 @@ PAPER_NAMES = {"cls": "Cls", "reg": "Reg", "cls_reg": "Cls+Reg"}
 COLUMNS = {"accuracy": "accuracy (%)", "binary_accuracy": "binary accuracy (%)", "auc": "AUC-ROC",
            "mse": "MSE", "kappa": "quadratic kappa", "big_mistakes": "2+ levels off (%)",
            "normal_cis": "normal↔CIS (cells)", "normal_severe": "normal↔severe (cells)",
-           "sensitivity": "sensitivity (%)", "specificity": "specificity (%)",
+           "screening_accuracy": "screening accuracy (%)", "sensitivity": "sensitivity (%)", "specificity": "specificity (%)",
            "sens_at_spec95": "sens. at 95% spec. (%)", "spec_at_sens95": "spec. at 95% sens. (%)", "ece": "ECE"}
-PERCENT = ("accuracy", "binary_accuracy", "big_mistakes", "sensitivity", "specificity", "sens_at_spec95",
+PERCENT = ("accuracy", "binary_accuracy", "big_mistakes", "screening_accuracy", "sensitivity", "specificity", "sens_at_spec95",
            "spec_at_sens95")
 NOT_REPORTED = "–"
 KEPT = {"best": "the epoch with the lowest validation loss (the held-out fold: slightly optimistic)",
