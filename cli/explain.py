@@ -176,17 +176,23 @@ def compare_quantify(
     reference = next(iter(result.tables))
     used = precisions_used(pd.concat(result.tables.values())["precision"])
     table = Table(title=f"nucleus on the held-out cells ({settings.describe(used)}); medians, paired against {reference}")
-    for column in ("run", "cells", "+ share", "area share", "enrichment", "control", "share − " + reference, "p"):
+    for column in ("run", "cells", "+ share", "area share", "enrichment", "control", "share − " + reference,
+                   "r [95% CI]", "p"):
         table.add_column(column, justify="left" if column == "run" else "right")
     versus = result.versus.set_index(["name", "metric"]) if len(result.versus) else None
     for name, t in result.tables.items():
         medians = [f"{t[m].median():.2f}" for m in ("nucleus_pos_share", "nucleus_area_share", "nucleus_enrichment",
                                                    "nucleus_change_enrichment")]
-        paired = ["", ""] if versus is None or name == reference else [
-            f"{versus.loc[(name, 'nucleus_pos_share'), 'median_diff']:+.3f}",
-            f"{versus.loc[(name, 'nucleus_pos_share'), 'p']:.2g}"]
+        row = None if versus is None or name == reference else versus.loc[(name, "nucleus_pos_share")]
+        paired = ["", "", ""] if row is None else [
+            f"{row['median_diff']:+.3f} [{row['median_diff_low']:+.3f}, {row['median_diff_high']:+.3f}]",
+            f"{row['r']:+.2f} [{row['r_low']:+.2f}, {row['r_high']:+.2f}]", f"{row['p']:.2g}"]
         table.add_row(name, str(len(t)), *medians, *paired)
     out.print(table)
+    if len(result.tables) > 1:
+        out.print("share − run: median paired difference [95% CI]; r: rank-biserial effect size of the paired test "
+                  "(−1..1) [95% CI]: a tiny p with r and the difference near 0 is a negligible difference",
+                  highlight=False)
     for name, t in result.tables.items():
         out.print(f"{name}: " + delta_summary(t["delta"], t["relative_delta"], tol, t["precision"]), highlight=False)
     out.print(f"written to [bold]{result.report.parent}[/] (study.md, study.png, one quantify folder per run and fold)")

@@ -18,8 +18,8 @@ from herlev_fa.data.items import mask_for, scan
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import Task
 from herlev_fa.figures import confusion_matrix_png, reliability_png, roc_png, score_distribution_png
-from herlev_fa.metrics import (N_BINS, THRESHOLD, abnormal_score, bootstrap_intervals, decode, severity_metrics,
-                               undefined_metrics)
+from herlev_fa.metrics import (N_BINS, THRESHOLD, abnormal_score, bootstrap_intervals, decode, learned_nothing,
+                               severity_metrics, undefined_metrics)
 from herlev_fa.runs import Run, load_run
 
 
@@ -39,6 +39,10 @@ def write_evaluation(out_dir: Path, out: np.ndarray, y: np.ndarray, task: Task, 
         warnings.warn(f"{', '.join(undefined)} cannot be computed on {len(y)} image(s) of {present} only (kappa needs "
                       "two classes, auc normal and abnormal cells); written as null in "
                       f"{out_dir / 'metrics.json'}", stacklevel=2)
+    problem = learned_nothing(metrics, task.classes)
+    if problem:
+        warnings.warn(f"the model {problem} on these {metrics['n']} cells ({out_dir}); train longer, or check the "
+                      "learning rate and the data", stacklevel=2)
     write_json(out_dir / "metrics.json", metrics)
     confusion_matrix_png(np.array(metrics["confusion_matrix"]), task.classes, out_dir / "confusion_matrix.png",
                          title=f"{head}: accuracy {metrics['accuracy']:.3f}, n={metrics['n']}")

@@ -130,6 +130,27 @@ def binary_auc(is_abnormal: np.ndarray, abnormal_score: np.ndarray) -> float:
 BY_DESIGN = ("ece", "normal_cis", "normal_severe")  # NaN for heads without probabilities, tasks without those classes
 
 
+def learned_nothing(metrics: dict, classes: Sequence[str]) -> str | None:
+    """Why these predictions carry no information about the class, or None: the model predicts one class for every
+    cell, or its classes agree with the truth no better than chance (quadratic kappa <= 0), or its abnormal score
+    ranks abnormal cells no better than chance (AUC <= 0.5).
+
+    Reads `severity_metrics(..., full=True)` (or a metrics.json): confusion_matrix, kappa, auc.
+    """
+    cm = np.asarray(metrics.get("confusion_matrix") or [[]], dtype=np.int64)  # [K, K] rows true, columns predicted
+    n = int(cm.sum())
+    predicted = np.flatnonzero(cm.sum(axis=0)) if cm.size else np.array([], int)
+    present = np.flatnonzero(cm.sum(axis=1)) if cm.size else np.array([], int)
+    if len(present) > 1 and len(predicted) == 1:
+        return f"predicts '{classes[int(predicted[0])]}' for every cell ({n} of {n}): it has learned nothing to tell the classes apart"
+    kappa, auc = metrics.get("kappa"), metrics.get("auc")
+    if kappa is not None and math.isfinite(kappa) and kappa <= 0:
+        return f"its classes agree with the truth no better than chance (quadratic kappa {kappa:.2f})"
+    if auc is not None and math.isfinite(auc) and auc <= 0.5:
+        return f"its abnormal score ranks abnormal cells no better than chance (AUC {auc:.2f})"
+    return None
+
+
 def undefined_metrics(metrics: dict) -> list[str]:
     """Names of the scalar metrics that could not be computed on these cells (NaN), e.g. AUC when one group is absent.
 

@@ -244,3 +244,47 @@ def test_threshold_value_numbers_operating_points_and_errors():
         threshold_value("spec95", None)
     with pytest.raises(HerlevError, match="not a number nor one of spec95, sens95"):
         threshold_value("high")
+
+
+# --- a model that learned nothing is named, not reported silently ---------------------------------------------------
+
+from herlev_fa.metrics import learned_nothing  # noqa: E402
+
+CLASSES5 = ("normal", "light", "moderate", "severe", "cis")
+
+
+def test_learned_nothing_names_a_one_class_model_and_chance_agreement():
+    y = np.array([0, 0, 1, 2, 3, 4])
+    only_normal = np.tile(np.log([0.9, 0.025, 0.025, 0.025, 0.025]), (6, 1)).astype(np.float32)
+    problem = learned_nothing(severity_metrics(only_normal, y, "cls", SEV), CLASSES5)
+    assert problem.startswith("predicts 'normal' for every cell (6 of 6)")
+    out, y_rand, _ = _random_cls_reg()
+    assert learned_nothing(severity_metrics(out, y_rand, "cls_reg", SEV), CLASSES5) is None  # informative
+    chance = {"confusion_matrix": [[1, 1], [1, 1]], "kappa": 0.0, "auc": 0.7}
+    assert "no better than chance (quadratic kappa 0.00)" in learned_nothing(chance, ("a", "b"))
+    ranks = {"confusion_matrix": [[2, 0], [1, 1]], "kappa": 0.5, "auc": 0.45}
+    assert "AUC 0.45" in learned_nothing(ranks, ("a", "b"))
+    one_true_class = {"confusion_matrix": [[0, 0], [0, 5]], "kappa": float("nan"), "auc": float("nan")}
+    assert learned_nothing(one_true_class, ("a", "b")) is None  # cells of one class, all right: nothing to warn
+
+
+def test_write_evaluation_warns_when_the_model_predicts_one_class(tmp_path):
+    from herlev_fa.evaluation import write_evaluation
+    from herlev_fa.labels import get_task
+
+    y = np.array([0, 0, 0, 1, 2, 4])
+    out = np.tile(np.log([0.9, 0.025, 0.025, 0.025, 0.025]), (6, 1)).astype(np.float32)
+    with pytest.warns(UserWarning, match="predicts 'normal' for every cell"):
+        write_evaluation(tmp_path, out, y, get_task("severity"), "cls")
+
+
+def test_cv_summary_puts_the_warnings_of_folds_that_learned_nothing_first():
+    from herlev_fa.training.loop import fold_warnings, summarize, summary_markdown
+
+    good = {"confusion_matrix": [[2, 0], [0, 2]], "kappa": 1.0, "auc": 1.0, "accuracy": 1.0}
+    flat = {"confusion_matrix": [[2, 0], [2, 0]], "kappa": 0.0, "auc": 0.5, "accuracy": 0.5}
+    notes = fold_warnings(["fold0", "fold1"], [good, flat], ("normal", "abnormal"))
+    assert notes == ["fold1: the model predicts 'normal' for every cell (4 of 4): it has learned nothing to tell "
+                     "the classes apart"]
+    text = summary_markdown(summarize([good, flat]), "t", notes)
+    assert text.index("**Warning**: fold1: the model predicts 'normal'") < text.index("| metric |")

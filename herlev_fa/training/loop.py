@@ -44,7 +44,7 @@ from herlev_fa.data.items import assign_folds, scan
 from herlev_fa.errors import HerlevError
 from herlev_fa.evaluation import write_evaluation
 from herlev_fa.labels import Task, get_task, load_class_map
-from herlev_fa.metrics import SCALAR_METRICS
+from herlev_fa.metrics import SCALAR_METRICS, learned_nothing
 from herlev_fa.model.heads import get_head
 from herlev_fa.model.learner import build_learner, build_model, check_arch, normalisation
 from herlev_fa.figures import lr_find_png, training_curves_png
@@ -348,12 +348,22 @@ def summarize(metrics: list[dict]) -> dict:
     return out
 
 
-def summary_markdown(summary: dict, title: str) -> str:
-    lines = [f"# {title}", "", "| metric | mean | std | per fold |", "|---|---|---|---|"]
+def summary_markdown(summary: dict, title: str, warnings_: Sequence[str] = ()) -> str:
+    """The cross-validated summary table; `warnings_` (e.g. `learned_nothing` per fold) go first, where they are read."""
+    lines = [f"# {title}", ""]
+    if warnings_:
+        lines += [f"**Warning**: {w}." for w in warnings_] + [""]
+    lines += ["| metric | mean | std | per fold |", "|---|---|---|---|"]
     for name, s in summary.items():
         folds = ", ".join(f"{v:.3f}" for v in s["folds"])
         lines.append(f"| {name} | {s['mean']:.3f} | {s['std']:.3f} | {folds} |")
     return "\n".join(lines) + "\n"
+
+
+def fold_warnings(names: Sequence[str], metrics: Sequence[dict], classes: Sequence[str]) -> list[str]:
+    """One line per fold model that learned nothing (`metrics.learned_nothing`): 'fold1: the model predicts ...'."""
+    found = [(name, learned_nothing(m, classes)) for name, m in zip(names, metrics)]
+    return [f"{name}: the model {problem}" for name, problem in found if problem]
 
 
 def _resumable_root(cfg: TrainConfig) -> Path:
@@ -453,7 +463,8 @@ def _train(cfg: TrainConfig, device: str) -> TrainResult:
     if summary is not None and _is_main():
         write_json(root / "cv_summary.json", summary)
         write_text(root / "cv_summary.md", summary_markdown(summary, f"{cfg.model.arch} / {cfg.model.head}: "
-                                                                      f"{cfg.data.folds}-fold cross-validation"))
+                                                                      f"{cfg.data.folds}-fold cross-validation",
+                                                            fold_warnings([r.name for r in runs], metrics, task.classes)))
     return TrainResult(root, runs, metrics, summary)
 
 
