@@ -144,8 +144,9 @@ LR_DEFAULT = f"{TRAIN['lr']:g}"  # --lr is parsed from text ('auto' or a number)
 
 
 def bars(quiet: bool) -> bool:
-    """Show training's progress bars and epoch table: not asked to be quiet, and stdout is a terminal."""
-    return not quiet and sys.stdout.isatty()
+    """Show training's progress: unless asked to be quiet. The library picks bars and the epoch table on a terminal,
+    one plain line per epoch (elapsed, time left) when stdout is a log file or a pipe."""
+    return not quiet
 
 
 def parse_lr(value: str) -> float | None:

@@ -82,10 +82,19 @@ def quantify(
     bs: ImagesPerCall = DEFAULT.bs,
     precision: Precision = DEFAULT.precision,
     tol: Tol = DEFAULT.tol,
+    limit: Annotated[Optional[int], typer.Option(help="Explain a random sample of this many cells (seeded by --seed) "
+                                                      "instead of all.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the --limit sample (same seed, same cells).")] = 0,
+    resume: Annotated[bool, flag("--resume", help="Finish a stopped quantify in --out: explain only the cells it has "
+                                                  "no row for yet (same options).")] = False,
     quiet: Quiet = False,
     as_json: AsJson = False,
 ) -> None:
-    """Share of IG attribution on nucleus, cytoplasm and background of each masked image, per class."""
+    """Share of IG attribution on nucleus, cytoplasm and background of each masked image, per class.
+
+    Rows are written as they are computed (quantify.partial.csv): a stopped run keeps them, and
+    --resume finishes it.
+    """
     from herlev_fa.explanation.report import precisions_used, summary_table
     from herlev_fa.explanation.report import quantify as run_quantify
 
@@ -93,7 +102,7 @@ def quantify(
                           bs=bs, device=device)
     run = run_dir(run)
     result = run_quantify(run, data=data, split=split, out=out_dir, settings=settings,
-                          progress=not (quiet or as_json))
+                          progress=not (quiet or as_json), limit=limit, seed=seed, resume=resume)
     if as_json:
         typer.echo(result.table.to_json(orient="records"))
         return

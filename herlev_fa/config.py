@@ -117,8 +117,8 @@ class TrainConfig:
     device: str = _opt("auto", help=f"{' | '.join(DEVICES)}.")
     out: Path = _opt(Path("runs"), help="Runs are written under this folder.")
     name: str | None = _opt(None, help="Run folder name under --out (default: time-arch-head).")
-    quiet: bool = _opt(False, help="No progress bars or epoch table (the CLI shows none when its output is not a "
-                                   "terminal).")
+    quiet: bool = _opt(False, help="No progress: neither bars and the epoch table (on a terminal) nor one plain line "
+                                   "per epoch (when the output is a log file).")
     resume: bool = _opt(False, help="Continue an interrupted run (--name, or the newest unfinished one under --out) "
                                     "from its last completed epoch.")
     deterministic: bool = _opt(False, help="GPU: deterministic kernels and no cuDNN autotuning (slower). CPU runs are "

@@ -15,6 +15,7 @@ What does not: the attribution itself (``explain.attribution``) and the overlap 
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -200,6 +201,76 @@ def masked_batch(items: pd.DataFrame, size: int) -> tuple[np.ndarray, np.ndarray
     return np.stack([c[0] for c in cells]), np.stack([c[1] for c in cells]), keep
 
 
+PARTIAL = "quantify.partial.csv"  # rows appended as computed; becomes quantify.csv when every cell is done
+PARTIAL_RECORD = "quantify.partial.json"  # what the partial rows were computed with: --resume refuses anything else
+TEXT_COLUMNS = ("name", "path", "label", "predicted", "target", "precision")  # read back as text, never as numbers
+
+
+def sample_items(items: pd.DataFrame, limit: int | None, seed: int = 0) -> pd.DataFrame:
+    """A seeded random sample of `limit` rows of `items`, kept in their order; every row for None or limit >= len.
+
+    Raises:
+        HerlevError: limit below 1.
+    """
+    if limit is None or limit >= len(items):
+        return items
+    if limit < 1:
+        raise HerlevError(f"--limit {limit} is out of range: use 1 or more cells")
+    keep = np.sort(np.random.default_rng(seed).choice(len(items), size=limit, replace=False))
+    return items.iloc[keep].reset_index(drop=True)
+
+
+class RowLog:
+    """Rows appended to a CSV as they are computed, so that a stopped run keeps them and can be resumed.
+
+    `record` (plain JSON) says what the rows were computed with; `resume` reads back the rows of
+    an earlier call with the same record, and refuses one made otherwise.
+    """
+
+    def __init__(self, folder: Path, record: dict, resume: bool):
+        import json
+
+        self.path, self.record_path = folder / PARTIAL, folder / PARTIAL_RECORD
+        self.done = pd.DataFrame()
+        if resume and self.path.is_file():
+            try:
+                old = json.loads(self.record_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                old = None
+            if old != record:
+                changed = [k for k in record if (old or {}).get(k) != record[k]]
+                raise HerlevError(f"the stopped quantify in '{folder}' was computed with other settings "
+                                  f"({', '.join(changed) or 'unknown'}); rerun without --resume to start over")
+            self.done = pd.read_csv(self.path, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False,
+                                    na_values=[""], encoding_errors=FILE_NAME_ERRORS)
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.path.unlink(missing_ok=True)
+            from herlev_fa.atomic import write_json
+
+            write_json(self.record_path, record)
+
+    def done_paths(self) -> set[str]:
+        return set(self.done["path"]) if len(self.done) else set()
+
+    def append(self, rows: list[dict]) -> None:
+        header = not self.path.is_file()
+        with open(self.path, "a", encoding="utf-8", newline="", errors=FILE_NAME_ERRORS) as f:
+            pd.DataFrame(rows).to_csv(f, header=header, index=False)
+            f.flush()
+
+    def finish(self, rows: list[dict], order: Sequence[str]) -> pd.DataFrame:
+        """Every row, earlier and new, in the order of `order` (paths)."""
+        table = pd.concat([self.done, pd.DataFrame(rows)], ignore_index=True) if len(self.done) else pd.DataFrame(rows)
+        position = {p: i for i, p in enumerate(order)}
+        table = table.iloc[np.argsort([position[p] for p in table["path"]], kind="stable")].reset_index(drop=True)
+        return table
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.record_path.unlink(missing_ok=True)
+
+
 @dataclass
 class QuantifyResult:
     """What `quantify` wrote and found."""
@@ -215,7 +286,8 @@ class QuantifyResult:
 
 def quantify(run, data: str | Path | None = None, split: str = "valid", out: str | Path | None = None,
              settings: IGSettings = IGSettings(), progress: bool = True,
-             explainer: Explainer | None = None) -> QuantifyResult:
+             explainer: Explainer | None = None, limit: int | None = None, seed: int = 0,
+             resume: bool = False) -> QuantifyResult:
     """How much of each image's IG falls on the nucleus, cytoplasm and background of its mask.
 
     Explains every image with a mask (the run's held-out fold, or `split='all'`), overlaps its
@@ -225,6 +297,11 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
     (`region_shares_batch`) and copied to the host once; the next batch is decoded meanwhile.
     Maps are not kept: memory stays flat over the dataset. `explainer` replaces the one built
     from the run and `settings`.
+
+    Rows are appended to `quantify.partial.csv` batch by batch, so a stopped run keeps them;
+    `resume` explains only the cells it lacks (same run, split, limit, seed and settings, or
+    an error), and the finished files replace the partial ones. `limit`: explain a seeded random
+    sample of that many cells (`sample_items`).
 
     Raises:
         HerlevError: bad run or options, missing data, an unreadable image or mask, a mask of
@@ -237,14 +314,24 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
     run = run if isinstance(run, Run) else load_run(run)
     column = target_column(settings.target, run.head, run.task.classes)
     items, skipped = quantify_items(run, data, split)
-    explainer = explainer or explainer_for(run, settings)
+    items = sample_items(items, limit, seed)
     out_dir = Path(out) if out is not None else run.path / f"quantify-{split}"
     names = output_names([Path(p) for p in items["path"]])
+    order = list(items["path"])
+    record = {"run": str(run.path.resolve()), "split": split, "data": str(data) if data is not None else None,
+              "limit": limit, "seed": seed, "cells": len(items),
+              "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("bs", "device", "tol")}}
+    log = RowLog(out_dir, record, resume)
+    todo = ~items["path"].isin(log.done_paths()).to_numpy()  # [N] cells not yet explained
+    names = [n for n, t in zip(names, todo) if t]
+    items = items[todo].reset_index(drop=True)
+    if len(items):
+        explainer = explainer or explainer_for(run, settings)
     classes = run.task.classes
     score_index = get_head(run.head).score_index(len(classes))
     starts = range(0, len(items), settings.bs)
     rows = []
-    bar, advance = progress_bar(progress, "quantifying", len(items))
+    bar, advance = progress_bar(progress and len(items) > 0, "quantifying", len(items))
     with bar:
         for start, (images, regions, keep) in prefetched(
                 lambda i: masked_batch(items.iloc[i:i + settings.bs], run.size), starts):
@@ -272,8 +359,9 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
                     "precision": batch.precision,
                     **{k: float(values[k][i]) for k in shares},
                 })
+            log.append(rows[-len(chunk):])
             advance(len(chunk))
-    table = pd.DataFrame(rows)
+    table = log.finish(rows, order)
     summary = summarize(table, classes)
     title = f"IG overlap with mask regions: run {run.path.name}, split {split}, n={len(table)}"
     delta = delta_summary(table["delta"], table["relative_delta"], settings.tol, table["precision"])
@@ -283,6 +371,7 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
         table.to_csv(tmp, index=False, errors=FILE_NAME_ERRORS)
     write_text(files[1], summary_markdown(summary, title, f"{described}\n\n{delta}"))
     nucleus_attribution_png(table, classes, files[2], title=f"{run.path.name}: {described}")
+    log.remove()  # quantify.csv holds every row now
     unconverged = warn_unconverged(table["name"].tolist(), table["relative_delta"].tolist(), settings.steps,
                                    settings.tol)
     return QuantifyResult(table, summary, out_dir, files, skipped, unconverged, delta)
@@ -394,7 +483,7 @@ class ComparisonResult:
 
 def compare_explanations(runs: Sequence, out: str | Path, per_class: int = 2, seed: int = 0,
                          labels: Sequence[str] | None = None, data: str | Path | None = None,
-                         settings: IGSettings = IGSettings(), dpi: int = 100) -> ComparisonResult:
+                         settings: IGSettings = IGSettings(), dpi: int = 100, progress: bool = True) -> ComparisonResult:
     """The poster's Fig. 7: the same held-out cells (`per_class` per class) explained by each run, in one PNG.
 
     The cells are those held out by every run (their common held-out fold, with a mask), drawn
@@ -424,7 +513,14 @@ def compare_explanations(runs: Sequence, out: str | Path, per_class: int = 2, se
                           "(same data, folds and seed)")
     cells = pick_cells(held[0][held[0]["rel"].isin(common)], classes, per_class, seed)
     paths = list(cells["path"])
-    explained = [list(iter_explanations(r, paths, settings)) for r in runs]  # [run][cell]
+    explained: list[list[Explanation]] = []  # [run][cell]
+    bar, advance = progress_bar(progress, "explaining", len(paths) * len(runs))
+    with bar:
+        for r in runs:
+            explained.append([])
+            for e in iter_explanations(r, paths, settings):
+                explained[-1].append(e)
+                advance(1)
     images = [e.image for e in explained[0]]
     nuclei = [read_mask(m) == NUCLEUS for m in cells["mask"]]  # [H, W] each, the image's grid
     rows, notes = [], []

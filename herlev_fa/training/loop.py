@@ -36,7 +36,8 @@ from fastcore.basics import noop
 
 from herlev_fa.training import checkpoint
 from herlev_fa.atomic import write_json, write_text
-from herlev_fa.training.callbacks import BF16, ChannelsLast, DataParallel, EpochLog, KeepBest, LossParts, MseWarmup
+from herlev_fa.training.callbacks import (BF16, BatchLines, ChannelsLast, DataParallel, EpochLine, EpochLog, KeepBest,
+                                         LossParts, MseWarmup)
 from herlev_fa.config import TrainConfig, resolve_device, resolve_precision
 from herlev_fa.data.feed import build_dataloaders
 from herlev_fa.data.images import decode_all
@@ -48,6 +49,7 @@ from herlev_fa.metrics import SCALAR_METRICS, learned_nothing
 from herlev_fa.model.heads import get_head
 from herlev_fa.model.learner import build_learner, build_model, check_arch, normalisation
 from herlev_fa.figures import lr_find_png, training_curves_png
+from herlev_fa.progress import logging_to_file
 from herlev_fa.runs import FORMAT, read_meta, save_folds, save_model, save_predictions, versions
 
 
@@ -83,6 +85,11 @@ def prepare(cfg: TrainConfig, task: Task) -> Prepared:
     items = items[~items["path"].isin(bad)].reset_index(drop=True)
     items["fold"] = assign_folds(items, cfg.data.folds, cfg.data.seed)
     return Prepared(task, items, cache, bad)
+
+
+def _plain_lines(cfg: TrainConfig) -> bool:
+    """Plain progress lines instead of bars: not quiet, stdout a log (`progress.logging_to_file`), the writing process."""
+    return not cfg.quiet and logging_to_file() and _is_main()
 
 
 def _is_main() -> bool:
@@ -204,7 +211,8 @@ def _fit_learner(cfg: TrainConfig, data: Prepared, fold: int, device: str, cbs: 
 
 
 def _quiet(learn, quiet: bool):
-    if not quiet:
+    """No fastai bars nor epoch table when asked, or when stdout is a log (`EpochLine` writes plain lines there)."""
+    if not (quiet or logging_to_file()):
         return contextlib.nullcontext()
     stack = contextlib.ExitStack()
     stack.enter_context(learn.no_bar())
@@ -276,10 +284,13 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
                     lr = _suggest_lr(learn)[0]
                 lr = _from_main(lr)
             phases = schedule(cfg, lr)
+            lines = EpochLine(f"fold {fold} ", sum(p.epochs for p in phases)) if _plain_lines(cfg) else None
+            if lines is not None:
+                learn.add_cb(lines)
             if resume is not None and main and not cfg.quiet:
                 print(f"resuming '{run_dir}' from {resume.describe([p.epochs for p in phases])} "
                       f"(checkpoint of {time.strftime('%H:%M:%S', time.localtime(resume.path.stat().st_mtime))})",
-                      file=sys.stderr)
+                      file=sys.stdout if lines is not None else sys.stderr, flush=True)
             with _data_parallel(learn, device):
                 for i, phase in enumerate(phases):
                     start = 0 if resume is None else resume.start(i, phase.epochs)
@@ -289,6 +300,8 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
                     if resume is not None:
                         checkpoint.restore(learn, keep, log, resume)
                         resume = None
+                    if lines is not None:
+                        lines.offset = sum(p.epochs for p in phases[:i])
                     saver = checkpoint.SaveCheckpoint(run_dir, keep, log, i, lr, config, cfg.checkpoint_every)
                     learn.fit_one_cycle(phase.epochs, phase.lr, pct_start=phase.pct_start, div=phase.div,
                                         start_epoch=start, cbs=[saver])
@@ -426,7 +439,8 @@ def _finished(run_dir: Path, cfg: TrainConfig) -> dict:
         raise HerlevError(f"run '{run_dir}' finished with other settings ({diff}); --resume only continues a run "
                           "with its own options: train under another --name")
     if _is_main() and not cfg.quiet:
-        print(f"'{run_dir}' had finished: nothing to resume, its metrics are reused", file=sys.stderr)
+        print(f"'{run_dir}' had finished: nothing to resume, its metrics are reused",
+              file=sys.stdout if logging_to_file() else sys.stderr, flush=True)
     metrics = run_dir / "metrics.json"
     if not metrics.is_file():
         raise HerlevError(f"run '{run_dir}' has no metrics.json; the run folder is damaged: train under another --name")
@@ -475,7 +489,8 @@ def lr_find(cfg: TrainConfig, out: str | Path) -> tuple[float, Path]:
     check_arch(cfg.model.arch)
     data = prepare(cfg, task)
     with tempfile.TemporaryDirectory() as scratch:
-        learn, _, _ = _fit_learner(cfg, data, cfg.fold or 0, device, [], Path(scratch))
+        lines = [BatchLines("lr_find", 100)] if _plain_lines(cfg) else []  # fastai's lr_find: at most 100 steps
+        learn, _, _ = _fit_learner(cfg, data, cfg.fold or 0, device, lines, Path(scratch))
         with _quiet(learn, cfg.quiet):
             lr, lrs, losses = _suggest_lr(learn)
     return lr, lr_find_png(lrs, losses, lr, Path(out) / "lr_find.png")
