@@ -136,6 +136,7 @@ Lr = Annotated[str, option(TrainConfig, "lr")]
 Wd = Annotated[float, option(TrainConfig, "wd")]
 Keep = Annotated[str, option(TrainConfig, "keep")]
 Augment = Annotated[str, option(DataConfig, "augment")]
+Workers = Annotated[Optional[int], option(DataConfig, "workers")]
 Threshold = Annotated[Optional[str], typer.Option(
     help="Screening threshold: a cell is called abnormal when P(abnormal) (the severity score for reg) reaches it. "
          "A number, or spec95 / sens95: the operating point the run reached on its held-out fold. Default: 0.5.")]

@@ -20,7 +20,7 @@ from rich.table import Table
 import herlev_fa
 from herlev_cli.app import (DATA, DEFAULT_RUNS, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Bs, CheckpointEvery, Classes, Data, Device, Epochs, Folds,
                             Head, Keep, Lr, MseWarmup, MseWeight, Pretrained, Quiet, Seed, Size, SkipBad, Task,
-                            Threshold, Wd, Weights, app, bars, data_dir, flag, option, out, parse_lr, run_dir, user_errors)
+                            Threshold, Wd, Weights, Workers, app, bars, data_dir, flag, option, out, parse_lr, run_dir, user_errors)
 from herlev_fa.atomic import finite_or_none
 from herlev_fa.config import DataConfig, ModelConfig, TrainConfig, help_of
 from herlev_fa.errors import HerlevError
@@ -125,6 +125,7 @@ def train(
     keep: Keep = TRAIN["keep"],
     bs: Bs = DATA["bs"],
     augment: Augment = DATA["augment"],
+    workers: Workers = None,
     checkpoint_every: CheckpointEvery = TRAIN["checkpoint_every"],
     size: Size = DATA["size"],
     seed: Seed = DATA["seed"],
@@ -143,7 +144,7 @@ def train(
     """Train a severity classifier; writes a run folder with weights, metrics and plots."""
     cfg = TrainConfig(
         DataConfig(data_dir(data), task=task, classes=classes, size=size, folds=folds, seed=seed, bs=bs,
-                   skip_bad=skip_bad, augment=augment),
+                   skip_bad=skip_bad, augment=augment, workers=workers),
         ModelConfig(arch, head=head, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
         epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, mse_warmup=mse_warmup, fold=_fold(fold), device=device,
         out=out_dir, name=name, checkpoint_every=checkpoint_every,

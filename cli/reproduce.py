@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from herlev_cli.app import (DATA, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Bs, CheckpointEvery, Data, Device, Epochs, Folds, Keep, Lr, MseWarmup,
-                            MseWeight, Pretrained, Quiet, Seed, Size, Task, Wd, Weights, app, bars, data_dir, out,
+                            MseWeight, Pretrained, Quiet, Seed, Size, Task, Wd, Weights, Workers, app, bars, data_dir, out,
                             parse_lr, user_errors)
 from herlev_fa.config import PAPER_HEADS, DataConfig, ModelConfig, TrainConfig
 
@@ -46,6 +46,7 @@ def reproduce(
     size: Size = DATA["size"],
     bs: Bs = DATA["bs"],
     augment: Augment = DATA["augment"],
+    workers: Workers = None,
     pretrained: Pretrained = MODEL["pretrained"],
     weights: Weights = None,
     mse_weight: MseWeight = MODEL["mse_weight"],
@@ -67,7 +68,8 @@ def reproduce(
     from herlev_fa.reproduction import reproduce as reproduce_heads
 
     cfg = ReproduceConfig(TrainConfig(
-        DataConfig(data_dir(data), task=task, size=size, folds=folds, seed=seed, bs=bs, augment=augment),
+        DataConfig(data_dir(data), task=task, size=size, folds=folds, seed=seed, bs=bs, augment=augment,
+                   workers=workers),
         ModelConfig(arch, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
         epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, mse_warmup=mse_warmup, device=device,
         quiet=not bars(quiet), checkpoint_every=checkpoint_every,
