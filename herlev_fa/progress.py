@@ -47,7 +47,12 @@ class PlainProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.written and self.done < self.total and exc[0] is None:
+        if exc[0] is None:
+            self.close()
+
+    def close(self) -> None:
+        """The last line, where the loop ended (before `total` when it stopped early), if any line was written."""
+        if self.written and self.done < self.total:
             self._write()
 
     def advance(self, n: int) -> None:

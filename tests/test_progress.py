@@ -140,3 +140,17 @@ def test_quantify_cli_limit_and_resume_options(trained_run, tmp_path):
     assert again.exit_code == 0, again.output
     assert pd.read_json(io.StringIO(first.stdout))["path"].tolist() == pd.read_json(io.StringIO(again.stdout))["path"].tolist()
     assert len(pd.read_json(io.StringIO(first.stdout))) == 6
+
+
+def test_lr_find_raises_no_fastai_shadowing_warning(synth_data, tmp_path):
+    import warnings
+
+    from herlev_fa import DataConfig, ModelConfig, TrainConfig, lr_find
+
+    cfg = TrainConfig(DataConfig(synth_data, size=32, bs=16, folds=2), ModelConfig("test_resnet", pretrained=False),
+                      device="cpu", quiet=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lr, plot = lr_find(cfg, tmp_path)
+    assert 1e-7 < lr < 10 and plot.is_file()
+    assert not [w for w in caught if "shadowing" in str(w.message)], [str(w.message) for w in caught]

@@ -184,6 +184,10 @@ class BatchLines(Callback):
         if self.training and rank_distrib() == 0:
             self.progress.advance(1)
 
+    def after_fit(self) -> None:
+        if rank_distrib() == 0:
+            self.progress.close()  # lr_find stops early when the loss diverges
+
 
 class KeepBest(TrackerCallback):
     """Keep the best epoch's weights (by `monitor`, default validation loss) and restore them after fit.

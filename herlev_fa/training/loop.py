@@ -223,12 +223,14 @@ def _quiet(learn, quiet: bool):
 def _suggest_lr(learn) -> tuple[float, list[float], list[float]]:
     rec = learn.recorder
     on_device = rec.smooth_loss
-    # lr_find reads the loss every step anyway, and its suggestion wants host numbers
-    rec.smooth_loss = AvgSmoothLoss(beta=on_device.beta)
+    # lr_find reads the loss every step anyway, and its suggestion wants host numbers. Set on the
+    # recorder itself: fastai's Callback.__setattr__ warns about "shadowing" learn.smooth_loss,
+    # which the recorder itself writes every batch.
+    object.__setattr__(rec, "smooth_loss", AvgSmoothLoss(beta=on_device.beta))
     try:
         suggestion = learn.lr_find(show_plot=False)
     finally:
-        rec.smooth_loss = on_device
+        object.__setattr__(rec, "smooth_loss", on_device)
     lr = float(suggestion.valley)
     if not math.isfinite(lr) or lr <= 0:
         raise HerlevError("lr_find found no usable learning rate (the loss never fell); pass --lr explicitly")
