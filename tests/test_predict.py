@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
@@ -317,3 +318,25 @@ def test_evaluate_threshold_scores_the_screening_call_and_keeps_the_posters_bina
     assert never["binary_accuracy"] == base["binary_accuracy"]  # the predicted class does not move
     normal_share = 1 - np.mean(np.array(base["confusion_matrix"]).sum(1)[1:].sum() / base["n"])
     assert never["screening_accuracy"] == pytest.approx(normal_share)  # everything called normal
+
+
+def test_plain_timm_with_preprocess_equals_predict_on_real_cells(trained_run, shared_herlev):
+    import timm
+
+    from herlev_fa import preprocess
+
+    cells = sorted(p for p in (shared_herlev / "letterbox200").rglob("*.jpg"))[::37][:20]  # every class, both sizes
+    assert len(cells) == 20 and len({Image.open(c).size for c in cells}) == 2
+    model = timm.create_model(f"local-dir:{trained_run}", pretrained=True).eval()  # the five lines of predict.md
+    with torch.no_grad():
+        probs = model(preprocess(cells, model.pretrained_cfg)).softmax(1).numpy()  # [20, 5]
+    ours = predict(trained_run, cells, device="cpu", progress=False)
+    np.testing.assert_allclose(probs, ours[[f"p_{c}" for c in CLASSES]].to_numpy(), atol=2e-5)
+    assert list(probs.argmax(1)) == [CLASSES.index(c) for c in ours["pred"]]
+    # the run folder and its config.json give the same input; an array is taken as it is
+    assert torch.equal(preprocess(cells[:2], trained_run), preprocess(cells[:2], trained_run / "config.json"))
+    from herlev_fa.data.images import load_image
+
+    assert torch.equal(preprocess(load_image(cells[0]), trained_run), preprocess(cells[0], trained_run))
+    with pytest.raises(Exception, match="no input_size, mean and std"):
+        preprocess(cells[0], {"architecture": "x"})
