@@ -132,7 +132,7 @@ def compare_explanations(
     device: Device = DEFAULT.device,
     precision: Precision = DEFAULT.precision,
     tol: Tol = DEFAULT.tol,
-    dpi: Annotated[int, typer.Option(help="Resolution of the PNG.")] = 100,
+    dpi: Annotated[int, typer.Option(help="Resolution of the PNG (dots per inch; 2 inches a panel).")] = 200,
 ) -> None:
     """The poster's Fig. 7: the same held-out cells (rows) explained by each run (columns), nucleus outlined."""
     from herlev_fa.explanation.report import compare_explanations as draw

@@ -483,7 +483,7 @@ class ComparisonResult:
 
 def compare_explanations(runs: Sequence, out: str | Path, per_class: int = 2, seed: int = 0,
                          labels: Sequence[str] | None = None, data: str | Path | None = None,
-                         settings: IGSettings = IGSettings(), dpi: int = 100, progress: bool = True) -> ComparisonResult:
+                         settings: IGSettings = IGSettings(), dpi: int = 200, progress: bool = True) -> ComparisonResult:
     """The poster's Fig. 7: the same held-out cells (`per_class` per class) explained by each run, in one PNG.
 
     The cells are those held out by every run (their common held-out fold, with a mask), drawn
@@ -535,7 +535,7 @@ def compare_explanations(runs: Sequence, out: str | Path, per_class: int = 2, se
                          "precision": e.precision, "nucleus_pos_share": share})
             line.append(f"{short_name(e.predicted)}, s={e.score:.1f}, nuc {share:.0%}")
         notes.append(line)
-    row_labels = [f"{short_name(c.label)}\n{Path(c.path).stem[:18]}" for c in cells.itertuples(index=False)]
+    row_labels = [f"{short_name(c.label)}\n{Path(c.path).stem}" for c in cells.itertuples(index=False)]  # the whole id
     used = precisions_used([r["precision"] for r in rows])
     title = f"Integrated Gradients, {settings.describe(used)}; gold: nucleus (mask)"
     maps = [[run_results[i].attribution for run_results in explained] for i in range(len(paths))]  # [cell][run]
