@@ -238,6 +238,7 @@ def lr_find(
 import herlev_cli.explain  # noqa: E402,F401  (explain, quantify)
 import herlev_cli.predict  # noqa: E402,F401  (predict)
 import herlev_cli.reproduce  # noqa: E402,F401  (reproduce)
+import herlev_cli.deploy  # noqa: E402,F401  (export, calibrate)
 
 
 def main() -> None:
