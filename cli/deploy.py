@@ -29,3 +29,19 @@ def export(
     out.print(f"written [bold]{result.path}[/]: input 'image' [B, 3, S, S] (herlev_fa.preprocess), output 'output' "
               f"(the run's raw output); onnxruntime agrees with the run on {result.source} "
               f"(max |difference| {result.max_difference:.1e})", highlight=False)
+
+
+@app.command(rich_help_panel="Inference")
+@user_errors
+def calibrate(
+    run: Annotated[Path, typer.Argument(help="Fold run folder (holds herlev.json and its held-out predictions).")],
+) -> None:
+    """Fit a temperature to the run's probabilities on its held-out fold; ECE before and after (cross-fitted)."""
+    from herlev_fa.calibration import calibrate as fit
+
+    result = fit(run)
+    out.print(f"temperature {result.temperature:.3f} on {result.n} held-out cells: ECE {result.ece_before:.3f} -> "
+              f"{result.ece_after:.3f} (each half scaled by the temperature fitted on the other), NLL "
+              f"{result.nll_before:.3f} -> {result.nll_after:.3f}", highlight=False)
+    out.print(f"written {result.files[0]} and {result.files[1].name}; use it: herlev predict ... --run {run} "
+              "--calibrated", highlight=False)

@@ -46,6 +46,8 @@ def predict(
     device: Device = "auto",
     skip_bad: SkipBad = False,
     threshold: Threshold = None,
+    calibrated: Annotated[bool, flag("--calibrated", help="Scale the probabilities by the temperature herlev "
+                                                          "calibrate fitted on the run's held-out fold.")] = False,
     as_json: Annotated[bool, flag("--json", help="Print the predictions as JSON records on stdout.")] = False,
 ) -> None:
     """Predict the class, class probabilities and severity score of images; writes a CSV, one row per image."""
@@ -56,7 +58,7 @@ def predict(
 
     run = run_dir(run)
     preds = predict_images(run, images, tta=tta, bs=bs, device=device, skip_bad=skip_bad, progress=not as_json,
-                           threshold=threshold)
+                           threshold=threshold, calibrated=calibrated)
     with atomic_path(out_file) as tmp:
         preds.to_csv(tmp, index=False, errors=FILE_NAME_ERRORS)
     if as_json:

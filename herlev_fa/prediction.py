@@ -157,15 +157,21 @@ def predict_outputs(run: Run, paths: Sequence[str], tta: bool = False, bs: int =
     return torch.cat(outputs).numpy(), kept
 
 
-def prediction_table(out: np.ndarray, paths: Sequence[str], run: Run, threshold: float = THRESHOLD) -> pd.DataFrame:
+def prediction_table(out: np.ndarray, paths: Sequence[str], run: Run, threshold: float = THRESHOLD,
+                     temperature: float = 1.0) -> pd.DataFrame:
     """Raw outputs [N, C] -> one row per image.
 
     Columns: path, pred, p_<class>... (class heads), score, abnormal (the screening call:
     `screening_decision` of P(abnormal), or of the score for `reg`, at `threshold`),
     abnormal_prob (class heads) and pred_abnormal (the predicted class is abnormal: the poster's
     binary call, which can disagree with `abnormal` when the abnormal classes split their mass).
+    `temperature`: of `calibration.scale_probabilities` (1: the model's own probabilities).
     """
     probs, score, pred = decode(out, run.head, run.task.severities)
+    if probs is not None and temperature != 1.0:
+        from herlev_fa.calibration import scale_probabilities
+
+        probs = scale_probabilities(probs, temperature)  # same order, so the same predicted class
     abnormal = np.asarray(run.task.abnormal())  # [K] per class
     frame = pd.DataFrame({"path": [str(p) for p in paths], "pred": [run.task.classes[i] for i in pred]})
     if probs is not None:
@@ -181,7 +187,7 @@ def prediction_table(out: np.ndarray, paths: Sequence[str], run: Run, threshold:
 
 def predict(run: str | Path | Run, inputs: str | Path | Sequence[str | Path], tta: bool = False, bs: int = 64,
             device: str = "auto", skip_bad: bool = False, progress: bool = True,
-            threshold: float | str | None = None) -> pd.DataFrame:
+            threshold: float | str | None = None, calibrated: bool = False) -> pd.DataFrame:
     """Predict image files, or every image in folders, with a trained run.
 
     Args:
@@ -192,6 +198,8 @@ def predict(run: str | Path | Run, inputs: str | Path | Sequence[str | Path], tt
         skip_bad: warn about and skip unreadable images instead of stopping.
         threshold: of the screening call: a number, None (0.5), or an operating point the run
             recorded on its held-out fold (`spec95`, `sens95`; see `Run.screening_threshold`).
+        calibrated: scale the probabilities by the temperature `herlev calibrate` fitted
+            (``herlev_fa.calibration``); the predicted class does not change.
 
     Returns:
         One row per image, in input order: `path`, `pred` (class), `p_<class>` for every class
@@ -210,9 +218,14 @@ def predict(run: str | Path | Run, inputs: str | Path | Sequence[str | Path], tt
         inputs = [inputs]
     run = run if isinstance(run, Run) else load_run(run)
     cut = run.screening_threshold(threshold)
+    temperature = 1.0
+    if calibrated:
+        from herlev_fa.calibration import run_temperature
+
+        temperature = run_temperature(run.path)
     device = resolve_device(device)
     paths = [str(p) for p in find_images(inputs, skip_bad=skip_bad)]
     out, kept = predict_outputs(run, paths, tta=tta, bs=bs, device=device, skip_bad=skip_bad, progress=progress)
-    table = prediction_table(out, kept, run, cut)
+    table = prediction_table(out, kept, run, cut, temperature)
     table.attrs["threshold"] = cut  # the number a named operating point resolved to
     return table
