@@ -105,9 +105,34 @@ def synth(
     out.print(f"wrote {7 * per_class} synthetic cells to [bold]{path}[/]")
 
 
+# train's options by the section of TrainConfig they set (out_dir sets `out`)
+DATA_OPTIONS = ("data", "task", "classes", "size", "folds", "seed", "bs", "skip_bad", "augment", "workers")
+MODEL_OPTIONS = ("arch", "head", "pretrained", "weights", "mse_weight")
+TRAIN_OPTIONS = ("epochs", "lr", "wd", "keep", "mse_warmup", "fold", "device", "out_dir", "name", "checkpoint_every",
+                 "resume", "deterministic", "precision")
+
+
+def _from_config_file(path: Path, ctx: typer.Context, values: dict) -> TrainConfig:
+    """defaults < the config file < the options typed on the command line."""
+    from herlev_fa.config import merge_settings, read_config_file, train_config
+
+    # by name: Typer carries its own copy of click, whose ParameterSource is not click's
+    typed = {n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"}
+    values = {**values, "lr": parse_lr(values["lr"]), "fold": _fold(values["fold"])}
+    given = {"data": {k: values[k] for k in DATA_OPTIONS if k in typed},
+             "model": {k: values[k] for k in MODEL_OPTIONS if k in typed},
+             **{"out" if k == "out_dir" else k: values[k] for k in TRAIN_OPTIONS if k in typed}}
+    settings = merge_settings(read_config_file(path), given)
+    if "data" not in settings.get("data", {}):
+        settings = merge_settings(settings, {"data": {"data": str(data_dir(None))}})
+    settings.setdefault("out", str(DEFAULT_RUNS))
+    return train_config({**settings, "quiet": values["quiet"]}, source=f"config file '{path}'")
+
+
 @app.command(rich_help_panel="Training")
 @user_errors
 def train(
+    ctx: typer.Context,
     data: Data = None,
     arch: Arch = MODEL["arch"],
     head: Head = MODEL["head"],
@@ -140,16 +165,21 @@ def train(
     quiet: Quiet = TRAIN["quiet"],
     as_json: Annotated[bool, flag("--json", help="Print the run folders and metrics as JSON on stdout "
                                                  "(implies --quiet).")] = False,
+    config: Annotated[Optional[Path], typer.Option(help="A run configuration (YAML, the form of the run.yaml every run "
+                                                        "folder holds); options typed here override it.")] = None,
 ) -> None:
     """Train a severity classifier; writes a run folder with weights, metrics and plots."""
-    cfg = TrainConfig(
-        DataConfig(data_dir(data), task=task, classes=classes, size=size, folds=folds, seed=seed, bs=bs,
-                   skip_bad=skip_bad, augment=augment, workers=workers),
-        ModelConfig(arch, head=head, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
-        epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, mse_warmup=mse_warmup, fold=_fold(fold), device=device,
-        out=out_dir, name=name, checkpoint_every=checkpoint_every,
-        quiet=not bars(quiet or as_json), resume=resume, deterministic=deterministic, precision=precision,
-    )
+    if config is not None:
+        cfg = _from_config_file(config, ctx, {**locals(), "quiet": not bars(quiet or as_json)})
+    else:
+        cfg = TrainConfig(
+            DataConfig(data_dir(data), task=task, classes=classes, size=size, folds=folds, seed=seed, bs=bs,
+                       skip_bad=skip_bad, augment=augment, workers=workers),
+            ModelConfig(arch, head=head, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
+            epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, mse_warmup=mse_warmup, fold=_fold(fold), device=device,
+            out=out_dir, name=name, checkpoint_every=checkpoint_every,
+            quiet=not bars(quiet or as_json), resume=resume, deterministic=deterministic, precision=precision,
+        )
     from fastai.torch_core import rank_distrib
 
     result = herlev_fa.train(cfg)

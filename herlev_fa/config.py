@@ -253,3 +253,75 @@ class IGSettings:
         extra = {"fp32": "", "auto": ", auto precision"}.get(precision, f", {precision}")
         return (f"target {self.target}, baseline {self.baseline}, {self.steps} {IG_METHODS[self.method]} steps"
                 f"{extra}")
+
+
+# ---------------------------------------------------------------------------------------------
+# A run configuration file (`herlev train --config run.yaml`): TrainConfig's own nested form
+
+CONFIG_FILE = "run.yaml"  # the resolved configuration, written into every run folder
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A run configuration (YAML or JSON) as a nested dict: `TrainConfig.to_json`'s form, any field left out.
+
+    Raises:
+        HerlevError: missing, unreadable or not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HerlevError(f"config file '{path}' does not exist")
+    try:
+        import yaml
+
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML too
+    except Exception as e:  # yaml.YAMLError, UnicodeDecodeError
+        raise HerlevError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise HerlevError(f"config file '{path}' must hold a mapping, e.g. 'epochs: 30' and 'data: {{size: 224}}'")
+    return values
+
+
+def train_config(values: dict[str, Any], source: str = "the config") -> TrainConfig:
+    """A TrainConfig from its nested plain form (`to_json`'s, or a run.yaml): missing fields take their defaults.
+
+    `fold: all` and `lr: auto` are read as the CLI reads them.
+
+    Raises:
+        HerlevError: an unknown setting (named, with the known ones), or a value out of range.
+    """
+    sections = {"data": DataConfig, "model": ModelConfig}
+    top = {f.name for f in dataclasses.fields(TrainConfig)} - set(sections)
+    unknown = [k for k in values if k not in top and k not in sections]
+    parts: dict[str, Any] = {}
+    for name, cls in sections.items():
+        given = values.get(name) or {}
+        if not isinstance(given, dict):
+            raise HerlevError(f"{source}: '{name}' must be a mapping of its settings")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown += [f"{name}.{k}" for k in given if k not in known]
+        parts[name] = given
+    if unknown:
+        raise HerlevError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(top))}, "
+                          f"data.*, model.* (see herlev train --help)")
+    if "data" not in parts["data"]:
+        raise HerlevError(f"{source} gives no data folder: set data: {{data: DIR}} or pass --data")
+    rest = {k: v for k, v in values.items() if k in top}
+    if rest.get("fold") == "all":
+        rest["fold"] = None
+    if rest.get("lr") == "auto":
+        rest["lr"] = None
+    try:
+        return TrainConfig(DataConfig(**parts["data"]), ModelConfig(**parts["model"]), **rest)
+    except TypeError as e:
+        raise HerlevError(f"{source}: {e}") from None
+
+
+def merge_settings(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `override`'s values on top, section by section (both in `to_json`'s nested form)."""
+    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key].update(value)
+        else:
+            merged[key] = value
+    return merged

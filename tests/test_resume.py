@@ -86,6 +86,10 @@ def _check_whole(path):
             continue
         if f.suffix == ".json":
             json.loads(f.read_text())
+        elif f.suffix == ".yaml":
+            import yaml
+
+            assert isinstance(yaml.safe_load(f.read_text()), dict)
         elif f.suffix == ".csv":
             pd.read_csv(f)
         elif f.suffix == ".safetensors":

@@ -38,7 +38,7 @@ from herlev_fa.training import checkpoint
 from herlev_fa.atomic import write_json, write_text
 from herlev_fa.training.callbacks import (BF16, BatchLines, ChannelsLast, DataParallel, EpochLine, EpochLog, KeepBest,
                                          LossParts, MseWarmup)
-from herlev_fa.config import TrainConfig, resolve_device, resolve_precision
+from herlev_fa.config import CONFIG_FILE, TrainConfig, resolve_device, resolve_precision
 from herlev_fa.data.feed import build_dataloaders
 from herlev_fa.data.images import decode_all
 from herlev_fa.data.items import assign_folds, scan
@@ -85,6 +85,15 @@ def prepare(cfg: TrainConfig, task: Task) -> Prepared:
     items = items[~items["path"].isin(bad)].reset_index(drop=True)
     items["fold"] = assign_folds(items, cfg.data.folds, cfg.data.seed)
     return Prepared(task, items, cache, bad)
+
+
+def run_yaml(cfg: TrainConfig) -> str:
+    """The run's settings as `herlev train --config` reads them (how this call ran, name, resume, quiet, left out)."""
+    import yaml
+
+    settings = {k: v for k, v in cfg.to_json().items() if k not in ("name", "resume", "quiet")}
+    return "# herlev train --config run.yaml trains this run again (options typed beside it override it)\n" + \
+        yaml.safe_dump(settings, sort_keys=False)
 
 
 def _plain_lines(cfg: TrainConfig) -> bool:
@@ -466,6 +475,8 @@ def _train(cfg: TrainConfig, device: str) -> TrainResult:
     build_model(cfg.model, task)
     data = prepare(cfg, task)
     root = _shared_run_root(cfg)
+    if _is_main():
+        write_text(root / CONFIG_FILE, run_yaml(cfg))
     folds = range(cfg.data.folds) if cfg.fold is None else [cfg.fold]
     runs, metrics = [], []
     for fold in folds:
