@@ -63,7 +63,9 @@ def held_out_items(run: Run, data: str | Path | None = None) -> pd.DataFrame:
     Raises:
         HerlevError: the data root is gone, or held-out images are missing from it.
     """
-    root = Path(data) if data is not None else Path(run.meta["data_root"])
+    from herlev_fa.data.items import data_folder
+
+    root = data_folder(Path(data) if data is not None else Path(run.meta["data_root"]))  # a CSV: its folder
     folds = run.folds()
     held = folds[folds["fold"] == run.fold].reset_index(drop=True)
     paths = [root / rel for rel in held["rel"]]
