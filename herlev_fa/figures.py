@@ -363,7 +363,7 @@ def explanation_grid_png(path: str | Path, *args, dpi: int = 200, **kwargs) -> P
     return Path(path)
 
 
-# --- screening and calibration figures (issue 13): matplotlib's object API, no pyplot state ---
+# --- screening and calibration figures: matplotlib's object API, no pyplot state ---
 
 def roc_png(is_abnormal: np.ndarray, abnormal_score: np.ndarray, points: dict[str, float], path: str | Path,
             title: str = "") -> Path:

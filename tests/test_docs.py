@@ -114,3 +114,19 @@ def test_architecture_graph_matches_the_imports():
     assert not any(b.startswith("herlev_cli") for a, b in edges if a.startswith("herlev_fa"))  # nothing imports the CLI
     assert graph.mermaid() in (REPO / "docs" / "architecture.md").read_text(), (
         "docs/architecture.md's module graph is out of date: paste the output of python docs/import_graph.py")
+
+
+DEVELOPMENT_HISTORY = r"\bissues? \d|\bthe issue'?s?\b|\bno session\b|\bour machines?\b|\.\./shared/|/work/|development machine"
+
+
+def test_docs_speak_to_users_not_of_how_the_project_was_built():
+    """No issue numbers, development sessions or paths outside the project in README.md and docs/."""
+    import re
+
+    found = []
+    for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            match = re.search(DEVELOPMENT_HISTORY, line, flags=re.IGNORECASE)
+            if match:
+                found.append(f"{path.name}:{number}: {match.group()!r}")
+    assert not found, "\n".join(found)
