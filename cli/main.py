@@ -109,7 +109,7 @@ def synth(
 DATA_OPTIONS = ("data", "task", "classes", "size", "folds", "seed", "bs", "skip_bad", "augment", "workers")
 MODEL_OPTIONS = ("arch", "head", "pretrained", "weights", "mse_weight")
 TRAIN_OPTIONS = ("epochs", "lr", "wd", "keep", "mse_warmup", "fold", "device", "out_dir", "name", "checkpoint_every",
-                 "resume", "deterministic", "precision")
+                 "resume", "deterministic", "precision", "log")
 
 
 def _from_config_file(path: Path, ctx: typer.Context, values: dict) -> TrainConfig:
@@ -152,6 +152,7 @@ def train(
     augment: Augment = DATA["augment"],
     workers: Workers = None,
     checkpoint_every: CheckpointEvery = TRAIN["checkpoint_every"],
+    log: Annotated[Optional[str], option(TrainConfig, "log")] = None,
     size: Size = DATA["size"],
     seed: Seed = DATA["seed"],
     device: Device = TRAIN["device"],
@@ -177,7 +178,7 @@ def train(
                        skip_bad=skip_bad, augment=augment, workers=workers),
             ModelConfig(arch, head=head, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
             epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, mse_warmup=mse_warmup, fold=_fold(fold), device=device,
-            out=out_dir, name=name, checkpoint_every=checkpoint_every,
+            out=out_dir, name=name, checkpoint_every=checkpoint_every, log=log,
             quiet=not bars(quiet or as_json), resume=resume, deterministic=deterministic, precision=precision,
         )
     from fastai.torch_core import rank_distrib

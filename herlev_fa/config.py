@@ -57,6 +57,9 @@ def check_name(name: str, option: str) -> None:
            f"{option} '{name}' is not a plain folder name: use letters, digits, '-' or '_', without '/' or '..'")
 
 
+LOGGERS = ("tensorboard",)  # experiment trackers `--log` accepts (each an optional extra)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     data: Path = _opt(help="Dataset root: one folder per class, at most two levels down.")
@@ -129,6 +132,8 @@ class TrainConfig:
     mse_warmup: float = _opt(0.0, help="cls_reg: ramp lambda up from 0 over this fraction of training (0: constant).")
     checkpoint_every: float = _opt(300.0, help="Seconds between checkpoints (0: every epoch); one is always written "
                                                "at the end of each phase.")
+    log: str | None = _opt(None, help="Experiment tracking through fastai's callback: tensorboard (pip install "
+                                      "\"herlev_fa[tensorboard]\"; written to RUN/tensorboard).")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -147,6 +152,7 @@ class TrainConfig:
         _check(self.precision in PRECISIONS, f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
         if self.name is not None:
             check_name(self.name, "--name")
+        _check(self.log in (None, *LOGGERS), f"unknown --log '{self.log}': choose {', '.join(LOGGERS)}")
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form (paths as strings) for the run's herlev.json."""
