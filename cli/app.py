@@ -160,6 +160,10 @@ Keep = Annotated[str, option(TrainConfig, "keep")]
 Augment = Annotated[str, option(DataConfig, "augment")]
 Policy = Annotated[str, option(DataConfig, "policy")]
 ValSplit = Annotated[float, option(TrainConfig, "val_split")]
+Workers = Annotated[Optional[int], option(DataConfig, "workers")]
+Threshold = Annotated[Optional[str], typer.Option(
+    help="Screening threshold: a cell is called abnormal when P(abnormal) (the severity score for reg) reaches it. "
+         "A number, or spec95 / sens95: the operating point the run reached on its held-out fold. Default: 0.5.")]
 CheckpointEvery = Annotated[float, option(TrainConfig, "checkpoint_every")]
 LR_DEFAULT = f"{TRAIN['lr']:g}"  # --lr is parsed from text ('auto' or a number)
 
@@ -177,8 +181,9 @@ def out_folder(value: str | Path, option: str = "--out") -> Path:
 
 
 def bars(quiet: bool) -> bool:
-    """Show training's progress bars and epoch table: not asked to be quiet, and stdout is a terminal."""
-    return not quiet and sys.stdout.isatty()
+    """Show training's progress: unless asked to be quiet. The library picks bars and the epoch table on a terminal,
+    one plain line per epoch (elapsed, time left) when stdout is a log file or a pipe."""
+    return not quiet
 
 
 def parse_lr(value: str) -> float | None:

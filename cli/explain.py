@@ -101,18 +101,27 @@ def quantify(
     data: DataRoot = None,
     split: Split = "valid",
     out_dir: QuantifyOut = None,
+    limit: Annotated[Optional[int], typer.Option(help="Explain a random sample of this many cells (seeded by --seed) "
+                                                      "instead of all.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the --limit sample (same seed, same cells).")] = 0,
+    resume: Annotated[bool, flag("--resume", help="Finish a stopped quantify in --out: explain only the cells it has "
+                                                  "no row for yet (same options).")] = False,
     quiet: Quiet = False,
     as_json: AsJson = False,
     settings: IGSettings = IGSettings(),
 ) -> None:
     """Share of the attribution on nucleus, cytoplasm and background of each masked image, per class; localisation
-    metrics and the other-cell control."""
+    metrics and the other-cell control.
+
+    Rows are written as they are computed (quantify.partial.csv): a stopped run keeps them, and
+    --resume finishes it.
+    """
     from herlev_fa.explanation.report import precisions_used, summary_table
     from herlev_fa.explanation.report import quantify as run_quantify
 
     run = run_dir(run)
     result = run_quantify(run, data=data, split=split, out=out_dir, settings=settings,
-                          progress=not (quiet or as_json))
+                          progress=not (quiet or as_json), limit=limit, seed=seed, resume=resume)
     if as_json:
         typer.echo(records_json(result.table))
         return
@@ -136,7 +145,7 @@ def compare_explanations(
     label: Annotated[Optional[list[str]], typer.Option(help="Column title per run, in order (default: the shortest "
                                                             "distinct ends of the run paths).")] = None,
     data: DataRoot = None,
-    dpi: Annotated[int, typer.Option(help="Resolution of the PNG.")] = 100,
+    dpi: Annotated[int, typer.Option(help="Resolution of the PNG (dots per inch; 2 inches a panel).")] = 200,
     settings: IGSettings = IGSettings(),
 ) -> None:
     """The poster's Fig. 7: the same held-out cells (rows) explained by each run (columns), nucleus outlined."""
@@ -185,17 +194,22 @@ def compare_quantify(
     used = precisions_used(pd.concat(result.tables.values())["precision"])
     table = Table(title=f"nucleus on the held-out cells ({settings.describe(used)}); medians, paired against {reference}")
     for column in ("run", "cells", "+ share", "area share", "enrichment", "control", "other cell", "share − " + reference,
-                   "p"):
+                   "r [95% CI]", "p"):
         table.add_column(column, justify="left" if column == "run" else "right")
     versus = result.versus.set_index(["name", "metric"]) if len(result.versus) else None
     for name, t in result.tables.items():
         medians = [f"{t[m].median():.2f}" for m in ("nucleus_pos_share", "nucleus_area_share", "nucleus_enrichment",
                                                    "nucleus_change_enrichment", "nucleus_enrichment_other")]
-        paired = ["", ""] if versus is None or name == reference else [
-            f"{versus.loc[(name, 'nucleus_pos_share'), 'median_diff']:+.3f}",
-            f"{versus.loc[(name, 'nucleus_pos_share'), 'p']:.2g}"]
+        row = None if versus is None or name == reference else versus.loc[(name, "nucleus_pos_share")]
+        paired = ["", "", ""] if row is None else [
+            f"{row['median_diff']:+.3f} [{row['median_diff_low']:+.3f}, {row['median_diff_high']:+.3f}]",
+            f"{row['r']:+.2f} [{row['r_low']:+.2f}, {row['r_high']:+.2f}]", f"{row['p']:.2g}"]
         table.add_row(name, str(len(t)), *medians, *paired)
     out.print(table)
+    if len(result.tables) > 1:
+        out.print("share − run: median paired difference [95% CI]; r: rank-biserial effect size of the paired test "
+                  "(−1..1) [95% CI]: a tiny p with r and the difference near 0 is a negligible difference",
+                  highlight=False)
     for name, t in result.tables.items():
         out.print(f"{name}: " + delta_summary(t["delta"], t["relative_delta"], settings.tol, t["precision"]),
                   highlight=False)

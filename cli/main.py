@@ -18,10 +18,10 @@ import typer
 from rich.table import Table
 
 import herlev_fa
-from herlev_cli.app import (DATA, DEFAULT_RUNS, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Policy, ValSplit, Bs, CheckpointEvery, Classes, Data, Device, Epochs, Folds,
-                            Head, Keep, Lr, MseWarmup, MseWeight, Pretrained, Quiet, Seed, Size, SkipBad, Task, Wd,
-                            Weights, app, as_text, bars, data_dir, flag, option, out, out_folder, parse_lr, run_dir,
-                            user_errors)
+from herlev_cli.app import (DATA, DEFAULT_RUNS, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Bs, CheckpointEvery, Classes,
+                            Data, Device, Epochs, Folds, Head, Keep, Lr, MseWarmup, MseWeight, Policy, Pretrained,
+                            Quiet, Seed, Size, SkipBad, Task, Threshold, ValSplit, Wd, Weights, Workers, app, as_text,
+                            bars, data_dir, flag, option, out, out_folder, parse_lr, run_dir, user_errors)
 from herlev_fa.atomic import finite_or_none
 from herlev_fa.config import DataConfig, ModelConfig, TrainConfig, help_of
 from herlev_fa.errors import HerlevError
@@ -54,6 +54,13 @@ def _metrics_table(title: str, columns: dict[str, dict], intervals: dict | None 
             cells[0] += f" [{_number(metric, low)}, {_number(metric, high)}]"
         table.add_row(metric, *cells)
     return table
+
+
+def screening_line(metrics: dict) -> str:
+    """How the table's two binary accuracies differ, and the threshold of the screening call."""
+    score = "P(abnormal)" if metrics.get("ece") is not None and not math.isnan(metrics["ece"]) else "severity score"
+    return (f"screening call: {score} ≥ {metrics['threshold']:.3g} (screening_accuracy, sensitivity, specificity); "
+            "binary_accuracy: the predicted class mapped to normal / abnormal, as in the poster")
 
 
 def _number(metric: str, value: float) -> str:
@@ -100,9 +107,34 @@ def synth(
     out.print(f"wrote {7 * per_class} synthetic cells to [bold]{path}[/]")
 
 
+# train's options by the section of TrainConfig they set (out_dir sets `out`)
+DATA_OPTIONS = ("data", "task", "classes", "size", "folds", "seed", "bs", "skip_bad", "augment", "policy", "workers")
+MODEL_OPTIONS = ("arch", "head", "pretrained", "weights", "mse_weight")
+TRAIN_OPTIONS = ("epochs", "lr", "wd", "keep", "val_split", "mse_warmup", "fold", "device", "out_dir", "name", "checkpoint_every",
+                 "resume", "deterministic", "precision", "log")
+
+
+def _from_config_file(path: Path, ctx: typer.Context, values: dict) -> TrainConfig:
+    """defaults < the config file < the options typed on the command line."""
+    from herlev_fa.config import merge_settings, read_config_file, train_config
+
+    # by name: Typer carries its own copy of click, whose ParameterSource is not click's
+    typed = {n for n in ctx.params if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"}
+    values = {**values, "lr": parse_lr(values["lr"]), "fold": _fold(values["fold"])}
+    given = {"data": {k: values[k] for k in DATA_OPTIONS if k in typed},
+             "model": {k: values[k] for k in MODEL_OPTIONS if k in typed},
+             **{"out" if k == "out_dir" else k: values[k] for k in TRAIN_OPTIONS if k in typed}}
+    settings = merge_settings(read_config_file(path), given)
+    if "data" not in settings.get("data", {}):
+        settings = merge_settings(settings, {"data": {"data": str(data_dir(None))}})
+    settings.setdefault("out", str(DEFAULT_RUNS))
+    return train_config({**settings, "quiet": values["quiet"]}, source=f"config file '{path}'")
+
+
 @app.command(rich_help_panel="Training")
 @user_errors
 def train(
+    ctx: typer.Context,
     data: Data = None,
     arch: Arch = MODEL["arch"],
     head: Head = MODEL["head"],
@@ -122,7 +154,9 @@ def train(
     bs: Bs = DATA["bs"],
     augment: Augment = DATA["augment"],
     policy: Policy = DATA["policy"],
+    workers: Workers = None,
     checkpoint_every: CheckpointEvery = TRAIN["checkpoint_every"],
+    log: Annotated[Optional[str], option(TrainConfig, "log")] = None,
     size: Size = DATA["size"],
     seed: Seed = DATA["seed"],
     device: Device = TRAIN["device"],
@@ -136,16 +170,21 @@ def train(
     quiet: Quiet = TRAIN["quiet"],
     as_json: Annotated[bool, flag("--json", help="Print the run folders and metrics as JSON on stdout "
                                                  "(implies --quiet).")] = False,
+    config: Annotated[Optional[Path], typer.Option(help="A run configuration (YAML, the form of the run.yaml every run "
+                                                        "folder holds); options typed here override it.")] = None,
 ) -> None:
     """Train a severity classifier; writes a run folder with weights, metrics and plots."""
-    cfg = TrainConfig(
-        DataConfig(data_dir(data), task=task, classes=classes, size=size, folds=folds, seed=seed, bs=bs,
-                   skip_bad=skip_bad, augment=augment, policy=policy),
-        ModelConfig(arch, head=head, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
-        epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, val_split=val_split, mse_warmup=mse_warmup,
-        fold=_fold(fold), device=device, out=out_folder(out_dir), name=name, checkpoint_every=checkpoint_every,
-        quiet=not bars(quiet or as_json), resume=resume, deterministic=deterministic, precision=precision,
-    )
+    if config is not None:
+        cfg = _from_config_file(config, ctx, {**locals(), "quiet": not bars(quiet or as_json)})
+    else:
+        cfg = TrainConfig(
+            DataConfig(data_dir(data), task=task, classes=classes, size=size, folds=folds, seed=seed, bs=bs,
+                       skip_bad=skip_bad, augment=augment, policy=policy, workers=workers),
+            ModelConfig(arch, head=head, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
+            epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, val_split=val_split, mse_warmup=mse_warmup,
+            fold=_fold(fold), device=device, out=out_folder(out_dir), name=name, checkpoint_every=checkpoint_every, log=log,
+            quiet=not bars(quiet or as_json), resume=resume, deterministic=deterministic, precision=precision,
+        )
     from fastai.torch_core import rank_distrib
 
     result = herlev_fa.train(cfg)
@@ -175,6 +214,7 @@ def evaluate(
     skip_bad: SkipBad = False,
     bootstrap: Annotated[int, typer.Option(help="Resamples of the cells for 95% bootstrap intervals (seeded); "
                                                 "0 for none.")] = 1000,
+    threshold: Threshold = None,
     as_json: Annotated[bool, flag("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
     """Metrics with 95% intervals, confusion matrix, ROC and reliability diagram of a run on its held-out fold (or --data).
@@ -185,7 +225,7 @@ def evaluate(
     run = run_dir(run)
     out_dir = out_dir if out_dir is None else out_folder(out_dir)
     metrics = herlev_fa.evaluate(run, data=data, split=split, out=out_dir, bs=bs, device=device, skip_bad=skip_bad,
-                                 progress=not as_json, n_boot=bootstrap)
+                                 progress=not as_json, n_boot=bootstrap, threshold=threshold)
     if as_json:
         typer.echo(json.dumps(finite_or_none(metrics)))
         return
@@ -196,6 +236,7 @@ def evaluate(
                        for c, r in zip(metrics["classes"], metrics["per_class_recall"]))
     out.print(f"per-class recall: {recall}")
     out.print(f"weights kept: {metrics['kept']}")
+    out.print(screening_line(metrics), highlight=False)
     if "bootstrap" in metrics:
         out.print(f"[95% CI]: percentile bootstrap over {metrics['bootstrap']['resamples']} resamples of the cells")
     out.print(f"written to [bold]{metrics['out_dir']}[/] (metrics.json, confusion_matrix.png, score_distribution.png, "
@@ -236,6 +277,7 @@ def lr_find(
 import herlev_cli.explain  # noqa: E402,F401  (explain, quantify)
 import herlev_cli.predict  # noqa: E402,F401  (predict)
 import herlev_cli.reproduce  # noqa: E402,F401  (reproduce)
+import herlev_cli.deploy  # noqa: E402,F401  (export, calibrate)
 
 
 def torch_cache_dir() -> Path:

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from herlev_cli.app import Bs, Device, RunOption, SkipBad, app, flag, model_line, out, run_dir, user_errors
+from herlev_cli.app import (Bs, Device, RunOption, SkipBad, Threshold, app, flag, model_line, out, run_dir,
+                            user_errors)
 from herlev_fa.atomic import atomic_path, records_json
 from herlev_fa.errors import HerlevError
 
@@ -22,14 +23,14 @@ def _table(preds: "pd.DataFrame", run: Path, tta: bool) -> Table:
     from herlev_fa.data.items import printable
 
     table = Table(title=f"{run.name}{' (TTA x8)' if tta else ''}")
-    for name in ("image", "pred", "p(pred)", "score", "binary", "P(abnormal)"):
-        table.add_column(name, justify="left" if name in ("image", "pred", "binary") else "right",
+    for name in ("image", "pred", "p(pred)", "score", "P(abnormal)", "screening"):
+        table.add_column(name, justify="left" if name in ("image", "pred", "screening") else "right",
                          overflow="fold")
     for _, row in preds.iterrows():
         p_pred = f"{row[f'p_{row.pred}']:.3f}" if f"p_{row.pred}" in row else "-"
         p_abnormal = f"{row.abnormal_prob:.3f}" if "abnormal_prob" in row else "-"
-        table.add_row(printable(Path(row.path).name), row.pred, p_pred, f"{row.score:.2f}",
-                      "abnormal" if row.abnormal else "normal", p_abnormal)
+        table.add_row(printable(Path(row.path).name), row.pred, p_pred, f"{row.score:.2f}", p_abnormal,
+                      "abnormal" if row.abnormal else "normal")
     return table
 
 
@@ -43,6 +44,9 @@ def predict(
     bs: Bs = 64,
     device: Device = "auto",
     skip_bad: SkipBad = False,
+    threshold: Threshold = None,
+    calibrated: Annotated[bool, flag("--calibrated", help="Scale the probabilities by the temperature herlev "
+                                                          "calibrate fitted on the run's held-out fold.")] = False,
     as_json: Annotated[bool, flag("--json", help="Print the predictions as JSON records on stdout.")] = False,
 ) -> None:
     """Predict the class, class probabilities and severity score of images; writes a CSV, one row per image."""
@@ -52,7 +56,8 @@ def predict(
     from herlev_fa.data.items import FILE_NAME_ERRORS
 
     run = run_dir(run)
-    preds = predict_images(run, images, tta=tta, bs=bs, device=device, skip_bad=skip_bad, progress=not as_json)
+    preds = predict_images(run, images, tta=tta, bs=bs, device=device, skip_bad=skip_bad, progress=not as_json,
+                           threshold=threshold, calibrated=calibrated)
     with atomic_path(out_file) as tmp:
         preds.to_csv(tmp, index=False, errors=FILE_NAME_ERRORS)
     if as_json:
@@ -61,5 +66,8 @@ def predict(
     if len(preds) <= TABLE_MAX:
         out.print(_table(preds, run, tta))
     n_abnormal = int(preds["abnormal"].sum())
-    out.print(f"{len(preds)} image(s), {n_abnormal} predicted abnormal; written to [bold]{out_file}[/]")
+    rule = "score" if "abnormal_prob" not in preds else "P(abnormal)"
+    named = f" ({threshold})" if threshold and not threshold[0].isdigit() else ""
+    out.print(f"{len(preds)} image(s), {n_abnormal} called abnormal ({rule} ≥ {preds.attrs['threshold']:.3g}{named}); "
+              f"written to [bold]{out_file}[/]")
     out.print(model_line(run), highlight=False)

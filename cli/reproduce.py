@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
-from herlev_cli.app import (DATA, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Policy, ValSplit, Bs, CheckpointEvery, Data, Device, Epochs, Folds, Keep, Lr, MseWarmup,
-                            MseWeight, Pretrained, Quiet, Seed, Size, Task, Wd, Weights, app, bars, data_dir, out,
+from herlev_cli.app import (DATA, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Bs, CheckpointEvery, Data, Device, Epochs,
+                            Folds, Keep, Lr, MseWarmup, MseWeight, Policy, Pretrained, Quiet, Seed, Size, Task, ValSplit,
+                            Wd, Weights, Workers, app, bars, data_dir, out,
                             parse_lr, user_errors)
 from herlev_fa.config import PAPER_HEADS, POSTER_EPOCHS, POSTER_POLICY, DataConfig, ModelConfig, TrainConfig
 
@@ -47,6 +48,7 @@ def reproduce(
     bs: Bs = DATA["bs"],
     augment: Augment = DATA["augment"],
     policy: Policy = POSTER_POLICY,
+    workers: Workers = None,
     pretrained: Pretrained = MODEL["pretrained"],
     weights: Weights = None,
     mse_weight: MseWeight = MODEL["mse_weight"],
@@ -70,7 +72,8 @@ def reproduce(
     from herlev_fa.reproduction import reproduce as reproduce_heads
 
     cfg = ReproduceConfig(TrainConfig(
-        DataConfig(data_dir(data), task=task, size=size, folds=folds, seed=seed, bs=bs, augment=augment, policy=policy),
+        DataConfig(data_dir(data), task=task, size=size, folds=folds, seed=seed, bs=bs, augment=augment, policy=policy,
+                   workers=workers),
         ModelConfig(arch, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
         epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, val_split=val_split, mse_warmup=mse_warmup, device=device,
         quiet=not bars(quiet), checkpoint_every=checkpoint_every,

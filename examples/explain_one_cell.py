@@ -15,13 +15,18 @@ script, not part of the library.
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
-from herlev_fa import (DataConfig, IGSettings, ModelConfig, TrainConfig, explain, load_run, read_mask, train,
-                       write_synthetic)
-from herlev_fa.data.items import mask_for
-from herlev_fa.explanation.overlap import region_shares
-from herlev_fa.explanation.report import write_explanation
+# fastai calls torch.jit.script when it is imported, which recent torch deprecates: a warning about
+# fastai's code, not about this script. Filtered before herlev_fa imports fastai (as the `herlev` command does).
+warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
+
+from herlev_fa import (DataConfig, IGSettings, ModelConfig, TrainConfig, explain, load_run, read_mask,  # noqa: E402
+                       train, write_synthetic)
+from herlev_fa.data.items import mask_for  # noqa: E402
+from herlev_fa.explanation.overlap import region_shares  # noqa: E402
+from herlev_fa.explanation.report import write_explanation  # noqa: E402
 
 
 def explain_cell(run_dir: Path, image: Path, out: Path) -> dict:

@@ -19,12 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
-import pandas as pd
+# fastai calls torch.jit.script when it is imported, which recent torch deprecates: a warning about
+# fastai's code, not about this script. Filtered before herlev_fa imports fastai (as the `herlev` command does).
+warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
 
-from herlev_fa import DataConfig, HerlevError, ModelConfig, TrainConfig, train, write_synthetic
-from herlev_fa.prediction import predict
+import pandas as pd  # noqa: E402
+
+from herlev_fa import DataConfig, HerlevError, ModelConfig, TrainConfig, train, write_synthetic  # noqa: E402
+from herlev_fa.prediction import predict  # noqa: E402
 
 
 def finetune(data: Path, weights: Path, out: Path, arch: str, size: int, epochs: int = 5, lr: float = 1e-3,

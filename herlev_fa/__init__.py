@@ -26,7 +26,7 @@ _EXPORTS = {
     "DataConfig": "config", "ModelConfig": "config", "TrainConfig": "config", "IGSettings": "config",
     "HerlevError": "errors",
     "Task": "labels", "get_task": "labels", "load_class_map": "labels",
-    "load_dataset": "data.items", "write_synthetic": "data.synth",
+    "load_dataset": "data.items", "write_synthetic": "data.synth", "preprocess": "data.images",
     "build_model": "model.learner", "build_learner": "model.learner",
     "TrainResult": "training.loop", "train": "training.loop", "lr_find": "training.loop",
     "evaluate": "evaluation",
@@ -56,6 +56,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from herlev_fa.config import DataConfig, IGSettings, ModelConfig, TrainConfig
+    from herlev_fa.data.images import preprocess
     from herlev_fa.data.items import scan as load_dataset
     from herlev_fa.data.synth import write_synthetic
     from herlev_fa.errors import HerlevError

@@ -60,6 +60,9 @@ def check_name(name: str, option: str) -> None:
            f"{option} '{name}' is not a plain folder name: use letters, digits, '-' or '_', without '/' or '..'")
 
 
+LOGGERS = ("tensorboard",)  # experiment trackers `--log` accepts (each an optional extra)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     data: Path = _opt(help="Dataset root: one folder per class, at most two levels down.")
@@ -125,8 +128,8 @@ class TrainConfig:
     device: str = _opt("auto", help=f"{' | '.join(DEVICES)}.")
     out: Path = _opt(Path("runs"), help="Runs are written under this folder.")
     name: str | None = _opt(None, help="Run folder name under --out (default: time-arch-head).")
-    quiet: bool = _opt(False, help="No progress bars or epoch table (the CLI shows none when its output is not a "
-                                   "terminal).")
+    quiet: bool = _opt(False, help="No progress: neither bars and the epoch table (on a terminal) nor one plain line "
+                                   "per epoch (when the output is a log file).")
     resume: bool = _opt(False, help="Continue an interrupted run (--name, or the newest unfinished one under --out) "
                                     "from its last completed epoch.")
     deterministic: bool = _opt(False, help="GPU: deterministic kernels and no cuDNN autotuning (slower). CPU runs are "
@@ -140,6 +143,8 @@ class TrainConfig:
     mse_warmup: float = _opt(0.0, help="cls_reg: ramp lambda up from 0 over this fraction of training (0: constant).")
     checkpoint_every: float = _opt(300.0, help="Seconds between checkpoints (0: every epoch); one is always written "
                                                "at the end of each phase.")
+    log: str | None = _opt(None, help="Experiment tracking through fastai's callback: tensorboard (pip install "
+                                      "\"herlev_fa[tensorboard]\"; written to RUN/tensorboard).")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -160,6 +165,7 @@ class TrainConfig:
         _check(self.precision in PRECISIONS, f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
         if self.name is not None:
             check_name(self.name, "--name")
+        _check(self.log in (None, *LOGGERS), f"unknown --log '{self.log}': choose {', '.join(LOGGERS)}")
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form (paths as strings) for the run's herlev.json."""
@@ -293,3 +299,75 @@ class IGSettings:
                   "occlusion": f"Occlusion (window {self.window or 'size/8'}, baseline {self.baseline}), "}[self.method]
         tail = f", {ig}" if self.method in ("ig", "smoothgrad") else ""
         return f"{method}target {self.target}{tail}{extra}"
+
+
+# ---------------------------------------------------------------------------------------------
+# A run configuration file (`herlev train --config run.yaml`): TrainConfig's own nested form
+
+CONFIG_FILE = "run.yaml"  # the resolved configuration, written into every run folder
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A run configuration (YAML or JSON) as a nested dict: `TrainConfig.to_json`'s form, any field left out.
+
+    Raises:
+        HerlevError: missing, unreadable or not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HerlevError(f"config file '{path}' does not exist")
+    try:
+        import yaml
+
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML too
+    except Exception as e:  # yaml.YAMLError, UnicodeDecodeError
+        raise HerlevError(f"config file '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise HerlevError(f"config file '{path}' must hold a mapping, e.g. 'epochs: 30' and 'data: {{size: 224}}'")
+    return values
+
+
+def train_config(values: dict[str, Any], source: str = "the config") -> TrainConfig:
+    """A TrainConfig from its nested plain form (`to_json`'s, or a run.yaml): missing fields take their defaults.
+
+    `fold: all` and `lr: auto` are read as the CLI reads them.
+
+    Raises:
+        HerlevError: an unknown setting (named, with the known ones), or a value out of range.
+    """
+    sections = {"data": DataConfig, "model": ModelConfig}
+    top = {f.name for f in dataclasses.fields(TrainConfig)} - set(sections)
+    unknown = [k for k in values if k not in top and k not in sections]
+    parts: dict[str, Any] = {}
+    for name, cls in sections.items():
+        given = values.get(name) or {}
+        if not isinstance(given, dict):
+            raise HerlevError(f"{source}: '{name}' must be a mapping of its settings")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown += [f"{name}.{k}" for k in given if k not in known]
+        parts[name] = given
+    if unknown:
+        raise HerlevError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(top))}, "
+                          f"data.*, model.* (see herlev train --help)")
+    if "data" not in parts["data"]:
+        raise HerlevError(f"{source} gives no data folder: set data: {{data: DIR}} or pass --data")
+    rest = {k: v for k, v in values.items() if k in top}
+    if rest.get("fold") == "all":
+        rest["fold"] = None
+    if rest.get("lr") == "auto":
+        rest["lr"] = None
+    try:
+        return TrainConfig(DataConfig(**parts["data"]), ModelConfig(**parts["model"]), **rest)
+    except TypeError as e:
+        raise HerlevError(f"{source}: {e}") from None
+
+
+def merge_settings(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `override`'s values on top, section by section (both in `to_json`'s nested form)."""
+    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key].update(value)
+        else:
+            merged[key] = value
+    return merged

@@ -18,19 +18,20 @@ from herlev_fa.data.items import mask_for, scan, trained_on
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import Task
 from herlev_fa.figures import confusion_matrix_png, reliability_png, roc_png, score_distribution_png
-from herlev_fa.metrics import N_BINS, abnormal_score, bootstrap_intervals, decode, severity_metrics, undefined_metrics
+from herlev_fa.metrics import (N_BINS, THRESHOLD, abnormal_score, bootstrap_intervals, decode, learned_nothing,
+                               severity_metrics, undefined_metrics)
 from herlev_fa.runs import Run, load_run
 
 
 def write_evaluation(out_dir: Path, out: np.ndarray, y: np.ndarray, task: Task, head: str,
-                     extra: dict | None = None) -> dict:
+                     extra: dict | None = None, threshold: float = THRESHOLD) -> dict:
     """Metrics of raw outputs [N, C] against classes [N]: `metrics.json` + the figures.
 
     The figures: `confusion_matrix.png`, `score_distribution.png`, `roc.png` (normal vs
     abnormal, with the screening operating points) and, for heads with class probabilities,
-    `reliability.png`.
+    `reliability.png`. `threshold`: of the screening call (see `metrics.severity_metrics`).
     """
-    metrics = severity_metrics(out, y, head, task.severities)
+    metrics = severity_metrics(out, y, head, task.severities, threshold=threshold)
     metrics = {**(extra or {}), **metrics, "classes": list(task.classes)}
     undefined = undefined_metrics(metrics)
     if undefined:
@@ -38,6 +39,10 @@ def write_evaluation(out_dir: Path, out: np.ndarray, y: np.ndarray, task: Task, 
         warnings.warn(f"{', '.join(undefined)} cannot be computed on {len(y)} image(s) of {present} only (kappa needs "
                       "two classes, auc normal and abnormal cells); written as null in "
                       f"{out_dir / 'metrics.json'}", stacklevel=2)
+    problem = learned_nothing(metrics, task.classes)
+    if problem:
+        warnings.warn(f"the model {problem} on these {metrics['n']} cells ({out_dir}); train longer, or check the "
+                      "learning rate and the data", stacklevel=2)
     write_json(out_dir / "metrics.json", metrics)
     confusion_matrix_png(np.array(metrics["confusion_matrix"]), task.classes, out_dir / "confusion_matrix.png",
                          title=f"{head}: accuracy {metrics['accuracy']:.3f}, n={metrics['n']}")
@@ -58,7 +63,9 @@ def held_out_items(run: Run, data: str | Path | None = None) -> pd.DataFrame:
     Raises:
         HerlevError: the data root is gone, or held-out images are missing from it.
     """
-    root = Path(data) if data is not None else Path(run.meta["data_root"])
+    from herlev_fa.data.items import data_folder
+
+    root = data_folder(Path(data) if data is not None else Path(run.meta["data_root"]))  # a CSV: its folder
     folds = run.folds()
     held = folds[folds["fold"] == run.fold].reset_index(drop=True)
     paths = [root / rel for rel in held["rel"]]
@@ -114,7 +121,7 @@ def evaluation_items(run: Run, data: str | Path | None = None, split: str | None
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | None = None,
              out: str | Path | None = None, bs: int = 64, device: str = "auto", skip_bad: bool = False,
-             progress: bool = True, n_boot: int = 1000) -> dict:
+             progress: bool = True, n_boot: int = 1000, threshold: float | str | None = None) -> dict:
     """Evaluate a run on its held-out fold, or on every image of another folder.
 
     See `evaluation_items` for `data` and `split`. Writes `metrics.json` and the figures of
@@ -127,9 +134,12 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | N
     Args:
         n_boot: bootstrap resamples of the cells for the 95% interval of every scalar metric
             (`intervals`: metric -> [low, high]); 0 for none.
+        threshold: of the screening call that sensitivity, specificity and screening_accuracy
+            score: a number, None (0.5), or an operating point the run recorded on its held-out
+            fold (`spec95`, `sens95`; meaningful on new cells, `--data`).
 
     Raises:
-        HerlevError: bad run folder, missing data, unreadable images, negative `n_boot`.
+        HerlevError: bad run folder, missing data, unreadable images, negative `n_boot`, bad threshold.
     """
     check_batch_size(bs)
     from herlev_fa.ensemble import EnsembleRun, mean_output
@@ -137,6 +147,7 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | N
     if n_boot < 0:
         raise HerlevError(f"--bootstrap {n_boot} is out of range: use 0 (no intervals) or more resamples")
     run = load_run(run_dir)
+    cut = run.screening_threshold(threshold)
     device = resolve_device(device)
     items, source = evaluation_items(run, data, split)
     if out is not None:
@@ -154,12 +165,13 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | N
     extra = {"run": str(run.path), "data": source, "model": run.describe() if isinstance(run, EnsembleRun) else "one model",
              "kept": run.kept}
     if isinstance(run, EnsembleRun):
-        extra["members"] = {m.path.name: severity_metrics(o, y, run.head, run.task.severities, full=False)
+        extra["members"] = {m.path.name: severity_metrics(o, y, run.head, run.task.severities, full=False, threshold=cut)
                             for m, (o, _, _) in zip(members, outs)}
     if n_boot:
-        intervals = bootstrap_intervals(outputs, y, run.head, run.task.severities, n_boot=n_boot, seed=0)
+        intervals = bootstrap_intervals(outputs, y, run.head, run.task.severities, n_boot=n_boot, seed=0,
+                                        threshold=cut)
         extra["intervals"] = {name: list(bounds) for name, bounds in intervals.items()}
         extra["bootstrap"] = {"resamples": n_boot, "level": 0.95, "seed": 0, "unit": "cell"}
-    metrics = write_evaluation(out_dir, outputs, y, run.task, run.head, extra=extra)
+    metrics = write_evaluation(out_dir, outputs, y, run.task, run.head, extra=extra, threshold=cut)
     metrics["out_dir"] = str(out_dir)
     return metrics

@@ -56,9 +56,13 @@ def confusion_matrix_png(cm: np.ndarray, classes: Sequence[str], path: str | Pat
     ax = fig.subplots()
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    ConfusionMatrixDisplay(norm, display_labels=_short(classes)).plot(ax=ax, cmap="Blues", values_format=".2f", colorbar=False)
+    display = ConfusionMatrixDisplay(norm, display_labels=_short(classes)).plot(ax=ax, cmap="Blues", values_format=".2f",
+                                                                                colorbar=False)
     for (i, j), n in np.ndenumerate(cm):
-        ax.text(j, i + 0.3, f"n={n}", ha="center", va="center", fontsize=7, color="grey")
+        # the same text colour as scikit-learn's share above it: white on dark cells, dark on light ones
+        colour = display.text_[i, j].get_color()
+        ax.text(j, i + 0.3, f"n={n}", ha="center", va="center", fontsize=8, color=colour)
+    ax.set_xlabel("predicted class"), ax.set_ylabel("true class")
     ax.set_title(title or "confusion matrix (row-normalised)")
     return save_png(fig, path)
 
@@ -75,23 +79,28 @@ def score_distribution_png(score: np.ndarray, y: np.ndarray, classes: Sequence[s
         ax.scatter(k + rng.uniform(-0.15, 0.15, len(g)), g, s=8, alpha=0.5)
         ax.hlines(severities[k], k - 0.3, k + 0.3, colors="red", linestyles="--", linewidth=1)
     ax.set_xticks(range(len(classes)), _short(classes), rotation=30)
+    ax.set_xlabel("true class")
     ax.set_ylabel("predicted severity score")
     ax.set_title(title or "predicted severity per true class (red: true severity)")
     return save_png(fig, path)
 
 
-def training_curves_png(log: pd.DataFrame, path: str | Path) -> Path:
-    """Train/valid loss and validation accuracy per epoch, from the run's log.csv."""
-    fig = _figure(figsize=(9, 3.5))
+def training_curves_png(log: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """Train/valid loss and the accuracies on the held-out fold per epoch, from the run's log.csv."""
+    fig = _figure(figsize=(9, 3.8), layout="constrained")
     a, b = fig.subplots(1, 2)
     for col in ("train_loss", "valid_loss"):
         if col in log:
-            a.plot(log["epoch"], log[col], marker="o", label=col)
+            a.plot(log["epoch"], log[col], marker="o", label=col.replace("_", " "))
     a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend()
+    a.set_title("loss (valid: the held-out fold)", fontsize=10)
     for col in ("accuracy", "binary_accuracy"):
         if col in log:
-            b.plot(log["epoch"], log[col], marker="o", label=col)
-    b.set_xlabel("epoch"), b.set_ylim(0, 1), b.legend()
+            b.plot(log["epoch"], log[col], marker="o", label=col.replace("_", " "))
+    b.set_xlabel("epoch"), b.set_ylabel("accuracy on the held-out fold"), b.set_ylim(0, 1), b.legend()
+    b.set_title("accuracy on the held-out fold", fontsize=10)
+    fold = f", fold {int(log['fold'].iloc[0])} held out" if "fold" in log and len(log) else ""
+    fig.suptitle(title or f"training curves{fold}", fontsize=11)
     return save_png(fig, path)
 
 
@@ -179,6 +188,7 @@ def nucleus_attribution_png(table: pd.DataFrame, classes: Sequence[str], path: s
         right.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         right.yaxis.set_major_formatter(FormatStrFormatter("%g"))
         right.yaxis.set_minor_formatter(NullFormatter())
+    right.set_ylabel("nucleus enrichment (+ share / area share)")
     right.set_title("nucleus enrichment (red: no enrichment)")
     fig.suptitle(title, fontsize=9)
     return save_png(fig, path)
@@ -292,7 +302,7 @@ def comparison_png(groups: Sequence[str], panels: Sequence[str], mean: np.ndarra
 def explanation_grid(images: Sequence[np.ndarray], nuclei: Sequence[np.ndarray],
                      maps: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str],
                      column_labels: Sequence[str], notes: Sequence[Sequence[str]] | None = None,
-                     title: str = "", panel_inches: float = 1.7, dpi: int = 100):
+                     title: str = "", panel_inches: float = 2.0, dpi: int = 200):
     """One row per cell: the cell, then its IG overlay for each run; the nucleus outlined from the mask.
 
     Drawn with matplotlib's object API (a `Figure` on an Agg canvas, no pyplot state).
@@ -305,17 +315,24 @@ def explanation_grid(images: Sequence[np.ndarray], nuclei: Sequence[np.ndarray],
         notes: per cell, per run, a short line under the panel (e.g. the prediction).
 
     Returns:
-        The `matplotlib.figure.Figure`: [cells, runs + 1] axes, column 0 the cell itself.
+        The `matplotlib.figure.Figure`: [cells, runs + 1] axes, column 0 the cell itself, then a
+        colour bar of the overlays (each panel scaled to its own 99.5th percentile of |IG|).
     """
+    import textwrap
+
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     n_rows, n_cols = len(images), len(column_labels) + 1
+    width = panel_inches * n_cols + 0.9  # + the colour bar
     # constrained layout keeps the title clear of the column titles (tight_layout ignores a suptitle)
-    fig = _figure(figsize=(panel_inches * n_cols, panel_inches * n_rows + 0.5), dpi=dpi, layout="constrained")
+    fig = _figure(figsize=(width, panel_inches * n_rows + 0.8), dpi=dpi, layout="constrained")
     fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.01, hspace=0.01)
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for r, (image, nucleus) in enumerate(zip(images, nuclei)):
         grey = image.astype(np.float32).mean(axis=2)  # [H, W]
         axes[r, 0].imshow(image)
-        axes[r, 0].set_ylabel(row_labels[r], fontsize=7)
+        axes[r, 0].set_ylabel(row_labels[r], fontsize=7.5)
         for c in range(n_cols):
             ax = axes[r, c]
             if c:
@@ -324,25 +341,31 @@ def explanation_grid(images: Sequence[np.ndarray], nuclei: Sequence[np.ndarray],
                 ax.imshow(grey, cmap="gray", vmin=0, vmax=255)
                 ax.imshow(attr, cmap="RdBu_r", vmin=-vmax, vmax=vmax, alpha=np.clip(np.abs(attr) / vmax, 0, 1) * 0.85)
                 if notes is not None:
-                    ax.set_xlabel(notes[r][c - 1], fontsize=6, labelpad=1)
+                    ax.set_xlabel(notes[r][c - 1], fontsize=7, labelpad=1)
             if nucleus.any():
                 ax.contour(nucleus.astype(np.float32), levels=[0.5], colors="gold", linewidths=0.8)
             ax.set_xticks([]), ax.set_yticks([])
             if r == 0:
-                ax.set_title("cell" if c == 0 else column_labels[c - 1], fontsize=7)
+                ax.set_title("cell" if c == 0 else column_labels[c - 1], fontsize=9)
+    if n_cols > 1:
+        bar = fig.colorbar(ScalarMappable(Normalize(-1.0, 1.0), cmap="RdBu_r"), ax=axes[:, 1:], shrink=min(0.8, 3 / n_rows),
+                           aspect=25, pad=0.02)
+        bar.set_label("IG / 99.5th pct. of |IG| in the panel\n(red: for the target, blue: against)", fontsize=7)
+        bar.ax.tick_params(labelsize=7)
     if title:
-        fig.suptitle(title, fontsize=8)
+        # wrapped to the figure's width, so a long settings line is never cut at the sides
+        fig.suptitle(textwrap.fill(title, width=max(20, int(width * 72 / (9 * 0.55)))), fontsize=9)
     return fig
 
 
-def explanation_grid_png(path: str | Path, *args, dpi: int = 100, **kwargs) -> Path:
+def explanation_grid_png(path: str | Path, *args, dpi: int = 200, **kwargs) -> Path:
     """`explanation_grid(*args, **kwargs)` written atomically as a PNG to `path`."""
     with atomic_path(path) as tmp:
         explanation_grid(*args, dpi=dpi, **kwargs).savefig(tmp, format="png", dpi=dpi)
     return Path(path)
 
 
-# --- screening and calibration figures (issue 13): matplotlib's object API, no pyplot state ---
+# --- screening and calibration figures: matplotlib's object API, no pyplot state ---
 
 def roc_png(is_abnormal: np.ndarray, abnormal_score: np.ndarray, points: dict[str, float], path: str | Path,
             title: str = "") -> Path:
@@ -367,7 +390,7 @@ def roc_png(is_abnormal: np.ndarray, abnormal_score: np.ndarray, points: dict[st
     sens, spec = points["sensitivity"], points["specificity"]
     sens95, spec95 = points["sens_at_spec95"], points["spec_at_sens95"]
     marks = [  # where the curve crosses spec = 0.95 and sens = 0.95: on the curve, as the metrics read it
-        (f"default decision: sens {sens:.2f}, spec {spec:.2f}", 1 - spec, sens, "o"),
+        (f"screening call (≥ {points.get('threshold', 0.5):.2g}): sens {sens:.2f}, spec {spec:.2f}", 1 - spec, sens, "o"),
         (f"sens {sens95:.2f} at spec ≥ 0.95", 0.05, sens95, "s"),
         (f"spec {spec95:.2f} at sens ≥ 0.95", 1 - spec95, 0.95, "^"),
     ]
@@ -383,23 +406,43 @@ def roc_png(is_abnormal: np.ndarray, abnormal_score: np.ndarray, points: dict[st
     return save_png(fig, path)
 
 
+MIN_BIN = 5  # reliability bins with fewer cells are drawn hollow and left off the curve: one cell is no rate
+
+
 def reliability_png(probs: np.ndarray, y: np.ndarray, ece: float, path: str | Path, n_bins: int = 10,
-                    title: str = "") -> Path:
-    """Reliability diagram of the top class probability [N, K] against the true class [N] (scikit-learn's bins)."""
+                    title: str = "", min_bin: int = MIN_BIN) -> Path:
+    """Reliability diagram of the top class probability [N, K] against the true class [N] (scikit-learn's bins).
+
+    Each bin's point carries its number of cells; bins with fewer than `min_bin` cells are drawn
+    hollow and grey, off the curve, so that one cell cannot drag it to 0 or 1.
+    """
     from matplotlib.figure import Figure
-    from sklearn.calibration import calibration_curve
 
     probs = np.asarray(probs)
     confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == np.asarray(y)  # [N], [N]
-    fig = Figure(figsize=(4.6, 5.2))
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.searchsorted(edges[1:-1], confidence)  # [N], as scikit-learn's calibration_curve (and the ECE)
+    count = np.bincount(bins, minlength=n_bins)  # [n_bins]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = np.bincount(bins, correct.astype(float), n_bins) / count  # NaN for empty bins
+        mean_confidence = np.bincount(bins, confidence, n_bins) / count
+    fig = Figure(figsize=(4.8, 5.4))
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfectly calibrated")
-    # pos_label: all-right or all-wrong cells are a valid (if extreme) diagram
-    accuracy, mean_confidence = calibration_curve(correct, confidence, n_bins=n_bins, strategy="uniform", pos_label=True)
-    top.plot(mean_confidence, accuracy, marker="o", color="tab:blue", label=f"model (ECE {ece:.3f})")
-    top.set_ylabel("accuracy in the bin"), top.set_ylim(-0.02, 1.02), top.legend(loc="upper left", fontsize=8)
+    solid = count >= min_bin
+    top.plot(mean_confidence[solid], accuracy[solid], marker="o", color="tab:blue", label=f"model (ECE {ece:.3f})")
+    tiny = (count > 0) & ~solid
+    if tiny.any():
+        top.plot(mean_confidence[tiny], accuracy[tiny], marker="o", linestyle="none", markerfacecolor="none",
+                 color="tab:grey", label=f"bins of < {min_bin} cells")
+    for b in np.flatnonzero(count):
+        top.annotate(f"{count[b]}", (mean_confidence[b], accuracy[b]), textcoords="offset points", xytext=(0, 6),
+                     ha="center", fontsize=7, color="tab:blue" if solid[b] else "tab:grey")
+    top.set_ylabel("accuracy in the bin"), top.set_ylim(-0.02, 1.1), top.legend(loc="upper left", fontsize=8)
     top.set_title(title or "reliability of the top class probability", fontsize=9)
-    bottom.hist(confidence, bins=np.linspace(0, 1, n_bins + 1), color="tab:grey")
+    top.text(0.98, 0.02, "numbers: cells in the bin", transform=top.transAxes, ha="right", va="bottom", fontsize=7,
+             color="dimgrey")
+    bottom.hist(confidence, bins=edges, color="tab:grey")
     bottom.set_xlabel("top class probability"), bottom.set_ylabel("cells")
     return save_png(fig, path)
 

@@ -31,7 +31,7 @@ from herlev_fa.data.images import decode_all
 from herlev_fa.data.items import is_image_file, is_mask_file
 from herlev_fa.errors import HerlevError, missing
 from herlev_fa.labels import IMAGE_EXTENSIONS
-from herlev_fa.metrics import decode
+from herlev_fa.metrics import THRESHOLD, abnormal_score, decode, screening_decision
 from herlev_fa.model.heads import Head, get_head
 from herlev_fa.model.inference import fold_batchnorm
 from herlev_fa.progress import progress_bar
@@ -158,23 +158,37 @@ def predict_outputs(run: Run, paths: Sequence[str], tta: bool = False, bs: int =
     return torch.cat(outputs).numpy(), kept
 
 
-def prediction_table(out: np.ndarray, paths: Sequence[str], run: Run) -> pd.DataFrame:
-    """Raw outputs [N, C] -> one row per image: path, pred, p_<class>... (class heads), score, abnormal, abnormal_prob."""
+def prediction_table(out: np.ndarray, paths: Sequence[str], run: Run, threshold: float = THRESHOLD,
+                     temperature: float = 1.0) -> pd.DataFrame:
+    """Raw outputs [N, C] -> one row per image.
+
+    Columns: path, pred, p_<class>... (class heads), score, abnormal (the screening call:
+    `screening_decision` of P(abnormal), or of the score for `reg`, at `threshold`),
+    abnormal_prob (class heads) and pred_abnormal (the predicted class is abnormal: the poster's
+    binary call, which can disagree with `abnormal` when the abnormal classes split their mass).
+    `temperature`: of `calibration.scale_probabilities` (1: the model's own probabilities).
+    """
     probs, score, pred = decode(out, run.head, run.task.severities)
+    if probs is not None and temperature != 1.0:
+        from herlev_fa.calibration import scale_probabilities
+
+        probs = scale_probabilities(probs, temperature)  # same order, so the same predicted class
     abnormal = np.asarray(run.task.abnormal())  # [K] per class
     frame = pd.DataFrame({"path": [str(p) for p in paths], "pred": [run.task.classes[i] for i in pred]})
     if probs is not None:
         for i, cls in enumerate(run.task.classes):
             frame[f"p_{cls}"] = probs[:, i]
     frame["score"] = score
-    frame["abnormal"] = abnormal[pred]
+    frame["abnormal"] = screening_decision(abnormal_score(probs, score, run.task.severities), threshold)
     if probs is not None:
         frame["abnormal_prob"] = probs[:, abnormal].sum(axis=1)
+    frame["pred_abnormal"] = abnormal[pred]
     return frame
 
 
 def predict(run: str | Path | Run, inputs: str | Path | Sequence[str | Path], tta: bool = False, bs: int = 64,
-            device: str = "auto", skip_bad: bool = False, progress: bool = True) -> pd.DataFrame:
+            device: str = "auto", skip_bad: bool = False, progress: bool = True,
+            threshold: float | str | None = None, calibrated: bool = False) -> pd.DataFrame:
     """Predict image files, or every image in folders, with a trained run.
 
     Args:
@@ -183,11 +197,17 @@ def predict(run: str | Path | Run, inputs: str | Path | Sequence[str | Path], tt
             recursively; masks `-d.bmp`/`-d.png` skipped); one path or a sequence of them.
         tta: average over the 8 dihedral views (see the module docstring).
         skip_bad: warn about and skip unreadable images instead of stopping.
+        threshold: of the screening call: a number, None (0.5), or an operating point the run
+            recorded on its held-out fold (`spec95`, `sens95`; see `Run.screening_threshold`).
+        calibrated: scale the probabilities by the temperature `herlev calibrate` fitted
+            (``herlev_fa.calibration``); the predicted class does not change.
 
     Returns:
         One row per image, in input order: `path`, `pred` (class), `p_<class>` for every class
-        (class heads; they sum to 1), `score` (severity), `abnormal` (the predicted class has
-        severity > 0) and `abnormal_prob` (sum of the abnormal classes' probabilities; class heads).
+        (class heads; they sum to 1), `score` (severity), `abnormal` (the screening call:
+        `abnormal_prob` >= threshold; for `reg` the score), `abnormal_prob` (sum of the abnormal
+        classes' probabilities; class heads) and `pred_abnormal` (the predicted class has
+        severity > 0: the poster's binary call). `attrs["threshold"]`: the threshold used.
 
     Raises:
         HerlevError: bad run folder, missing input, folder without images, unreadable image,
@@ -198,7 +218,15 @@ def predict(run: str | Path | Run, inputs: str | Path | Sequence[str | Path], tt
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     run = run if isinstance(run, Run) else load_run(run)
+    cut = run.screening_threshold(threshold)
+    temperature = 1.0
+    if calibrated:
+        from herlev_fa.calibration import run_temperature
+
+        temperature = run_temperature(run.path)
     device = resolve_device(device)
     paths = [str(p) for p in find_images(inputs, skip_bad=skip_bad)]
     out, kept = predict_outputs(run, paths, tta=tta, bs=bs, device=device, skip_bad=skip_bad, progress=progress)
-    return prediction_table(out, kept, run)
+    table = prediction_table(out, kept, run, cut, temperature)
+    table.attrs["threshold"] = cut  # the number a named operating point resolved to
+    return table

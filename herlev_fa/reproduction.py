@@ -46,7 +46,7 @@ from herlev_fa.model.learner import build_model
 from herlev_fa.figures import comparison_png, confusion_matrix_png, score_distribution_png
 from herlev_fa.runs import read_meta, selection, versions
 from herlev_fa.runs import PREDICTIONS
-from herlev_fa.training.loop import Prepared, prepare, resolve_task, summarize, train_fold
+from herlev_fa.training.loop import Prepared, fold_warnings, prepare, resolve_task, summarize, train_fold
 
 FORMAT = "herlev_fa.reproduce/1"
 
@@ -64,9 +64,9 @@ PAPER_NAMES = {"cls": "Cls", "reg": "Reg", "cls_reg": "Cls+Reg"}
 COLUMNS = {"accuracy": "accuracy (%)", "binary_accuracy": "binary accuracy (%)", "auc": "AUC-ROC",
            "mse": "MSE", "kappa": "quadratic kappa", "big_mistakes": "2+ levels off (%)",
            "normal_cis": "normal↔CIS (cells)", "normal_severe": "normal↔severe (cells)",
-           "sensitivity": "sensitivity (%)", "specificity": "specificity (%)",
+           "screening_accuracy": "screening accuracy (%)", "sensitivity": "sensitivity (%)", "specificity": "specificity (%)",
            "sens_at_spec95": "sens. at 95% spec. (%)", "spec_at_sens95": "spec. at 95% sens. (%)", "ece": "ECE"}
-PERCENT = ("accuracy", "binary_accuracy", "big_mistakes", "sensitivity", "specificity", "sens_at_spec95",
+PERCENT = ("accuracy", "binary_accuracy", "big_mistakes", "screening_accuracy", "sensitivity", "specificity", "sens_at_spec95",
            "spec_at_sens95")
 NOT_REPORTED = "–"
 
@@ -196,7 +196,8 @@ def _read_predictions(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return frame[cols].to_numpy(np.float32), frame["y"].to_numpy(np.int64)
 
 
-def _results_markdown(cfg: TrainConfig, heads: Sequence[str], summary: dict[str, dict], n_images: int) -> str:
+def _results_markdown(cfg: TrainConfig, heads: Sequence[str], summary: dict[str, dict], n_images: int,
+                      warnings_: Sequence[str] = ()) -> str:
     d, m = cfg.data, cfg.model
     start = f"weights {m.weights.name}" if m.weights else "ImageNet weights" if m.pretrained else "random init"
     task = d.task if d.classes is None else d.classes.name
@@ -212,6 +213,9 @@ def _results_markdown(cfg: TrainConfig, heads: Sequence[str], summary: dict[str,
         "Ours: mean ± std over folds (std with ddof 0). Paper: Pirovano et al. (2019), 4-fold "
         f"cross-validation on Herlev; {NOT_REPORTED}: not reported.",
         "",
+    ]
+    lines += [f"**Warning**: {w}." for w in warnings_] + ([""] if warnings_ else [])
+    lines += [
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
@@ -282,8 +286,11 @@ def reproduce(cfg: ReproduceConfig, log: Callable[[str], None] | None = None) ->
         runs[head].append(run_dir)
 
     summary = {h: summarize(metrics[h]) for h in cfg.heads}
+    notes = [w for h in cfg.heads for w in fold_warnings([f"{h} {r.name}" for r in runs[h]], metrics[h], task.classes)]
+    for note in notes:
+        say(f"warning: {note}")
     pooled = {h: _write_pooled(root / h, h, outputs[h], task) for h in cfg.heads}
-    files = _write_results(root, base, cfg.heads, runs, metrics, summary)
+    files = _write_results(root, base, cfg.heads, runs, metrics, summary, notes)
     return ReproduceResult(root, runs, metrics, summary, pooled, trained, files)
 
 
@@ -303,7 +310,7 @@ def _write_pooled(head_dir: Path, head: str, outputs: list[tuple[np.ndarray, np.
 
 
 def _write_results(root: Path, cfg: TrainConfig, heads: Sequence[str], runs: dict[str, list[Path]],
-                   metrics: dict[str, list[dict]], summary: dict[str, dict]) -> dict[str, Path]:
+                   metrics: dict[str, list[dict]], summary: dict[str, dict], notes: Sequence[str] = ()) -> dict[str, Path]:
     rows: list[dict[str, Any]] = []
     for head in heads:
         for run_dir, m in zip(runs[head], metrics[head]):
@@ -314,7 +321,7 @@ def _write_results(root: Path, cfg: TrainConfig, heads: Sequence[str], runs: dic
     with atomic_path(files["results_csv"]) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
     n_images = sum(int(m.get("n", 0)) for m in metrics[heads[0]])  # the held-out folds cover every image once
-    write_text(files["results_md"], _results_markdown(cfg, heads, summary, n_images))
+    write_text(files["results_md"], _results_markdown(cfg, heads, summary, n_images, notes))
     names = [k for k in SCALAR_METRICS if any(k in reported for reported in PAPER.values())]  # the paper's panels
     mean = np.array([[summary[h][k]["mean"] for k in names] for h in heads])  # [H, M]
     std = np.array([[summary[h][k]["std"] for k in names] for h in heads])  # [H, M]

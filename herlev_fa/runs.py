@@ -178,6 +178,23 @@ class Run:
     def kept(self) -> str:
         """How the weights were chosen (`selection`)."""
         return selection(self.meta.get("config") or {})
+    def screening_threshold(self, value: float | str | None) -> float:
+        """A --threshold for this run: a number, None (0.5), or an operating point (`spec95`, `sens95`) that
+        training's evaluation on the held-out fold recorded in the run's metrics.json.
+
+        Raises:
+            HerlevError: not a number, or an operating point the run has not recorded.
+        """
+        from herlev_fa.metrics import OPERATING_POINTS, threshold_value
+
+        recorded = None
+        if isinstance(value, str) and value.strip().lower() in OPERATING_POINTS:
+            path = self.path / "metrics.json"
+            try:
+                recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+            except (OSError, ValueError):
+                recorded = None
+        return threshold_value(value, recorded, source=f"run '{self.path}'")
 
     def folds(self) -> pd.DataFrame:
         """The run's folds file: rel, label, fold for every image it was split over."""

@@ -76,3 +76,11 @@ def drawn_png(path: Path, width: tuple[int, int], height: tuple[int, int], colou
     for colour in colours:
         assert (np.abs(rgb.astype(int) - colour).max(axis=2) <= 2).any(), f"{path.name} has no pixel of colour {colour}"
     return rgb
+
+
+def text_inside(rgb: np.ndarray, margin: int = 3) -> None:
+    """Nothing drawn touches the image's edges (a clipped title or label would): the outer `margin` pixels are white."""
+    edges = np.concatenate([rgb[:margin].reshape(-1, 3), rgb[-margin:].reshape(-1, 3),
+                            rgb[:, :margin].reshape(-1, 3), rgb[:, -margin:].reshape(-1, 3)])
+    dark = int((edges.min(axis=1) < 235).sum())
+    assert dark == 0, f"{dark} drawn pixels touch the edge of the image: something is cut off"

@@ -29,6 +29,7 @@ def test_quick_finetune_script_demo(tmp_path):
     result = subprocess.run([sys.executable, str(EXAMPLES / "quick_finetune.py"), "--out", str(tmp_path / "qf")],
                             capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "Warning" not in result.stderr and "warn" not in result.stderr, result.stderr  # nothing stray for the reader
     before = float(re.search(r"accuracy before fine-tuning: ([\d.]+)", result.stdout).group(1))
     after = float(re.search(r"accuracy after fine-tuning: +([\d.]+)", result.stdout).group(1))
     scratch_dir = Path(re.search(r"\((\S+)\)\n", result.stdout).group(1))

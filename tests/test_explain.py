@@ -621,7 +621,8 @@ def test_explanation_grid_has_one_overlay_per_cell_and_run():
     maps = [[rng.normal(size=im.shape[:2]).astype(np.float32) for _ in range(2)] for im in images]  # [cell][run]
     fig = explanation_grid(images, nuclei, maps, ["a", "b", "c"], ["run 1", "run 2"],
                            notes=[["x", "y"]] * 3, title="Integrated Gradients, a title as long as the figure is wide")
-    axes = np.array(fig.axes).reshape(3, 3)
+    assert len(fig.axes) == 3 * 3 + 1  # and the colour bar of the overlays
+    axes = np.array(fig.axes[:9]).reshape(3, 3)
     for r in range(3):
         np.testing.assert_array_equal(axes[r, 0].images[0].get_array(), images[r])
         for c in range(2):

@@ -131,3 +131,83 @@ def test_evaluating_and_drawing_leave_the_backend_and_pyplot_alone(trained_run, 
     assert out.stdout.split() == ["svg", "0"]  # the backend it chose, and no figure left open in pyplot
     drawn_png(tmp_path / "confusion_matrix.png", (300, 1000), (300, 900))
     drawn_png(tmp_path / "lr.png", (300, 900), (300, 600))
+
+
+# --- fit for a paper: decoded, sized, nothing cut off at the edges -------------------------------------------------
+
+from helpers import text_inside  # noqa: E402
+
+
+def test_run_figures_keep_every_label_inside_the_canvas(tmp_path):
+    rng = np.random.default_rng(0)
+    cm = np.array([[50, 3, 1, 0, 0], [4, 20, 5, 1, 0], [1, 5, 18, 6, 1], [0, 1, 6, 30, 5], [0, 0, 1, 5, 40]])
+    figures.confusion_matrix_png(cm, CLASSES, tmp_path / "cm.png", title="cls_reg: accuracy 0.700, n=203")
+    rgb = drawn_png(tmp_path / "cm.png", (600, 1000), (550, 900), colours=[DARK_BLUE])
+    text_inside(rgb)
+    y = np.repeat(np.arange(5), 20)
+    figures.score_distribution_png(y + rng.normal(0, 0.3, 100), y, CLASSES, SEV, tmp_path / "sd.png")
+    text_inside(drawn_png(tmp_path / "sd.png", (600, 1100), (420, 650)))
+    log = pd.DataFrame({"epoch": range(5), "fold": 2, "train_loss": np.linspace(2, 1, 5), "valid_loss": np.linspace(2, 1.2, 5),
+                        "accuracy": np.linspace(.3, .6, 5), "binary_accuracy": np.linspace(.6, .85, 5)})
+    figures.training_curves_png(log, tmp_path / "tc.png")
+    text_inside(drawn_png(tmp_path / "tc.png", (900, 1300), (400, 550), colours=[TAB_BLUE, TAB_ORANGE]))
+    probs = rng.dirichlet(np.ones(5) * 0.5, 150)
+    probs[0] = [0.02, 0.02, 0.02, 0.02, 0.92]  # a lone very confident cell: a bin of one
+    figures.reliability_png(probs, probs.argmax(1), 0.05, tmp_path / "rel.png")
+    text_inside(drawn_png(tmp_path / "rel.png", (450, 700), (500, 750), colours=[TAB_BLUE]))
+    table = pd.DataFrame({"label": rng.choice(CLASSES, 60), "nucleus_pos_share": rng.uniform(0, 1, 60),
+                          "nucleus_area_share": rng.uniform(0, .5, 60), "nucleus_enrichment": rng.uniform(.5, 4, 60)})
+    figures.nucleus_attribution_png(table, CLASSES, tmp_path / "q.png", title="run: 50 steps")
+    text_inside(drawn_png(tmp_path / "q.png", (1100, 1500), (450, 650), colours=[PALE_RED]))
+
+
+def test_confusion_matrix_counts_are_written_in_the_colour_that_reads_on_their_cell(tmp_path, monkeypatch):
+    from matplotlib.colors import to_rgb
+
+    drawn = []
+    monkeypatch.setattr(figures, "save_png", lambda fig, path, dpi=120: drawn.append(fig) or path)
+    figures.confusion_matrix_png(np.array([[50, 0], [5, 5]]), ("normal", "abnormal"), tmp_path / "cm.png")
+    texts = {t.get_text(): to_rgb(t.get_color()) for t in drawn[0].axes[0].texts}
+    assert texts["n=50"] == texts["1.00"] and sum(texts["n=50"]) > 2.8  # near white on the darkest cell
+    assert texts["n=0"] == texts["0.00"] and sum(texts["n=0"]) < 1.0  # dark on the palest
+    assert drawn[0].axes[0].get_xlabel() == "predicted class" and drawn[0].axes[0].get_ylabel() == "true class"
+
+
+def test_reliability_curve_leaves_out_tiny_bins_and_labels_every_bin_with_its_count(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    drawn = []
+    monkeypatch.setattr(figures, "save_png", lambda fig, path, dpi=120: drawn.append(fig) or path)
+    confidence = np.r_[np.full(20, 0.55), np.full(10, 0.75), 0.95]  # 20 and 10 cells, then one cell alone
+    probs = np.c_[confidence, 1 - confidence]
+    y = np.r_[np.zeros(11), np.ones(9), np.zeros(7), np.ones(3), 1]  # the lone cell is wrong: accuracy 0
+    figures.reliability_png(probs, y.astype(int), 0.1, tmp_path / "rel.png")
+    top = drawn[0].axes[0]
+    assert isinstance(drawn[0], Figure)
+    model = next(line for line in top.lines if line.get_label().startswith("model"))
+    np.testing.assert_allclose(model.get_xdata(), [0.55, 0.75])  # the one-cell bin does not drag the curve
+    tiny = next(line for line in top.lines if line.get_label().startswith("bins of <"))
+    np.testing.assert_allclose(np.c_[tiny.get_xdata(), tiny.get_ydata()], [[0.95, 0.0]])
+    assert sorted(t.get_text() for t in top.texts if t.get_text().isdigit()) == ["1", "10", "20"]
+
+
+def test_figure7_is_large_enough_for_print_with_whole_ids_a_colour_bar_and_an_uncut_title(tmp_path):
+    from helpers import text_inside
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (200, 200, 3), dtype=np.uint8) for _ in range(3)]
+    nuclei = [np.zeros((200, 200), bool) for _ in images]
+    for n in nuclei:
+        n[80:120, 80:120] = True
+    maps = [[rng.normal(size=(200, 200)).astype(np.float32) for _ in range(2)] for _ in images]
+    ids = [f"CIS\n153958345-153958392-00{i}" for i in range(3)]
+    title = ("Integrated Gradients, 50 steps of the Gauss-Legendre rule from the mean-image baseline, gradients in "
+             "fp32; gold: nucleus (mask)")
+    figures.explanation_grid_png(tmp_path / "f7.png", images, nuclei, maps, ids, ["cls/fold0", "cls_reg/fold0"],
+                                 notes=[["CIS, s=3.8, nuc 61%", "CIS, s=3.9, nuc 72%"]] * 3, title=title)
+    rgb = drawn_png(tmp_path / "f7.png", (1300, 1600), (1250, 1600))  # 2 runs: was 510 x 900 px at 100 dpi
+    text_inside(rgb)
+    fig = figures.explanation_grid(images, nuclei, maps, ids, ["cls/fold0", "cls_reg/fold0"], title=title)
+    labels = [ax.get_ylabel() for ax in fig.axes[:9:3]]
+    assert labels == ids  # the whole cell ids, not cut to 18 characters
+    assert "IG / 99.5th pct." in fig.axes[-1].get_ylabel()  # the colour bar says what the colours are

@@ -157,7 +157,7 @@ def test_a_head_added_in_a_test_file_trains_predicts_and_explains(ordinal_head, 
     assert "train_bce" in log and "valid_bce" in log  # the head's loss parts are logged by name
 
     preds = predict(run_dir, synth_data / "carcinoma_in_situ", tta=True, device="cpu", progress=False)
-    assert list(preds.columns) == ["path", "pred", "score", "abnormal"] and len(preds) == 24
+    assert list(preds.columns) == ["path", "pred", "score", "abnormal", "pred_abnormal"] and len(preds) == 24
     nearest = np.clip(np.rint(preds["score"]), 0, 4).astype(int)  # severities 0..4: nearest = rounded and clipped
     assert (preds["pred"] == [run.task.classes[i] for i in nearest]).all()
     assert ((preds["score"] > 0) & (preds["score"] < 4)).all()  # a sum of 4 sigmoids, each step 1

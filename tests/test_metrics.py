@@ -143,7 +143,10 @@ def test_severity_metrics_hold_every_scalar_and_reg_has_no_calibration():
     assert set(SCALAR_METRICS) <= set(m)
     pred = p.argmax(1)
     assert m["big_mistakes"] == pytest.approx(np.mean(np.abs(pred - y) >= 2))
-    assert m["sensitivity"] == pytest.approx(np.mean(pred[y > 0] > 0))
+    called = p[:, 1:].sum(1) >= 0.5  # the screening call: P(abnormal) >= 0.5
+    assert m["sensitivity"] == pytest.approx(np.mean(called[y > 0]))
+    assert m["screening_accuracy"] == pytest.approx(np.mean(called == (y > 0)))
+    assert m["sensitivity"] != pytest.approx(np.mean(pred[y > 0] > 0))  # the top class would say otherwise here
     reg = severity_metrics(np.array([[0.1], [3.9], [2.2]], np.float32), np.array([0, 4, 0]), "reg", SEV)
     assert math.isnan(reg["ece"])
     assert reg["big_mistakes"] == pytest.approx(1 / 3) and reg["normal_cis"] == 0.0
@@ -174,3 +177,114 @@ def test_bootstrap_of_reg_leaves_calibration_undefined():
     intervals = bootstrap_intervals(out, y, "reg", SEV, n_boot=100)
     assert all(math.isnan(v) for v in intervals["ece"])
     assert intervals["accuracy"][0] <= severity_metrics(out, y, "reg", SEV)["accuracy"] <= intervals["accuracy"][1]
+
+
+# --- the screening call: P(abnormal) against a threshold, never the top class ------------------------------------
+
+from herlev_fa.errors import HerlevError  # noqa: E402
+from herlev_fa.metrics import operating_thresholds, screening_decision, threshold_value  # noqa: E402
+
+
+def _split_abnormal_logits() -> np.ndarray:
+    """Two cells whose top class is normal (0.22 and 0.60) though P(abnormal) is 0.78 and 0.40; then two clear ones."""
+    p = np.array([[0.22, 0.20, 0.20, 0.20, 0.18],  # top class normal, P(abnormal) = 0.78
+                  [0.60, 0.10, 0.10, 0.10, 0.10],  # normal either way
+                  [0.05, 0.05, 0.10, 0.20, 0.60],  # abnormal either way
+                  [0.90, 0.025, 0.025, 0.025, 0.025]])
+    return np.log(p).astype(np.float32)
+
+
+def test_top_class_normal_but_abnormal_probability_above_half_is_called_abnormal():
+    out, y = _split_abnormal_logits(), np.array([4, 0, 3, 0])  # the first cell is a carcinoma in situ
+    m = severity_metrics(out, y, "cls", SEV)
+    assert m["binary_accuracy"] == pytest.approx(3 / 4)  # the poster's: predicted class normal -> the CIS is missed
+    assert m["screening_accuracy"] == pytest.approx(1.0)  # P(abnormal) 0.78 >= 0.5 -> found
+    assert m["sensitivity"] == pytest.approx(1.0) and m["specificity"] == pytest.approx(1.0)
+    strict = severity_metrics(out, y, "cls", SEV, threshold=0.8)  # 0.78 < 0.8: missed again
+    assert strict["sensitivity"] == pytest.approx(1 / 2) and strict["screening_accuracy"] == pytest.approx(3 / 4)
+    assert strict["threshold"] == 0.8 and strict["binary_accuracy"] == m["binary_accuracy"]
+
+
+def test_prediction_table_abnormal_follows_the_probability_not_the_top_class():
+    from herlev_fa.labels import get_task
+    from herlev_fa.prediction import prediction_table
+
+    run = SimpleNamespace(head="cls", task=get_task("severity"))
+    table = prediction_table(_split_abnormal_logits(), ["a", "b", "c", "d"], run)
+    assert list(table["pred"]) == ["normal", "normal", "carcinoma_in_situ", "normal"]
+    assert table["abnormal_prob"].to_numpy() == pytest.approx([0.78, 0.40, 0.95, 0.10], abs=1e-6)
+    assert list(table["abnormal"]) == [True, False, True, False]
+    assert list(table["pred_abnormal"]) == [False, False, True, False]  # the poster's call, kept under its own name
+    assert list(prediction_table(_split_abnormal_logits(), list("abcd"), run, threshold=0.9)["abnormal"]) == \
+        [False, False, True, False]
+
+
+def test_screening_decision_reads_the_score_at_the_threshold_inclusive():
+    assert list(screening_decision(np.array([0.49, 0.5, 0.51]))) == [False, True, True]
+    assert list(screening_decision(np.array([0.2, 1.4, 3.0]), threshold=1.5)) == [False, False, True]
+
+
+def test_operating_thresholds_reach_the_operating_points():
+    truth = np.array([0, 0, 0, 0, 1, 1, 1, 1], bool)
+    score = np.array([0.1, 0.2, 0.3, 0.8, 0.4, 0.6, 0.7, 0.9])
+    cuts = operating_thresholds(truth, score)
+    assert cuts == {"spec95": pytest.approx(0.9), "sens95": pytest.approx(0.4)}
+    points = operating_points(truth, score, screening_decision(score, cuts["spec95"]))
+    assert points["sensitivity"] == points["sens_at_spec95"] == pytest.approx(1 / 4)
+    points = operating_points(truth, score, screening_decision(score, cuts["sens95"]))
+    assert points["specificity"] == points["spec_at_sens95"] == pytest.approx(3 / 4)
+    assert all(math.isnan(v) for v in operating_thresholds(np.ones(3, bool), np.array([0.1, 0.5, 0.9])).values())
+
+
+def test_threshold_value_numbers_operating_points_and_errors():
+    recorded = {"operating_thresholds": {"spec95": 0.83, "sens95": 0.12}}
+    assert threshold_value(None) == 0.5 and threshold_value("0.3") == 0.3
+    assert threshold_value("SPEC95", recorded) == 0.83 and threshold_value("sens95", recorded) == 0.12
+    with pytest.raises(HerlevError, match="no recorded spec95"):
+        threshold_value("spec95", None)
+    with pytest.raises(HerlevError, match="not a number nor one of spec95, sens95"):
+        threshold_value("high")
+
+
+# --- a model that learned nothing is named, not reported silently ---------------------------------------------------
+
+from herlev_fa.metrics import learned_nothing  # noqa: E402
+
+CLASSES5 = ("normal", "light", "moderate", "severe", "cis")
+
+
+def test_learned_nothing_names_a_one_class_model_and_chance_agreement():
+    y = np.array([0, 0, 1, 2, 3, 4])
+    only_normal = np.tile(np.log([0.9, 0.025, 0.025, 0.025, 0.025]), (6, 1)).astype(np.float32)
+    problem = learned_nothing(severity_metrics(only_normal, y, "cls", SEV), CLASSES5)
+    assert problem.startswith("predicts 'normal' for every cell (6 of 6)")
+    out, y_rand, _ = _random_cls_reg()
+    assert learned_nothing(severity_metrics(out, y_rand, "cls_reg", SEV), CLASSES5) is None  # informative
+    chance = {"confusion_matrix": [[1, 1], [1, 1]], "kappa": 0.0, "auc": 0.7}
+    assert "no better than chance (quadratic kappa 0.00)" in learned_nothing(chance, ("a", "b"))
+    ranks = {"confusion_matrix": [[2, 0], [1, 1]], "kappa": 0.5, "auc": 0.45}
+    assert "AUC 0.45" in learned_nothing(ranks, ("a", "b"))
+    one_true_class = {"confusion_matrix": [[0, 0], [0, 5]], "kappa": float("nan"), "auc": float("nan")}
+    assert learned_nothing(one_true_class, ("a", "b")) is None  # cells of one class, all right: nothing to warn
+
+
+def test_write_evaluation_warns_when_the_model_predicts_one_class(tmp_path):
+    from herlev_fa.evaluation import write_evaluation
+    from herlev_fa.labels import get_task
+
+    y = np.array([0, 0, 0, 1, 2, 4])
+    out = np.tile(np.log([0.9, 0.025, 0.025, 0.025, 0.025]), (6, 1)).astype(np.float32)
+    with pytest.warns(UserWarning, match="predicts 'normal' for every cell"):
+        write_evaluation(tmp_path, out, y, get_task("severity"), "cls")
+
+
+def test_cv_summary_puts_the_warnings_of_folds_that_learned_nothing_first():
+    from herlev_fa.training.loop import fold_warnings, summarize, summary_markdown
+
+    good = {"confusion_matrix": [[2, 0], [0, 2]], "kappa": 1.0, "auc": 1.0, "accuracy": 1.0}
+    flat = {"confusion_matrix": [[2, 0], [2, 0]], "kappa": 0.0, "auc": 0.5, "accuracy": 0.5}
+    notes = fold_warnings(["fold0", "fold1"], [good, flat], ("normal", "abnormal"))
+    assert notes == ["fold1: the model predicts 'normal' for every cell (4 of 4): it has learned nothing to tell "
+                     "the classes apart"]
+    text = summary_markdown(summarize([good, flat]), "t", notes)
+    assert text.index("**Warning**: fold1: the model predicts 'normal'") < text.index("| metric |")

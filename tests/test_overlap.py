@@ -363,3 +363,53 @@ def test_severity_trend_and_compare_runs():
     row = table.iloc[0]
     assert (row["name"], row["metric"], row["n"]) == ("other", "x", 3.0)
     assert row["mean_diff"] == pytest.approx(1.0) and row["b_greater"] == 1.0
+
+
+def test_rank_biserial_and_effect_intervals_by_hand():
+    from herlev_fa.explanation.study import effect_intervals, paired_comparison, rank_biserial
+
+    assert rank_biserial(np.array([1.0, 2.0, 3.0])) == pytest.approx(1.0)  # every pair b > a
+    assert rank_biserial(np.array([-1.0, -2.0, 0.0])) == pytest.approx(-1.0)  # the zero is left out, as by the test
+    # |d| ranks 1, 2, 3 for 0.1, -0.2, 0.3: W+ = 1 + 3, W- = 2 -> (4 - 2) / 6
+    assert rank_biserial(np.array([0.1, -0.2, 0.3, 0.0])) == pytest.approx(2 / 6)
+    assert np.isnan(rank_biserial(np.zeros(4)))
+    batch = rank_biserial(np.array([[1.0, 2.0], [-1.0, 0.0]]))  # bootstrap resamples at once
+    assert batch.tolist() == [1.0, -1.0]
+    rng = np.random.default_rng(0)
+    tiny = rng.normal(0.004, 0.001, 400)  # a tiny but consistent shift: p is minute, the effect is not
+    result = paired_comparison(np.zeros(400), tiny)
+    assert result["p"] < 1e-10 and result["r"] > 0.9
+    assert result["median_diff_low"] <= result["median_diff"] <= result["median_diff_high"] < 0.005
+    noise = paired_comparison(np.zeros(400), rng.normal(0, 1, 400))
+    assert noise["r_low"] < noise["r"] < noise["r_high"] and noise["r_low"] < 0 < noise["r_high"]
+    assert effect_intervals(np.array([1.0]))["r_low"] != effect_intervals(np.array([1.0]))["r_low"]  # NaN
+
+
+def test_severity_trend_interval_contains_rho_and_narrows_with_n():
+    from herlev_fa.explanation.study import severity_trend
+
+    rng = np.random.default_rng(1)
+    sev = rng.integers(0, 5, 400).astype(float)
+    values = sev + rng.normal(0, 3, 400)
+    big, small = severity_trend(values, sev), severity_trend(values[:40], sev[:40])
+    assert big["rho_low"] < big["rho"] < big["rho_high"]
+    assert big["rho_high"] - big["rho_low"] < small["rho_high"] - small["rho_low"]
+    # Fisher z with se 1.06 / sqrt(n - 3)
+    assert np.tanh(np.arctanh(big["rho"]) + 1.959964 * 1.06 / np.sqrt(397)) == pytest.approx(big["rho_high"])
+
+
+def test_compare_quantify_warns_about_fold_models_that_learned_nothing(tmp_path):
+    import json
+
+    from herlev_fa.explanation.study import _warn_learned_nothing
+
+    folds = []
+    for name, cm, kappa in (("fold0", [[3, 0], [0, 3]], 1.0), ("fold1", [[3, 0], [3, 0]], 0.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"confusion_matrix": cm, "kappa": kappa,
+                                                                  "auc": 0.5 + kappa / 2}))
+        folds.append(tmp_path / name)
+    with pytest.warns(UserWarning) as caught:
+        _warn_learned_nothing(["cls"], [folds], ("normal", "abnormal"))
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and messages[0].startswith("cls (fold1): the model predicts 'normal' for every cell")

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
@@ -129,7 +130,8 @@ def folder_preds(trained_run, synth_data, tmp_path_factory):
 
 def test_csv_has_one_row_per_image_and_every_column(folder_preds, synth_data):
     preds, output = folder_preds
-    assert list(preds.columns) == ["path", "pred", *(f"p_{c}" for c in CLASSES), "score", "abnormal", "abnormal_prob"]
+    assert list(preds.columns) == ["path", "pred", *(f"p_{c}" for c in CLASSES), "score", "abnormal", "abnormal_prob",
+                                   "pred_abnormal"]
     assert len(preds) == 168 and preds["path"].is_unique  # masks skipped
     assert not preds["path"].str.endswith("-d.bmp").any()
     probs = preds[[f"p_{c}" for c in CLASSES]].to_numpy()
@@ -137,7 +139,8 @@ def test_csv_has_one_row_per_image_and_every_column(folder_preds, synth_data):
     assert (preds["pred"] == [CLASSES[i] for i in probs.argmax(1)]).all()
     assert np.allclose(preds["score"], probs @ np.arange(5.0), atol=1e-4)  # cls_reg: expected severity
     assert np.allclose(preds["abnormal_prob"], probs[:, 1:].sum(1), atol=1e-5)
-    assert (preds["abnormal"] == (preds["pred"] != "normal")).all()
+    assert (preds["abnormal"] == (preds["abnormal_prob"] >= 0.5)).all()  # the screening call follows P(abnormal)
+    assert (preds["pred_abnormal"] == (preds["pred"] != "normal")).all()  # the poster's: the predicted class
     assert "168 image(s)" in output and "┃ image" not in output  # no table for many images
 
 
@@ -211,8 +214,9 @@ def test_a_reg_run_has_no_probability_columns(synth_data, tmp_path):
                       epochs=1, device="cpu", out=tmp_path, name="reg", quiet=True)
     run_dir = train(cfg).runs[0]
     preds = predict(run_dir, synth_data / "light_dysplastic", tta=True, device="cpu", progress=False)  # one path
-    assert list(preds.columns) == ["path", "pred", "score", "abnormal"]
+    assert list(preds.columns) == ["path", "pred", "score", "abnormal", "pred_abnormal"]
     assert len(preds) == 24
+    assert (preds["abnormal"] == (preds["score"] >= 0.5)).all()  # reg: the screening call reads the score
     nearest = np.clip(np.rint(preds["score"]), 0, 4).astype(int)  # severities 0..4: nearest = rounded and clipped
     assert (preds["pred"] == [CLASSES[i] for i in nearest]).all()
 
@@ -287,3 +291,52 @@ def test_out_that_is_a_folder(trained_run, tmp_path):
     result = runner.invoke(app, ["predict", str(write_image(tmp_path / "a.png")), "--run", str(trained_run),
                                  "--out", str(tmp_path)])
     assert_one_line_error(result, "is a folder")
+
+
+def test_threshold_option_moves_the_screening_call_and_reads_the_runs_operating_point(trained_run, synth_data, tmp_path):
+    recorded = json.loads((trained_run / "metrics.json").read_text())
+    sens95 = recorded["operating_thresholds"]["sens95"]
+    assert recorded["threshold"] == 0.5 and 0 < sens95 < 1
+    out = tmp_path / "preds.csv"
+    result = runner.invoke(app, ["predict", str(synth_data / "light_dysplastic"), "--run", str(trained_run),
+                                 "--out", str(out), "--device", "cpu", "--threshold", "sens95"])
+    assert result.exit_code == 0, result.output
+    preds = pd.read_csv(out)
+    assert (preds["abnormal"] == (preds["abnormal_prob"] >= sens95)).all()
+    assert f"called abnormal (P(abnormal) ≥ {sens95:.3g} (sens95))" in result.output
+    never = predict(trained_run, synth_data / "light_dysplastic", device="cpu", progress=False, threshold=1.01)
+    assert not never["abnormal"].any() and (never["pred_abnormal"] == (never["pred"] != "normal")).all()
+    bad = runner.invoke(app, ["predict", str(synth_data), "--run", str(trained_run), "--out", str(out),
+                              "--threshold", "high"])
+    assert bad.exit_code == 2 and "not a number nor one of spec95, sens95" in bad.output
+
+
+def test_evaluate_threshold_scores_the_screening_call_and_keeps_the_posters_binary_accuracy(trained_run, tmp_path):
+    base = evaluate(trained_run, out=tmp_path / "a", device="cpu", progress=False, n_boot=0)
+    never = evaluate(trained_run, out=tmp_path / "b", device="cpu", progress=False, n_boot=0, threshold=1.01)
+    assert never["sensitivity"] == 0.0 and never["specificity"] == 1.0 and never["threshold"] == 1.01
+    assert never["binary_accuracy"] == base["binary_accuracy"]  # the predicted class does not move
+    normal_share = 1 - np.mean(np.array(base["confusion_matrix"]).sum(1)[1:].sum() / base["n"])
+    assert never["screening_accuracy"] == pytest.approx(normal_share)  # everything called normal
+
+
+def test_plain_timm_with_preprocess_equals_predict_on_real_cells(trained_run, shared_herlev):
+    import timm
+
+    from herlev_fa import preprocess
+
+    cells = sorted(p for p in (shared_herlev / "letterbox200").rglob("*.jpg"))[::37][:20]  # every class, both sizes
+    assert len(cells) == 20 and len({Image.open(c).size for c in cells}) == 2
+    model = timm.create_model(f"local-dir:{trained_run}", pretrained=True).eval()  # the five lines of predict.md
+    with torch.no_grad():
+        probs = model(preprocess(cells, model.pretrained_cfg)).softmax(1).numpy()  # [20, 5]
+    ours = predict(trained_run, cells, device="cpu", progress=False)
+    np.testing.assert_allclose(probs, ours[[f"p_{c}" for c in CLASSES]].to_numpy(), atol=2e-5)
+    assert list(probs.argmax(1)) == [CLASSES.index(c) for c in ours["pred"]]
+    # the run folder and its config.json give the same input; an array is taken as it is
+    assert torch.equal(preprocess(cells[:2], trained_run), preprocess(cells[:2], trained_run / "config.json"))
+    from herlev_fa.data.images import load_image
+
+    assert torch.equal(preprocess(load_image(cells[0]), trained_run), preprocess(cells[0], trained_run))
+    with pytest.raises(Exception, match="no input_size, mean and std"):
+        preprocess(cells[0], {"architecture": "x"})

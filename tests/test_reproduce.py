@@ -175,7 +175,7 @@ def test_results_md_has_every_head_and_column_with_the_paper(resumed):
     header = next(line for line in lines if line.startswith("| head"))
     assert _cells(header) == ["head", "accuracy (%)", "paper", "binary accuracy (%)", "paper", "AUC-ROC", "paper",
                               "MSE", "paper", "quadratic kappa", "paper", "2+ levels off (%)", "paper",
-                              "normal↔CIS (cells)", "paper", "normal↔severe (cells)", "paper", "sensitivity (%)",
+                              "normal↔CIS (cells)", "paper", "normal↔severe (cells)", "paper", "screening accuracy (%)", "paper", "sensitivity (%)",
                               "paper", "specificity (%)", "paper", "sens. at 95% spec. (%)", "paper",
                               "spec. at 95% sens. (%)", "paper", "ECE", "paper"]
     for i, head in enumerate(HEADS):

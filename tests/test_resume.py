@@ -27,6 +27,7 @@ def _cmd(data, out, name, *extra):
 def _run(cmd):
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    return done
 
 
 def _kill_when(cmd, ready, timeout=240):
@@ -61,7 +62,11 @@ def test_killed_run_resumes_to_the_same_result(synth_data, trained_run, tmp_path
     assert not (tmp_path / "killed" / "herlev.json").exists()
     resume = find(tmp_path / "killed")
     assert resume is not None  # the kill may fall between an epoch's log row and its checkpoint
-    _run(_cmd(synth_data, tmp_path, "killed", *extra, "--resume"))
+    log = _run([a for a in _cmd(synth_data, tmp_path, "killed", *extra, "--resume") if a != "--quiet"]).stdout
+    epochs = 6 if start == "scratch" else 7
+    # the log says where it resumed, then one plain line per remaining epoch, ending with the last one
+    assert f"resuming '{tmp_path / 'killed'}' from" in log, log
+    assert log.index("resuming") < log.index(f"fold 0 epoch {epochs}/{epochs}: ")
 
     ref = json.loads((tmp_path / "reference" / "metrics.json").read_text())
     got = json.loads((tmp_path / "killed" / "metrics.json").read_text())
@@ -81,6 +86,10 @@ def _check_whole(path):
             continue
         if f.suffix == ".json":
             json.loads(f.read_text())
+        elif f.suffix == ".yaml":
+            import yaml
+
+            assert isinstance(yaml.safe_load(f.read_text()), dict)
         elif f.suffix == ".csv":
             pd.read_csv(f)
         elif f.suffix == ".safetensors":

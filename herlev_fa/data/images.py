@@ -1,8 +1,9 @@
 """Decoding image files into RGB uint8 arrays, and the in-memory cache of letterboxed images.
 
-What lives here: `load_image` (any of bmp/jpg/png/tif; RGB, RGBA, grayscale, palette, 16/32-bit, float)
-and `decode_all`, which decodes and letterboxes every item once so that epochs after the first
-do no decoding (Herlev is under 100 MB decoded). What does not: random augmentation
+What lives here: `load_image` (any of bmp/jpg/png/tif; RGB, RGBA, grayscale, palette, 16/32-bit, float),
+`decode_all`, which decodes and letterboxes every item once so that epochs after the first
+do no decoding (Herlev is under 100 MB decoded), and `preprocess`, the exact input a run's
+network sees (for using its weights in plain timm). What does not: random augmentation
 (``herlev_fa.data.augment``).
 """
 
@@ -15,9 +16,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from typing import TYPE_CHECKING, Any
 
 from herlev_fa.errors import HerlevError, missing
 from herlev_fa.progress import progress_bar
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 # Bit depths a grey image in a 16- or 32-bit container is read as, when the file does not say: the
@@ -164,3 +169,45 @@ def decode_all(paths: Iterable[str], size: int, skip_bad: bool = False,
                 warnings.warn(f"skipped: {e}", stacklevel=2)
             advance(1)
     return cache, bad
+
+
+def preprocess(images: Iterable[str | Path | np.ndarray] | str | Path | np.ndarray, config: Any) -> "Tensor":
+    """Images -> the network input [B, 3, S, S] float32 of a run, exactly as `herlev predict` prepares it.
+
+    Each image (a file, or an RGB uint8 array [H, W, 3]) is decoded by `load_image`, its longer
+    side scaled to S (OpenCV's INTER_AREA) and padded to S x S by repeating the edge pixels
+    (`augment.letterbox`), then scaled to [0, 1] and normalised with the run's mean and std. No
+    centre crop and no bicubic resize: timm's default eval transform differs, and its
+    predictions do too.
+
+    Args:
+        config: where S, mean and std come from: a run folder, its `config.json`, or timm's
+            `pretrained_cfg` dict (`model.pretrained_cfg` of `timm.create_model("local-dir:RUN")`).
+
+    Raises:
+        HerlevError: an unreadable image, or a config without input_size, mean and std.
+    """
+    import json
+
+    import torch
+
+    from herlev_fa.data.augment import letterbox
+
+    if isinstance(config, (str, Path)):
+        path = Path(config) / "config.json" if Path(config).is_dir() else Path(config)
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise HerlevError(f"cannot read the run's timm config '{path}': {e}") from None
+    cfg = config.get("pretrained_cfg", config) if isinstance(config, dict) else {}
+    try:
+        size, mean, std = int(cfg["input_size"][-1]), [float(m) for m in cfg["mean"]], [float(s) for s in cfg["std"]]
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise HerlevError("the config has no input_size, mean and std: pass a run folder, its config.json or "
+                          "model.pretrained_cfg") from None
+    if isinstance(images, (str, Path, np.ndarray)):
+        images = [images]
+    resize = letterbox(size)
+    boxed = [resize(image=im if isinstance(im, np.ndarray) else load_image(im))["image"] for im in images]
+    x = torch.from_numpy(np.stack(boxed)).permute(0, 3, 1, 2).float() / 255.0  # [B, 3, S, S] in [0, 1]
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)

@@ -12,6 +12,7 @@ The item table is a pandas DataFrame, one row per image, with columns
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -103,8 +104,48 @@ def trained_on(run_path: str | Path) -> str:
     return f"the run '{run_path}' was trained on the classes listed; remove the folder, or pass --data with only those"
 
 
+def data_folder(root: str | Path) -> Path:
+    """The folder a dataset's relative paths start from: the folder itself, or a CSV file's folder."""
+    root = Path(root)
+    return root.parent if root.suffix.lower() == ".csv" and root.is_file() else root
+
+
+def scan_csv(path: Path, task: Task) -> pd.DataFrame:
+    """Read a CSV of images and labels into the item table: columns `path` (relative to the CSV's folder, or
+    absolute) and `label` (a class of the task, or a folder name it knows, e.g. `normal_superficiel`).
+
+    Raises:
+        HerlevError: unreadable CSV, a missing column, an unknown label or a missing image (the row is named).
+    """
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding_errors=FILE_NAME_ERRORS)
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise HerlevError(f"'{path}' is not a CSV of images ({str(e).splitlines()[0]})") from None
+    missing = [c for c in ("path", "label") if c not in frame.columns]
+    if missing:
+        raise HerlevError(f"'{path}' has no column {', '.join(missing)}: it needs 'path' and 'label' (found: "
+                          f"{', '.join(frame.columns) or 'none'})")
+    if frame.empty:
+        raise HerlevError(f"'{path}' lists no image")
+    folder = path.parent
+    rows = []
+    for line, (given, label_text) in enumerate(zip(frame["path"], frame["label"]), start=2):  # line 1: the header
+        label = label_text if label_text in task.classes else task.class_of_folder(label_text)
+        if label is None:
+            raise HerlevError(f"'{path}' line {line}: label '{label_text}' is not a class of task '{task.name}' "
+                              f"(classes: {', '.join(task.classes)}); pass --classes FILE to map it")
+        image = Path(os.path.normpath(folder / given))  # links kept as named: rel stays under the CSV's folder
+        if not image.is_file():
+            raise HerlevError(f"'{path}' line {line}: image '{image}' does not exist")
+        rel = image.relative_to(folder).as_posix() if image.is_relative_to(folder) else str(image)
+        y = task.classes.index(label)
+        mask = mask_for(image)
+        rows.append((str(image), rel, str(mask) if mask else "", image.parent.name, label, y, task.severities[y]))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
 def scan(root: str | Path, task: Task, remedy: str = MAP_IT) -> pd.DataFrame:
-    """Read a folder-per-class dataset into the item table (see module docstring).
+    """Read a folder-per-class dataset, or a CSV of images and labels (`scan_csv`), into the item table.
 
     `remedy`: what the error for a folder that is no class of the task tells the user to do (for a
     class map: add the folder to it).
@@ -119,6 +160,8 @@ def scan(root: str | Path, task: Task, remedy: str = MAP_IT) -> pd.DataFrame:
         hint = f"check the folder names in the class map {task.name.removeprefix('classmap:')}"
         remedy = f"add it to the class map {task.name.removeprefix('classmap:')}"
     root = Path(root).expanduser().resolve()
+    if root.suffix.lower() == ".csv" and root.is_file():
+        return scan_csv(root, task)
     class_root = find_class_root(root, task, hint=hint)
     rows = []
     by_name: dict[str, Path] = {}  # lower-cased folder name -> the first folder of that name holding images

@@ -15,6 +15,7 @@ What does not: the attribution itself (``explain.attribution``) and the overlap 
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -240,6 +241,74 @@ def other_cells(masks: Sequence[str | Path], size: int, seed: int = OTHER_CELL_S
         box = letterbox_box(h, w, size)
         boxes.append(f"{box.top},{box.left},{box.height},{box.width}")
     return partners(np.asarray(boxes), seed)
+PARTIAL = "quantify.partial.csv"  # rows appended as computed; becomes quantify.csv when every cell is done
+PARTIAL_RECORD = "quantify.partial.json"  # what the partial rows were computed with: --resume refuses anything else
+TEXT_COLUMNS = ("name", "path", "label", "method", "predicted", "target", "precision", "other_cell")  # read back as text, never as numbers
+
+
+def sample_items(items: pd.DataFrame, limit: int | None, seed: int = 0) -> pd.DataFrame:
+    """A seeded random sample of `limit` rows of `items`, kept in their order; every row for None or limit >= len.
+
+    Raises:
+        HerlevError: limit below 1.
+    """
+    if limit is None or limit >= len(items):
+        return items
+    if limit < 1:
+        raise HerlevError(f"--limit {limit} is out of range: use 1 or more cells")
+    keep = np.sort(np.random.default_rng(seed).choice(len(items), size=limit, replace=False))
+    return items.iloc[keep].reset_index(drop=True)
+
+
+class RowLog:
+    """Rows appended to a CSV as they are computed, so that a stopped run keeps them and can be resumed.
+
+    `record` (plain JSON) says what the rows were computed with; `resume` reads back the rows of
+    an earlier call with the same record, and refuses one made otherwise.
+    """
+
+    def __init__(self, folder: Path, record: dict, resume: bool):
+        import json
+
+        self.path, self.record_path = folder / PARTIAL, folder / PARTIAL_RECORD
+        self.done = pd.DataFrame()
+        if resume and self.path.is_file():
+            try:
+                old = json.loads(self.record_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                old = None
+            if old != record:
+                changed = [k for k in record if (old or {}).get(k) != record[k]]
+                raise HerlevError(f"the stopped quantify in '{folder}' was computed with other settings "
+                                  f"({', '.join(changed) or 'unknown'}); rerun without --resume to start over")
+            self.done = pd.read_csv(self.path, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False,
+                                    na_values=[""], encoding_errors=FILE_NAME_ERRORS)
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.path.unlink(missing_ok=True)
+            from herlev_fa.atomic import write_json
+
+            write_json(self.record_path, record)
+
+    def done_paths(self) -> set[str]:
+        return set(self.done["path"]) if len(self.done) else set()
+
+    def append(self, rows: list[dict]) -> None:
+        header = not self.path.is_file()
+        with open(self.path, "a", encoding="utf-8", newline="", errors=FILE_NAME_ERRORS) as f:
+            pd.DataFrame(rows).to_csv(f, header=header, index=False)
+            f.flush()
+
+    def finish(self, rows: list[dict], order: Sequence[str]) -> pd.DataFrame:
+        """Every row, earlier and new, in the order of `order` (paths)."""
+        table = pd.concat([self.done, pd.DataFrame(rows)], ignore_index=True) if len(self.done) else pd.DataFrame(rows)
+        position = {p: i for i, p in enumerate(order)}
+        table = table.iloc[np.argsort([position[p] for p in table["path"]], kind="stable")].reset_index(drop=True)
+        return table
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.record_path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -257,7 +326,8 @@ class QuantifyResult:
 
 def quantify(run, data: str | Path | None = None, split: str = "valid", out: str | Path | None = None,
              settings: IGSettings = IGSettings(), progress: bool = True,
-             explainer: Explainer | None = None) -> QuantifyResult:
+             explainer: Explainer | None = None, limit: int | None = None, seed: int = 0,
+             resume: bool = False) -> QuantifyResult:
     """How much of each image's IG falls on the nucleus, cytoplasm and background of its mask.
 
     Explains every image with a mask (the run's held-out fold, or `split='all'`), overlaps its
@@ -270,6 +340,11 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
     (`overlap.localisation_batch`) and the enrichment on another cell's nucleus mask
     (`nucleus_enrichment_other`, drawn by `other_cells`: the position control).
 
+    Rows are appended to `quantify.partial.csv` batch by batch, so a stopped run keeps them;
+    `resume` explains only the cells it lacks (same run, split, limit, seed and settings, or
+    an error), and the finished files replace the partial ones. `limit`: explain a seeded random
+    sample of that many cells (`sample_items`).
+
     Raises:
         HerlevError: bad run or options, missing data, an unreadable image or mask, a mask of
             another size than its image, or no image with a mask.
@@ -281,22 +356,33 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
     run = run if isinstance(run, Run) else load_run(run)
     column = target_column(settings.target, run.head, run.task.classes)
     items, skipped = quantify_items(run, data, split)
-    explainer = explainer or explainer_for(run, settings)
+    items = sample_items(items, limit, seed)
     out_dir = Path(out) if out is not None else run.path / f"quantify-{split}"
     names = output_names([Path(p) for p in items["path"]])
+    order = list(items["path"])
+    record = {"run": str(run.path.resolve()), "split": split, "data": str(data) if data is not None else None,
+              "limit": limit, "seed": seed, "cells": len(items),
+              "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("bs", "device", "tol")}}
+    log = RowLog(out_dir, record, resume)
+    # the other cells are drawn over the whole sample, so that a resumed run pairs every cell as the first call did
+    other, all_names, all_masks = other_cells(items["mask"], run.size), names, list(items["mask"])  # [N], N, N
+    todo = ~items["path"].isin(log.done_paths()).to_numpy()  # [N] cells not yet explained
+    names = [n for n, t in zip(names, todo) if t]
+    items, other = items[todo].reset_index(drop=True), other[todo]
+    if len(items):
+        explainer = explainer or explainer_for(run, settings)
     classes = run.task.classes
     score_index = get_head(run.head).score_index(len(classes))
     starts = range(0, len(items), settings.bs)
-    other = other_cells(items["mask"], run.size)  # [N]
     rows = []
 
     def load(i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         images, regions, keep = masked_batch(items.iloc[i:i + settings.bs], run.size)
-        theirs = np.stack([letterboxed_regions(items["mask"].iloc[j], run.size) if j >= 0 else np.full_like(r, 255)
+        theirs = np.stack([letterboxed_regions(all_masks[j], run.size) if j >= 0 else np.full_like(r, 255)
                            for j, r in zip(other[i:i + settings.bs], regions)])  # [B, S, S]; 255: no other cell
         return images, regions, keep, theirs
 
-    bar, advance = progress_bar(progress, "quantifying", len(items))
+    bar, advance = progress_bar(progress and len(items) > 0, "quantifying", len(items))
     with bar:
         for start, (images, regions, keep, theirs) in prefetched(load, starts):
             batch = explainer.attribute(images, column)  # maps [B, S, S] on the device
@@ -329,10 +415,11 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
                     **{k: float(values[k][i]) for k in ("score", "p_predicted", "gap", "delta", "relative_delta")},
                     "precision": batch.precision,
                     **{k: float(values[k][i]) for k in shares},
-                    "other_cell": names[j] if j >= 0 else "",
+                    "other_cell": all_names[j] if j >= 0 else "",
                 })
+            log.append(rows[-len(chunk):])
             advance(len(chunk))
-    table = pd.DataFrame(rows)
+    table = log.finish(rows, order)
     summary = summarize(table, classes)
     title = f"{METHOD_NAMES[settings.method]} on mask regions: run {run.path.name}, split {split}, n={len(table)}"
     delta = delta_summary(table["delta"], table["relative_delta"], settings.tol, table["precision"])
@@ -342,6 +429,7 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
         table.to_csv(tmp, index=False, errors=FILE_NAME_ERRORS)
     write_text(files[1], summary_markdown(summary, title, f"{described}\n\n{delta}"))
     nucleus_attribution_png(table, classes, files[2], title=f"{run.path.name}: {described}")
+    log.remove()  # quantify.csv holds every row now
     unconverged = warn_unconverged(table["name"].tolist(), table["relative_delta"].tolist(), settings.steps,
                                    settings.tol)
     return QuantifyResult(table, summary, out_dir, files, skipped, unconverged, delta)
@@ -453,7 +541,7 @@ class ComparisonResult:
 
 def compare_explanations(runs: Sequence, out: str | Path, per_class: int = 2, seed: int = 0,
                          labels: Sequence[str] | None = None, data: str | Path | None = None,
-                         settings: IGSettings = IGSettings(), dpi: int = 100) -> ComparisonResult:
+                         settings: IGSettings = IGSettings(), dpi: int = 200, progress: bool = True) -> ComparisonResult:
     """The poster's Fig. 7: the same held-out cells (`per_class` per class) explained by each run, in one PNG.
 
     The cells are those held out by every run (their common held-out fold, with a mask), drawn
@@ -483,7 +571,14 @@ def compare_explanations(runs: Sequence, out: str | Path, per_class: int = 2, se
                           "(same data, folds and seed)")
     cells = pick_cells(held[0][held[0]["rel"].isin(common)], classes, per_class, seed)
     paths = list(cells["path"])
-    explained = [list(iter_explanations(r, paths, settings)) for r in runs]  # [run][cell]
+    explained: list[list[Explanation]] = []  # [run][cell]
+    bar, advance = progress_bar(progress, "explaining", len(paths) * len(runs))
+    with bar:
+        for r in runs:
+            explained.append([])
+            for e in iter_explanations(r, paths, settings):
+                explained[-1].append(e)
+                advance(1)
     images = [e.image for e in explained[0]]
     nuclei = [read_mask(m) == NUCLEUS for m in cells["mask"]]  # [H, W] each, the image's grid
     rows, notes = [], []
@@ -499,7 +594,7 @@ def compare_explanations(runs: Sequence, out: str | Path, per_class: int = 2, se
                          "precision": e.precision, "nucleus_pos_share": share})
             line.append(f"{short_name(e.predicted)}, s={e.score:.1f}, nuc {share:.0%}")
         notes.append(line)
-    row_labels = [f"{short_name(c.label)}\n{Path(c.path).stem[:18]}" for c in cells.itertuples(index=False)]
+    row_labels = [f"{short_name(c.label)}\n{Path(c.path).stem}" for c in cells.itertuples(index=False)]  # the whole id
     used = precisions_used([r["precision"] for r in rows])
     title = f"{METHOD_NAMES[settings.method]}, {settings.describe(used)}; gold: nucleus (mask)"
     maps = [[run_results[i].attribution for run_results in explained] for i in range(len(paths))]  # [cell][run]

@@ -37,16 +37,58 @@ LOCALISATION = {"pointing_game": "pointing game", "energy_pointing_game": "energ
                 "relevance_mass_accuracy": "relevance mass acc.", "relevance_rank_accuracy": "relevance rank acc."}
 
 
+N_BOOT = 1000  # resamples of the cells for the 95% intervals of the effect sizes (seeded: same cells, same interval)
+
+
+def rank_biserial(diff: np.ndarray) -> np.ndarray:
+    """Matched-pairs rank-biserial correlation of paired differences [..., n]: (W+ - W-) / (W+ + W-), in [-1, 1].
+
+    The effect size of the Wilcoxon signed-rank test (Kerby 2014): +1 when every pair has b > a,
+    0 when the ranks balance. Zero differences are left out, as the test leaves them; NaN when
+    every difference is zero. A leading batch axis (bootstrap resamples) is computed at once.
+    """
+    from scipy.stats import rankdata
+
+    d = np.asarray(diff, np.float64)
+    zero = d == 0
+    magnitude = np.where(zero, -1.0, np.abs(d))  # zeros rank first ...
+    ranks = rankdata(magnitude, axis=-1) - zero.sum(axis=-1, keepdims=True)  # ... and are taken off the others' ranks
+    ranks = np.where(zero, 0.0, ranks)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (ranks * np.sign(d)).sum(axis=-1) / ranks.sum(axis=-1)
+
+
+def effect_intervals(diff: np.ndarray, n_boot: int = N_BOOT, level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Percentile bootstrap intervals (pairs resampled) of the median difference and of the rank-biserial r of diff [n].
+
+    Returns:
+        median_diff_low, median_diff_high, r_low, r_high (NaN for fewer than two pairs).
+    """
+    diff = np.asarray(diff, np.float64)
+    if len(diff) < 2:
+        return dict.fromkeys(("median_diff_low", "median_diff_high", "r_low", "r_high"), math.nan)
+    rng = np.random.default_rng(seed)
+    resampled = diff[rng.integers(0, len(diff), (n_boot, len(diff)))]  # [B, n]
+    tail = 100 * (1 - level) / 2
+    med_low, med_high = np.percentile(np.median(resampled, axis=1), [tail, 100 - tail])
+    r = rank_biserial(resampled)  # [B]; NaN where a resample has only zero differences
+    r_low, r_high = np.nanpercentile(r, [tail, 100 - tail]) if np.isfinite(r).any() else (math.nan, math.nan)
+    return {"median_diff_low": float(med_low), "median_diff_high": float(med_high),
+            "r_low": float(r_low), "r_high": float(r_high)}
+
+
 def paired_comparison(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
-    """b against a on the same cells: differences b - a [N] and the Wilcoxon signed-rank test.
+    """b against a on the same cells: differences b - a [N], the Wilcoxon signed-rank test and its effect size.
 
     Pairs with a NaN on either side are left out. The test is scipy's two-sided
     `wilcoxon` (exact for small samples without ties or zeros, normal approximation otherwise);
-    its p is NaN when no pair differs.
+    its p is NaN when no pair differs. A small p says only that the difference is not zero: read
+    it with the effect size r and the interval of the median difference, which say how large it is.
 
     Returns:
         n, mean_a, mean_b, median_a, median_b, mean_diff, median_diff, diff_q25, diff_q75 (of b - a),
-        b_greater (fraction of pairs with b > a), statistic, p.
+        b_greater (fraction of pairs with b > a), statistic, p, r (`rank_biserial`), and the 95%
+        bootstrap intervals median_diff_low/high and r_low/high (`effect_intervals`).
     """
     from scipy.stats import wilcoxon
 
@@ -59,11 +101,12 @@ def paired_comparison(a: Sequence[float], b: Sequence[float]) -> dict[str, float
     out = {"n": float(len(diff))}
     if not len(diff):
         return {**out, **{k: math.nan for k in ("mean_a", "mean_b", "median_a", "median_b", "mean_diff", "median_diff",
-                                                 "diff_q25", "diff_q75", "b_greater", "statistic", "p")}}
+                                                 "diff_q25", "diff_q75", "b_greater", "statistic", "p", "r",
+                                                 "median_diff_low", "median_diff_high", "r_low", "r_high")}}
     q25, q75 = np.percentile(diff, [25, 75])
     out.update(mean_a=a.mean(), mean_b=b.mean(), median_a=float(np.median(a)), median_b=float(np.median(b)),
                mean_diff=diff.mean(), median_diff=float(np.median(diff)), diff_q25=q25, diff_q75=q75,
-               b_greater=float((diff > 0).mean()))
+               b_greater=float((diff > 0).mean()), r=float(rank_biserial(diff)), **effect_intervals(diff))
     if np.all(diff == 0):
         out.update(statistic=math.nan, p=math.nan)
     else:
@@ -73,15 +116,28 @@ def paired_comparison(a: Sequence[float], b: Sequence[float]) -> dict[str, float
 
 
 def severity_trend(values: Sequence[float], severity: Sequence[float]) -> dict[str, float]:
-    """Spearman's rank correlation of `values` [N] with the true `severity` [N] (NaN values left out): rho, p, n."""
-    from scipy.stats import spearmanr
+    """Spearman's rank correlation of `values` [N] with the true `severity` [N] (NaN values left out).
+
+    Returns:
+        rho, p, n, and rho_low, rho_high: its 95% interval by Fisher's z with the Fieller-Hartley-Pearson
+        standard error 1.06 / sqrt(n - 3) (NaN for n < 5).
+    """
+    from scipy.stats import norm, spearmanr
 
     v, s = np.asarray(values, np.float64), np.asarray(severity, np.float64)
     keep = np.isfinite(v) & np.isfinite(s)
-    if keep.sum() < 3 or np.unique(s[keep]).size < 2:
-        return {"rho": math.nan, "p": math.nan, "n": float(keep.sum())}
+    n = int(keep.sum())
+    if n < 3 or np.unique(s[keep]).size < 2:
+        return {"rho": math.nan, "p": math.nan, "n": float(n), "rho_low": math.nan, "rho_high": math.nan}
     result = spearmanr(v[keep], s[keep])
-    return {"rho": float(result.statistic), "p": float(result.pvalue), "n": float(keep.sum())}
+    rho = float(result.statistic)
+    low = high = math.nan
+    if n >= 5 and abs(rho) < 1:
+        z, half = math.atanh(rho), norm.ppf(0.975) * 1.06 / math.sqrt(n - 3)
+        low, high = math.tanh(z - half), math.tanh(z + half)
+    elif n >= 5:
+        low = high = rho
+    return {"rho": rho, "p": float(result.pvalue), "n": float(n), "rho_low": low, "rho_high": high}
 
 
 def compare_runs(tables: Mapping[str, pd.DataFrame], reference: str, metrics: Sequence[str]) -> pd.DataFrame:
@@ -172,6 +228,13 @@ def _p(p: float) -> str:
     return "-" if not np.isfinite(p) else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
 
 
+def _effect(value: float, low: float, high: float) -> str:
+    """'+0.42 [+0.30, +0.53]': an effect size beside its 95% interval."""
+    if not np.isfinite(value):
+        return "-"
+    return f"{value:+.2f} [{low:+.2f}, {high:+.2f}]" if np.isfinite(low) else f"{value:+.2f}"
+
+
 def study_markdown(tables: Mapping[str, pd.DataFrame], classes: Sequence[str], severities: Sequence[float],
                    reference: str | None = None) -> str:
     """The comparison of several runs' pooled `quantify` tables (run name -> rows), as markdown sections.
@@ -179,11 +242,12 @@ def study_markdown(tables: Mapping[str, pd.DataFrame], classes: Sequence[str], s
     Per run, per class and overall: the nucleus share of positive attribution, the nucleus area
     share, the enrichment, its two controls (|x - x'| alone; another cell's nucleus mask) and the
     top-10% hit rate (mean ± sd, median [IQR]). Then per run: share > area share, enrichment >
-    control and enrichment on the own nucleus > on another cell's (paired Wilcoxon), Spearman's
-    rho of the share and of the enrichment with the true severity, the delta; the localisation
-    metrics (mean, per run). Then each run against `reference` (default: the first) on the cells
-    both explained (`compare_runs`). Tables without the method column or the newer metrics
-    (written before they existed) get '-' there.
+    control and enrichment on the own nucleus > on another cell's (paired Wilcoxon, with the
+    rank-biserial r and its 95% interval), Spearman's rho of the share and of the enrichment with
+    the true severity (with its interval), the delta; the localisation metrics (mean, per run).
+    Then each run against `reference` (default: the first) on the cells both explained
+    (`compare_runs`), with r and the median difference's interval. Tables without the method column
+    or the newer metrics (written before they existed) get '-' there.
     """
     severity_of = dict(zip(classes, severities))
     columns = ("nucleus_pos_share", "nucleus_area_share", "nucleus_enrichment", "nucleus_change_enrichment",
@@ -201,10 +265,13 @@ def study_markdown(tables: Mapping[str, pd.DataFrame], classes: Sequence[str], s
                          + " | ".join(_cell(part[m]) if m in part else "-" for m in columns) + " |")
         lines.append("")
     lines += ["### Nucleus against its area, the baseline alone and another cell's nucleus; trend with severity", "",
-              "| run | n | + share > area share (cells) | p | enrichment > control (cells) | p "
+              "r: rank-biserial effect size of the paired test, in [-1, 1]; [95% CI] (bootstrap for r, Fisher z for rho)",
+              "",
+              "| run | n | + share > area share (cells) | p | r [95% CI] | enrichment > control (cells) | p | r [95% CI] "
               "| own nucleus > other cell's (cells) | median own − other | p "
-              "| Spearman rho (share, severity) | p | Spearman rho (enrichment, severity) | p | mean \\|delta\\| "
-              "| median relative delta |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| Spearman rho (share, severity) [95% CI] | p | Spearman rho (enrichment, severity) [95% CI] | p "
+              "| mean \\|delta\\| | median relative delta |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, t in tables.items():
         area = paired_comparison(t["nucleus_area_share"], t["nucleus_pos_share"])
         control = paired_comparison(t["nucleus_change_enrichment"], t["nucleus_enrichment"])
@@ -217,8 +284,11 @@ def study_markdown(tables: Mapping[str, pd.DataFrame], classes: Sequence[str], s
         delta = f"{t['delta'].abs().mean():.3g} | {t['relative_delta'].median():.2%}" \
             if np.isfinite(t["delta"]).any() else "- | -"
         lines.append(f"| {name} | {int(area['n'])} | {area['b_greater']:.0%} | {_p(area['p'])} | "
-                     f"{control['b_greater']:.0%} | {_p(control['p'])} | {own} | "
-                     + " | ".join(f"{trend['rho']:+.2f} | {_p(trend['p'])}" for trend in trends)
+                     f"{_effect(area['r'], area['r_low'], area['r_high'])} | "
+                     f"{control['b_greater']:.0%} | {_p(control['p'])} | "
+                     f"{_effect(control['r'], control['r_low'], control['r_high'])} | {own} | "
+                     + " | ".join(f"{_effect(trend['rho'], trend['rho_low'], trend['rho_high'])} | {_p(trend['p'])}"
+                                  for trend in trends)
                      + f" | {delta} |")
     if any(m in t for t in tables.values() for m in LOCALISATION):
         lines += ["", "### Localisation against the nucleus mask (mean over cells; chance: the nucleus area share)", "",
@@ -230,13 +300,34 @@ def study_markdown(tables: Mapping[str, pd.DataFrame], classes: Sequence[str], s
     reference = reference or next(iter(tables))
     if len(tables) > 1:
         lines += ["", f"### Each run against {reference} on the same cells (paired Wilcoxon; a = {reference})", "",
-                  f"| run | metric | n | {reference} median | run median | median diff [IQR] | run higher | p |",
-                  "|---|---|---:|---:|---:|---|---:|---:|"]
+                  f"| run | metric | n | {reference} median | run median | median diff [IQR] | median diff 95% CI "
+                  "| run higher | r [95% CI] | p |",
+                  "|---|---|---:|---:|---:|---|---|---:|---:|---:|"]
         for r in compare_runs(tables, reference, list(METRICS)).itertuples(index=False):
             lines.append(f"| {r.name} | {METRICS[r.metric]} | {int(r.n)} | {r.median_a:.3f} | {r.median_b:.3f} | "
-                         f"{r.median_diff:+.3f} [{r.diff_q25:+.3f}, {r.diff_q75:+.3f}] | {r.b_greater:.0%} | "
-                         f"{_p(r.p)} |")
+                         f"{r.median_diff:+.3f} [{r.diff_q25:+.3f}, {r.diff_q75:+.3f}] | "
+                         f"[{r.median_diff_low:+.3f}, {r.median_diff_high:+.3f}] | {r.b_greater:.0%} | "
+                         f"{_effect(r.r, r.r_low, r.r_high)} | {_p(r.p)} |")
     return "\n".join(lines) + "\n"
+
+
+def _warn_learned_nothing(labels: Sequence[str], folds: Sequence[Sequence[Path]], classes: Sequence[str]) -> None:
+    """Warn about fold models whose held-out metrics (metrics.json) show they learned nothing: explaining them
+    explains no learned evidence, and a tiny p between two such models means nothing."""
+    import json
+
+    from herlev_fa.metrics import learned_nothing
+
+    for label, fold_dirs in zip(labels, folds):
+        for fold_dir in fold_dirs:
+            try:
+                metrics = json.loads((fold_dir / "metrics.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            problem = learned_nothing(metrics, classes)
+            if problem:
+                warnings.warn(f"{label} ({fold_dir.name}): the model {problem} on its held-out fold; its explanations "
+                              "show no learned evidence", stacklevel=3)
 
 
 @dataclass
@@ -273,6 +364,7 @@ def compare_quantify(runs: Sequence[str | Path], out: str | Path, labels: Sequen
     if len(labels) != len(runs) or len(set(labels)) != len(labels):
         raise HerlevError(f"{len(labels)} label(s) for {len(runs)} run(s): give one distinct --label per run, or none")
     task = run_task(folds[0][0])  # the sidecar only: each fold's model is loaded once, by quantify
+    _warn_learned_nothing(labels, folds, task.classes)
     if any(run_task(f[0]).classes != task.classes for f in folds[1:]):
         raise HerlevError("the runs have different classes; compare runs of the same task")
     folders = [re.sub(r"[^\w.=+-]+", "_", label).strip("._") or "run" for label in labels]  # never outside `out`

@@ -2,6 +2,8 @@
 
 - `LossParts`: mean of each loss component (CE, MSE) over an epoch's train and valid batches.
 - `EpochLog`: rewrites the per-epoch CSV log atomically after every epoch.
+- `EpochLine`: one plain line per epoch (losses, metrics, elapsed, time left) for a log file,
+  where progress bars would write carriage returns; `BatchLines`: the same per batch group.
 - `BF16`: bfloat16 autocast around the forward pass and the loss, without a gradient scaler.
 - `ChannelsLast`: model and batches in channels-last memory format (faster convolutions on GPUs).
 - `DataParallel`: fastai's Accelerate trainer (DDP, sharded batches, gathered metrics) on any backend.
@@ -33,6 +35,7 @@ from fastai.learner import AvgLoss, AvgSmoothLoss, Learner
 from fastai.torch_core import find_bs, num_distrib, rank_distrib
 
 from herlev_fa.atomic import atomic_path
+from herlev_fa.progress import PlainProgress, duration
 
 
 def bare_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -125,6 +128,65 @@ class EpochLog(Callback):
             return
         with atomic_path(self.path) as tmp:
             pd.DataFrame(self.rows).to_csv(tmp, index=False)
+
+
+def _plain(value: object) -> str:
+    try:
+        return f"{float(value):.4g}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+class EpochLine(Callback):
+    """Print one plain line per epoch: 'fold 0 epoch 3/21: train_loss 0.81, ..., 0:01:05 elapsed, about 0:05:30 left'.
+
+    `total` counts the epochs of every fit of the run (fine-tuning's frozen epoch too); set
+    `offset` to the epochs of the fits before the current one. The estimate is this session's
+    rate: a resumed run counts from where it resumed.
+    """
+
+    order = 66  # after Recorder (50) has the epoch's values
+
+    def __init__(self, label: str, total: int, write=print):
+        self.label, self.total, self.write = label, total, write
+        self.offset, self.done, self.started = 0, 0, None
+
+    def after_cancel_epoch(self) -> None:
+        self.skipped = True
+
+    def after_epoch(self) -> None:
+        if _not_training_epoch(self) or rank_distrib() != 0:
+            return
+        now = time.monotonic()
+        self.done += 1
+        epoch = self.offset + self.learn.epoch + 1
+        rec = self.learn.recorder
+        values = ", ".join(f"{n} {_plain(v)}" for n, v in zip(rec.metric_names[1:], rec.log[1:]) if n != "time")
+        elapsed = now - self.started
+        left = elapsed / self.done * max(self.total - epoch, 0)
+        tail = f", about {duration(left)} left" if epoch < self.total else ""
+        self.write(f"{self.label}epoch {epoch}/{self.total}: {values}; {duration(elapsed)} elapsed{tail}", flush=True)
+
+    def before_epoch(self) -> None:
+        if self.started is None:  # this session's first epoch: its time gives the first estimate
+            self.started = time.monotonic()
+
+
+class BatchLines(Callback):
+    """Plain progress lines per batch group of a fit (`progress.PlainProgress`), e.g. for fastai's lr_find."""
+
+    order = 66
+
+    def __init__(self, description: str, total: int):
+        self.progress = PlainProgress(description, total)
+
+    def after_batch(self) -> None:
+        if self.training and rank_distrib() == 0:
+            self.progress.advance(1)
+
+    def after_fit(self) -> None:
+        if rank_distrib() == 0:
+            self.progress.close()  # lr_find stops early when the loss diverges
 
 
 class KeepBest(TrackerCallback):

@@ -37,18 +37,20 @@ from fastcore.basics import noop
 
 from herlev_fa.training import checkpoint
 from herlev_fa.atomic import write_json, write_text
-from herlev_fa.training.callbacks import BF16, ChannelsLast, DataParallel, EpochLog, KeepBest, LossParts, MseWarmup
-from herlev_fa.config import TrainConfig, resolve_device, resolve_precision
+from herlev_fa.training.callbacks import (BF16, BatchLines, ChannelsLast, DataParallel, EpochLine, EpochLog, KeepBest,
+                                         LossParts, MseWarmup)
+from herlev_fa.config import CONFIG_FILE, TrainConfig, resolve_device, resolve_precision
 from herlev_fa.data.feed import build_dataloaders
 from herlev_fa.data.images import decode_all
 from herlev_fa.data.items import assign_folds, inner_split, scan
 from herlev_fa.errors import HerlevError, missing
 from herlev_fa.evaluation import write_evaluation
 from herlev_fa.labels import Task, get_task, load_class_map
-from herlev_fa.metrics import SCALAR_METRICS
+from herlev_fa.metrics import SCALAR_METRICS, learned_nothing
 from herlev_fa.model.heads import get_head
 from herlev_fa.model.learner import build_learner, build_model, check_arch, normalisation
 from herlev_fa.figures import lr_find_png, training_curves_png
+from herlev_fa.progress import logging_to_file
 from herlev_fa.runs import FORMAT, integrity, read_meta, save_folds, save_model, save_predictions, selection, versions
 
 
@@ -84,6 +86,47 @@ def prepare(cfg: TrainConfig, task: Task) -> Prepared:
     items = items[~items["path"].isin(bad)].reset_index(drop=True)
     items["fold"] = assign_folds(items, cfg.data.folds, cfg.data.seed)
     return Prepared(task, items, cache, bad)
+
+
+def experiment_trackers(name: str | None, run_dir: Path) -> list:
+    """fastai's callback for `--log` (none without): TensorBoard's losses, metrics and learning rates in RUN/tensorboard.
+
+    Raises:
+        HerlevError: the tracker's optional package is not installed.
+    """
+    if name is None:
+        return []
+    try:
+        from fastai.callback.tensorboard import TensorBoardCallback
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (needs the tensorboard package)
+    except ImportError:
+        raise HerlevError("--log tensorboard needs the tensorboard package: pip install \"herlev_fa[tensorboard]\"") from None
+    class TensorBoard(TensorBoardCallback):
+        order = 70  # after the Recorder (50) has the batch's smoothed loss and the epoch's metrics
+
+        def after_batch(self) -> None:  # fastai's also writes torch AdamW's non-numeric options (foreach: None)
+            self.writer.add_scalar("train_loss", self.smooth_loss, self.train_iter)
+            for i, hypers in enumerate(self.opt.hypers):
+                for k, v in hypers.items():
+                    if isinstance(v, (int, float)) and not isinstance(v, bool):
+                        self.writer.add_scalar(f"{k}_{i}", v, self.train_iter)
+
+    # no graph trace and no image grid: the first needs a traceable model, the second fastai's show_results
+    return [TensorBoard(log_dir=str(run_dir / "tensorboard"), trace_model=False, log_preds=False)]
+
+
+def run_yaml(cfg: TrainConfig) -> str:
+    """The run's settings as `herlev train --config` reads them (how this call ran, name, resume, quiet, left out)."""
+    import yaml
+
+    settings = {k: v for k, v in cfg.to_json().items() if k not in ("name", "resume", "quiet")}
+    return "# herlev train --config run.yaml trains this run again (options typed beside it override it)\n" + \
+        yaml.safe_dump(settings, sort_keys=False)
+
+
+def _plain_lines(cfg: TrainConfig) -> bool:
+    """Plain progress lines instead of bars: not quiet, stdout a log (`progress.logging_to_file`), the writing process."""
+    return not cfg.quiet and logging_to_file() and _is_main()
 
 
 def _is_main() -> bool:
@@ -213,7 +256,8 @@ def _fit_learner(cfg: TrainConfig, data: Prepared, fold: int, device: str, cbs: 
 
 
 def _quiet(learn, quiet: bool):
-    if not quiet:
+    """No fastai bars nor epoch table when asked, or when stdout is a log (`EpochLine` writes plain lines there)."""
+    if not (quiet or logging_to_file()):
         return contextlib.nullcontext()
     stack = contextlib.ExitStack()
     stack.enter_context(learn.no_bar())
@@ -224,12 +268,14 @@ def _quiet(learn, quiet: bool):
 def _suggest_lr(learn) -> tuple[float, list[float], list[float]]:
     rec = learn.recorder
     on_device = rec.smooth_loss
-    # lr_find reads the loss every step anyway, and its suggestion wants host numbers
-    rec.smooth_loss = AvgSmoothLoss(beta=on_device.beta)
+    # lr_find reads the loss every step anyway, and its suggestion wants host numbers. Set on the
+    # recorder itself: fastai's Callback.__setattr__ warns about "shadowing" learn.smooth_loss,
+    # which the recorder itself writes every batch.
+    object.__setattr__(rec, "smooth_loss", AvgSmoothLoss(beta=on_device.beta))
     try:
         suggestion = learn.lr_find(show_plot=False)
     finally:
-        rec.smooth_loss = on_device
+        object.__setattr__(rec, "smooth_loss", on_device)
     lr = float(suggestion.valley)
     if not math.isfinite(lr) or lr <= 0:
         raise HerlevError("lr_find found no usable learning rate (the loss never fell); pass --lr explicitly")
@@ -275,8 +321,10 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
     if resume is None and main:
         save_folds(run_dir, data.items, data.items["fold"].to_numpy())
     keep, log = KeepBest(last=cfg.keep == "last"), EpochLog(run_dir / "log.csv", fold=fold)
+    trackers = experiment_trackers(cfg.log, run_dir)
     with tempfile.TemporaryDirectory() as scratch:  # fastai's lr_find saves its temporary state here
-        learn, mean, std = _fit_learner(cfg, data, fold, device, [LossParts(), keep, log, *cbs], Path(scratch))
+        learn, mean, std = _fit_learner(cfg, data, fold, device, [LossParts(), keep, log, *trackers, *cbs],
+                                        Path(scratch))
         with _quiet(learn, cfg.quiet):
             if resume is not None or cfg.lr is not None:
                 lr = resume.lr if resume else cfg.lr
@@ -285,10 +333,13 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
                     lr = _suggest_lr(learn)[0]
                 lr = _from_main(lr)
             phases = schedule(cfg, lr)
+            lines = EpochLine(f"fold {fold} ", sum(p.epochs for p in phases)) if _plain_lines(cfg) else None
+            if lines is not None:
+                learn.add_cb(lines)
             if resume is not None and main and not cfg.quiet:
                 print(f"resuming '{run_dir}' from {resume.describe([p.epochs for p in phases])} "
                       f"(checkpoint of {time.strftime('%H:%M:%S', time.localtime(resume.path.stat().st_mtime))})",
-                      file=sys.stderr)
+                      file=sys.stdout if lines is not None else sys.stderr, flush=True)
             with _data_parallel(learn, device):
                 for i, phase in enumerate(phases):
                     start = 0 if resume is None else resume.start(i, phase.epochs)
@@ -298,6 +349,8 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
                     if resume is not None:
                         checkpoint.restore(learn, keep, log, resume)
                         resume = None
+                    if lines is not None:
+                        lines.offset = sum(p.epochs for p in phases[:i])
                     saver = checkpoint.SaveCheckpoint(run_dir, keep, log, i, lr, config, cfg.checkpoint_every)
                     learn.fit_one_cycle(phase.epochs, phase.lr, pct_start=phase.pct_start, div=phase.div,
                                         start_epoch=start, cbs=[saver])
@@ -359,12 +412,22 @@ def summarize(metrics: list[dict]) -> dict:
     return out
 
 
-def summary_markdown(summary: dict, title: str) -> str:
-    lines = [f"# {title}", "", "| metric | mean | std | per fold |", "|---|---|---|---|"]
+def summary_markdown(summary: dict, title: str, warnings_: Sequence[str] = ()) -> str:
+    """The cross-validated summary table; `warnings_` (e.g. `learned_nothing` per fold) go first, where they are read."""
+    lines = [f"# {title}", ""]
+    if warnings_:
+        lines += [f"**Warning**: {w}." for w in warnings_] + [""]
+    lines += ["| metric | mean | std | per fold |", "|---|---|---|---|"]
     for name, s in summary.items():
         folds = ", ".join(f"{v:.3f}" for v in s["folds"])
         lines.append(f"| {name} | {s['mean']:.3f} | {s['std']:.3f} | {folds} |")
     return "\n".join(lines) + "\n"
+
+
+def fold_warnings(names: Sequence[str], metrics: Sequence[dict], classes: Sequence[str]) -> list[str]:
+    """One line per fold model that learned nothing (`metrics.learned_nothing`): 'fold1: the model predicts ...'."""
+    found = [(name, learned_nothing(m, classes)) for name, m in zip(names, metrics)]
+    return [f"{name}: the model {problem}" for name, problem in found if problem]
 
 
 def _resumable_root(cfg: TrainConfig) -> Path:
@@ -431,7 +494,8 @@ def _finished(run_dir: Path, cfg: TrainConfig) -> dict:
         raise HerlevError(f"run '{run_dir}' finished with other settings ({diff}); --resume only continues a run "
                           "with its own options: train under another --name")
     if _is_main() and not cfg.quiet:
-        print(f"'{run_dir}' had finished: nothing to resume, its metrics are reused", file=sys.stderr)
+        print(f"'{run_dir}' had finished: nothing to resume, its metrics are reused",
+              file=sys.stdout if logging_to_file() else sys.stderr, flush=True)
     metrics = run_dir / "metrics.json"
     if not metrics.is_file():
         raise HerlevError(f"run '{run_dir}' has no metrics.json; the run folder is damaged: train under another --name")
@@ -453,8 +517,11 @@ def _train(cfg: TrainConfig, device: str) -> TrainResult:
     task = resolve_task(cfg)
     # build the model once before any decoding or output, so weight problems fail fast and clean
     build_model(cfg.model, task)
+    experiment_trackers(cfg.log, cfg.out)  # a missing package is said before any work
     data = prepare(cfg, task)
     root = _shared_run_root(cfg)
+    if _is_main():
+        write_text(root / CONFIG_FILE, run_yaml(cfg))
     folds = range(cfg.data.folds) if cfg.fold is None else [cfg.fold]
     runs, metrics = [], []
     for fold in folds:
@@ -468,7 +535,8 @@ def _train(cfg: TrainConfig, device: str) -> TrainResult:
     if summary is not None and _is_main():
         write_json(root / "cv_summary.json", summary)
         write_text(root / "cv_summary.md", summary_markdown(summary, f"{cfg.model.arch} / {cfg.model.head}: "
-                                                                      f"{cfg.data.folds}-fold cross-validation"))
+                                                                      f"{cfg.data.folds}-fold cross-validation",
+                                                            fold_warnings([r.name for r in runs], metrics, task.classes)))
     return TrainResult(root, runs, metrics, summary)
 
 
@@ -485,7 +553,8 @@ def lr_find(cfg: TrainConfig, out: str | Path) -> tuple[float, Path]:
     # fastai's finder saves the model's state in its scratch folder: inside --out, so that even a killed
     # process leaves nothing in the system's temporary folder (an interrupted one removes it)
     with tempfile.TemporaryDirectory(dir=out, prefix=".lr_find-") as scratch:
-        learn, _, _ = _fit_learner(cfg, data, cfg.fold or 0, device, [], Path(scratch))
+        lines = [BatchLines("lr_find", 100)] if _plain_lines(cfg) else []  # fastai's lr_find: at most 100 steps
+        learn, _, _ = _fit_learner(cfg, data, cfg.fold or 0, device, lines, Path(scratch))
         with _quiet(learn, cfg.quiet):
             lr, lrs, losses = _suggest_lr(learn)
     return lr, lr_find_png(lrs, losses, lr, Path(out) / "lr_find.png")
