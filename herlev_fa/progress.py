@@ -68,9 +68,16 @@ class PlainProgress:
         self.last, self.written = now, self.written + 1
 
 
+def in_notebook() -> bool:
+    """This process is a Jupyter kernel (ipykernel imported by a test or a tool is not enough)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
 def logging_to_file() -> bool:
     """stdout is a log (a file or a pipe), not a terminal nor a notebook (which shows its own bars)."""
-    return not sys.stdout.isatty() and "ipykernel" not in sys.modules
+    return not sys.stdout.isatty() and not in_notebook()
 
 
 def rich_bar(console: Any, description: str, total: int, get_time: Callable[[], float] | None = None) -> tuple[Any, Any]:

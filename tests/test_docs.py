@@ -24,7 +24,7 @@ def test_cli_reference_has_whole_summaries_and_no_html_entities():
     assert len(commands) >= 10
     for name, line in commands:
         assert not line.endswith("...") and not line.endswith("Fig."), (name, line)
-    assert "* `compare-quantify`: The poster's Fig. 8: where each run's IG falls" in text
+    assert "* `compare-quantify`: The poster's Fig. 8: where each run's attribution falls" in text
 
 
 def _cli_options() -> dict[str, set[str]]:

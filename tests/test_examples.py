@@ -54,7 +54,7 @@ def test_quick_finetune_notebook(tmp_path):
     cell = next(c for c in nb.cells if "accuracy" in c.metadata.get("tags", []))
     result = next(o for o in cell.outputs if o.output_type == "execute_result")
     accuracy = ast.literal_eval(result["data"]["text/plain"])
-    new_run = max((tmp_path / "quick_finetune_nb").glob("*-test_resnet-cls_reg"))  # the later of the two runs
+    new_run = max((tmp_path / "quick_finetune_nb").glob("*-test_resnet-cls"))  # the later of the two runs
     assert accuracy["after"] == pytest.approx(json.loads((new_run / "metrics.json").read_text())["accuracy"], abs=1e-4)
     assert accuracy["after"] > 0.6 and 0 <= accuracy["before"] <= 1
 

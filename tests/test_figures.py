@@ -44,7 +44,7 @@ def test_explanation_figure(tmp_path):
     image = np.stack([(xx * 3) % 256, (yy * 4) % 256, np.full_like(xx, 128)], axis=2).astype(np.uint8)  # [60, 80, 3]
     attribution = np.sin(xx / 9.0) * np.cos(yy / 7.0)  # [60, 80], both signs
     result = SimpleNamespace(name="cell", image=image, attribution=attribution, target="score", predicted="normal",
-                             score=0.4, probs={c: 0.2 for c in CLASSES}, delta=0.01, relative_delta=0.02)
+                             score=0.4, probs={c: 0.2 for c in CLASSES}, delta=0.01, relative_delta=0.02, method="ig")
     figures.explanation_png(result, tmp_path / "ig.png", settings="baseline mean, 16 midpoint steps")
     rgb = drawn_png(tmp_path / "ig.png", (900, 1300), (350, 600))
     red = (rgb[..., 0] > 150) & (rgb[..., 2] < 80)

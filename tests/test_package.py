@@ -64,5 +64,5 @@ def test_option_help_and_defaults_come_from_the_config():
     text = " ".join(CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "400"}).output.split())
     for cls, name in ((TrainConfig, "epochs"), (TrainConfig, "keep"), (DataConfig, "size"), (TrainConfig, "quiet")):
         assert help_of(cls, name) in text, name
-    assert "[default: 20]" in text and "[default: 224]" in text
+    assert "[default: 60]" in text and "[default: 224]" in text
     assert "<bool>" not in text.replace("--help <bool>", "")  # flags take no value (typer's own --help aside)

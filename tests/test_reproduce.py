@@ -305,7 +305,7 @@ def test_chosen_heads_schedule_and_kept_epoch_reach_every_fold_run(synth_data, t
     settings = json.loads((out / "reproduce.json").read_text())["settings"]
     assert settings["heads"] == ["cls_reg", "reg"] and settings["keep"] == "last"
     md = (out / "results.md").read_text()
-    assert "λ (mse weight) 0.25" in md and "evaluated at the last epoch" in md and "| cls |" not in md
+    assert "λ (mse weight) 0.25" in md and "weights kept: last epoch" in md and "| cls |" not in md
     header = next(line for line in result.output.splitlines() if "metric" in line)
     assert _cells(header) == ["metric", "cls_reg", "paper", "reg", "paper"]
 

@@ -248,7 +248,7 @@ def test_mse_warmup_ramps_lambda_over_training_and_validates_at_full_weight():
 def test_mse_warmup_is_recorded_and_validation_loss_uses_the_full_weight(synth_data, tmp_path):
     result = runner.invoke(app, ["train", "--data", str(synth_data), "--arch", "test_resnet", "--no-pretrained",
                                  "--size", "32", "--epochs", "2", "--bs", "16", "--seed", "0", "--mse-weight", "0.5",
-                                 "--mse-warmup", "0.5", "--device", "cpu", "--out", str(tmp_path), "--name", "w",
+                                 "--mse-warmup", "0.5", "--head", "cls_reg", "--device", "cpu", "--out", str(tmp_path), "--name", "w",
                                  "--quiet"])
     assert result.exit_code == 0, result.output
     log = pd.read_csv(tmp_path / "w" / "log.csv")

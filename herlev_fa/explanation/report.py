@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from herlev_fa.atomic import atomic_path, write_text
+from herlev_fa.atomic import atomic_path, check_output_folder, write_text
 from herlev_fa.data.items import FILE_NAME_ERRORS
 from herlev_fa.config import ATTRIBUTION_METHODS as METHOD_NAMES
 from herlev_fa.config import IGSettings
@@ -271,7 +271,7 @@ class RowLog:
         import json
 
         self.path, self.record_path = folder / PARTIAL, folder / PARTIAL_RECORD
-        self.done = pd.DataFrame()
+        self.done, self.record, self.started = pd.DataFrame(), record, True
         if resume and self.path.is_file():
             try:
                 old = json.loads(self.record_path.read_text(encoding="utf-8"))
@@ -283,17 +283,20 @@ class RowLog:
                                   f"({', '.join(changed) or 'unknown'}); rerun without --resume to start over")
             self.done = pd.read_csv(self.path, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False,
                                     na_values=[""], encoding_errors=FILE_NAME_ERRORS)
-        else:
-            folder.mkdir(parents=True, exist_ok=True)
+        else:  # started afresh: the folder and the record are made with the first rows, so that an error
+            self.started = False  # before any cell was explained leaves nothing behind
             self.path.unlink(missing_ok=True)
-            from herlev_fa.atomic import write_json
-
-            write_json(self.record_path, record)
 
     def done_paths(self) -> set[str]:
         return set(self.done["path"]) if len(self.done) else set()
 
     def append(self, rows: list[dict]) -> None:
+        if not self.started:
+            from herlev_fa.atomic import write_json
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(self.record_path, self.record)
+            self.started = True
         header = not self.path.is_file()
         with open(self.path, "a", encoding="utf-8", newline="", errors=FILE_NAME_ERRORS) as f:
             pd.DataFrame(rows).to_csv(f, header=header, index=False)
@@ -363,6 +366,7 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
     record = {"run": str(run.path.resolve()), "split": split, "data": str(data) if data is not None else None,
               "limit": limit, "seed": seed, "cells": len(items),
               "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("bs", "device", "tol")}}
+    check_output_folder(out_dir, "--out")  # before any work
     log = RowLog(out_dir, record, resume)
     # the other cells are drawn over the whole sample, so that a resumed run pairs every cell as the first call did
     other, all_names, all_masks = other_cells(items["mask"], run.size), names, list(items["mask"])  # [N], N, N
