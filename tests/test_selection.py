@@ -70,7 +70,7 @@ def test_keep_best_validates_on_the_inner_split_and_scores_the_held_out_fold(syn
     assert result.exit_code == 0, result.output
     run = tmp_path / "r"
     folds = pd.read_csv(run / "folds.csv")
-    n_held, n_train = int((folds["fold"] == 0).sum()), int((folds["fold"] != 0).sum())
+    n_held = int((folds["fold"] == 0).sum())
     predictions = pd.read_csv(run / "predictions.csv")
     assert len(predictions) == n_held and set(predictions["fold"]) == {0}  # scored on the held-out fold
     metrics = json.loads((run / "metrics.json").read_text())
