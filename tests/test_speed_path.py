@@ -180,6 +180,7 @@ def test_no_host_read_inside_training_or_validation_batches(monkeypatch, synth_d
 
 
 def test_the_progress_bar_reads_the_loss_at_most_once_a_second(monkeypatch, synth_data, tmp_path, device):
+    monkeypatch.setattr("herlev_fa.training.loop.logging_to_file", lambda: False)  # the bars a terminal shows
     reads, batches, seconds = _reads_inside_batches(monkeypatch, synth_data, tmp_path, quiet=False, device=device)
     assert batches >= 2 * (7 + 2)
     assert reads, "the bar shows the loss at least once"
