@@ -145,15 +145,13 @@ def faithfulness(run, methods: Sequence[str], out: str | Path | None = None, set
     from herlev_fa.config import resolve_device
     from herlev_fa.explanation.attribution import Explainer, normalise, target_column
     from herlev_fa.explanation.masks import NUCLEUS
-    from herlev_fa.explanation.report import masked_batch, quantify_items
-    from herlev_fa.explanation.sanity import cells_of
+    from herlev_fa.explanation.sanity import masked_cells
     from herlev_fa.figures import faithfulness_png
     from herlev_fa.runs import Run, load_run
 
     run = run if isinstance(run, Run) else load_run(run)
     out_dir = Path(out) if out is not None else run.path / "faithfulness"
-    items = cells_of(quantify_items(run, data, split)[0], limit)
-    images, regions, keep = masked_batch(items, run.size)  # [N, S, S, 3], [N, S, S], [N, S, S]
+    items, images, regions, keep = masked_cells(run, data, split, limit)  # [N, S, S, 3], [N, S, S], [N, S, S]
     device = resolve_device(settings.device)
     column = target_column(settings.target, run.head, run.task.classes)
     s = run.size

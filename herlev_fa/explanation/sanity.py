@@ -140,14 +140,12 @@ def sanity(run, methods: Sequence[str], out: str | Path | None = None, settings:
     from herlev_fa.explanation.attribution import Explainer, target_column
     from herlev_fa.explanation.masks import NUCLEUS
     from herlev_fa.explanation.overlap import region_shares_batch
-    from herlev_fa.explanation.report import masked_batch, quantify_items
     from herlev_fa.config import resolve_device
     from herlev_fa.runs import Run, load_run
 
     run = run if isinstance(run, Run) else load_run(run)
     out_dir = Path(out) if out is not None else run.path / "sanity"
-    items = cells_of(quantify_items(run, data, split)[0], limit)
-    images, regions, keep = masked_batch(items, run.size)  # [N, S, S, 3], [N, S, S], [N, S, S]
+    items, images, regions, keep = masked_cells(run, data, split, limit)  # [N, S, S, 3], [N, S, S], [N, S, S]
     device = resolve_device(settings.device)
     regions_t, keep_t = torch.from_numpy(regions).to(device), torch.from_numpy(keep).to(device)
     steps = ["trained", *cascade(run.model.net)]
@@ -198,6 +196,16 @@ def sanity(run, methods: Sequence[str], out: str | Path | None = None, settings:
     sanity_png(files[2], images[0], regions[0] == NUCLEUS, examples, list(methods), steps,
                title=f"Cascading randomisation, {run.path.name}: cell {Path(items['path'].iloc[0]).stem}")
     return SanityResult(table, summary, files)
+
+
+def masked_cells(run, data: str | Path | None, split: str, limit: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray,
+                                                                              np.ndarray]:
+    """`limit` masked cells of `run` (`cells_of`), decoded for its network: (items, images [N, S, S, 3] uint8,
+    mask regions [N, S, S], content [N, S, S] bool), as `sanity` and `faithfulness` explain them."""
+    from herlev_fa.explanation.report import masked_batch, quantify_items
+
+    items = cells_of(quantify_items(run, data, split)[0], limit)
+    return (items, *masked_batch(items, run.size))
 
 
 def cells_of(items: pd.DataFrame, limit: int) -> pd.DataFrame:
