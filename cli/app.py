@@ -159,6 +159,7 @@ Wd = Annotated[float, option(TrainConfig, "wd")]
 Keep = Annotated[str, option(TrainConfig, "keep")]
 Augment = Annotated[str, option(DataConfig, "augment")]
 Policy = Annotated[str, option(DataConfig, "policy")]
+Balance = Annotated[bool, flag("--balance", help=help_of(DataConfig, "balance"))]
 ValSplit = Annotated[float, option(TrainConfig, "val_split")]
 Workers = Annotated[Optional[int], option(DataConfig, "workers")]
 Threshold = Annotated[Optional[str], typer.Option(

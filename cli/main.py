@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 
 import herlev_fa
-from herlev_cli.app import (DATA, DEFAULT_RUNS, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Bs, CheckpointEvery, Classes,
+from herlev_cli.app import (DATA, DEFAULT_RUNS, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Balance, Bs, CheckpointEvery, Classes,
                             Data, Device, Epochs, Folds, Head, Keep, Lr, MseWarmup, MseWeight, Policy, Pretrained,
                             Quiet, Seed, Size, SkipBad, Task, Threshold, ValSplit, Wd, Weights, Workers, app, as_text,
                             bars, data_dir, flag, option, out, out_folder, parse_lr, run_dir, user_errors)
@@ -108,7 +108,8 @@ def synth(
 
 
 # train's options by the section of TrainConfig they set (out_dir sets `out`)
-DATA_OPTIONS = ("data", "task", "classes", "size", "folds", "seed", "bs", "skip_bad", "augment", "policy", "workers")
+DATA_OPTIONS = ("data", "task", "classes", "size", "folds", "seed", "bs", "skip_bad", "augment", "policy", "balance",
+                "workers")
 MODEL_OPTIONS = ("arch", "head", "pretrained", "weights", "mse_weight")
 TRAIN_OPTIONS = ("epochs", "lr", "wd", "keep", "val_split", "mse_warmup", "fold", "device", "out_dir", "name", "checkpoint_every",
                  "resume", "deterministic", "precision", "log")
@@ -154,6 +155,7 @@ def train(
     bs: Bs = DATA["bs"],
     augment: Augment = DATA["augment"],
     policy: Policy = DATA["policy"],
+    balance: Balance = DATA["balance"],
     workers: Workers = None,
     checkpoint_every: CheckpointEvery = TRAIN["checkpoint_every"],
     log: Annotated[Optional[str], option(TrainConfig, "log")] = None,
@@ -179,7 +181,7 @@ def train(
     else:
         cfg = TrainConfig(
             DataConfig(data_dir(data), task=task, classes=classes, size=size, folds=folds, seed=seed, bs=bs,
-                       skip_bad=skip_bad, augment=augment, policy=policy, workers=workers),
+                       skip_bad=skip_bad, augment=augment, policy=policy, balance=balance, workers=workers),
             ModelConfig(arch, head=head, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
             epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, val_split=val_split, mse_warmup=mse_warmup,
             fold=_fold(fold), device=device, out=out_folder(out_dir), name=name, checkpoint_every=checkpoint_every, log=log,

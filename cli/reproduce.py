@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
-from herlev_cli.app import (DATA, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Bs, CheckpointEvery, Data, Device, Epochs,
+from herlev_cli.app import (DATA, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Balance, Bs, CheckpointEvery, Data, Device, Epochs,
                             Folds, Keep, Lr, MseWarmup, MseWeight, Policy, Pretrained, Quiet, Seed, Size, Task, ValSplit,
                             Wd, Weights, Workers, app, bars, data_dir, out,
                             parse_lr, user_errors)
@@ -48,6 +48,7 @@ def reproduce(
     bs: Bs = DATA["bs"],
     augment: Augment = DATA["augment"],
     policy: Policy = POSTER_POLICY,
+    balance: Balance = DATA["balance"],
     workers: Workers = None,
     pretrained: Pretrained = MODEL["pretrained"],
     weights: Weights = None,
@@ -73,7 +74,7 @@ def reproduce(
 
     cfg = ReproduceConfig(TrainConfig(
         DataConfig(data_dir(data), task=task, size=size, folds=folds, seed=seed, bs=bs, augment=augment, policy=policy,
-                   workers=workers),
+                   balance=balance, workers=workers),
         ModelConfig(arch, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
         epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, val_split=val_split, mse_warmup=mse_warmup, device=device,
         quiet=not bars(quiet), checkpoint_every=checkpoint_every,

@@ -79,6 +79,8 @@ class DataConfig:
     policy: str = _opt("cells", help="Random training augmentation: cells (dihedral, any rotation, zoom 0.8-1.25 "
                                      "moving the cell in the frame, lighting ±20%) | poster (dihedral, rotation ±15°, "
                                      "zoom 0.9-1.1, lighting ±10%).")
+    balance: bool = _opt(False, help="Draw training batches with every class equally likely (class-balanced "
+                                     "sampling), for folders where some classes are rare.")
     workers: int | None = _opt(None, help="DataLoader workers for --augment albumentations; default 0 on the CPU, "
                                           "up to 8 on CUDA.")
 

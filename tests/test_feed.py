@@ -122,3 +122,27 @@ def test_too_few_training_images_and_unknown_policy_are_refused():
         build_dataloaders(items, cache, TASK, np.arange(5) > 0, bs=4, mean=MEAN, std=STD)
     with pytest.raises(HerlevError, match="unknown augmentation 'mixup'"):
         build_dataloaders(items, cache, TASK, np.arange(5) < 2, bs=4, mean=MEAN, std=STD, augment="mixup")
+
+
+def test_balanced_training_batches_draw_every_class_equally_often(device):
+    # 60 items: class 0 holds 40 of them, classes 1-4 five each; the validation rows are left alone
+    items = pd.DataFrame({"path": [f"c{i}.bmp" for i in range(60)],
+                          "label": [TASK.classes[0]] * 40 + [TASK.classes[1 + i % 4] for i in range(20)]})
+    cache = {p: np.full((S, S, 3), i, np.uint8) for i, p in enumerate(items["path"])}
+    valid = np.zeros(60, bool)
+    valid[::10] = True
+    set_seed(0)
+    kwargs = dict(bs=8, mean=MEAN, std=STD, device=device, augment="none")
+    plain = build_dataloaders(items, cache, TASK, valid, **kwargs)
+    balanced = build_dataloaders(items, cache, TASK, valid, balance=True, **kwargs)
+    counts = {name: np.zeros(5) for name in ("plain", "balanced")}
+    for _ in range(30):  # epochs
+        for name, dls in (("plain", plain), ("balanced", balanced)):
+            for _, y in dls.train:
+                counts[name] += np.bincount(y.cpu().numpy(), minlength=5)
+    share = {k: v / v.sum() for k, v in counts.items()}
+    assert share["plain"][0] == pytest.approx(36 / 54, abs=0.02)  # a permutation: every item once an epoch
+    assert np.allclose(share["balanced"], 0.2, atol=0.03)  # each class a fifth of the draws
+    assert len(balanced.train) == len(plain.train)  # the epoch keeps its length
+    _, ys = zip(*list(balanced.valid))  # the validation rows, each once and in order: never reweighted
+    assert torch.cat(ys).tolist() == items["label"][valid].map(TASK.classes.index).tolist()

@@ -255,3 +255,15 @@ def test_mse_warmup_is_recorded_and_validation_loss_uses_the_full_weight(synth_d
     assert np.allclose(log["valid_loss"], log["valid_ce"] + 0.5 * log["valid_mse"], rtol=1e-4)
     meta = json.loads((tmp_path / "w" / "herlev.json").read_text())
     assert meta["config"]["mse_warmup"] == 0.5 and meta["mse_weight"] == 0.5
+
+
+def test_balance_reaches_the_run_and_a_resume_with_other_balancing_is_refused(synth_data, tmp_path):
+    args = ["train", "--data", str(synth_data), "--arch", "test_resnet", "--no-pretrained", "--size", "32",
+            "--epochs", "1", "--bs", "16", "--seed", "0", "--device", "cpu", "--out", str(tmp_path), "--name", "b",
+            "--quiet"]
+    result = runner.invoke(app, [*args, "--balance"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "b" / "herlev.json").read_text())
+    assert meta["config"]["data"]["balance"] is True
+    again = runner.invoke(app, [*args, "--resume"])  # the same run without --balance: not the same settings
+    assert again.exit_code != 0 and "balance: True there, False now" in again.output

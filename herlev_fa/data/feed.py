@@ -49,9 +49,13 @@ class CachedImages:
     n_inp = 1  # one input (the image), one target: fastai need not run a batch to find out
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, rows: np.ndarray, split_idx: int,
-                 item_aug: ItemAugment | None = None):
+                 item_aug: ItemAugment | None = None, balance: bool = False):
         self.images, self.labels, self.rows, self.split_idx = images, labels, np.asarray(rows), split_idx
         self.item_aug = item_aug
+        self.weights = None  # [n] drawing weight of each item, or None: every item once an epoch
+        if balance:
+            y = labels[torch.as_tensor(self.rows, dtype=torch.long).to(labels.device)].cpu().numpy()  # [n]
+            self.weights = (1.0 / np.bincount(y)[y]).tolist()  # each class drawn equally often
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -76,6 +80,12 @@ class CachedDL(TfmdDL):
         super().before_iter()
         if self.dataset.item_aug is not None:  # drawn from torch's seeded generator: a resumed run repeats it
             self.dataset.item_aug.epoch_seed = int(torch.randint(2**31 - 1, ()))
+
+    def shuffle_fn(self, idxs: list) -> list:
+        """An epoch's order: a permutation, or with class balancing as many draws, with replacement, by weight."""
+        if self.dataset.weights is None:
+            return super().shuffle_fn(idxs)
+        return self.rng.choices(idxs, weights=[self.dataset.weights[i] for i in idxs], k=len(idxs))
 
     def create_batch(self, items: list) -> tuple[TensorImage, TensorCategory]:
         ds = self.dataset
@@ -134,7 +144,7 @@ def build_dataloaders(items: pd.DataFrame, cache: dict[str, np.ndarray], task: T
                       bs: int, mean: tuple[float, ...], std: tuple[float, ...], device: str = "cpu",
                       workers: int | None = None, inference: bool = False, seed: int | None = None,
                       augment: str = "batch", held_out: np.ndarray | None = None,
-                      policy: str = "poster") -> DataLoaders:
+                      policy: str = "poster", balance: bool = False) -> DataLoaders:
     """DataLoaders over `items` with `valid` (bool [N]) marking the validation rows.
 
     Batches are float [B, 3, S, S] on `device`, normalised with the model's `mean`/`std`; targets
@@ -147,6 +157,8 @@ def build_dataloaders(items: pd.DataFrame, cache: dict[str, np.ndarray], task: T
     nor validated on: the held-out fold when the epoch is chosen on an inner split (`valid`).
     `seed`: seeds the albumentations policy (the batch policy draws from torch's seeded generator).
     `policy`: the random policy's name (`data.augment.POLICIES`), in either form.
+    `balance`: draw the training batches with every class equally likely (with replacement; the
+    epoch keeps its length), for data sets where some classes are rare.
 
     Raises:
         HerlevError: the training split is smaller than 2 images, or `augment` is unknown.
@@ -167,7 +179,8 @@ def build_dataloaders(items: pd.DataFrame, cache: dict[str, np.ndarray], task: T
     train_tfms = [to_float, *(batch_augment(get_policy(policy)) if augment == "batch" else []), normalise]
 
     def loader(rows, split_idx, tfms, **kwargs) -> CachedDL:
-        ds = CachedImages(images, labels, rows, split_idx, item_aug if split_idx == 0 else None)
+        ds = CachedImages(images, labels, rows, split_idx, item_aug if split_idx == 0 else None,
+                          balance=balance and split_idx == 0)
         return CachedDL(ds, after_batch=tfms, **kwargs)
 
     train = loader(train_rows if len(train_rows) else valid_rows, 0, train_tfms,

@@ -46,12 +46,13 @@ NAME, OLD, TMP = "checkpoint", ".checkpoint.old", ".checkpoint.tmp-"
 
 # the options that shape a run's numbers, by section of TrainConfig's JSON form; the device,
 # workers, checkpoint interval, output folder and verbosity do not
-_DATA_KEYS = ("data", "task", "classes", "size", "folds", "seed", "bs", "skip_bad", "augment", "policy")
+_DATA_KEYS = ("data", "task", "classes", "size", "folds", "seed", "bs", "skip_bad", "augment", "policy", "balance")
 _MODEL_KEYS = ("arch", "pretrained", "weights", "mse_weight")  # the head is compared on its own
 _SCHEDULE_KEYS = ("epochs", "lr", "wd", "keep", "val_split", "mse_warmup")
 # options added after the first version, at the value a record without them was made with
 # (val_split None: --keep best chose on the held-out fold itself)
-_ADDED = {"keep": "best", "mse_warmup": 0.0, "augment": "albumentations", "policy": "poster", "val_split": None}
+_ADDED = {"keep": "best", "mse_warmup": 0.0, "augment": "albumentations", "policy": "poster", "val_split": None,
+          "balance": False}
 
 
 def settings(config: dict) -> dict:

@@ -250,7 +250,7 @@ def _fit_learner(cfg: TrainConfig, data: Prepared, fold: int, device: str, cbs: 
     dls = build_dataloaders(data.items, data.cache, data.task, valid=held if inner is None else inner,
                             bs=cfg.data.bs, mean=mean, std=std, device=device, workers=cfg.data.workers,
                             seed=cfg.data.seed, augment=cfg.data.augment, held_out=None if inner is None else held,
-                            policy=cfg.data.policy)
+                            policy=cfg.data.policy, balance=cfg.data.balance)
     learn = build_learner(dls, model, data.task, cfg.model.mse_weight, cfg.wd, cbs=cbs, path=path)
     return learn, mean, std
 
