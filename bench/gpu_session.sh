@@ -12,7 +12,7 @@
 # (bench/ig.py), pipeline (bench/data_pipeline.py, 8 workers), reproduce (the issue's
 # from-scratch table: resnet101, 224 px, 30 epochs, batch 32, last epoch), sweep (cls / cls_reg at
 # several lambdas, same protocol), recipe (herlev train's default recipe at the paper's size: cls, cells
-# augmentation, 60 epochs; compare with reproduce's cls row).
+# augmentation, 60 epochs; beside it, at the same time on the same folds, cls with the poster's recipe).
 # Caps (seconds) can be changed with CAP_<STEP>=N; the default steps' caps (120 + 20 + 60 + 260 + 90 s)
 # plus the wheel install fit one device call (600 s at most: run it with timeout_s=600).
 # Figures and logs go to $OUT (default
@@ -81,11 +81,17 @@ for s in "${@:-throughput optimizer overhead e2e ig}"; do for name in $s; do
       step sweep 540 $PY bench/constraint_sweep.py --data "$DATA" --arch $ARCH --size $SIZE --epochs $EPOCHS \
         --weights-lambda 0.1,0.3,1 --device $DEVICE --out .data/runs/sweep
       copy_tables .data/runs/sweep "$OUT" ;;
-    recipe)  # the default recipe (cls, cells augmentation, 60 epochs, last epoch) beside the poster's, same folds
-      step recipe 300 $PY -m herlev_cli.main reproduce --data "$DATA" --arch $ARCH --no-pretrained --size $SIZE \
+    recipe)  # the default recipe (cls, cells augmentation, 60 epochs, last epoch) and the poster's (30 epochs,
+             # poster augmentation), cls on the same folds, both at once on the one card, each under the cap
+      timeout "${CAP_RECIPE:-400}" $PY -m herlev_cli.main reproduce --data "$DATA" --arch $ARCH --no-pretrained \
+        --size $SIZE --epochs $EPOCHS --policy poster --heads cls --bs 32 --keep last --device $DEVICE \
+        --out .data/runs/recipe_poster --quiet > "$OUT/recipe_poster.log" 2>&1 &
+      step recipe 400 $PY -m herlev_cli.main reproduce --data "$DATA" --arch $ARCH --no-pretrained --size $SIZE \
         --epochs $((EPOCHS * 2)) --policy cells --heads cls --bs 32 --keep last --device $DEVICE \
         --out .data/runs/recipe --quiet
-      copy_tables .data/runs/recipe "$OUT/recipe" ;;
+      wait
+      copy_tables .data/runs/recipe "$OUT/recipe"
+      copy_tables .data/runs/recipe_poster "$OUT/recipe_poster" ;;
     *) echo "unknown step '$name': throughput optimizer overhead e2e ig pipeline reproduce sweep recipe"; exit 2 ;;
   esac
 done; done
