@@ -143,6 +143,10 @@ class TrainConfig:
     val_split: float = _opt(0.15, help="--keep best: share of the training folds held aside (stratified, seeded) to "
                                        "choose the epoch on (0 < share < 1).")
     mse_warmup: float = _opt(0.0, help="cls_reg: ramp lambda up from 0 over this fraction of training (0: constant).")
+    label_smoothing: float = _opt(0.0, help="cls, cls_reg: label smoothing of the cross-entropy (0: none; 0.1 is "
+                                            "common): the true class's target is 1 - S + S/K.")
+    ema: float = _opt(0.0, help="Keep an exponential moving average of the weights with this decay per batch (timm's "
+                                "ModelEmaV3; 0: off, e.g. 0.995) and evaluate and save the average; with --keep last.")
     checkpoint_every: float = _opt(300.0, help="Seconds between checkpoints (0: every epoch); one is always written "
                                                "at the end of each phase.")
     log: str | None = _opt(None, help="Experiment tracking through fastai's callback: tensorboard (pip install "
@@ -159,6 +163,17 @@ class TrainConfig:
                f"--fold {self.fold} is out of range: use 0..{self.data.folds - 1} or 'all'")
         _check(self.device in DEVICES, f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
         _check(0 <= self.mse_warmup <= 1, f"--mse-warmup {self.mse_warmup} is out of range: use a fraction 0..1")
+        _check(0 <= self.label_smoothing < 1,
+               f"--label-smoothing {self.label_smoothing} is out of range: use a share 0 <= S < 1 (0.1 is common)")
+        _check(0 <= self.ema < 1, f"--ema {self.ema} is out of range: use a decay 0 <= D < 1 (0: off; e.g. 0.995)")
+        _check(self.ema == 0 or self.keep == "last", f"--ema averages the weights of the last epochs and keeps the "
+                                                     "average: use it with --keep last")
+        if self.label_smoothing:
+            from herlev_fa.model.heads import HEADS  # imports torch: configs stay light without the option
+
+            smoothable = ", ".join(name for name, head in HEADS.items() if head.smoothable)
+            _check(HEADS[self.model.head].smoothable, f"--label-smoothing applies to heads trained with cross-entropy "
+                                                      f"on the class ({smoothable}), not to {self.model.head}")
         _check(math.isfinite(self.checkpoint_every) and self.checkpoint_every >= 0,
                f"--checkpoint-every {self.checkpoint_every} is out of range: use a number of seconds >= 0")
         _check(self.keep in KEEP, f"unknown --keep '{self.keep}': choose one of {', '.join(KEEP)}")
