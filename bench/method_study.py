@@ -85,57 +85,64 @@ def pooled(args, name: str, method: str) -> pd.DataFrame:
     return pd.concat([pd.read_csv(f) for f in folds], ignore_index=True)
 
 
-def report(args, runs: dict[str, Path]) -> str:
+def localisation(args, name: str, method: str) -> str:
     from herlev_fa.explanation.study import paired_comparison
 
-    lines = [f"# Attribution methods x heads on the held-out real cells", "",
+    t = pooled(args, name, method)
+    timing = json.loads((args.out / name / method / "timing.json").read_text())
+    own = paired_comparison(t["nucleus_enrichment_other"], t["nucleus_enrichment"])
+    return (f"{len(t)} | {t['pointing_game'].mean():.2f} | {t['energy_pointing_game'].mean():.2f} | "
+            f"{t['relevance_mass_accuracy'].mean():.2f} | {t['relevance_rank_accuracy'].mean():.2f} | "
+            f"{t['nucleus_enrichment'].median():.2f} | {t['nucleus_enrichment_other'].median():.2f} | "
+            f"{own['b_greater']:.0%} | {own['p']:.2g} | {timing['seconds_per_cell']:.3f}")
+
+
+def randomisation(args, name: str, method: str) -> str:
+    t = pd.read_csv(args.out / name / "sanity" / "sanity.csv")
+    t = t[t["method"] == method]
+    steps = list(dict.fromkeys(t["step"]))  # 0 = trained, 1 = the classifier randomised, ..., last = all
+    trained, first, last = (t[t["step"] == s] for s in (steps[0], steps[1], steps[-1]))
+    return (f"{first['spearman'].mean():.2f} / {first['ssim'].mean():.2f} | {last['spearman'].mean():.2f} / "
+            f"{last['ssim'].mean():.2f} | {trained['nucleus_enrichment'].median():.2f} | "
+            f"{last['nucleus_enrichment'].median():.2f}")
+
+
+def faithful(args, name: str, method: str) -> str:
+    t = pd.read_csv(args.out / name / "faithfulness" / "faithfulness.csv")
+    area = t[(t["method"] == method) & np.isfinite(t["area"])].groupby(["curve", "order"])["area"].mean()
+    return " | ".join(f"{area[c, o]:.3f}" for c, o in (("deletion", "most relevant first"), ("deletion", "random"),
+                                                         ("deletion", "nucleus first"),
+                                                         ("insertion", "most relevant first"), ("insertion", "random")))
+
+
+SECTIONS = (  # (title, what it says, columns after method and head, the row function)
+    ("Localisation and the position control",
+     "Means over cells (enrichment: medians). Own / other: nucleus enrichment on the cell's own mask and on another "
+     "cell's of the same size class; p: paired Wilcoxon, own against other.",
+     ("cells", "pointing game", "energy PG", "relevance mass", "relevance rank", "enrichment own", "other",
+      "own > other", "p", "s per cell (quantify, 1 thread)"), localisation),
+    ("Sanity: cascading randomisation (fold 0)",
+     "Spearman / SSIM of |map| against the trained model's, after the classifier alone and after every stage is "
+     "randomised; median enrichment trained and fully randomised.",
+     ("after classifier", "all randomised", "enrichment trained", "all randomised"), randomisation),
+    ("Faithfulness (fold 0)",
+     "Mean area under the normalised output. Deletion: lower under most-relevant-first (MoRF) is more faithful; "
+     "insertion: higher.",
+     ("deletion MoRF", "random", "nucleus first", "insertion MoRF", "random"), faithful),
+)
+
+
+def report(args, runs: dict[str, Path]) -> str:
+    lines = ["# Attribution methods x heads on the held-out real cells", "",
              f"Settings: IG / SmoothGrad {args.steps} steps, SmoothGrad / GradientShap {args.samples} samples, mean "
              f"baseline, fp32, target the predicted class; cells: a seeded sample of at most {args.limit} held-out "
              f"cells per fold (each cell explained by the fold model that did not train on it); sanity on "
              f"{args.sanity_limit} and faithfulness on {args.faith_limit} cells of fold 0. Runs: "
-             + ", ".join(f"{n} = `{f}`" for n, f in runs.items()), "",
-             "## Localisation and the position control", "",
-             "Means over cells (enrichment: medians). Own / other: nucleus enrichment on the cell's own mask and on "
-             "another cell's of the same size class; p: paired Wilcoxon, own against other.", "",
-             "| method | head | cells | pointing game | energy PG | relevance mass | relevance rank | enrichment own "
-             "| other | own > other | p | s per cell |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for method in args.methods:
-        for name in runs:
-            t = pooled(args, name, method)
-            timing = json.loads((args.out / name / method / "timing.json").read_text())
-            cmp = paired_comparison(t["nucleus_enrichment_other"], t["nucleus_enrichment"])
-            lines.append(f"| {method} | {name} | {len(t)} | {t['pointing_game'].mean():.2f} | "
-                         f"{t['energy_pointing_game'].mean():.2f} | {t['relevance_mass_accuracy'].mean():.2f} | "
-                         f"{t['relevance_rank_accuracy'].mean():.2f} | {t['nucleus_enrichment'].median():.2f} | "
-                         f"{t['nucleus_enrichment_other'].median():.2f} | {cmp['b_greater']:.0%} | {cmp['p']:.2g} | "
-                         f"{timing['seconds_per_cell']:.3f} |")
-    lines += ["", "## Sanity: cascading randomisation (fold 0)", "",
-              "Spearman / SSIM of |map| against the trained model's, after the classifier alone and after every "
-              "stage is randomised; median enrichment trained and fully randomised.", "",
-              "| method | head | after classifier | all randomised | enrichment trained | all randomised |",
-              "|---|---|---|---|---:|---:|"]
-    for method in args.methods:
-        for name in runs:
-            t = pd.read_csv(args.out / name / "sanity" / "sanity.csv")
-            t = t[t["method"] == method]
-            steps = list(dict.fromkeys(t["step"]))
-            first, last, trained = (t[t["step"] == s] for s in (steps[1], steps[-1], steps[0]))
-            lines.append(f"| {method} | {name} | {first['spearman'].mean():.2f} / {first['ssim'].mean():.2f} | "
-                         f"{last['spearman'].mean():.2f} / {last['ssim'].mean():.2f} | "
-                         f"{trained['nucleus_enrichment'].median():.2f} | {last['nucleus_enrichment'].median():.2f} |")
-    lines += ["", "## Faithfulness (fold 0)", "",
-              "Mean area under the normalised output. Deletion: lower under most-relevant-first (MoRF) is more "
-              "faithful; insertion: higher.", "",
-              "| method | head | deletion MoRF | random | nucleus first | insertion MoRF | random |",
-              "|---|---|---:|---:|---:|---:|---:|"]
-    for method in args.methods:
-        for name in runs:
-            t = pd.read_csv(args.out / name / "faithfulness" / "faithfulness.csv")
-            t = t[(t["method"] == method) & np.isfinite(t["area"])]
-            area = t.groupby(["curve", "order"])["area"].mean()
-            lines.append(f"| {method} | {name} | {area['deletion', 'most relevant first']:.3f} | "
-                         f"{area['deletion', 'random']:.3f} | {area['deletion', 'nucleus first']:.3f} | "
-                         f"{area['insertion', 'most relevant first']:.3f} | {area['insertion', 'random']:.3f} |")
+             + ", ".join(f"{n} = `{f}`" for n, f in runs.items())]
+    for title, text, columns, row in SECTIONS:
+        lines += ["", f"## {title}", "", text, "", "| method | head | " + " | ".join(columns) + " |",
+                  "|---|---|" + "---:|" * len(columns)]
+        lines += [f"| {m} | {n} | {row(args, n, m)} |" for m in args.methods for n in runs]
     return "\n".join(lines) + "\n"
 
 
