@@ -445,14 +445,19 @@ class DeviceAttribution:
                                 predicted=host(self.predicted), change=host(self.change), precision=self.precision)
 
 
-def explainer_for(run, settings: IGSettings = IGSettings()) -> Explainer:
-    """An `Explainer` with a loaded run's model and preprocessing, computing IG as `settings` say."""
+def explainer_for(run, settings: IGSettings = IGSettings(), model: nn.Module | None = None,
+                  method: str | None = None) -> Explainer:
+    """An `Explainer` with a loaded run's model and preprocessing, computing attributions as `settings` say.
+
+    `model` replaces the run's (a randomised copy, say) and `method` the settings' method.
+    """
     from herlev_fa.config import resolve_device
 
-    return Explainer(run.model, run.head, run.task.classes, run.task.severities, run.mean, run.std, run.size,
-                     steps=settings.steps, baseline=settings.baseline, device=resolve_device(settings.device),
-                     internal_batch_size=settings.internal_batch_size, precision=settings.precision,
-                     tol=settings.tol, rule=settings.rule, method=settings.method, samples=settings.samples,
+    return Explainer(run.model if model is None else model, run.head, run.task.classes, run.task.severities,
+                     run.mean, run.std, run.size, steps=settings.steps, baseline=settings.baseline,
+                     device=resolve_device(settings.device), internal_batch_size=settings.internal_batch_size,
+                     precision=settings.precision, tol=settings.tol, rule=settings.rule,
+                     method=settings.method if method is None else method, samples=settings.samples,
                      noise=settings.noise, window=settings.window)
 
 
