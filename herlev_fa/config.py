@@ -166,7 +166,7 @@ class TrainConfig:
         _check(0 <= self.label_smoothing < 1,
                f"--label-smoothing {self.label_smoothing} is out of range: use a share 0 <= S < 1 (0.1 is common)")
         _check(0 <= self.ema < 1, f"--ema {self.ema} is out of range: use a decay 0 <= D < 1 (0: off; e.g. 0.995)")
-        _check(self.ema == 0 or self.keep == "last", f"--ema averages the weights of the last epochs and keeps the "
+        _check(self.ema == 0 or self.keep == "last", "--ema averages the weights of the last epochs and keeps the "
                                                      "average: use it with --keep last")
         if self.label_smoothing:
             from herlev_fa.model.heads import HEADS  # imports torch: configs stay light without the option
@@ -231,14 +231,8 @@ ATTRIBUTION_METHODS = {"ig": "Integrated Gradients", "smoothgrad": "SmoothGrad (
                        "occlusion": "Occlusion"}
 IG_BASELINES = ("mean", "black", "white", "blur")
 # captum's quadrature rules for the path integral, and their names in text
-IG_METHODS = {"gausslegendre": "Gauss-Legendre", "riemann_middle": "midpoint", "riemann_trapezoid": "trapezoid",
-              "riemann_left": "left Riemann", "riemann_right": "right Riemann"}
-IG_RULES = IG_METHODS
-IG_PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+IG_RULES = {"gausslegendre": "Gauss-Legendre", "riemann_middle": "midpoint", "riemann_trapezoid": "trapezoid",
+            "riemann_left": "left Riemann", "riemann_right": "right Riemann"}
 
 
 @dataclass(frozen=True)
@@ -246,35 +240,35 @@ class IGSettings:
     """How attributions are computed and batched; each field's default and help text live here.
 
     The attribution commands (`explain`, `quantify`, `compare-explanations`, `compare-quantify`, `sanity`,
-    `faithfulness`) read their option defaults and help from these fields (`IGSettings.help(name)`). `method` picks
+    `faithfulness`) read their option defaults and help from these fields (`help_of(IGSettings, name)`). `method` picks
     the attribution method (Integrated Gradients by default); the other fields apply where the method uses them.
     """
 
-    method: str = field(default="ig", metadata=_help(
+    method: str = _opt("ig", help=(
         f"{' | '.join(ATTRIBUTION_METHODS)}: the attribution method (captum); smoothgrad is IG under a noise "
         "tunnel, gradcam the last convolutional stage upsampled to the input."))
-    target: str = field(default="predicted", metadata=_help(
+    target: str = _opt("predicted", help=(
         "predicted | score | a class name: the logit (or severity score) explained."))
-    steps: int = field(default=50, metadata=_help("Steps (quadrature nodes) of the IG path integral (ig, smoothgrad)."))
-    rule: str = field(default="gausslegendre", metadata=_help(
+    steps: int = _opt(50, help="Steps (quadrature nodes) of the IG path integral (ig, smoothgrad).")
+    rule: str = _opt("gausslegendre", help=(
         f"{' | '.join(IG_RULES)}: captum's quadrature rule of IG. riemann_middle (midpoint): 9-26% smaller delta than "
         "Gauss-Legendre on ResNets."))
-    baseline: str = field(default="mean", metadata=_help(
+    baseline: str = _opt("mean", help=(
         f"{' | '.join(IG_BASELINES)}: the reference input (IG's path start, GradientShap's and Occlusion's "
         "reference; mean = zero after normalisation; see docs/explainability.md)."))
-    samples: int = field(default=8, metadata=_help("Noisy samples per image (smoothgrad, gradientshap)."))
-    noise: float = field(default=0.15, metadata=_help(
+    samples: int = _opt(8, help="Noisy samples per image (smoothgrad, gradientshap).")
+    noise: float = _opt(0.15, help=(
         "Noise sd as a fraction of the input's value range (smoothgrad, gradientshap)."))
-    window: int | None = field(default=None, metadata=_help(
+    window: int | None = _opt(None, help=(
         "Occlusion: side of the occluded square in model pixels, moved by half of it; None = input size / 8."))
-    precision: str = field(default="auto", metadata=_help(
+    precision: str = _opt("auto", help=(
         "auto (IG on a GPU: bf16 autocast when its delta on the first batch is no larger than fp32's; fp32 otherwise) "
         "| fp32 | bf16 (autocast: faster, delta checked against the fp32 model)."))
-    tol: float = field(default=0.05, metadata=_help("Warn when |delta| exceeds this fraction of f(x) - f(baseline)."))
-    bs: int = field(default=8, metadata=_help("Images per attribution call (IG: each costs STEPS forward/backward)."))
-    internal_batch_size: int | None = field(default=None, metadata=_help(
+    tol: float = _opt(0.05, help="Warn when |delta| exceeds this fraction of f(x) - f(baseline).")
+    bs: int = _opt(8, help="Images per attribution call (IG: each costs STEPS forward/backward).")
+    internal_batch_size: int | None = _opt(None, help=(
         "Images x steps per forward/backward pass; None = sized to the device's memory."))
-    device: str = field(default="auto", metadata=_help("auto | cpu | cuda."))
+    device: str = _opt("auto", help="auto | cpu | cuda.")
 
     def __post_init__(self) -> None:
         _check(self.method in ATTRIBUTION_METHODS,
@@ -286,19 +280,14 @@ class IGSettings:
         _check(self.samples >= 1, f"--samples {self.samples} must be at least 1")
         _check(math.isfinite(self.noise) and self.noise >= 0, f"--noise {self.noise} must be a finite number >= 0")
         _check(self.window is None or self.window >= 1, f"--window {self.window} must be at least 1 pixel")
-        _check(self.precision in IG_PRECISIONS,
-               f"unknown precision '{self.precision}': choose one of {', '.join(IG_PRECISIONS)}")
+        _check(self.precision in PRECISIONS,
+               f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
         _check(self.tol > 0, f"--tol {self.tol} must be > 0 (a fraction of f(x) - f(baseline), e.g. 0.05)")
         _check(self.bs >= 1, f"--bs {self.bs} must be at least 1")
         _check(self.internal_batch_size is None or self.internal_batch_size >= 1,
                f"internal_batch_size {self.internal_batch_size} must be at least 1 (or None: automatic)")
         _check(self.device in DEVICES or self.device.startswith("cuda:"),
                f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
-
-    @classmethod
-    def help(cls, name: str) -> str:
-        """The help text of field `name` (for the CLI options)."""
-        return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
 
     def describe(self, precision: str | None = None) -> str:
         """One line for titles and tables, e.g. 'target predicted, baseline mean, 50 Gauss-Legendre steps' (IG) or
