@@ -24,7 +24,7 @@ AUGMENTS = ("batch", "albumentations", "none")
 POLICY_NAMES = ("poster", "cells")  # data.augment.POLICIES (which imports albumentations: configs stay light)
 PAPER_HEADS = ("cls", "reg", "cls_reg")  # the paper's pipelines: what `herlev reproduce` trains by default
 # the rest of the poster's protocol, `herlev reproduce`'s defaults where `herlev train`'s differ (docs/results.md)
-POSTER_EPOCHS, POSTER_POLICY = 30, "poster"
+POSTER_ARCH, POSTER_EPOCHS, POSTER_POLICY = "resnet101", 30, "poster"
 SEED_MAX = 2**32 - 1  # NumPy's seeds are 32-bit
 LR_MAX = 10.0  # above this a run diverges at once; no schedule in this tool needs more
 
@@ -101,7 +101,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = _opt("resnet101", help="Any timm architecture, e.g. resnet101, test_resnet, convnext_tiny.")
+    arch: str = _opt("resnet101d", help="Any timm architecture, e.g. resnet101d (ResNet-D: average-pool shortcuts), "
+                                        "resnet101 (the paper's), test_resnet, convnext_tiny.")
     head: str = _opt("cls", help="cls (cross-entropy) | reg (MSE on severity) | cls_reg (CE + lambda*MSE) | "
                      "corn (CORN ordinal) | sord (SORD soft ordinal labels).")
     pretrained: bool = _opt(True, help="Start from ImageNet weights (timm hub download), as in the paper.")
