@@ -58,7 +58,7 @@ def _wandb_history(run_file: Path) -> list[dict]:
             record.ParseFromString(chunk)
             chunk = b""
             if record.WhichOneof("record_type") == "history":
-                rows.append({i.key: json.loads(i.value_json) for i in record.history.item})
+                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
     return rows
 
 
@@ -110,7 +110,7 @@ def test_a_missing_tracker_package_is_one_line_before_any_work(synth_data, tmp_p
     for module in blocked:
         monkeypatch.setitem(sys.modules, module, None)  # `import module` raises ImportError
     result = _train(synth_data, tmp_path, "x", log)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert f"--log {log} needs the {TRACKERS[log].package} package: pip install \"herlev_fa[{log}]\"" in result.output
     assert not (tmp_path / "x").exists()  # refused before the run folder, the decoding and any epoch
 
