@@ -60,7 +60,7 @@ def check_name(name: str, option: str) -> None:
            f"{option} '{name}' is not a plain folder name: use letters, digits, '-' or '_', without '/' or '..'")
 
 
-LOGGERS = ("tensorboard",)  # experiment trackers `--log` accepts (each an optional extra)
+LOGGERS = ("tensorboard", "wandb", "mlflow")  # experiment trackers `--log` accepts (each an optional extra)
 
 
 @dataclass(frozen=True)
@@ -150,8 +150,10 @@ class TrainConfig:
                                 "ModelEmaV3; 0: off, e.g. 0.995) and evaluate and save the average; with --keep last.")
     checkpoint_every: float = _opt(300.0, help="Seconds between checkpoints (0: every epoch); one is always written "
                                                "at the end of each phase.")
-    log: str | None = _opt(None, help="Experiment tracking through fastai's callback: tensorboard (pip install "
-                                      "\"herlev_fa[tensorboard]\"; written to RUN/tensorboard).")
+    log: str | None = _opt(None, help="Experiment tracking: tensorboard (RUN/tensorboard) | wandb (a W&B run per "
+                                      "fold; WANDB_MODE=offline keeps it in RUN/wandb) | mlflow (an MLflow run per "
+                                      "fold in MLFLOW_TRACKING_URI, else OUT/mlflow.db). Each needs its extra, e.g. "
+                                      "pip install \"herlev_fa[wandb]\".")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))

@@ -39,6 +39,7 @@ from herlev_fa.training import checkpoint
 from herlev_fa.atomic import write_json, write_text
 from herlev_fa.training.callbacks import (BF16, BatchLines, ChannelsLast, DataParallel, EpochLine, EpochLog, KeepBest,
                                          LossParts, MseWarmup, WeightAverage)
+from herlev_fa.training.tracking import check_tracker, tracked
 from herlev_fa.config import CONFIG_FILE, TrainConfig, resolve_device, resolve_precision
 from herlev_fa.data.feed import build_dataloaders
 from herlev_fa.data.images import decode_all
@@ -86,33 +87,6 @@ def prepare(cfg: TrainConfig, task: Task) -> Prepared:
     items = items[~items["path"].isin(bad)].reset_index(drop=True)
     items["fold"] = assign_folds(items, cfg.data.folds, cfg.data.seed)
     return Prepared(task, items, cache, bad)
-
-
-def experiment_trackers(name: str | None, run_dir: Path) -> list:
-    """fastai's callback for `--log` (none without): TensorBoard's losses, metrics and learning rates in RUN/tensorboard.
-
-    Raises:
-        HerlevError: the tracker's optional package is not installed.
-    """
-    if name is None:
-        return []
-    try:
-        from fastai.callback.tensorboard import TensorBoardCallback
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (needs the tensorboard package)
-    except ImportError:
-        raise HerlevError("--log tensorboard needs the tensorboard package: pip install \"herlev_fa[tensorboard]\"") from None
-    class TensorBoard(TensorBoardCallback):
-        order = 70  # after the Recorder (50) has the batch's smoothed loss and the epoch's metrics
-
-        def after_batch(self) -> None:  # fastai's also writes torch AdamW's non-numeric options (foreach: None)
-            self.writer.add_scalar("train_loss", self.smooth_loss, self.train_iter)
-            for i, hypers in enumerate(self.opt.hypers):
-                for k, v in hypers.items():
-                    if isinstance(v, (int, float)) and not isinstance(v, bool):
-                        self.writer.add_scalar(f"{k}_{i}", v, self.train_iter)
-
-    # no graph trace and no image grid: the first needs a traceable model, the second fastai's show_results
-    return [TensorBoard(log_dir=str(run_dir / "tensorboard"), trace_model=False, log_preds=False)]
 
 
 def run_yaml(cfg: TrainConfig) -> str:
@@ -324,8 +298,8 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
     if resume is None and main:
         save_folds(run_dir, data.items, data.items["fold"].to_numpy())
     keep, log = KeepBest(last=cfg.keep == "last"), EpochLog(run_dir / "log.csv", fold=fold)
-    trackers = experiment_trackers(cfg.log, run_dir)
-    with tempfile.TemporaryDirectory() as scratch:  # fastai's lr_find saves its temporary state here
+    # fastai's lr_find saves its temporary state in scratch; the tracker's run (--log) spans the fold's fits
+    with tempfile.TemporaryDirectory() as scratch, tracked(cfg.log, run_dir, fold, config) as trackers:
         learn, mean, std = _fit_learner(cfg, data, fold, device, [LossParts(), keep, log, *trackers, *cbs],
                                         Path(scratch))
         with _quiet(learn, cfg.quiet):
@@ -522,7 +496,7 @@ def _train(cfg: TrainConfig, device: str) -> TrainResult:
     task = resolve_task(cfg)
     # build the model once before any decoding or output, so weight problems fail fast and clean
     build_model(cfg.model, task)
-    experiment_trackers(cfg.log, cfg.out)  # a missing package is said before any work
+    check_tracker(cfg.log)  # a missing package is said before any work
     data = prepare(cfg, task)
     root = _shared_run_root(cfg)
     if _is_main():
