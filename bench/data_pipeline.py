@@ -60,11 +60,11 @@ def main() -> None:
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     valid = (items["fold"] == 0).to_numpy()
     if args.augment == "albumentations":
-        block = datablock(task, args.size, mean, std, fold=0, policy=POLICIES["cells"], cache=cache)
+        block = datablock(task, args.size, mean, std, fold=0, policy=POLICIES["poster"], cache=cache)
         dls = training_dataloaders(block, items, args.bs, args.device, args.workers)
     else:
         dls = build_dataloaders(items, cache, task, valid=valid, bs=args.bs, mean=mean, std=std, device=args.device,
-                                augment=args.augment, policy="cells")
+                                augment=args.augment)
     plain = build_dataloaders(items, cache, task, valid=valid, bs=args.bs, mean=mean, std=std, device=args.device,
                               augment="none")
     images_per_second(dls.train, 1)  # warm up workers and caches
