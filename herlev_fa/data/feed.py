@@ -73,7 +73,8 @@ class CachedImages:
 class CachedDL(TfmdDL):
     """fastai's TfmdDL whose batch is gathered from the cache with one index operation.
 
-    Items are indices; `create_batch` turns a list of them into (TensorImage uint8 [B, 3, S, S], TensorCategory [B]) on the cache's device.
+    Items are indices; `create_batch` turns a list of them into (TensorImage uint8 [B, 3, S, S],
+    TensorCategory [B]) on the cache's device.
     fastai's loop then moves the batch to the DataLoader's device (nothing to do when the cache is
     there) and applies the batch transforms.
     """
