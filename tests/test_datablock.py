@@ -74,8 +74,8 @@ def test_training_batches_are_augmented_per_image_and_repeat_with_the_seed(worke
         return next(iter(training_dataloaders(block, items, bs=8, workers=workers).train))[0].cpu()
 
     a, b, c, plain = first_batch(0), first_batch(0), first_batch(1), first_batch(0, policy=None)
-    texture = (torch.from_numpy(cache["cell0.bmp"]).permute(2, 0, 1).float() / 255 - torch.tensor(MEAN)[:, None, None]) \
-        / torch.tensor(STD)[:, None, None]  # [3, S, S] as the batch normalises it
+    mean, std = torch.tensor(MEAN)[:, None, None], torch.tensor(STD)[:, None, None]
+    texture = (torch.from_numpy(cache["cell0.bmp"]).permute(2, 0, 1).float() / 255 - mean) / std  # [3, S, S] normalised
     assert all(torch.allclose(x, texture, atol=1e-6) for x in plain)  # policy None: the image itself
     torch.testing.assert_close(a, b, rtol=0, atol=0)  # same seed, same batch (in worker processes too)
     assert not torch.equal(a, c)  # another seed, other draws

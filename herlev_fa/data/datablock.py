@@ -54,7 +54,8 @@ class FoldSplitter:
             raise HerlevError("the items have no 'fold' column: assign folds first (data.items.assign_folds)")
         held = items["fold"].to_numpy() == self.fold  # [N]
         if not held.any():
-            raise HerlevError(f"no item is in fold {self.fold} (folds: {', '.join(map(str, sorted(set(items['fold']))))})")
+            folds = ", ".join(str(k) for k in sorted(set(items["fold"])))
+            raise HerlevError(f"no item is in fold {self.fold} (folds: {folds})")
         valid = held if self.val_split is None else inner_split(items.reset_index(drop=True), self.fold,
                                                                 self.val_split, self.seed)
         train = ~valid & ~held
@@ -88,17 +89,17 @@ def datablock(task: Task, size: int, mean: tuple[float, ...], std: tuple[float, 
                      get_x=ColReader("path"), get_y=ColReader("label"),
                      splitter=FoldSplitter(fold, val_split, seed),
                      item_tfms=item_tfms,
-                     batch_tfms=[Normalize.from_stats(list(mean), list(std), cuda=False)])  # after ImageBlock's IntToFloatTensor
+                     batch_tfms=[Normalize.from_stats(list(mean), list(std), cuda=False)])  # after IntToFloatTensor
 
 
 def default_workers(device: str) -> int:
-    """DataLoader worker processes for per-image augmentation: none on the CPU (they would share its cores), up to 8 on a GPU."""
+    """Worker processes for per-image augmentation: none on the CPU (they would share its cores), up to 8 on a GPU."""
     return 0 if device == "cpu" else min(8, os.cpu_count() or 1)
 
 
 def training_dataloaders(block: DataBlock, items: pd.DataFrame, bs: int, device: str = "cpu",
                          workers: int | None = None, balance: bool = False) -> DataLoaders:
-    """The DataBlock's DataLoaders as `herlev train` uses them: `dls.train`, `dls.valid` (and `dls[2]`, the held-out fold).
+    """The DataBlock's DataLoaders as `herlev train` uses them: `dls.train`, `dls.valid` (and `dls[2]`: held-out fold).
 
     The training split is shuffled in batches of `bs` (at most its size; the last partial batch
     dropped), its images augmented in `workers` processes (default `default_workers`); the other
