@@ -2,7 +2,8 @@
 
 Decodes the shared real cells once (the in-memory cache), builds the training DataLoaders of
 fold 0 exactly as `herlev train` does (`data.feed`: the cache on the device, batches gathered
-and augmented there; or `--augment albumentations`: per image on CPU workers), and times full
+and augmented there; or `--augment albumentations`: the DataBlock of `data.datablock`, per image on
+CPU workers), and times full
 passes over the training split. In the same run it times the same feed without augmentation,
 and prints the ratio. To feed a GPU, the feed must outrun the GPU's training throughput
 (resnet101 at 224 px: about 2,200 images/s on an H200).
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from herlev_fa.data.augment import POLICIES
+from herlev_fa.data.datablock import datablock, training_dataloaders
 from herlev_fa.data.feed import build_dataloaders
 from herlev_fa.data.images import decode_all
 from herlev_fa.data.items import assign_folds, scan
@@ -53,11 +56,15 @@ def main() -> None:
     t = time.perf_counter()
     cache, _ = decode_all(items["path"], args.size, progress=False)
     print(f"decode + letterbox {len(items)} images once: {len(items) / (time.perf_counter() - t):.0f} images/s")
-    folds = assign_folds(items, 4, seed=0)
+    items["fold"] = assign_folds(items, 4, seed=0)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    valid = folds == 0
-    dls = build_dataloaders(items, cache, task, valid=valid, bs=args.bs, mean=mean, std=std, device=args.device,
-                            workers=args.workers, seed=0, augment=args.augment)
+    valid = (items["fold"] == 0).to_numpy()
+    if args.augment == "albumentations":
+        block = datablock(task, args.size, mean, std, fold=0, policy=POLICIES["poster"], cache=cache)
+        dls = training_dataloaders(block, items, args.bs, args.device, args.workers)
+    else:
+        dls = build_dataloaders(items, cache, task, valid=valid, bs=args.bs, mean=mean, std=std, device=args.device,
+                                augment=args.augment)
     plain = build_dataloaders(items, cache, task, valid=valid, bs=args.bs, mean=mean, std=std, device=args.device,
                               augment="none")
     images_per_second(dls.train, 1)  # warm up workers and caches

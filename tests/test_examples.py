@@ -57,6 +57,10 @@ def test_quick_finetune_notebook(tmp_path):
     new_run = max((tmp_path / "quick_finetune_nb").glob("*-test_resnet-cls"))  # the later of the two runs
     assert accuracy["after"] == pytest.approx(json.loads((new_run / "metrics.json").read_text())["accuracy"], abs=1e-4)
     assert accuracy["after"] > 0.6 and 0 <= accuracy["before"] <= 1
+    # the same fine-tune in plain fastai code (the DataBlock, build_learner, fine_tune), on the same held-out cells
+    cell = next(c for c in nb.cells if "fastai" in c.metadata.get("tags", []))
+    fastai_accuracy = float(next(o for o in cell.outputs if o.output_type == "execute_result")["data"]["text/plain"])
+    assert fastai_accuracy > 0.6
 
 
 def test_explain_one_cell_demo(tmp_path):

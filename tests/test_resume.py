@@ -51,11 +51,15 @@ def _log_rows(path):
         return 0
 
 
-@pytest.mark.parametrize("start", ["scratch", "finetune", "ema"])
-def test_killed_run_resumes_to_the_same_result(synth_data, trained_run, tmp_path, start):
-    """ema: the weight average is in the checkpoint, so the resumed run keeps the same average."""
+@pytest.mark.parametrize("start", ["scratch", "finetune", "ema", "albumentations"])
+def test_killed_run_resumes_to_the_same_result(synth_data, request, tmp_path, start):
+    """ema: the weight average is in the checkpoint, so the resumed run keeps the same average.
+    albumentations: the DataBlock, each image augmented in worker processes (reseeded from torch's generator) and
+    drawn by fastai's WeightedDL (--balance, from NumPy's): both generators are in the checkpoint."""
     extra = {"scratch": ["--no-pretrained"], "ema": ["--no-pretrained", "--ema", "0.8"],
-             "finetune": ["--weights", str(trained_run / "model.safetensors")]}[start]
+             "albumentations": ["--no-pretrained", "--augment", "albumentations", "--workers", "2", "--balance"],
+             "finetune": lambda: ["--weights", str(request.getfixturevalue("trained_run") / "model.safetensors")]}[start]
+    extra = extra() if callable(extra) else extra  # only the fine-tune needs the trained run
     _run(_cmd(synth_data, tmp_path, "reference", *extra))
     # scratch: 6 one-cycle epochs; finetune: 1 frozen + 6 unfrozen. Kill inside the last fit.
     killed = _kill_when(_cmd(synth_data, tmp_path, "killed", *extra),

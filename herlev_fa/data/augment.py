@@ -6,8 +6,8 @@ Three pieces:
   the explanation check.
 - `batch_augment` (fastai batch transforms, the default): the random policy applied to whole
   batches on the training device, each image drawing its own parameters.
-- `train_augment` + `ItemAugment` (albumentations, opt-in with `--augment albumentations`): the
-  same policy per image on the CPU, for users who need albumentations' transforms.
+- `train_augment` + `AlbumentationsTransform` (albumentations, opt-in with `--augment albumentations`):
+  the same policy per image on the CPU, as a fastai item transform of the DataBlock (`data.datablock`).
 
 The policy is the same in both (the batch one has no hue shift): a cell has no up or left, so
 every element of the dihedral group is as likely as the original; a small rotation and zoom
@@ -23,7 +23,9 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from fastai.vision.augment import Brightness, Contrast, Dihedral, Rotate, Saturation, Zoom, setup_aug_tfms
+from fastai.vision.augment import (Brightness, Contrast, Dihedral, RandTransform, Rotate, Saturation, Zoom,
+                                   setup_aug_tfms)
+from fastai.vision.core import PILImage
 
 from herlev_fa.errors import HerlevError
 
@@ -104,23 +106,23 @@ def train_augment(seed: int | None = None, policy: Policy = POLICIES["poster"]) 
     ], seed=seed)
 
 
-class ItemAugment:
-    """An albumentations pipeline on one cached image: uint8 [3, S, S] tensor -> uint8 [3, S, S].
+class AlbumentationsTransform(RandTransform):
+    """An albumentations pipeline as a fastai item transform, on the training split only: PILImage -> PILImage.
 
-    Albumentations draws from its own generator, which global seeds do not reach. It is reseeded
-    from `epoch_seed` (drawn from torch's generator by the DataLoader at the start of each epoch,
-    so a seeded or resumed run repeats it) and the worker's id, so that workers do not repeat each
-    other's draws.
+    fastai's pattern for albumentations (its "Custom transforms" tutorial): `split_idx = 0` runs it on
+    training items only, `order = 2` before `ToTensor`. Albumentations draws from its own generator,
+    which global seeds do not reach, so it is reseeded from torch's generator for every image. torch's
+    generator is the run's (seeded, and saved in checkpoints) in the main process, and fastai seeds it
+    in each DataLoader worker from the main one: a seeded or resumed run repeats every draw, with any
+    number of workers.
     """
 
-    def __init__(self, aug: A.Compose):
-        self.aug, self.epoch_seed, self._seeded = aug, 0, None
+    split_idx, order = 0, 2
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        info = torch.utils.data.get_worker_info()
-        key = (self.epoch_seed, info.id if info is not None else -1)
-        if key != self._seeded:
-            self.aug.set_random_seed((self.epoch_seed * 1009 + key[1] + 1) % 2**32)
-            self._seeded = key
-        out = self.aug(image=np.ascontiguousarray(image.permute(1, 2, 0).numpy()))["image"]  # [S, S, 3]
-        return torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1)  # [3, S, S]
+    def __init__(self, aug: A.Compose):
+        super().__init__(p=1.0)
+        self.aug = aug
+
+    def encodes(self, img: PILImage) -> PILImage:
+        self.aug.set_random_seed(int(torch.randint(2**31 - 1, ())))
+        return PILImage.create(self.aug(image=np.asarray(img))["image"])  # [S, S, 3] uint8

@@ -1,7 +1,7 @@
 """Decoding image files into RGB uint8 arrays, and the in-memory cache of letterboxed images.
 
 What lives here: `load_image` (any of bmp/jpg/png/tif; RGB, RGBA, grayscale, palette, 16/32-bit, float),
-`decode_all`, which decodes and letterboxes every item once so that epochs after the first
+`Letterboxed` (one image decoded and letterboxed, or read from the cache), `decode_all`, which decodes and letterboxes every item once so that epochs after the first
 do no decoding (Herlev is under 100 MB decoded), and `preprocess`, the exact input a run's
 network sees (for using its weights in plain timm). What does not: random augmentation
 (``herlev_fa.data.augment``).
@@ -141,6 +141,29 @@ def load_image(path: str | Path) -> np.ndarray:
         raise HerlevError(f"cannot read image '{path}': {reason}") from None
 
 
+class Letterboxed:
+    """An image as the cache holds it: path -> uint8 [size, size, 3].
+
+    Decoded by `load_image` and letterboxed by `augment.letterbox`, or taken from `cache` (path ->
+    image, from `decode_all` at the same size) when it is there. A class rather than a closure, so
+    that fastai can pickle it into DataLoader worker processes (the DataBlock's item getter).
+
+    Raises:
+        HerlevError: the image is not in `cache` and cannot be read.
+    """
+
+    def __init__(self, size: int, cache: dict[str, np.ndarray] | None = None):
+        from herlev_fa.data.augment import letterbox
+
+        self.size, self.cache, self.resize = size, {} if cache is None else cache, letterbox(size)
+
+    def __call__(self, path: str | Path) -> np.ndarray:
+        found = self.cache.get(str(path))
+        if found is not None and found.shape[:2] == (self.size, self.size):
+            return found
+        return self.resize(image=load_image(path))["image"]
+
+
 def decode_all(paths: Iterable[str], size: int, skip_bad: bool = False,
                progress: bool = True) -> tuple[dict[str, np.ndarray], list[str]]:
     """Decode and letterbox every image once: path -> uint8 [size, size, 3].
@@ -151,17 +174,15 @@ def decode_all(paths: Iterable[str], size: int, skip_bad: bool = False,
     Raises:
         HerlevError: an image cannot be read and `skip_bad` is False (the message names the file).
     """
-    from herlev_fa.data.augment import letterbox
-
     paths = list(paths)
-    resize = letterbox(size)
+    box = Letterboxed(size)
     cache: dict[str, np.ndarray] = {}
     bad: list[str] = []
     bar, advance = progress_bar(progress and len(paths) >= 50, "decoding images", len(paths))
     with bar:
         for path in paths:
             try:
-                cache[path] = resize(image=load_image(path))["image"]
+                cache[path] = box(path)
             except HerlevError as e:
                 if not skip_bad:
                     raise HerlevError(f"{e}; fix or remove it, or pass --skip-bad to skip unreadable images") from None

@@ -2,7 +2,7 @@
 
 What lives here: the Herlev layout reader (`scan`), its mask pairing rule, and the seeded
 stratified k-fold split. What does not: decoding pixels (``herlev_fa.data.images``) or
-building DataLoaders (``herlev_fa.data.block``).
+building DataLoaders (``herlev_fa.data.feed``, ``herlev_fa.data.datablock``).
 
 The item table is a pandas DataFrame, one row per image, with columns
 ``path`` (absolute), ``rel`` (relative to the dataset root, as saved in a run's folds file),

@@ -5,7 +5,8 @@ weights, the optimiser's state, the best epoch kept so far, the weight average (
 (Python, NumPy, torch on the CPU and the GPU, the DataLoader's shuffler), so that a resumed run
 continues exactly as the uninterrupted one would have. The augmentation draws from those
 generators too (fastai's batch transforms from torch's; the albumentations policy is reseeded
-from torch's every epoch), so nothing inside a library needs saving.
+from torch's for every image, and `--balance` on the DataBlock draws from NumPy's), so nothing
+inside a library needs saving.
 
 When: at most every `TrainConfig.checkpoint_every` seconds (an epoch on a GPU lasts under a
 second, a resnet101 checkpoint is half a gigabyte) and at the end of every fit (each phase of a

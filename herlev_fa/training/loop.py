@@ -1,7 +1,8 @@
 """Training: a config -> one run folder per trained fold (and a cross-validated summary).
 
 The steps, each in its own module: scan the folder (`data.items`), split into stratified folds,
-decode every image once (`data.images`), build the fold's DataLoaders (`data.block`) and
+decode every image once (`data.images`), build the fold's DataLoaders (`data.feed`, or the
+DataBlock of `data.datablock` for `--augment albumentations`) and
 Learner (`model.learner`), fit (fine-tune when starting from pretrained weights, one-cycle from
 scratch), keep the best epoch (`callbacks.KeepBest`), evaluate it (`evaluate`) and save the run
 (`runs`). `lr_find` shares the same preparation.
@@ -41,6 +42,8 @@ from herlev_fa.training.callbacks import (BF16, BatchLines, ChannelsLast, DataPa
                                          LossParts, MseWarmup, WeightAverage)
 from herlev_fa.training.tracking import check_tracker, tracked
 from herlev_fa.config import CONFIG_FILE, TrainConfig, resolve_device, resolve_precision
+from herlev_fa.data.augment import get_policy
+from herlev_fa.data.datablock import datablock, training_dataloaders
 from herlev_fa.data.feed import build_dataloaders
 from herlev_fa.data.images import decode_all
 from herlev_fa.data.items import assign_folds, inner_split, scan
@@ -222,11 +225,17 @@ def _fit_learner(cfg: TrainConfig, data: Prepared, fold: int, device: str, cbs: 
         warnings.warn(f"--bs {cfg.data.bs} is more than the {n_train} training images of fold {fold}: batches of "
                       f"{n_train} are used", stacklevel=2)
     # --keep best chooses on an inner split of the training folds; the held-out fold is a third loader
-    inner = inner_split(data.items, fold, cfg.val_split, cfg.data.seed) if cfg.keep == "best" else None
-    dls = build_dataloaders(data.items, data.cache, data.task, valid=held if inner is None else inner,
-                            bs=cfg.data.bs, mean=mean, std=std, device=device, workers=cfg.data.workers,
-                            seed=cfg.data.seed, augment=cfg.data.augment, held_out=None if inner is None else held,
-                            policy=cfg.data.policy, balance=cfg.data.balance)
+    val_split = cfg.val_split if cfg.keep == "best" else None
+    if cfg.data.augment == "albumentations":  # the fastai DataBlock: each image augmented on CPU workers
+        block = datablock(data.task, cfg.data.size, mean, std, fold, get_policy(cfg.data.policy), val_split,
+                          cfg.data.seed, data.cache)
+        dls = training_dataloaders(block, data.items, cfg.data.bs, device, cfg.data.workers, cfg.data.balance)
+    else:  # the device feed
+        inner = None if val_split is None else inner_split(data.items, fold, val_split, cfg.data.seed)
+        dls = build_dataloaders(data.items, data.cache, data.task, valid=held if inner is None else inner,
+                                bs=cfg.data.bs, mean=mean, std=std, device=device, augment=cfg.data.augment,
+                                held_out=None if inner is None else held, policy=cfg.data.policy,
+                                balance=cfg.data.balance)
     learn = build_learner(dls, model, data.task, cfg.model.mse_weight, cfg.wd, cbs=cbs, path=path,
                           smoothing=cfg.label_smoothing)
     return learn, mean, std
