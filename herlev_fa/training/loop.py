@@ -1,8 +1,8 @@
 """Training: a config -> one run folder per trained fold (and a cross-validated summary).
 
 The steps, each in its own module: scan the folder (`data.items`), split into stratified folds,
-decode every image once (`data.images`), build the fold's DataLoaders (`data.block`) and
-Learner (`model.learner`), fit (fine-tune when starting from pretrained weights, one-cycle from
+decode every image once (`data.images`), build the fold's DataLoaders (`data.feed`) and
+Learner (`training.learner`), fit (fine-tune when starting from pretrained weights, one-cycle from
 scratch), keep the best epoch (`callbacks.KeepBest`), evaluate it (`evaluate`) and save the run
 (`runs`). `lr_find` shares the same preparation.
 
@@ -48,7 +48,8 @@ from herlev_fa.evaluation import write_evaluation
 from herlev_fa.labels import Task, get_task, load_class_map
 from herlev_fa.metrics import SCALAR_METRICS, learned_nothing
 from herlev_fa.model.heads import get_head
-from herlev_fa.model.learner import build_learner, build_model, check_arch, normalisation
+from herlev_fa.model.network import build_model, check_arch, normalisation
+from herlev_fa.training.learner import build_learner
 from herlev_fa.figures import lr_find_png, training_curves_png
 from herlev_fa.progress import logging_to_file
 from herlev_fa.runs import FORMAT, integrity, read_meta, save_folds, save_model, save_predictions, selection, versions
