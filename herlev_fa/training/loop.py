@@ -7,13 +7,12 @@ scratch), keep the best epoch (`callbacks.KeepBest`), evaluate it (`evaluate`) a
 (`runs`). `lr_find` shares the same preparation.
 
 Started by `accelerate launch` or `torchrun` with several processes, the fits run data-parallel
-through fastai's Accelerate integration (its DistributedTrainer, as in `Learner.distrib_ctx`);
-everything else runs in every process, but only rank 0 writes (docs/distributed.md).
+(`training.distributed`); everything else runs in every process, but only rank 0 writes
+(docs/distributed.md).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import math
@@ -26,19 +25,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import fastai.distributed  # noqa: F401  (adds Learner.detach_distributed)
 import numpy as np
 import pandas as pd
 import torch
-from fastai.callback.progress import ProgressCallback
 from fastai.learner import AvgSmoothLoss
-from fastai.torch_core import num_distrib, rank_distrib, set_seed
+from fastai.torch_core import num_distrib, set_seed
 from fastcore.basics import noop
 
 from herlev_fa.training import checkpoint
 from herlev_fa.atomic import write_json, write_text
-from herlev_fa.training.callbacks import (BF16, BatchLines, ChannelsLast, DataParallel, EpochLine, EpochLog, KeepBest,
-                                         LossParts, MseWarmup)
+from herlev_fa.training.callbacks import BF16, BatchLines, ChannelsLast, EpochLine, EpochLog, KeepBest, LossParts, MseWarmup
 from herlev_fa.config import CONFIG_FILE, TrainConfig, resolve_device, resolve_precision
 from herlev_fa.data.feed import build_dataloaders
 from herlev_fa.data.images import decode_all
@@ -49,6 +45,7 @@ from herlev_fa.labels import Task, get_task, load_class_map
 from herlev_fa.metrics import SCALAR_METRICS, learned_nothing
 from herlev_fa.model.heads import get_head
 from herlev_fa.model.network import build_model, check_arch, normalisation
+from herlev_fa.training.distributed import as_single_process, data_parallel, from_main, is_main, process_group
 from herlev_fa.training.learner import build_learner
 from herlev_fa.figures import lr_find_png, training_curves_png
 from herlev_fa.progress import logging_to_file
@@ -83,7 +80,7 @@ def prepare(cfg: TrainConfig, task: Task) -> Prepared:
     """Scan, decode (once, for every fold) and split the dataset of `cfg`."""
     items = scan(cfg.data.data, task)
     cache, bad = decode_all(items["path"], cfg.data.size, skip_bad=cfg.data.skip_bad,
-                            progress=not cfg.quiet and _is_main())
+                            progress=not cfg.quiet and is_main())
     items = items[~items["path"].isin(bad)].reset_index(drop=True)
     items["fold"] = assign_folds(items, cfg.data.folds, cfg.data.seed)
     return Prepared(task, items, cache, bad)
@@ -127,92 +124,7 @@ def run_yaml(cfg: TrainConfig) -> str:
 
 def _plain_lines(cfg: TrainConfig) -> bool:
     """Plain progress lines instead of bars: not quiet, stdout a log (`progress.logging_to_file`), the writing process."""
-    return not cfg.quiet and logging_to_file() and _is_main()
-
-
-def _is_main() -> bool:
-    """True in a single process, and in rank 0 of a distributed launch: the process that writes."""
-    return rank_distrib() == 0
-
-
-def _leave_process_group() -> None:
-    """Leave the process group if this process is in one (registered to run at interpreter exit)."""
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-@contextlib.contextmanager
-def _process_group(device: str):
-    """Join the launcher's process group (gloo on the CPU, NCCL on GPUs) when there are several processes.
-
-    Accelerate's state is a process-wide singleton, so the group is joined once per process (a
-    later `train` reuses it) and left at interpreter exit: a gloo group still open when the
-    interpreter tears down can abort the process ("terminate called without an active exception")
-    after the run was written.
-    """
-    if num_distrib() <= 1:
-        yield
-        return
-    from accelerate import PartialState
-
-    PartialState(cpu=device == "cpu")  # joins the group, sets this process's GPU from LOCAL_RANK
-    atexit.unregister(_leave_process_group)  # registered once, however many times train runs
-    atexit.register(_leave_process_group)
-    yield
-    torch.distributed.barrier()  # every process finished: rank 0's files are whole
-
-
-def _from_main(value):
-    """Rank 0's `value`, on every rank (in a single process: `value`)."""
-    if num_distrib() <= 1:
-        return value
-    box = [value]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-@contextlib.contextmanager
-def _data_parallel(learn, device: str):
-    """Fit data-parallel through fastai's Accelerate integration when launched as several processes.
-
-    What `Learner.distrib_ctx` does, with `DataParallel` as the trainer: fastai's own broadcasts the
-    batch order as a CUDA tensor, which gloo on the CPU cannot take. Batch norm is synchronised
-    across processes on GPUs only (torch's SyncBatchNorm has no CPU kernel).
-    """
-    if num_distrib() <= 1:
-        yield
-        return
-    cpu = device == "cpu"
-    learn.add_cb(DataParallel(sync_bn=not cpu, cpu=cpu))
-    if rank_distrib():
-        learn.remove_cb(ProgressCallback)
-    try:
-        yield
-    finally:
-        learn.detach_distributed()
-
-
-@contextlib.contextmanager
-def _as_single_process():
-    """Let fastai see one process (it reads WORLD_SIZE and RANK from the environment).
-
-    Outside the distributed fit, a launched process runs lr_find and predicts on its own: fastai
-    would otherwise gather every tensor from processes that are not doing the same, and save
-    lr_find's temporary weights in rank 0 only, and both would wait forever.
-    """
-    if num_distrib() <= 1:
-        yield
-        return
-    saved = {k: os.environ.get(k) for k in ("WORLD_SIZE", "RANK")}
-    os.environ.update(WORLD_SIZE="1", RANK="0")
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return not cfg.quiet and logging_to_file() and is_main()
 
 
 def set_determinism(seed: int, deterministic: bool) -> None:
@@ -314,7 +226,7 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
     In a distributed launch every rank trains and gets the metrics, but only rank 0 writes.
     """
     started = time.time()
-    main = _is_main()
+    main = is_main()
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
     config = cfg.to_json()
@@ -330,9 +242,9 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
             if resume is not None or cfg.lr is not None:
                 lr = resume.lr if resume else cfg.lr
             else:  # every process finds its own; rank 0's is used
-                with _as_single_process():
+                with as_single_process():
                     lr = _suggest_lr(learn)[0]
-                lr = _from_main(lr)
+                lr = from_main(lr)
             phases = schedule(cfg, lr)
             lines = EpochLine(f"fold {fold} ", sum(p.epochs for p in phases)) if _plain_lines(cfg) else None
             if lines is not None:
@@ -341,7 +253,7 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
                 print(f"resuming '{run_dir}' from {resume.describe([p.epochs for p in phases])} "
                       f"(checkpoint of {time.strftime('%H:%M:%S', time.localtime(resume.path.stat().st_mtime))})",
                       file=sys.stdout if lines is not None else sys.stderr, flush=True)
-            with _data_parallel(learn, device):
+            with data_parallel(learn, device):
                 for i, phase in enumerate(phases):
                     start = 0 if resume is None else resume.start(i, phase.epochs)
                     if start is None:
@@ -359,8 +271,8 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
                 learn.model.load_state_dict(resume.weights())
                 keep.best_epoch = int(resume.state["best"]["epoch"])
             if not main:  # rank 0 predicts the whole held-out fold, outside the distributed context
-                return _from_main(None)
-            with _as_single_process():  # the held-out fold: the third loader when the epoch was chosen on an inner split
+                return from_main(None)
+            with as_single_process():  # the held-out fold: the third loader when the epoch was chosen on an inner split
                 out, y = learn.get_preds(dl=learn.dls[-1], act=noop)
     model = learn.model.cpu().eval()
     out, y = out.float().numpy(), y.numpy()
@@ -399,7 +311,7 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
         "integrity": integrity(run_dir, data.task),  # checked at load: an edit after training is reported
     })
     checkpoint.remove(run_dir)
-    return _from_main(metrics)
+    return from_main(metrics)
 
 
 def summarize(metrics: list[dict]) -> dict:
@@ -469,13 +381,13 @@ def _run_root(cfg: TrainConfig) -> Path:
 
 def _shared_run_root(cfg: TrainConfig) -> Path:
     """`_run_root` in rank 0 (it creates the folder); every rank gets its answer, or its error."""
-    if not _is_main():
-        found = _from_main(None)
+    if not is_main():
+        found = from_main(None)
     else:
         try:
-            found = _from_main(_run_root(cfg))
+            found = from_main(_run_root(cfg))
         except HerlevError as e:
-            _from_main(str(e))
+            from_main(str(e))
             raise
     if isinstance(found, str):
         raise HerlevError(found)
@@ -494,7 +406,7 @@ def _finished(run_dir: Path, cfg: TrainConfig) -> dict:
     if diff:
         raise HerlevError(f"run '{run_dir}' finished with other settings ({diff}); --resume only continues a run "
                           "with its own options: train under another --name")
-    if _is_main() and not cfg.quiet:
+    if is_main() and not cfg.quiet:
         print(f"'{run_dir}' had finished: nothing to resume, its metrics are reused",
               file=sys.stdout if logging_to_file() else sys.stderr, flush=True)
     metrics = run_dir / "metrics.json"
@@ -510,7 +422,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         HerlevError: any problem a user can fix (data, options, output folder, weights).
     """
     device = resolve_device(cfg.device)
-    with _process_group(device):
+    with process_group(device):
         return _train(cfg, device)
 
 
@@ -521,7 +433,7 @@ def _train(cfg: TrainConfig, device: str) -> TrainResult:
     experiment_trackers(cfg.log, cfg.out)  # a missing package is said before any work
     data = prepare(cfg, task)
     root = _shared_run_root(cfg)
-    if _is_main():
+    if is_main():
         write_text(root / CONFIG_FILE, run_yaml(cfg))
     folds = range(cfg.data.folds) if cfg.fold is None else [cfg.fold]
     runs, metrics = [], []
@@ -533,7 +445,7 @@ def _train(cfg: TrainConfig, device: str) -> TrainResult:
             metrics.append(train_fold(cfg, data, fold, run_dir, device))
         runs.append(run_dir)
     summary = summarize(metrics) if cfg.fold is None else None
-    if summary is not None and _is_main():
+    if summary is not None and is_main():
         write_json(root / "cv_summary.json", summary)
         write_text(root / "cv_summary.md", summary_markdown(summary, f"{cfg.model.arch} / {cfg.model.head}: "
                                                                       f"{cfg.data.folds}-fold cross-validation",
