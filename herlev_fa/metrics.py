@@ -20,6 +20,9 @@ What a cytologist asks beyond accuracy:
   normal / abnormal (`binary_accuracy`), beside the screening call's (`screening_accuracy`);
 - calibration: expected calibration error of the top class probability (class heads only);
 - 95% bootstrap intervals of every scalar metric (cells resampled, seeded).
+
+scikit-learn is imported by the functions that score against true labels only, so that decoding
+and the screening call (all that `herlev predict` needs) load without it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score, roc_curve
 
 from herlev_fa.errors import HerlevError
 from herlev_fa.model.heads import Head, get_head
@@ -83,6 +85,8 @@ def operating_thresholds(is_abnormal: np.ndarray, abnormal_score: np.ndarray,
     truth = np.asarray(is_abnormal, bool)
     if truth.all() or not truth.any():
         return dict.fromkeys(OPERATING_POINTS, math.nan)
+    from sklearn.metrics import roc_curve
+
     fpr, tpr, thresholds = roc_curve(truth, abnormal_score, drop_intermediate=False)
     eps = 1e-12
     spec_ok = np.flatnonzero(fpr <= 1 - target + eps)  # fpr non-decreasing: the last one has the highest tpr
@@ -123,6 +127,8 @@ def binary_auc(is_abnormal: np.ndarray, abnormal_score: np.ndarray) -> float:
     """AUC-ROC of abnormal vs normal; NaN when only one of the two is present."""
     if len(np.unique(is_abnormal)) < 2:
         return math.nan
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(is_abnormal, abnormal_score))
 
 
@@ -207,6 +213,8 @@ def operating_points(is_abnormal: np.ndarray, abnormal_score: np.ndarray, predic
               "specificity": float((~decided & ~truth).sum() / n_neg) if n_neg else math.nan,
               "sens_at_spec95": math.nan, "spec_at_sens95": math.nan}
     if n_pos and n_neg:
+        from sklearn.metrics import roc_curve
+
         fpr, tpr, _ = roc_curve(truth, abnormal_score, drop_intermediate=False)
         eps = 1e-12  # 1 - 0.95 is not exactly 0.05 in floating point
         result["sens_at_spec95"] = float(tpr[fpr <= 1 - target + eps].max())  # fpr[0] = 0: never empty
@@ -256,6 +264,8 @@ def decoded_metrics(probs: np.ndarray | None, score: np.ndarray, pred: np.ndarra
     k = len(sev)
     abnormal = sev > 0
     p_abnormal = abnormal_score(probs, score, sev)
+    from sklearn.metrics import cohen_kappa_score, confusion_matrix
+
     cm = confusion_matrix(y, pred, labels=list(range(k)))
     kappa = cohen_kappa_score(y, pred, weights="quadratic", labels=list(range(k))) if len(np.unique(np.r_[y, pred])) > 1 else math.nan
     result = {

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from herlev_fa.data.augment import letterbox
+from herlev_fa.data.images import letterbox
 from herlev_fa.explanation.attribution import Box, content_mask, gaussian_blur, letterbox_box, unletterbox
 from herlev_fa.explanation.masks import BACKGROUND, BORDER, CYTOPLASM, NUCLEUS, OTHER
 from herlev_fa.explanation.overlap import (
