@@ -34,7 +34,8 @@ from fastcore.basics import noop
 
 from herlev_fa.training import checkpoint
 from herlev_fa.atomic import write_json, write_text
-from herlev_fa.training.callbacks import BF16, BatchLines, ChannelsLast, EpochLine, EpochLog, KeepBest, LossParts, MseWarmup
+from herlev_fa.training.callbacks import (BF16, BatchLines, ChannelsLast, EpochLine, EpochLog, KeepBest, LossParts,
+                                         MseWarmup)
 from herlev_fa.config import CONFIG_FILE, TrainConfig, resolve_device, resolve_precision
 from herlev_fa.data.feed import build_dataloaders
 from herlev_fa.data.images import decode_all
@@ -226,60 +227,84 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
     In a distributed launch every rank trains and gets the metrics, but only rank 0 writes.
     """
     started = time.time()
-    main = is_main()
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    config = cfg.to_json()
-    resume = checkpoint.find_matching(run_dir, config) if cfg.resume else None
-    if resume is None and main:
-        save_folds(run_dir, data.items, data.items["fold"].to_numpy())
+    resume = _open_fold(cfg, data, run_dir)
     keep, log = KeepBest(last=cfg.keep == "last"), EpochLog(run_dir / "log.csv", fold=fold)
     trackers = experiment_trackers(cfg.log, run_dir)
     with tempfile.TemporaryDirectory() as scratch:  # fastai's lr_find saves its temporary state here
         learn, mean, std = _fit_learner(cfg, data, fold, device, [LossParts(), keep, log, *trackers, *cbs],
                                         Path(scratch))
         with _quiet(learn, cfg.quiet):
-            if resume is not None or cfg.lr is not None:
-                lr = resume.lr if resume else cfg.lr
-            else:  # every process finds its own; rank 0's is used
-                with as_single_process():
-                    lr = _suggest_lr(learn)[0]
-                lr = from_main(lr)
-            phases = schedule(cfg, lr)
-            lines = EpochLine(f"fold {fold} ", sum(p.epochs for p in phases)) if _plain_lines(cfg) else None
-            if lines is not None:
-                learn.add_cb(lines)
-            if resume is not None and main and not cfg.quiet:
-                print(f"resuming '{run_dir}' from {resume.describe([p.epochs for p in phases])} "
-                      f"(checkpoint of {time.strftime('%H:%M:%S', time.localtime(resume.path.stat().st_mtime))})",
-                      file=sys.stdout if lines is not None else sys.stderr, flush=True)
-            with data_parallel(learn, device):
-                for i, phase in enumerate(phases):
-                    start = 0 if resume is None else resume.start(i, phase.epochs)
-                    if start is None:
-                        continue
-                    learn.freeze() if phase.frozen else learn.unfreeze()
-                    if resume is not None:
-                        checkpoint.restore(learn, keep, log, resume)
-                        resume = None
-                    if lines is not None:
-                        lines.offset = sum(p.epochs for p in phases[:i])
-                    saver = checkpoint.SaveCheckpoint(run_dir, keep, log, i, lr, config, cfg.checkpoint_every)
-                    learn.fit_one_cycle(phase.epochs, phase.lr, pct_start=phase.pct_start, div=phase.div,
-                                        start_epoch=start, cbs=[saver])
-            if resume is not None:  # killed after the last epoch: only the kept weights are left to restore
-                learn.model.load_state_dict(resume.weights())
-                keep.best_epoch = int(resume.state["best"]["epoch"])
-            if not main:  # rank 0 predicts the whole held-out fold, outside the distributed context
+            lr = _learning_rate(cfg, learn, resume)
+            _fit(cfg, learn, lr, resume, keep, log, fold, run_dir, device)
+            if not is_main():  # rank 0 predicts the whole held-out fold, outside the distributed context
                 return from_main(None)
             with as_single_process():  # the held-out fold: the third loader when the epoch was chosen on an inner split
                 out, y = learn.get_preds(dl=learn.dls[-1], act=noop)
-    model = learn.model.cpu().eval()
-    out, y = out.float().numpy(), y.numpy()
+    metrics = _write_run(cfg, data, fold, run_dir, learn.model.cpu().eval(), out.float().numpy(), y.numpy(), mean, std,
+                         lr, int(keep.best_epoch), started, device)
+    checkpoint.remove(run_dir)
+    return from_main(metrics)
+
+
+def _open_fold(cfg: TrainConfig, data: Prepared, run_dir: Path) -> checkpoint.Resume | None:
+    """Create the fold's folder and find the checkpoint to continue (`--resume`); a new run writes its folds file first."""
+    main = is_main()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    resume = checkpoint.find_matching(run_dir, cfg.to_json()) if cfg.resume else None
+    if resume is None and main:
+        save_folds(run_dir, data.items, data.items["fold"].to_numpy())
+    return resume
+
+
+def _learning_rate(cfg: TrainConfig, learn, resume: checkpoint.Resume | None) -> float:
+    """The checkpoint's learning rate, `--lr`, or lr_find's suggestion (every process finds its own; rank 0's is used)."""
+    if resume is not None or cfg.lr is not None:
+        return resume.lr if resume else cfg.lr
+    with as_single_process():
+        lr = _suggest_lr(learn)[0]
+    return from_main(lr)
+
+
+def _fit(cfg: TrainConfig, learn, lr: float, resume: checkpoint.Resume | None, keep: KeepBest, log: EpochLog,
+         fold: int, run_dir: Path, device: str) -> None:
+    """Fit the phases of `schedule`, from the checkpoint's epoch when resuming, checkpointing as it goes."""
+    phases = schedule(cfg, lr)
+    lines = EpochLine(f"fold {fold} ", sum(p.epochs for p in phases)) if _plain_lines(cfg) else None
+    if lines is not None:
+        learn.add_cb(lines)
+    if resume is not None and is_main() and not cfg.quiet:
+        print(f"resuming '{run_dir}' from {resume.describe([p.epochs for p in phases])} "
+              f"(checkpoint of {time.strftime('%H:%M:%S', time.localtime(resume.path.stat().st_mtime))})",
+              file=sys.stdout if lines is not None else sys.stderr, flush=True)
+    config = cfg.to_json()
+    with data_parallel(learn, device):
+        for i, phase in enumerate(phases):
+            start = 0 if resume is None else resume.start(i, phase.epochs)
+            if start is None:
+                continue
+            learn.freeze() if phase.frozen else learn.unfreeze()
+            if resume is not None:
+                checkpoint.restore(learn, keep, log, resume)
+                resume = None
+            if lines is not None:
+                lines.offset = sum(p.epochs for p in phases[:i])
+            saver = checkpoint.SaveCheckpoint(run_dir, keep, log, i, lr, config, cfg.checkpoint_every)
+            learn.fit_one_cycle(phase.epochs, phase.lr, pct_start=phase.pct_start, div=phase.div,
+                                start_epoch=start, cbs=[saver])
+    if resume is not None:  # killed after the last epoch: only the kept weights are left to restore
+        learn.model.load_state_dict(resume.weights())
+        keep.best_epoch = int(resume.state["best"]["epoch"])
+
+
+def _write_run(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, model: torch.nn.Module, out: np.ndarray,
+               y: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], lr: float, best_epoch: int,
+               started: float, device: str) -> dict:
+    """The run folder of a trained fold: held-out predictions [N, C] and metrics, weights, curves, `herlev.json` last."""
     held = data.items[data.items["fold"] == fold]  # get_preds keeps the valid split's order
     save_predictions(run_dir, held, fold, out, y, cfg.model.head, data.task.severities)
     metrics = write_evaluation(run_dir, out, y, data.task, cfg.model.head,
-                               extra={"fold": fold, "best_epoch": int(keep.best_epoch), "kept": selection(cfg.to_json())})
+                               extra={"fold": fold, "best_epoch": best_epoch, "kept": selection(cfg.to_json())})
     save_model(run_dir, model, data.task, cfg.data.size, mean, std)
     log = run_dir / "log.csv"
     if log.is_file():
@@ -299,7 +324,7 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
         "data_root": str(Path(cfg.data.data).expanduser().resolve()),
         "folds_file": "folds.csv",
         "lr": lr,
-        "best_epoch": int(keep.best_epoch),
+        "best_epoch": best_epoch,
         "kept": selection(cfg.to_json()),
         "skipped_images": data.skipped,
         "metrics": {k: metrics[k] for k in SCALAR_METRICS},
@@ -310,8 +335,7 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
         "config": cfg.to_json(),
         "integrity": integrity(run_dir, data.task),  # checked at load: an edit after training is reported
     })
-    checkpoint.remove(run_dir)
-    return from_main(metrics)
+    return metrics
 
 
 def summarize(metrics: list[dict]) -> dict:
