@@ -11,8 +11,8 @@
 # (bench/reproduce_vs_plain.py, cls on 4 folds, 30 epochs: herlev against a plain loop), ig
 # (bench/ig.py), pipeline (bench/data_pipeline.py, 8 workers), reproduce (the issue's
 # from-scratch table: resnet101, 224 px, 30 epochs, batch 32, last epoch), sweep (cls / cls_reg at
-# several lambdas, same protocol), recipe (herlev train's default recipe at the paper's size: cls, cells
-# augmentation, 60 epochs; beside it, at the same time on the same folds, cls with the poster's recipe).
+# several lambdas, same protocol), recipe (herlev train's default recipe at the paper's size: resnet101d, cls,
+# cells augmentation, 60 epochs; beside it, at the same time on the same folds, cls with the poster's recipe).
 # Caps (seconds) can be changed with CAP_<STEP>=N; the default steps' caps (120 + 20 + 60 + 260 + 90 s)
 # plus the wheel install fit one device call (600 s at most: run it with timeout_s=600).
 # Figures and logs go to $OUT (default
@@ -27,9 +27,9 @@ OUT=${OUT:-bench/out}
 DATA=${DATA:-.data/herlev/letterbox200}
 PY=${PY:-python3}
 if [ -n "${DRY:-}" ]; then  # the same steps, small: checks the script, not the speed
-  DEVICE=cpu ARCH=test_resnet SIZE=32 EPOCHS=1 IMAGES=4
-else
-  DEVICE=cuda ARCH=resnet101 SIZE=224 EPOCHS=30 IMAGES=32
+  DEVICE=cpu ARCH=test_resnet ARCH_D=test_resnet SIZE=32 EPOCHS=1 IMAGES=4
+else  # ARCH: the paper's network; ARCH_D: herlev train's default, its ResNet-D variant
+  DEVICE=cuda ARCH=resnet101 ARCH_D=resnet101d SIZE=224 EPOCHS=30 IMAGES=32
 fi
 mkdir -p "$OUT" .site .data/runs
 if [ -d .whl ] && [ -z "${DRY:-}" ]; then
@@ -81,12 +81,12 @@ for s in "${@:-throughput optimizer overhead e2e ig}"; do for name in $s; do
       step sweep 540 $PY bench/constraint_sweep.py --data "$DATA" --arch $ARCH --size $SIZE --epochs $EPOCHS \
         --weights-lambda 0.1,0.3,1 --device $DEVICE --out .data/runs/sweep
       copy_tables .data/runs/sweep "$OUT" ;;
-    recipe)  # the default recipe (cls, cells augmentation, 60 epochs, last epoch) and the poster's (30 epochs,
-             # poster augmentation), cls on the same folds, both at once on the one card, each under the cap
+    recipe)  # the default recipe (resnet101d, cls, cells augmentation, 60 epochs, last epoch) and the poster's
+             # (resnet101, 30 epochs, poster augmentation), cls on the same folds, at once on the one card
       timeout "${CAP_RECIPE:-400}" $PY -m herlev_cli.main reproduce --data "$DATA" --arch $ARCH --no-pretrained \
         --size $SIZE --epochs $EPOCHS --policy poster --heads cls --bs 32 --keep last --device $DEVICE \
         --out .data/runs/recipe_poster --quiet > "$OUT/recipe_poster.log" 2>&1 &
-      step recipe 400 $PY -m herlev_cli.main reproduce --data "$DATA" --arch $ARCH --no-pretrained --size $SIZE \
+      step recipe 400 $PY -m herlev_cli.main reproduce --data "$DATA" --arch $ARCH_D --no-pretrained --size $SIZE \
         --epochs $((EPOCHS * 2)) --policy cells --heads cls --bs 32 --keep last --device $DEVICE \
         --out .data/runs/recipe --quiet
       wait

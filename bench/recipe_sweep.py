@@ -56,6 +56,13 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "sord-cells-60": ("sord head, cells augmentation, 60 epochs", {"head": "sord", "policy": "cells", "epochs": 60}),
     "cls-cells-60-r18d": ("ResNet-18-D (average-pool shortcuts), cells augmentation, 60 epochs",
                           {"arch": "resnet18d", "policy": "cells", "epochs": 60}),
+    "cls-cells-60-ls": ("cells augmentation, 60 epochs, label smoothing 0.1",
+                        {"policy": "cells", "epochs": 60, "label_smoothing": 0.1}),
+    "cls-cells-60-ema": ("cells augmentation, 60 epochs, weight average (EMA, decay 0.995 per batch)",
+                         {"policy": "cells", "epochs": 60, "ema": 0.995}),
+    "cls-cells-100": ("cells augmentation, 100 epochs", {"policy": "cells", "epochs": 100}),
+    "clsreg-cells-60": ("cls_reg head (the regression constraint, λ 0.3), cells augmentation, 60 epochs",
+                        {"head": "cls_reg", "mse_weight": 0.3, "policy": "cells", "epochs": 60}),
     "cls-poster-lr3e-3": ("peak learning rate 3e-3", {"lr": 3e-3}),
     "cls-poster-bs16": ("batch 16 (twice the steps)", {"bs": 16}),
 }

@@ -153,6 +153,8 @@ SkipBad = Annotated[bool, flag("--skip-bad", help=help_of(DataConfig, "skip_bad"
 Quiet = Annotated[bool, flag("--quiet", "-q", help=help_of(TrainConfig, "quiet"))]
 MseWeight = Annotated[float, option(ModelConfig, "mse_weight")]
 MseWarmup = Annotated[float, option(TrainConfig, "mse_warmup")]
+LabelSmoothing = Annotated[float, option(TrainConfig, "label_smoothing")]
+Ema = Annotated[float, option(TrainConfig, "ema")]
 Epochs = Annotated[int, option(TrainConfig, "epochs")]
 Lr = Annotated[str, option(TrainConfig, "lr")]
 Wd = Annotated[float, option(TrainConfig, "wd")]

@@ -20,7 +20,7 @@ import typer
 
 from herlev_cli.app import Quiet, RunOption, app, flag, model_line, out, run_dir, user_errors
 from herlev_fa.atomic import records_json
-from herlev_fa.config import IGSettings
+from herlev_fa.config import IGSettings, help_of
 from herlev_fa.errors import HerlevError
 
 # the IGSettings fields that are options of the attribution commands, and their types on the command line
@@ -39,7 +39,7 @@ def attribution_options(*skip: str) -> Callable[[Callable], Callable]:
         signature = inspect.signature(command, eval_str=True)
         own = [p for p in signature.parameters.values() if p.name != "settings"]
         added = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=defaults[n],
-                                   annotation=Annotated[SETTING_TYPES[n], typer.Option(help=IGSettings.help(n))])
+                                   annotation=Annotated[SETTING_TYPES[n], typer.Option(help=help_of(IGSettings, n))])
                  for n in names]
 
         @functools.wraps(command)

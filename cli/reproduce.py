@@ -12,7 +12,8 @@ from herlev_cli.app import (DATA, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Balan
                             Folds, Keep, Lr, MseWarmup, MseWeight, Policy, Pretrained, Quiet, Seed, Size, Task, ValSplit,
                             Wd, Weights, Workers, app, bars, data_dir, out,
                             parse_lr, user_errors)
-from herlev_fa.config import PAPER_HEADS, POSTER_EPOCHS, POSTER_POLICY, DataConfig, ModelConfig, TrainConfig
+from herlev_fa.config import (PAPER_HEADS, POSTER_ARCH, POSTER_EPOCHS, POSTER_POLICY, DataConfig, ModelConfig,
+                              TrainConfig)
 
 if TYPE_CHECKING:
     from herlev_fa.reproduction import ReproduceResult
@@ -40,7 +41,7 @@ def _table(result: ReproduceResult) -> Table:
 @user_errors
 def reproduce(
     data: Data = None,
-    arch: Arch = MODEL["arch"],
+    arch: Arch = POSTER_ARCH,
     task: Task = DATA["task"],
     folds: Folds = DATA["folds"],
     epochs: Epochs = POSTER_EPOCHS,

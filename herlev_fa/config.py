@@ -24,7 +24,7 @@ AUGMENTS = ("batch", "albumentations", "none")
 POLICY_NAMES = ("poster", "cells")  # data.augment.POLICIES (which imports albumentations: configs stay light)
 PAPER_HEADS = ("cls", "reg", "cls_reg")  # the paper's pipelines: what `herlev reproduce` trains by default
 # the rest of the poster's protocol, `herlev reproduce`'s defaults where `herlev train`'s differ (docs/results.md)
-POSTER_EPOCHS, POSTER_POLICY = 30, "poster"
+POSTER_ARCH, POSTER_EPOCHS, POSTER_POLICY = "resnet101", 30, "poster"
 SEED_MAX = 2**32 - 1  # NumPy's seeds are 32-bit
 LR_MAX = 10.0  # above this a run diverges at once; no schedule in this tool needs more
 
@@ -101,7 +101,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = _opt("resnet101", help="Any timm architecture, e.g. resnet101, test_resnet, convnext_tiny.")
+    arch: str = _opt("resnet101d", help="Any timm architecture, e.g. resnet101d (ResNet-D: average-pool shortcuts), "
+                                        "resnet101 (the paper's), test_resnet, convnext_tiny.")
     head: str = _opt("cls", help="cls (cross-entropy) | reg (MSE on severity) | cls_reg (CE + lambda*MSE) | "
                      "corn (CORN ordinal) | sord (SORD soft ordinal labels).")
     pretrained: bool = _opt(True, help="Start from ImageNet weights (timm hub download), as in the paper.")
@@ -143,6 +144,10 @@ class TrainConfig:
     val_split: float = _opt(0.15, help="--keep best: share of the training folds held aside (stratified, seeded) to "
                                        "choose the epoch on (0 < share < 1).")
     mse_warmup: float = _opt(0.0, help="cls_reg: ramp lambda up from 0 over this fraction of training (0: constant).")
+    label_smoothing: float = _opt(0.0, help="cls, cls_reg: label smoothing of the cross-entropy (0: none; 0.1 is "
+                                            "common): the true class's target is 1 - S + S/K.")
+    ema: float = _opt(0.0, help="Keep an exponential moving average of the weights with this decay per batch (timm's "
+                                "ModelEmaV3; 0: off, e.g. 0.995) and evaluate and save the average; with --keep last.")
     checkpoint_every: float = _opt(300.0, help="Seconds between checkpoints (0: every epoch); one is always written "
                                                "at the end of each phase.")
     log: str | None = _opt(None, help="Experiment tracking through fastai's callback: tensorboard (pip install "
@@ -159,6 +164,17 @@ class TrainConfig:
                f"--fold {self.fold} is out of range: use 0..{self.data.folds - 1} or 'all'")
         _check(self.device in DEVICES, f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
         _check(0 <= self.mse_warmup <= 1, f"--mse-warmup {self.mse_warmup} is out of range: use a fraction 0..1")
+        _check(0 <= self.label_smoothing < 1,
+               f"--label-smoothing {self.label_smoothing} is out of range: use a share 0 <= S < 1 (0.1 is common)")
+        _check(0 <= self.ema < 1, f"--ema {self.ema} is out of range: use a decay 0 <= D < 1 (0: off; e.g. 0.995)")
+        _check(self.ema == 0 or self.keep == "last", "--ema averages the weights of the last epochs and keeps the "
+                                                     "average: use it with --keep last")
+        if self.label_smoothing:
+            from herlev_fa.model.heads import HEADS  # imports torch: configs stay light without the option
+
+            smoothable = ", ".join(name for name, head in HEADS.items() if head.smoothable)
+            _check(HEADS[self.model.head].smoothable, f"--label-smoothing applies to heads trained with cross-entropy "
+                                                      f"on the class ({smoothable}), not to {self.model.head}")
         _check(math.isfinite(self.checkpoint_every) and self.checkpoint_every >= 0,
                f"--checkpoint-every {self.checkpoint_every} is out of range: use a number of seconds >= 0")
         _check(self.keep in KEEP, f"unknown --keep '{self.keep}': choose one of {', '.join(KEEP)}")
@@ -216,14 +232,8 @@ ATTRIBUTION_METHODS = {"ig": "Integrated Gradients", "smoothgrad": "SmoothGrad (
                        "occlusion": "Occlusion"}
 IG_BASELINES = ("mean", "black", "white", "blur")
 # captum's quadrature rules for the path integral, and their names in text
-IG_METHODS = {"gausslegendre": "Gauss-Legendre", "riemann_middle": "midpoint", "riemann_trapezoid": "trapezoid",
-              "riemann_left": "left Riemann", "riemann_right": "right Riemann"}
-IG_RULES = IG_METHODS
-IG_PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+IG_RULES = {"gausslegendre": "Gauss-Legendre", "riemann_middle": "midpoint", "riemann_trapezoid": "trapezoid",
+            "riemann_left": "left Riemann", "riemann_right": "right Riemann"}
 
 
 @dataclass(frozen=True)
@@ -231,35 +241,35 @@ class IGSettings:
     """How attributions are computed and batched; each field's default and help text live here.
 
     The attribution commands (`explain`, `quantify`, `compare-explanations`, `compare-quantify`, `sanity`,
-    `faithfulness`) read their option defaults and help from these fields (`IGSettings.help(name)`). `method` picks
+    `faithfulness`) read their option defaults and help from these fields (`help_of(IGSettings, name)`). `method` picks
     the attribution method (Integrated Gradients by default); the other fields apply where the method uses them.
     """
 
-    method: str = field(default="ig", metadata=_help(
+    method: str = _opt("ig", help=(
         f"{' | '.join(ATTRIBUTION_METHODS)}: the attribution method (captum); smoothgrad is IG under a noise "
         "tunnel, gradcam the last convolutional stage upsampled to the input."))
-    target: str = field(default="predicted", metadata=_help(
+    target: str = _opt("predicted", help=(
         "predicted | score | a class name: the logit (or severity score) explained."))
-    steps: int = field(default=50, metadata=_help("Steps (quadrature nodes) of the IG path integral (ig, smoothgrad)."))
-    rule: str = field(default="gausslegendre", metadata=_help(
+    steps: int = _opt(50, help="Steps (quadrature nodes) of the IG path integral (ig, smoothgrad).")
+    rule: str = _opt("gausslegendre", help=(
         f"{' | '.join(IG_RULES)}: captum's quadrature rule of IG. riemann_middle (midpoint): 9-26% smaller delta than "
         "Gauss-Legendre on ResNets."))
-    baseline: str = field(default="mean", metadata=_help(
+    baseline: str = _opt("mean", help=(
         f"{' | '.join(IG_BASELINES)}: the reference input (IG's path start, GradientShap's and Occlusion's "
         "reference; mean = zero after normalisation; see docs/explainability.md)."))
-    samples: int = field(default=8, metadata=_help("Noisy samples per image (smoothgrad, gradientshap)."))
-    noise: float = field(default=0.15, metadata=_help(
+    samples: int = _opt(8, help="Noisy samples per image (smoothgrad, gradientshap).")
+    noise: float = _opt(0.15, help=(
         "Noise sd as a fraction of the input's value range (smoothgrad, gradientshap)."))
-    window: int | None = field(default=None, metadata=_help(
+    window: int | None = _opt(None, help=(
         "Occlusion: side of the occluded square in model pixels, moved by half of it; None = input size / 8."))
-    precision: str = field(default="auto", metadata=_help(
+    precision: str = _opt("auto", help=(
         "auto (IG on a GPU: bf16 autocast when its delta on the first batch is no larger than fp32's; fp32 otherwise) "
         "| fp32 | bf16 (autocast: faster, delta checked against the fp32 model)."))
-    tol: float = field(default=0.05, metadata=_help("Warn when |delta| exceeds this fraction of f(x) - f(baseline)."))
-    bs: int = field(default=8, metadata=_help("Images per attribution call (IG: each costs STEPS forward/backward)."))
-    internal_batch_size: int | None = field(default=None, metadata=_help(
+    tol: float = _opt(0.05, help="Warn when |delta| exceeds this fraction of f(x) - f(baseline).")
+    bs: int = _opt(8, help="Images per attribution call (IG: each costs STEPS forward/backward).")
+    internal_batch_size: int | None = _opt(None, help=(
         "Images x steps per forward/backward pass; None = sized to the device's memory."))
-    device: str = field(default="auto", metadata=_help("auto | cpu | cuda."))
+    device: str = _opt("auto", help="auto | cpu | cuda.")
 
     def __post_init__(self) -> None:
         _check(self.method in ATTRIBUTION_METHODS,
@@ -271,19 +281,14 @@ class IGSettings:
         _check(self.samples >= 1, f"--samples {self.samples} must be at least 1")
         _check(math.isfinite(self.noise) and self.noise >= 0, f"--noise {self.noise} must be a finite number >= 0")
         _check(self.window is None or self.window >= 1, f"--window {self.window} must be at least 1 pixel")
-        _check(self.precision in IG_PRECISIONS,
-               f"unknown precision '{self.precision}': choose one of {', '.join(IG_PRECISIONS)}")
+        _check(self.precision in PRECISIONS,
+               f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
         _check(self.tol > 0, f"--tol {self.tol} must be > 0 (a fraction of f(x) - f(baseline), e.g. 0.05)")
         _check(self.bs >= 1, f"--bs {self.bs} must be at least 1")
         _check(self.internal_batch_size is None or self.internal_batch_size >= 1,
                f"internal_batch_size {self.internal_batch_size} must be at least 1 (or None: automatic)")
         _check(self.device in DEVICES or self.device.startswith("cuda:"),
                f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
-
-    @classmethod
-    def help(cls, name: str) -> str:
-        """The help text of field `name` (for the CLI options)."""
-        return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
 
     def describe(self, precision: str | None = None) -> str:
         """One line for titles and tables, e.g. 'target predicted, baseline mean, 50 Gauss-Legendre steps' (IG) or

@@ -32,28 +32,15 @@ HERLEV7: tuple[tuple[str, int], ...] = (
     ("carcinoma_in_situ", 4),
 )
 
-# Folder names seen in real copies of the archive, lower-cased, mapped to the canonical name.
-FOLDER_ALIASES: dict[str, str] = {
-    "normal_superficiel": "normal_superficial",  # the archive's own (French) spelling
-    "normal_superficial": "normal_superficial",
-    "normal_intermediate": "normal_intermediate",
-    "normal_columnar": "normal_columnar",
-    "light_dysplastic": "light_dysplastic",
-    "moderate_dysplastic": "moderate_dysplastic",
-    "severe_dysplastic": "severe_dysplastic",
-    "carcinoma_in_situ": "carcinoma_in_situ",
-}
+# The archive's own folder names where they differ from the canonical ones (its French spelling).
+_ARCHIVE_SPELLING = {"normal_superficial": "normal_superficiel"}
 
-# The folder names the archive itself uses; the synthetic generator writes these.
-ARCHIVE_FOLDERS: dict[str, str] = {
-    "normal_superficial": "normal_superficiel",
-    "normal_intermediate": "normal_intermediate",
-    "normal_columnar": "normal_columnar",
-    "light_dysplastic": "light_dysplastic",
-    "moderate_dysplastic": "moderate_dysplastic",
-    "severe_dysplastic": "severe_dysplastic",
-    "carcinoma_in_situ": "carcinoma_in_situ",
-}
+# The folder names the archive itself uses, by canonical name; the synthetic generator writes these.
+ARCHIVE_FOLDERS: dict[str, str] = {name: _ARCHIVE_SPELLING.get(name, name) for name, _ in HERLEV7}
+
+# Folder names seen in real copies of the archive, lower-cased, mapped to the canonical name.
+FOLDER_ALIASES: dict[str, str] = {**{name: name for name, _ in HERLEV7},
+                                  **{folder: name for name, folder in _ARCHIVE_SPELLING.items()}}
 
 # Segmentation-mask colour codes (RGB) of the archive's `X-d.bmp` files.
 NUCLEUS_RGB = (0, 0, 255)

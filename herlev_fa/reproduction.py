@@ -37,7 +37,7 @@ import pandas as pd
 
 from herlev_fa.training import checkpoint
 from herlev_fa.atomic import atomic_path, check_output_folder, write_json, write_text
-from herlev_fa.config import TrainConfig, resolve_device
+from herlev_fa.config import PAPER_HEADS, TrainConfig, resolve_device
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import Task
 from herlev_fa.metrics import SCALAR_METRICS, decode, severity_metrics
@@ -57,7 +57,6 @@ PAPER: dict[str, dict[str, float | None]] = {
     "reg": {"accuracy": 0.582, "binary_accuracy": 0.893, "auc": None, "mse": 0.71, "kappa": None},
     "cls_reg": {"accuracy": 0.726, "binary_accuracy": 0.95, "auc": 0.94, "mse": 0.59, "kappa": None},
 }
-PAPER_HEADS = tuple(PAPER)  # what `reproduce` trains unless told otherwise
 PAPER_NAMES = {"cls": "Cls", "reg": "Reg", "cls_reg": "Cls+Reg"}
 
 # column titles, in table order; accuracies are shown in percent, as in the paper

@@ -77,6 +77,13 @@ CASES = {
     "unknown head": (_with("--head", "svm"), "unknown head 'svm'"),
     "warm-up beyond training": (_with("--mse-warmup", "2"), "--mse-warmup 2.0 is out of range"),
     "unknown keep": (_with("--keep", "median"), "unknown --keep 'median': choose one of best, last"),
+    "label smoothing of 1": (_with("--label-smoothing", "1"), "--label-smoothing 1.0 is out of range"),
+    "label smoothing of a soft-label head": (lambda tmp: _with("--label-smoothing", "0.1")(tmp) + ["--head", "sord"],
+                                             r"applies to heads trained with cross-entropy on the class \(cls, "
+                                             r"cls_reg\), not to sord"),
+    "ema decay of 1": (_with("--ema", "1"), "--ema 1.0 is out of range"),
+    "ema choosing an epoch": (lambda tmp: _with("--ema", "0.99")(tmp) + ["--keep", "best"],
+                              "--ema averages the weights of the last epochs .*: use it with --keep last"),
     "unknown task": (_with("--task", "sipakmed"), "unknown task 'sipakmed'"),
     "missing weights file": (_with("--weights", "/nonexistent/w.safetensors"), "weights file .* does not exist"),
     "missing class map": (_with("--classes", "/nonexistent/map.yaml"), "class map .* does not exist"),

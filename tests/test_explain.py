@@ -25,7 +25,7 @@ from helpers import drawn_png, write_image
 from herlev_cli.main import app
 from herlev_fa.data.images import letterbox
 from herlev_fa.data.images import load_image
-from herlev_fa.config import IGSettings
+from herlev_fa.config import IGSettings, help_of
 from herlev_fa.errors import HerlevError
 from herlev_fa.explanation.attribution import (
     BASELINES,
@@ -557,7 +557,7 @@ def test_ig_settings_validate_and_carry_the_cli_help():
         "target predicted, baseline mean, 16 midpoint steps"
     assert IGSettings().describe().endswith("Gauss-Legendre steps, auto precision")  # before auto has chosen
     assert IGSettings().describe("bf16").endswith("steps, bf16") and IGSettings().describe("fp32").endswith("steps")
-    assert "quadrature rule" in IGSettings.help("rule") and "gradcam" in IGSettings.help("method")
+    assert "quadrature rule" in help_of(IGSettings, "rule") and "gradcam" in help_of(IGSettings, "method")
     assert IGSettings(method="gradcam").describe("fp32") == "Grad-CAM (last conv stage), target predicted"
     assert IGSettings(method="smoothgrad", samples=4).describe("fp32") == \
         "SmoothGrad (IG, 4 samples, noise 0.15), target predicted, baseline mean, 50 Gauss-Legendre steps"

@@ -88,6 +88,21 @@ def test_cls_loss_logs_the_mse_it_does_not_train():
     assert loss.parts["mse"].item() == pytest.approx((score - 3.0) ** 2, rel=1e-6)
 
 
+@pytest.mark.parametrize("name", ["cls", "cls_reg"])
+def test_label_smoothing_is_the_cross_entropy_against_smoothed_targets(name):
+    """q = (1 - s) * onehot(y) + s / K, loss = -sum_k q_k log p_k (+ lambda * MSE for cls_reg, unchanged)."""
+    logits = torch.tensor([[2.0, 0.5, -1.0, 0.0, 1.0], [-0.5, 0.0, 3.0, 1.0, 0.2]])
+    y, s = torch.tensor([0, 3]), 0.2
+    out = get_head(name).module(SEV)(logits)  # cls_reg appends the score
+    q = (1 - s) * F.one_hot(y, 5).float() + s / 5
+    expected = -(q * logits.log_softmax(dim=1)).sum(dim=1).mean()
+    plain, smoothed = SeverityLoss(name, SEV, mse_weight=0.5), SeverityLoss(name, SEV, mse_weight=0.5, smoothing=s)
+    mse = plain(out, y) - F.cross_entropy(logits, y)  # the MSE term, the same with or without smoothing
+    assert smoothed(out, y).item() == pytest.approx((expected + mse).item(), rel=1e-6)
+    assert smoothed.parts["ce"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert [n for n, h in HEADS.items() if h.smoothable] == ["cls", "cls_reg"]  # the heads --label-smoothing accepts
+
+
 # --- a fourth head, added here and nowhere else ------------------------------------------------
 
 

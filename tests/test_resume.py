@@ -51,9 +51,11 @@ def _log_rows(path):
         return 0
 
 
-@pytest.mark.parametrize("start", ["scratch", "finetune"])
+@pytest.mark.parametrize("start", ["scratch", "finetune", "ema"])
 def test_killed_run_resumes_to_the_same_result(synth_data, trained_run, tmp_path, start):
-    extra = ["--no-pretrained"] if start == "scratch" else ["--weights", str(trained_run / "model.safetensors")]
+    """ema: the weight average is in the checkpoint, so the resumed run keeps the same average."""
+    extra = {"scratch": ["--no-pretrained"], "ema": ["--no-pretrained", "--ema", "0.8"],
+             "finetune": ["--weights", str(trained_run / "model.safetensors")]}[start]
     _run(_cmd(synth_data, tmp_path, "reference", *extra))
     # scratch: 6 one-cycle epochs; finetune: 1 frozen + 6 unfrozen. Kill inside the last fit.
     killed = _kill_when(_cmd(synth_data, tmp_path, "killed", *extra),
@@ -63,7 +65,7 @@ def test_killed_run_resumes_to_the_same_result(synth_data, trained_run, tmp_path
     resume = find(tmp_path / "killed")
     assert resume is not None  # the kill may fall between an epoch's log row and its checkpoint
     log = _run([a for a in _cmd(synth_data, tmp_path, "killed", *extra, "--resume") if a != "--quiet"]).stdout
-    epochs = 6 if start == "scratch" else 7
+    epochs = 7 if start == "finetune" else 6
     # the log says where it resumed, then one plain line per remaining epoch, ending with the last one
     assert f"resuming '{tmp_path / 'killed'}' from" in log, log
     assert log.index("resuming") < log.index(f"fold 0 epoch {epochs}/{epochs}: ")
@@ -74,7 +76,7 @@ def test_killed_run_resumes_to_the_same_result(synth_data, trained_run, tmp_path
         assert got[name] == pytest.approx(ref[name], abs=1e-5), name
     assert got["confusion_matrix"] == ref["confusion_matrix"]
     ref_log, got_log = pd.read_csv(tmp_path / "reference" / "log.csv"), pd.read_csv(tmp_path / "killed" / "log.csv")
-    assert len(got_log) == len(ref_log) == (6 if start == "scratch" else 7)
+    assert len(got_log) == len(ref_log) == epochs
     assert np.allclose(got_log["valid_loss"], ref_log["valid_loss"], atol=1e-5)
     assert not list((tmp_path / "killed").glob("*checkpoint*"))  # removed once the run finished, with any half-written one
 
@@ -102,20 +104,22 @@ def _check_whole(path):
             raise AssertionError(f"unexpected file {f}")
 
 
-def test_files_are_whole_after_kills_at_random_points(synth_data, tmp_path):
-    rng = np.random.default_rng(0)
-    for i, delay in enumerate(rng.uniform(4.0, 12.0, size=3)):
-        t0 = time.time()
-        _kill_when(_cmd(synth_data, tmp_path, f"k{i}", "--no-pretrained"), lambda: time.time() - t0 > delay)
-        run = tmp_path / f"k{i}"
-        if run.exists():
-            _check_whole(run)
-            if (run / "herlev.json").exists():
-                from herlev_fa.runs import load_run
+@pytest.mark.parametrize("moment", ["folder made", "mid-training", "writing the results"])
+def test_files_are_whole_after_a_kill(synth_data, tmp_path, moment):
+    """SIGKILL as soon as the run reaches a stage: every file left is whole, and the run resumes or loads."""
+    run = tmp_path / "k"
+    ready = {"folder made": lambda: (run / "folds.csv").exists(),  # before the first epoch ends
+             "mid-training": lambda: _log_rows(run / "log.csv") >= 2,  # checkpoints written every epoch
+             "writing the results": lambda: (run / "predictions.csv").exists()}[moment]
+    assert _kill_when(_cmd(synth_data, tmp_path, "k", "--no-pretrained"), ready), "the run finished first"
+    _check_whole(run)
+    if (run / "herlev.json").exists():
+        from herlev_fa.runs import load_run
 
-                assert load_run(run).meta["fold"] == 0
-            else:
-                find(run)  # a checkpoint, if any, loads
+        assert load_run(run).meta["fold"] == 0
+    else:
+        resume = find(run)  # a checkpoint, if any, loads
+        assert moment == "folder made" or resume is not None
 
 
 def test_resume_of_a_finished_run_reuses_it_or_names_the_options_that_differ(synth_data, trained_run, device):

@@ -257,6 +257,56 @@ def test_mse_warmup_is_recorded_and_validation_loss_uses_the_full_weight(synth_d
     assert meta["config"]["mse_warmup"] == 0.5 and meta["mse_weight"] == 0.5
 
 
+def test_weight_average_is_the_ema_of_the_weights_after_each_training_batch():
+    from fastai.callback.core import Callback
+    from fastai.test_utils import synth_learner
+    from fastai.torch_core import set_seed
+
+    from herlev_fa.training.callbacks import WeightAverage
+
+    class Record(Callback):  # the weights at the start and after every optimiser step
+        seen: list = []
+
+        def before_fit(self):
+            self.seen.append({k: v.clone() for k, v in self.learn.model.state_dict().items()})
+
+        def after_batch(self):
+            if self.training:
+                self.seen.append({k: v.clone() for k, v in self.learn.model.state_dict().items()})
+
+    set_seed(0)
+    decay = 0.7
+    learn = synth_learner(n_trn=4, cbs=[WeightAverage(decay), Record()])
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(2, lr=0.1)
+    first, *steps = Record.seen
+    assert len(steps) == 8  # 4 batches x 2 epochs
+    expected = dict(first)
+    for w in steps:
+        expected = {k: decay * expected[k] + (1 - decay) * w[k] for k in w}
+    last = steps[-1]
+    learn.weight_average.apply()
+    for k, v in learn.model.state_dict().items():
+        assert torch.allclose(v, expected[k], atol=1e-6), k
+        assert not torch.allclose(v, last[k]), k  # the average, not the last weights
+
+
+def test_ema_and_label_smoothing_reach_the_run_and_the_saved_weights_are_the_scored_ones(synth_data, tmp_path):
+    result = runner.invoke(app, ["train", "--data", str(synth_data), "--arch", "test_resnet", "--no-pretrained",
+                                 "--size", "32", "--epochs", "2", "--bs", "16", "--seed", "0", "--ema", "0.5",
+                                 "--label-smoothing", "0.1", "--device", "cpu", "--out", str(tmp_path), "--name", "e",
+                                 "--quiet"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "e" / "herlev.json").read_text())
+    assert (meta["config"]["ema"], meta["config"]["label_smoothing"]) == (0.5, 0.1)
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "e"), "--out", str(tmp_path / "ev"), "--device", "cpu",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    trained, again = json.loads((tmp_path / "e" / "metrics.json").read_text()), json.loads(result.output)
+    assert again["confusion_matrix"] == trained["confusion_matrix"]
+    assert again["mse"] == pytest.approx(trained["mse"], rel=1e-4)
+
+
 def test_balance_reaches_the_run_and_a_resume_with_other_balancing_is_refused(synth_data, tmp_path):
     args = ["train", "--data", str(synth_data), "--arch", "test_resnet", "--no-pretrained", "--size", "32",
             "--epochs", "1", "--bs", "16", "--seed", "0", "--device", "cpu", "--out", str(tmp_path), "--name", "b",

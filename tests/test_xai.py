@@ -97,6 +97,23 @@ def test_smoothgrad_of_a_linear_model_is_ig_of_the_mean_noisy_input_and_reproduc
     assert np.abs(noisy[0] - ig).max() > 1e-3
 
 
+def test_gradientshap_is_reproducible_whatever_the_global_random_state():
+    """captum draws GradientShap's path points from NumPy's global generator: seeded per call, then restored."""
+    model, images = _linear(2), _images(2)
+    maps = []
+    for seed in (1, 2):
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        maps.append(_explainer(model, "gradientshap", samples=3)(images, 1).attribution)
+    np.testing.assert_array_equal(maps[0], maps[1])
+    np.random.seed(5)
+    expected = np.random.random(2)
+    np.random.seed(5)
+    first = np.random.random()
+    _explainer(model, "gradientshap", samples=3)(images, 1)
+    assert [first, np.random.random()] == list(expected)  # the caller's NumPy state is left as it was
+
+
 def test_gradcam_is_the_relu_of_the_gradient_weighted_last_stage_upsampled():
     import timm
 

@@ -51,17 +51,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from herlev_fa.config import IG_BASELINES as BASELINES
+from herlev_fa.config import IGSettings
 from herlev_fa.data.images import normalise
-from herlev_fa.config import ATTRIBUTION_METHODS, IG_BASELINES, IG_PRECISIONS, IG_RULES, IGSettings
 from herlev_fa.errors import HerlevError, missing as missing_message
 from herlev_fa.explanation.methods import METHODS as OTHER_METHODS
 from herlev_fa.model.heads import Head, get_head
 from herlev_fa.model.inference import fold_batchnorm
 
-BASELINES = IG_BASELINES
-RULES = IG_RULES
 DEFAULT_RULE = IGSettings.rule  # captum's default; best for smooth networks
-PRECISIONS = IG_PRECISIONS
 AUTO_TRIES_BF16 = {"cuda"}  # device types where precision 'auto' tries bf16 (CPUs: twice the delta where measured)
 DEFAULT_BASELINE = IGSettings.baseline
 DEFAULT_TOL = IGSettings.tol  # relative completeness error above which a result is flagged
@@ -280,16 +278,8 @@ class Explainer:
                  precision: str = "auto", tol: float = DEFAULT_TOL, rule: str = DEFAULT_RULE,
                  fold_bn: bool = True, method: str = "ig", samples: int = 8, noise: float = 0.15,
                  window: int | None = None):
-        if steps < 1:
-            raise HerlevError(f"--steps {steps} must be at least 1 (50 is captum's default)")
-        if baseline not in BASELINES:
-            raise HerlevError(f"unknown baseline '{baseline}': choose one of {', '.join(BASELINES)}")
-        if precision not in PRECISIONS:
-            raise HerlevError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
-        if rule not in RULES:
-            raise HerlevError(f"unknown rule '{rule}': choose one of {', '.join(RULES)}")
-        if method not in ATTRIBUTION_METHODS:
-            raise HerlevError(f"unknown method '{method}': choose one of {', '.join(ATTRIBUTION_METHODS)}")
+        IGSettings(method=method, steps=steps, rule=rule, baseline=baseline, samples=samples, noise=noise,
+                   window=window, precision=precision, tol=tol)  # the settings' rules and messages, stated there once
         self.head, self.classes, self.severities = head, tuple(classes), tuple(severities)
         self.mean, self.std, self.size = tuple(mean), tuple(std), int(size)
         self.steps, self.baseline, self.precision, self.tol = int(steps), baseline, precision, float(tol)
@@ -433,14 +423,19 @@ class DeviceAttribution:
                                 predicted=host(self.predicted), change=host(self.change), precision=self.precision)
 
 
-def explainer_for(run, settings: IGSettings = IGSettings()) -> Explainer:
-    """An `Explainer` with a loaded run's model and preprocessing, computing IG as `settings` say."""
+def explainer_for(run, settings: IGSettings = IGSettings(), model: nn.Module | None = None,
+                  method: str | None = None) -> Explainer:
+    """An `Explainer` with a loaded run's model and preprocessing, computing attributions as `settings` say.
+
+    `model` replaces the run's (a randomised copy, say) and `method` the settings' method.
+    """
     from herlev_fa.config import resolve_device
 
-    return Explainer(run.model, run.head, run.task.classes, run.task.severities, run.mean, run.std, run.size,
-                     steps=settings.steps, baseline=settings.baseline, device=resolve_device(settings.device),
-                     internal_batch_size=settings.internal_batch_size, precision=settings.precision,
-                     tol=settings.tol, rule=settings.rule, method=settings.method, samples=settings.samples,
+    return Explainer(run.model if model is None else model, run.head, run.task.classes, run.task.severities,
+                     run.mean, run.std, run.size, steps=settings.steps, baseline=settings.baseline,
+                     device=resolve_device(settings.device), internal_batch_size=settings.internal_batch_size,
+                     precision=settings.precision, tol=settings.tol, rule=settings.rule,
+                     method=settings.method if method is None else method, samples=settings.samples,
                      noise=settings.noise, window=settings.window)
 
 

@@ -144,24 +144,19 @@ def faithfulness(run, methods: Sequence[str], out: str | Path | None = None, set
     """
     from herlev_fa.config import resolve_device
     from herlev_fa.data.images import normalise
-    from herlev_fa.explanation.attribution import Explainer, target_column
+    from herlev_fa.explanation.attribution import explainer_for, target_column
     from herlev_fa.explanation.masks import NUCLEUS
     from herlev_fa.explanation.sanity import masked_cells
     from herlev_fa.figures import faithfulness_png
-    from herlev_fa.runs import Run, load_run
 
-    run = run if isinstance(run, Run) else load_run(run)
+    run, items, images, regions, keep = masked_cells(run, data, split, limit)  # [N, S, S, 3], [N, S, S], [N, S, S]
     out_dir = Path(out) if out is not None else run.path / "faithfulness"
-    items, images, regions, keep = masked_cells(run, data, split, limit)  # [N, S, S, 3], [N, S, S], [N, S, S]
     device = resolve_device(settings.device)
     column = target_column(settings.target, run.head, run.task.classes)
     s = run.size
     rows, curve_rows = [], []
     for method in methods:
-        explainer = Explainer(run.model, run.head, run.task.classes, run.task.severities, run.mean, run.std, s,
-                              steps=settings.steps, baseline=settings.baseline, device=device,
-                              precision=settings.precision, tol=settings.tol, rule=settings.rule, method=method,
-                              samples=settings.samples, noise=settings.noise, window=settings.window)
+        explainer = explainer_for(run, settings, method=method)
         first = len(rows)
         for i in range(0, len(items), settings.bs):
             batch = explainer.attribute(images[i:i + settings.bs], column)

@@ -33,6 +33,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -43,11 +44,20 @@ NOISE_SEED = 0  # smoothgrad / gradientshap draw their noise from this seed per 
 
 @contextlib.contextmanager
 def seeded(seed: int = NOISE_SEED) -> Iterator[None]:
-    """Draw captum's noise (global torch RNG) from `seed`, leaving the caller's RNG state as it was."""
+    """Draw captum's noise from `seed`, leaving the caller's RNG states as they were.
+
+    Both global generators: captum draws the noise from torch's, and GradientShap's points on the
+    path and its choice of baselines from NumPy's.
+    """
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    state = np.random.get_state()
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        yield
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(state)
 
 
 def last_conv_stage(net: nn.Module) -> tuple[str, nn.Module]:

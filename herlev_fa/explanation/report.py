@@ -27,13 +27,12 @@ import pandas as pd
 from herlev_fa.atomic import atomic_path, check_output_folder, write_text
 from herlev_fa.data.items import FILE_NAME_ERRORS
 from herlev_fa.config import ATTRIBUTION_METHODS as METHOD_NAMES
-from herlev_fa.config import IGSettings
+from herlev_fa.config import IG_RULES, IGSettings
 from herlev_fa.errors import HerlevError
 from herlev_fa.explanation.attribution import (
     DEFAULT_BASELINE,
     DEFAULT_RULE,
     GAP_FLOOR,
-    RULES,
     Explainer,
     Explanation,
     content_mask,
@@ -89,7 +88,7 @@ def write_explanation(result: Explanation, out_dir: str | Path, baseline: str = 
     # the figure first: if it cannot be drawn, no map is left behind without it
     bf16 = ", bf16" if result.precision == "bf16" else ""
     png = explanation_png(result, out_dir / f"{result.name}_{result.method}.png",
-                          settings=description or f"baseline {baseline}, {steps} {RULES[rule]} steps{bf16}")
+                          settings=description or f"baseline {baseline}, {steps} {IG_RULES[rule]} steps{bf16}")
     npy = out_dir / f"{result.name}_{result.method}.npy"
     with atomic_path(npy) as tmp, open(tmp, "wb") as f:
         np.save(f, result.attribution.astype(np.float32))

@@ -137,15 +137,13 @@ def sanity(run, methods: Sequence[str], out: str | Path | None = None, settings:
     Raises:
         HerlevError: bad run or settings, no held-out cell with a mask.
     """
-    from herlev_fa.explanation.attribution import Explainer, target_column
+    from herlev_fa.explanation.attribution import explainer_for, target_column
     from herlev_fa.explanation.masks import NUCLEUS
     from herlev_fa.explanation.overlap import region_shares_batch
     from herlev_fa.config import resolve_device
-    from herlev_fa.runs import Run, load_run
 
-    run = run if isinstance(run, Run) else load_run(run)
+    run, items, images, regions, keep = masked_cells(run, data, split, limit)  # [N, S, S, 3], [N, S, S], [N, S, S]
     out_dir = Path(out) if out is not None else run.path / "sanity"
-    items, images, regions, keep = masked_cells(run, data, split, limit)  # [N, S, S, 3], [N, S, S], [N, S, S]
     device = resolve_device(settings.device)
     regions_t, keep_t = torch.from_numpy(regions).to(device), torch.from_numpy(keep).to(device)
     steps = ["trained", *cascade(run.model.net)]
@@ -156,10 +154,7 @@ def sanity(run, methods: Sequence[str], out: str | Path | None = None, settings:
         explained: Tensor | None = None  # the trained model's explained columns [N]: every step explains these
         for k, step in enumerate(steps):
             model = run.model if k == 0 else randomised(run.model, steps[1:k + 1])
-            explainer = Explainer(model, run.head, run.task.classes, run.task.severities, run.mean, run.std, run.size,
-                                  steps=settings.steps, baseline=settings.baseline, device=device,
-                                  precision=settings.precision, tol=settings.tol, rule=settings.rule, method=method,
-                                  samples=settings.samples, noise=settings.noise, window=settings.window)
+            explainer = explainer_for(run, settings, model=model, method=method)
             started = time.perf_counter()
             maps, targets = [], []
             for i in range(0, len(items), settings.bs):
@@ -198,14 +193,16 @@ def sanity(run, methods: Sequence[str], out: str | Path | None = None, settings:
     return SanityResult(table, summary, files)
 
 
-def masked_cells(run, data: str | Path | None, split: str, limit: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray,
-                                                                              np.ndarray]:
-    """`limit` masked cells of `run` (`cells_of`), decoded for its network: (items, images [N, S, S, 3] uint8,
-    mask regions [N, S, S], content [N, S, S] bool), as `sanity` and `faithfulness` explain them."""
+def masked_cells(run, data: str | Path | None, split: str, limit: int):
+    """The run (loaded when given as a folder) and `limit` of its masked cells (`cells_of`), decoded for its network:
+    (run, items, images [N, S, S, 3] uint8, mask regions [N, S, S], content [N, S, S] bool), as `sanity` and
+    `faithfulness` explain them."""
     from herlev_fa.explanation.report import masked_batch, quantify_items
+    from herlev_fa.runs import Run, load_run
 
+    run = run if isinstance(run, Run) else load_run(run)
     items = cells_of(quantify_items(run, data, split)[0], limit)
-    return (items, *masked_batch(items, run.size))
+    return (run, items, *masked_batch(items, run.size))
 
 
 def cells_of(items: pd.DataFrame, limit: int) -> pd.DataFrame:

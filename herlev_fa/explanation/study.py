@@ -184,9 +184,10 @@ def fold_runs(run_dir: str | Path) -> list[Path]:
 
 def held_out_quantify(run_dir: str | Path, out: str | Path, settings: IGSettings = IGSettings(),
                       data: str | Path | None = None, reuse: bool = False,
-                      log: Callable[[str], None] | None = None, progress: bool = False) -> pd.DataFrame:
+                      log: Callable[[str], None] | None = None, progress: bool = False,
+                      limit: int | None = None) -> pd.DataFrame:
     """`quantify` of each fold run of `run_dir` on its own held-out fold, pooled: every cell once, by a model
-    that did not train on it.
+    that did not train on it (or, with `limit`, a seeded sample of at most `limit` cells of each fold).
 
     Each fold's files go to OUT/<fold>/ (quantify.csv, .md, .png). With `reuse`, a fold whose
     quantify.csv is already there is read instead (made with the same settings: the caller's
@@ -206,7 +207,7 @@ def held_out_quantify(run_dir: str | Path, out: str | Path, settings: IGSettings
         if not (reuse and csv.is_file()):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # unconverged images: reported on the pooled table
-                quantify(load_run(fold_dir), data=data, out=folder, settings=settings, progress=progress)
+                quantify(load_run(fold_dir), data=data, out=folder, settings=settings, progress=progress, limit=limit)
             if log is not None:
                 log(f"{fold_dir}: quantified on its held-out cells")
         table = pd.read_csv(csv)

@@ -115,6 +115,7 @@ class Head:
     summary: ClassVar[str] = ""  # what it trains, for the --head help
     has_classes: ClassVar[bool] = True  # the output holds class logits (probabilities, class targets)
     weighted: ClassVar[bool] = False  # the loss has a lambda-weighted term (--mse-weight, --mse-warmup)
+    smoothable: ClassVar[bool] = False  # cross-entropy on the true class: label smoothing applies (--label-smoothing)
 
     def n_outputs(self, n_classes: int) -> int:
         """Width of the timm classifier."""
@@ -131,9 +132,12 @@ class Head:
         """Model output [B, C] -> (class logits [B, K] or None, severity score [B])."""
         raise NotImplementedError
 
-    def loss(self, out: Tensor, target: Tensor, severities: Severities,
-             mse_weight: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
-        """Model output [B, C], class indices [B] -> (scalar loss, its detached components for logging)."""
+    def loss(self, out: Tensor, target: Tensor, severities: Severities, mse_weight: float = 1.0,
+             smoothing: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+        """Model output [B, C], class indices [B] -> (scalar loss, its detached components for logging).
+
+        `smoothing`: label smoothing of the cross-entropy, for heads that are `smoothable` (0 for the others).
+        """
         raise NotImplementedError
 
     def activation(self, out: Tensor, severities: Severities) -> Tensor:
@@ -239,13 +243,14 @@ class ClsHead(_ClassHead):
 
     name = "cls"
     summary = "cross-entropy"
+    smoothable = True
 
     def split(self, out: Tensor, severities: Severities) -> tuple[Tensor | None, Tensor]:
         return out, expected_severity(out, severities)
 
-    def loss(self, out, target, severities, mse_weight=1.0):
+    def loss(self, out, target, severities, mse_weight=1.0, smoothing=0.0):
         logits, score = self.split(out, severities)
-        ce = F.cross_entropy(logits.float(), target)
+        ce = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
         mse = F.mse_loss(score.float(), _sev(severities, out)[target])  # logged only
         return ce, {"ce": ce.detach(), "mse": mse.detach()}
 
@@ -269,7 +274,7 @@ class RegHead(Head):
     def split(self, out: Tensor, severities: Severities) -> tuple[Tensor | None, Tensor]:
         return None, out[:, 0]
 
-    def loss(self, out, target, severities, mse_weight=1.0):
+    def loss(self, out, target, severities, mse_weight=1.0, smoothing=0.0):
         mse = F.mse_loss(out[:, 0].float(), _sev(severities, out)[target])
         return mse, {"mse": mse.detach()}
 
@@ -281,6 +286,7 @@ class ClsRegHead(_ClassHead):
     name = "cls_reg"
     summary = "CE + lambda*MSE"
     weighted = True
+    smoothable = True
 
     def module(self, severities: Sequence[float]) -> nn.Module:
         return AppendExpectedSeverity(severities)
@@ -294,9 +300,9 @@ class ClsRegHead(_ClassHead):
     def split(self, out: Tensor, severities: Severities) -> tuple[Tensor | None, Tensor]:
         return out[:, :-1], out[:, -1]
 
-    def loss(self, out, target, severities, mse_weight=1.0):
+    def loss(self, out, target, severities, mse_weight=1.0, smoothing=0.0):
         logits, score = self.split(out, severities)
-        ce = F.cross_entropy(logits.float(), target)
+        ce = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
         mse = F.mse_loss(score.float(), _sev(severities, out)[target])
         return ce + mse_weight * mse, {"ce": ce.detach(), "mse": mse.detach()}
 
@@ -351,7 +357,7 @@ class CornHead(_OrdinalHead):
         log_p = corn_log_probs(out)  # [B, K]
         return log_p, log_p.exp() @ _sev(severities, out)
 
-    def loss(self, out, target, severities, mse_weight=1.0):
+    def loss(self, out, target, severities, mse_weight=1.0, smoothing=0.0):
         loss = corn_loss(out.float(), target, num_classes=out.shape[1] + 1)
         return loss, {"corn": loss.detach()}
 
@@ -386,7 +392,7 @@ class SordHead(_OrdinalHead):
     def split(self, out: Tensor, severities: Severities) -> tuple[Tensor | None, Tensor]:
         return out, expected_severity(out, severities)
 
-    def loss(self, out, target, severities, mse_weight=1.0):
+    def loss(self, out, target, severities, mse_weight=1.0, smoothing=0.0):
         from dlordinal.losses import SORDLoss  # imports scipy.stats and more: only when training
 
         # train_targets only feeds SORDLoss's frequency-based proximities (prox=True), not used here

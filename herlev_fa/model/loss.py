@@ -3,8 +3,8 @@
 The head (`herlev_fa.model.heads`) owns the formula (`cls`: cross-entropy; `reg`: MSE of the
 score against the true class's severity; `cls_reg`: CE + lambda * MSE, the regression
 constraint); this module holds what fastai needs around it: the severities on the device,
-lambda (`mse_weight`, which `MseWarmup` may change), and the components of the last batch in
-`parts` (detached, on the device) for `herlev_fa.training.callbacks.LossParts` to log.
+lambda (`mse_weight`, which `MseWarmup` may change), the label smoothing, and the components of
+the last batch in `parts` (detached, on the device) for `herlev_fa.training.callbacks.LossParts` to log.
 """
 
 from __future__ import annotations
@@ -20,14 +20,16 @@ from herlev_fa.model.heads import Head, get_head
 class SeverityLoss(nn.Module):
     """Loss for model output [B, C] and class-index targets [B]; returns a scalar."""
 
-    def __init__(self, head: str | Head, severities: Sequence[float], mse_weight: float = 1.0):
+    def __init__(self, head: str | Head, severities: Sequence[float], mse_weight: float = 1.0,
+                 smoothing: float = 0.0):
         super().__init__()
-        self.head, self.mse_weight = get_head(head), float(mse_weight)
+        self.head, self.mse_weight, self.smoothing = get_head(head), float(mse_weight), float(smoothing)
         self.register_buffer("severities", torch.tensor(list(severities), dtype=torch.float32))
         self.parts: dict[str, Tensor] = {}
 
     def forward(self, out: Tensor, target: Tensor) -> Tensor:
-        loss, self.parts = self.head.loss(out, target, self.severities.to(out.device), self.mse_weight)
+        loss, self.parts = self.head.loss(out, target, self.severities.to(out.device), self.mse_weight,
+                                          self.smoothing)
         return loss
 
     def activation(self, out: Tensor) -> Tensor:

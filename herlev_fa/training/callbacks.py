@@ -97,6 +97,40 @@ class MseWarmup(Callback):
         self.learn.loss_func.mse_weight = self.full
 
 
+class WeightAverage(Callback):
+    """An exponential moving average of the weights (timm's `ModelEmaV3`, `decay` per training batch).
+
+    The run keeps the average: `apply` puts it into the model once the last fit is over (hence
+    `--keep last` only; the epoch log's validation columns are the raw weights'). The checkpoint
+    saves it (`ema/` tensors) and a resumed run averages on from it (`pending`).
+    """
+
+    def __init__(self, decay: float):
+        self.decay = decay
+        self.average = None  # timm's ModelEmaV3: a copy of the model, made at the first fit
+        self.pending: dict[str, torch.Tensor] | None = None  # the average to restore when a resumed fit starts
+
+    def before_fit(self) -> None:
+        from timm.utils import ModelEmaV3
+
+        if hasattr(self.learn, "lr_finder"):
+            return
+        if self.average is None:
+            self.average = ModelEmaV3(bare_model(self.learn.model), decay=self.decay)
+        if self.pending is not None:
+            self.average.module.load_state_dict(self.pending)
+            self.pending = None
+
+    def after_batch(self) -> None:
+        if self.training and self.average is not None and not hasattr(self.learn, "lr_finder"):
+            self.average.update(bare_model(self.learn.model))
+
+    def apply(self) -> None:
+        """Load the average into the model (after training; a no-op when no fit ran)."""
+        if self.average is not None:
+            bare_model(self.learn.model).load_state_dict(self.average.module.state_dict())
+
+
 def _not_training_epoch(cb: Callback) -> bool:
     """True for epochs that trained nothing: skipped on resume, lr_find's, get_preds' pass."""
     skipped, cb.skipped = getattr(cb, "skipped", False), False

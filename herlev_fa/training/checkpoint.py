@@ -1,7 +1,7 @@
 """Training checkpoints: what one holds, when it is written, how it is read, and which runs may resume it.
 
 A checkpoint is a folder `RUN/checkpoint/` holding everything the next epoch depends on: the
-weights, the optimiser's state, the best epoch kept so far, the epoch log, and the random states
+weights, the optimiser's state, the best epoch kept so far, the weight average (`--ema`), the epoch log, and the random states
 (Python, NumPy, torch on the CPU and the GPU, the DataLoader's shuffler), so that a resumed run
 continues exactly as the uninterrupted one would have. The augmentation draws from those
 generators too (fastai's batch transforms from torch's; the albumentations policy is reseeded
@@ -48,11 +48,11 @@ NAME, OLD, TMP = "checkpoint", ".checkpoint.old", ".checkpoint.tmp-"
 # workers, checkpoint interval, output folder and verbosity do not
 _DATA_KEYS = ("data", "task", "classes", "size", "folds", "seed", "bs", "skip_bad", "augment", "policy", "balance")
 _MODEL_KEYS = ("arch", "pretrained", "weights", "mse_weight")  # the head is compared on its own
-_SCHEDULE_KEYS = ("epochs", "lr", "wd", "keep", "val_split", "mse_warmup")
+_SCHEDULE_KEYS = ("epochs", "lr", "wd", "keep", "val_split", "mse_warmup", "label_smoothing", "ema")
 # options added after the first version, at the value a record without them was made with
 # (val_split None: --keep best chose on the held-out fold itself)
 _ADDED = {"keep": "best", "mse_warmup": 0.0, "augment": "albumentations", "policy": "poster", "val_split": None,
-          "balance": False}
+          "balance": False, "label_smoothing": 0.0, "ema": 0.0}
 
 
 def settings(config: dict) -> dict:
@@ -104,9 +104,12 @@ class Resume:
         return f"epoch {done + 1} of {sum(phases)}" if done < sum(phases) else f"the end of its {sum(phases)} epochs"
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """The weights to keep if no epoch is left to run: the best epoch's, else the last."""
-        best = {k[len("best/"):]: v for k, v in self.tensors.items() if k.startswith("best/")}
-        return best or {k[len("model/"):]: v for k, v in self.tensors.items() if k.startswith("model/")}
+        """The weights to keep if no epoch is left to run: the best epoch's, else the average (--ema), else the last."""
+        for kind in ("best/", "ema/", "model/"):
+            found = {k[len(kind):]: v for k, v in self.tensors.items() if k.startswith(kind)}
+            if found:
+                return found
+        return {}
 
 
 def _jsonable(x: Any) -> Any:
@@ -137,6 +140,10 @@ def capture(learn, keep, log, phase: int, epoch: int, lr: float, config: dict) -
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in bare_model(learn.model).state_dict().items()}
     if keep.best_state is not None:
         tensors.update({f"best/{k}": v.detach().cpu().contiguous() for k, v in keep.best_state.items()})
+    average = getattr(learn, "weight_average", None)  # --ema: the WeightAverage callback, by fastai's naming
+    if average is not None and average.average is not None:
+        ema = average.average.module.state_dict()
+        tensors.update({f"ema/{k}": v.detach().cpu().contiguous() for k, v in ema.items()})
     opt = learn.opt.state_dict()  # torch's: {"state": {param index: {name: tensor}}, "param_groups": [...]}
     for pid, st in opt["state"].items():
         tensors.update({f"opt/{pid}/{k}": v.detach().cpu().contiguous() for k, v in st.items()})
@@ -235,6 +242,9 @@ def restore(learn, keep, log, resume: Resume) -> None:
     learn.opt.load_state_dict({"state": opt_state, "param_groups": s["opt_groups"]})
     best = {k[len("best/"):]: v.to(device) for k, v in t.items() if k.startswith("best/")}
     keep.pending = (s["best"]["value"], s["best"]["epoch"], s["best"]["seen"], best or None)
+    ema = {k[len("ema/"):]: v.to(device) for k, v in t.items() if k.startswith("ema/")}
+    if ema:
+        learn.weight_average.pending = ema
     log.rows = list(s["log_rows"])
     torch.set_rng_state(t["rng/torch"])
     cuda = [t[k] for k in sorted(k for k in t if k.startswith("rng/cuda/"))]

@@ -40,7 +40,7 @@ def body_head_splitter(model: SeverityModel) -> list[list[nn.Parameter]]:
 
 
 def build_learner(dls, model: SeverityModel, task: Task, mse_weight: float = 1.0, wd: float = 0.05,
-                  cbs: Sequence = (), path: str | Path = ".") -> Learner:
+                  cbs: Sequence = (), path: str | Path = ".", smoothing: float = 0.0) -> Learner:
     """A fastai Learner (AdamW, the head's loss and metrics) over `dls`, with no host synchronisation per batch.
 
     The optimiser is torch's AdamW behind fastai's `OptimWrapper`: one multi-tensor update per step
@@ -50,7 +50,8 @@ def build_learner(dls, model: SeverityModel, task: Task, mse_weight: float = 1.0
     fastai's recorder, progress bar and metrics copy values to the host every batch; here they
     stay on the device until the epoch ends (`callbacks.without_host_syncs`, `fastai_metrics`).
     """
-    learn = Learner(dls, model.to(dls.device), loss_func=SeverityLoss(model.pipeline, task.severities, mse_weight),
+    loss = SeverityLoss(model.pipeline, task.severities, mse_weight, smoothing)
+    learn = Learner(dls, model.to(dls.device), loss_func=loss,
                     opt_func=partial(OptimWrapper, opt=partial(torch.optim.AdamW, foreach=True)),
                     metrics=fastai_metrics(model.pipeline, task.severities),
                     splitter=body_head_splitter, wd=wd, cbs=list(cbs), path=Path(path))

@@ -35,7 +35,7 @@ from fastcore.basics import noop
 from herlev_fa.training import checkpoint
 from herlev_fa.atomic import write_json, write_text
 from herlev_fa.training.callbacks import (BF16, BatchLines, ChannelsLast, EpochLine, EpochLog, KeepBest, LossParts,
-                                         MseWarmup)
+                                         MseWarmup, WeightAverage)
 from herlev_fa.config import CONFIG_FILE, TrainConfig, resolve_device, resolve_precision
 from herlev_fa.data.feed import build_dataloaders
 from herlev_fa.data.images import decode_all
@@ -152,6 +152,8 @@ def _fit_learner(cfg: TrainConfig, data: Prepared, fold: int, device: str, cbs: 
     cbs = [*speed_callbacks(device, cfg.precision), *cbs]
     if cfg.mse_warmup > 0 and get_head(cfg.model.head).weighted:
         cbs.append(MseWarmup(cfg.mse_warmup))
+    if cfg.ema:
+        cbs.append(WeightAverage(cfg.ema))
     model = build_model(cfg.model, data.task)
     mean, std = normalisation(model.net)
     held = (data.items["fold"] == fold).to_numpy()  # [N] the held-out fold
@@ -165,7 +167,8 @@ def _fit_learner(cfg: TrainConfig, data: Prepared, fold: int, device: str, cbs: 
                             bs=cfg.data.bs, mean=mean, std=std, device=device, workers=cfg.data.workers,
                             seed=cfg.data.seed, augment=cfg.data.augment, held_out=None if inner is None else held,
                             policy=cfg.data.policy, balance=cfg.data.balance)
-    learn = build_learner(dls, model, data.task, cfg.model.mse_weight, cfg.wd, cbs=cbs, path=path)
+    learn = build_learner(dls, model, data.task, cfg.model.mse_weight, cfg.wd, cbs=cbs, path=path,
+                          smoothing=cfg.label_smoothing)
     return learn, mean, std
 
 
@@ -292,6 +295,8 @@ def _fit(cfg: TrainConfig, learn, lr: float, resume: checkpoint.Resume | None, k
             saver = checkpoint.SaveCheckpoint(run_dir, keep, log, i, lr, config, cfg.checkpoint_every)
             learn.fit_one_cycle(phase.epochs, phase.lr, pct_start=phase.pct_start, div=phase.div,
                                 start_epoch=start, cbs=[saver])
+    if cfg.ema:  # the run keeps the weight average
+        learn.weight_average.apply()
     if resume is not None:  # killed after the last epoch: only the kept weights are left to restore
         learn.model.load_state_dict(resume.weights())
         keep.best_epoch = int(resume.state["best"]["epoch"])
