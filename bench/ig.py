@@ -71,7 +71,7 @@ def build(args, device: str):
         folder, the first half of them as another, the image paths.
     """
     import herlev_fa
-    from herlev_fa.data.augment import letterbox
+    from herlev_fa.data.images import letterbox
     from herlev_fa.data.images import load_image
     from herlev_fa.data.items import scan
     from herlev_fa.runs import load_run

@@ -30,7 +30,6 @@ import multiprocessing
 import shutil
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np

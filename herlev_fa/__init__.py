@@ -27,7 +27,7 @@ _EXPORTS = {
     "HerlevError": "errors",
     "Task": "labels", "get_task": "labels", "load_class_map": "labels",
     "load_dataset": "data.items", "write_synthetic": "data.synth", "preprocess": "data.images",
-    "build_model": "model.learner", "build_learner": "model.learner",
+    "build_model": "model.network", "build_learner": "training.learner",
     "TrainResult": "training.loop", "train": "training.loop", "lr_find": "training.loop",
     "evaluate": "evaluation",
     "Run": "runs", "load_run": "runs",
@@ -65,8 +65,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from herlev_fa.explanation.masks import read_mask
     from herlev_fa.explanation.report import quantify
     from herlev_fa.labels import Task, get_task, load_class_map
-    from herlev_fa.model.learner import build_learner, build_model
+    from herlev_fa.model.network import build_model
     from herlev_fa.prediction import predict
     from herlev_fa.reproduction import ReproduceConfig, reproduce
     from herlev_fa.runs import Run, load_run
+    from herlev_fa.training.learner import build_learner
     from herlev_fa.training.loop import TrainResult, lr_find, train

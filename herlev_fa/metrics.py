@@ -1,4 +1,4 @@
-"""Metrics of a severity classifier: pure functions on arrays, then thin fastai wrappers.
+"""Metrics of a severity classifier: pure functions on arrays (their fastai wrappers: `training.learner`).
 
 All take the raw model output `out` [N, C] (see ``herlev_fa.model.heads``) and the true class
 indices `y` [N]. Binary (normal vs abnormal) metrics use the task's severities: a class is
@@ -20,6 +20,9 @@ What a cytologist asks beyond accuracy:
   normal / abnormal (`binary_accuracy`), beside the screening call's (`screening_accuracy`);
 - calibration: expected calibration error of the top class probability (class heads only);
 - 95% bootstrap intervals of every scalar metric (cells resampled, seeded).
+
+scikit-learn is imported by the functions that score against true labels only, so that decoding
+and the screening call (all that `herlev predict` needs) load without it.
 """
 
 from __future__ import annotations
@@ -30,8 +33,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from fastai.learner import Metric
-from sklearn.metrics import cohen_kappa_score, confusion_matrix, roc_auc_score, roc_curve
 
 from herlev_fa.errors import HerlevError
 from herlev_fa.model.heads import Head, get_head
@@ -84,6 +85,8 @@ def operating_thresholds(is_abnormal: np.ndarray, abnormal_score: np.ndarray,
     truth = np.asarray(is_abnormal, bool)
     if truth.all() or not truth.any():
         return dict.fromkeys(OPERATING_POINTS, math.nan)
+    from sklearn.metrics import roc_curve
+
     fpr, tpr, thresholds = roc_curve(truth, abnormal_score, drop_intermediate=False)
     eps = 1e-12
     spec_ok = np.flatnonzero(fpr <= 1 - target + eps)  # fpr non-decreasing: the last one has the highest tpr
@@ -124,6 +127,8 @@ def binary_auc(is_abnormal: np.ndarray, abnormal_score: np.ndarray) -> float:
     """AUC-ROC of abnormal vs normal; NaN when only one of the two is present."""
     if len(np.unique(is_abnormal)) < 2:
         return math.nan
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(is_abnormal, abnormal_score))
 
 
@@ -208,6 +213,8 @@ def operating_points(is_abnormal: np.ndarray, abnormal_score: np.ndarray, predic
               "specificity": float((~decided & ~truth).sum() / n_neg) if n_neg else math.nan,
               "sens_at_spec95": math.nan, "spec_at_sens95": math.nan}
     if n_pos and n_neg:
+        from sklearn.metrics import roc_curve
+
         fpr, tpr, _ = roc_curve(truth, abnormal_score, drop_intermediate=False)
         eps = 1e-12  # 1 - 0.95 is not exactly 0.05 in floating point
         result["sens_at_spec95"] = float(tpr[fpr <= 1 - target + eps].max())  # fpr[0] = 0: never empty
@@ -257,6 +264,8 @@ def decoded_metrics(probs: np.ndarray | None, score: np.ndarray, pred: np.ndarra
     k = len(sev)
     abnormal = sev > 0
     p_abnormal = abnormal_score(probs, score, sev)
+    from sklearn.metrics import cohen_kappa_score, confusion_matrix
+
     cm = confusion_matrix(y, pred, labels=list(range(k)))
     kappa = cohen_kappa_score(y, pred, weights="quadratic", labels=list(range(k))) if len(np.unique(np.r_[y, pred])) > 1 else math.nan
     result = {
@@ -308,69 +317,3 @@ def bootstrap_intervals(out: np.ndarray, y: np.ndarray, head: str, severities: S
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (e.g. ece of `reg`) stay NaN
         low, high = np.nanpercentile(values, [tail, 100 - tail], axis=0)  # [M], [M]
     return {name: (float(lo), float(hi)) for name, lo, hi in zip(SCALAR_METRICS, low, high)}
-
-
-class EpochOutputs:
-    """One validation pass's model outputs and targets, kept on the device until its metrics are read.
-
-    fastai's `AccumMetric` copies every batch to the host, once per metric: a synchronisation
-    with the GPU per batch and metric. Here the batches stay where they are (gathered over
-    processes like fastai's, by `learn.to_detach`) and go to the host once, when the epoch's
-    metrics are first read; every epoch metric is computed from that one copy.
-    """
-
-    def __init__(self, head: str | Head, severities: Sequence[float]):
-        self.head, self.severities = get_head(head), tuple(float(s) for s in severities)
-        self.reset()
-
-    def reset(self) -> None:
-        self.outs: list[torch.Tensor] = []
-        self.ys: list[torch.Tensor] = []
-        self._metrics: dict | None = None
-
-    def accumulate(self, learn) -> None:
-        self.outs.append(learn.to_detach(learn.pred, cpu=False))  # [B, C]
-        self.ys.append(learn.to_detach(learn.y, cpu=False))  # [B]
-        self._metrics = None
-
-    def metrics(self) -> dict:
-        if self._metrics is None:
-            if not self.outs:
-                return dict.fromkeys(EPOCH_METRICS, math.nan)
-            out = torch.cat(self.outs).float().cpu().numpy()  # float first: numpy has no bfloat16
-            y = torch.cat(self.ys).cpu().numpy()
-            self._metrics = severity_metrics(out, y, self.head, self.severities, full=False)
-        return self._metrics
-
-
-class SeverityMetric(Metric):
-    """One scalar of `severity_metrics` as a fastai metric, read from an `EpochOutputs` it may share.
-
-    The first metric of a shared `EpochOutputs` (`collects=True`) resets and fills it; the
-    others only read it.
-    """
-
-    def __init__(self, name: str, outputs: EpochOutputs, collects: bool):
-        self._name, self.outputs, self.collects = name, outputs, collects
-
-    def reset(self) -> None:
-        if self.collects:
-            self.outputs.reset()
-
-    def accumulate(self, learn) -> None:
-        if self.collects:
-            self.outputs.accumulate(learn)
-
-    @property
-    def value(self) -> float:
-        return self.outputs.metrics()[self._name]
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-
-def fastai_metrics(head: str | Head, severities: Sequence[float]) -> list[SeverityMetric]:
-    """The scalar metrics as fastai metrics over the whole validation set, from one host copy per epoch."""
-    outputs = EpochOutputs(head, severities)
-    return [SeverityMetric(name, outputs, collects=i == 0) for i, name in enumerate(EPOCH_METRICS)]

@@ -3,8 +3,8 @@
 What lives here: finding the images to predict (`find_images`: files and folders, masks
 skipped), the dihedral test-time augmentation as pure functions on tensors (`dihedral`,
 `average_views`, `dihedral_tta`), and `predict`, which batches the images with the run's own
-validation preprocessing (letterbox to the run's size, the run's mean/std, fastai DataLoaders)
-and returns one row per image. What does not: metrics against true labels (``herlev_fa.evaluation``).
+validation preprocessing (letterbox to the run's size, the run's mean/std: `data.images`) and
+returns one row per image. What does not: metrics against true labels (``herlev_fa.evaluation``).
 
 Test-time augmentation (TTA) averages over the 8 elements of the dihedral group D4 (4 rotations,
 each with and without a transpose), the same symmetries training draws from (`A.D4`). Class
@@ -26,8 +26,7 @@ import torch
 from torch import Tensor
 
 from herlev_fa.config import resolve_device
-from herlev_fa.data.feed import build_dataloaders
-from herlev_fa.data.images import decode_all
+from herlev_fa.data.images import decode_all, normalise
 from herlev_fa.data.items import is_image_file, is_mask_file
 from herlev_fa.errors import HerlevError, missing
 from herlev_fa.labels import IMAGE_EXTENSIONS
@@ -139,17 +138,12 @@ def predict_outputs(run: Run, paths: Sequence[str], tta: bool = False, bs: int =
                 cache, bad = decode_all(chunk, run.size, skip_bad=skip_bad, progress=False)
                 good = [p for p in chunk if p in cache]
                 advance(len(bad))
-                if not good:
-                    continue
-                # the label column only satisfies the DataBlock; its targets are never used
-                items = pd.DataFrame({"path": good, "label": run.task.classes[0]})
-                dls = build_dataloaders(items, cache, run.task, valid=np.ones(len(items), bool), bs=bs,
-                                        mean=run.mean, std=run.std, device=device, inference=True)
-                for xb, _ in dls.valid:
-                    x = xb.as_subclass(Tensor)  # [B, 3, S, S], plain tensor: no fastai type dispatch in the model
+                for batch in _chunks(good, bs):
+                    u8 = torch.from_numpy(np.stack([cache[p] for p in batch])).to(device)  # [B, S, S, 3] uint8
+                    x = normalise(u8, run.mean, run.std)  # [B, 3, S, S], as the training feed's validation batches
                     out = dihedral_tta(model, x, run.head, run.task.severities) if tta else model(x)
                     outputs.append(out.float().cpu())
-                    advance(len(x))
+                    advance(len(batch))
                 kept += good
     finally:
         run.model.cpu()  # a Run keeps its model on the CPU

@@ -42,7 +42,7 @@ from herlev_fa.errors import HerlevError
 from herlev_fa.labels import Task
 from herlev_fa.metrics import SCALAR_METRICS, decode, severity_metrics
 from herlev_fa.model.heads import head_names
-from herlev_fa.model.learner import build_model
+from herlev_fa.model.network import build_model
 from herlev_fa.figures import comparison_png, confusion_matrix_png, score_distribution_png
 from herlev_fa.runs import read_meta, selection, versions
 from herlev_fa.runs import PREDICTIONS

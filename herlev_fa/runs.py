@@ -351,7 +351,7 @@ def load_run(run_dir: str | Path) -> Run:
         HerlevError: incomplete or damaged run folder, or weights that do not fit its config.
     """
     from herlev_fa.ensemble import fold_folders, load_ensemble
-    from herlev_fa.model.learner import create_net, load_into, load_weights_file
+    from herlev_fa.model.network import create_net, load_into, load_weights_file
 
     run_dir = Path(run_dir)
     if fold_folders(run_dir):

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 import herlev_cli.explain  # noqa: F401  (registers explain and quantify on the app)
 from helpers import drawn_png, write_image
 from herlev_cli.main import app
-from herlev_fa.data.augment import letterbox
+from herlev_fa.data.images import letterbox
 from herlev_fa.data.images import load_image
 from herlev_fa.config import IGSettings, help_of
 from herlev_fa.errors import HerlevError

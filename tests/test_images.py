@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from helpers import write_image
-from herlev_fa.data.augment import letterbox
+from herlev_fa.data.images import letterbox
 from herlev_fa.data.images import decode_all, load_image
 from herlev_fa.errors import HerlevError
 
@@ -51,6 +51,27 @@ def test_letterbox_keeps_aspect_and_pads_square():
     assert out["image"].shape == (32, 32, 3) and out["mask"].shape == (32, 32)
     assert (out["image"][:, :, 0] == 200).all()  # edge-repeat padding keeps the colour
     assert out["mask"].sum() == 32 * 32  # padding repeats the edge mask value too
+
+
+@pytest.mark.parametrize("size", [16, 32, 48, 224])
+def test_letterbox_is_albumentations_pixel_for_pixel(size):
+    """The OpenCV letterbox equals albumentations' LongestMaxSize + PadIfNeeded it replaced, image and mask,
+    for shapes up and down, odd and even padding, square and 1-pixel-thin."""
+    import albumentations as A
+    import cv2
+
+    theirs = A.Compose([A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_AREA),
+                        A.PadIfNeeded(min_height=size, min_width=size, border_mode=cv2.BORDER_REPLICATE)])
+    rng = np.random.default_rng(size)
+    shapes = [(size, size), (1, 1), (1, 97), (97, 1), (50, 100), (101, 37), (37, 101), (300, 299), (13, 17),
+              *[tuple(rng.integers(1, 400, 2)) for _ in range(20)]]
+    for h, w in shapes:
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        mask = rng.integers(0, 4, (h, w), dtype=np.uint8)
+        ours, want = letterbox(size)(image=img, mask=mask), theirs(image=img, mask=mask)
+        assert ours["image"].shape == (size, size, 3) and ours["mask"].shape == (size, size), (h, w)
+        np.testing.assert_array_equal(ours["image"], want["image"], err_msg=f"{h}x{w}")
+        np.testing.assert_array_equal(ours["mask"], want["mask"], err_msg=f"{h}x{w}")
 
 
 def test_decode_all_caches_letterboxed_and_skips_bad_only_when_asked(tmp_path):

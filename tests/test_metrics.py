@@ -8,7 +8,8 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, roc_auc_score
 
-from herlev_fa.metrics import EPOCH_METRICS, fastai_metrics, severity_metrics
+from herlev_fa.metrics import EPOCH_METRICS, severity_metrics
+from herlev_fa.training.learner import fastai_metrics
 
 SEV = (0.0, 1.0, 2.0, 3.0, 4.0)
 

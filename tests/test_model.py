@@ -13,7 +13,8 @@ from herlev_fa.errors import HerlevError
 from herlev_fa.labels import get_task
 from herlev_fa.model.loss import SeverityLoss
 from herlev_fa.model.heads import AppendExpectedSeverity, nearest_class, split_output
-from herlev_fa.model.learner import body_head_splitter, build_model, create_net, load_weights_file
+from herlev_fa.model.network import build_model, create_net, load_weights_file
+from herlev_fa.training.learner import body_head_splitter
 
 SEV = (0.0, 1.0, 2.0, 3.0, 4.0)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 
 import albumentations as A
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from herlev_fa.data.augment import letterbox
+from herlev_fa.data.images import letterbox
 from herlev_fa.explanation.attribution import Box, content_mask, gaussian_blur, letterbox_box, unletterbox
 from herlev_fa.explanation.masks import BACKGROUND, BORDER, CYTOPLASM, NUCLEUS, OTHER
 from herlev_fa.explanation.overlap import (
@@ -28,10 +27,10 @@ from herlev_fa.explanation.overlap import (
 
 
 def _zero_padded(size: int) -> A.Compose:
-    """The project's letterbox with its padding made black, so that the content box can be seen."""
-    resize, pad = copy.deepcopy(letterbox(size).transforms)
-    pad.border_mode, pad.fill = cv2.BORDER_CONSTANT, 0
-    return A.Compose([resize, pad])
+    """The project's letterbox with its padding made black, so that the content box can be seen: albumentations'
+    pipeline that `data.images.letterbox` equals pixel for pixel (tests/test_images.py), with constant padding."""
+    return A.Compose([A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_AREA),
+                      A.PadIfNeeded(min_height=size, min_width=size, border_mode=cv2.BORDER_CONSTANT, fill=0)])
 
 
 @pytest.mark.parametrize("size", [16, 48, 64, 200, 224])

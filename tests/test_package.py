@@ -66,3 +66,24 @@ def test_option_help_and_defaults_come_from_the_config():
         assert help_of(cls, name) in text, name
     assert "[default: 60]" in text and "[default: 224]" in text
     assert "<bool>" not in text.replace("--help <bool>", "")  # flags take no value (typer's own --help aside)
+
+
+LAYERS = r"""
+import sys
+import herlev_fa.prediction, herlev_fa.runs, herlev_fa.model.network
+from herlev_fa.runs import load_run
+run = load_run(sys.argv[1])
+light = sorted(m for m in ("fastai", "sklearn", "matplotlib", "albumentations", "captum", "accelerate") if m in sys.modules)
+print("predict:" + ",".join(light + sorted(m for m in sys.modules if m.startswith("herlev_fa.training"))))
+import herlev_fa.evaluation, herlev_fa.explanation.report, herlev_fa.explanation.sanity, herlev_fa.explanation.faithfulness
+print("others:" + ",".join(sorted(m for m in sys.modules if m.startswith("herlev_fa.training") or m == "fastai")))
+"""
+
+
+def test_prediction_loads_a_run_without_the_trainer(trained_run):
+    """Loading a run and predicting need torch and timm: no fastai, training module, scikit-learn, matplotlib or
+    albumentations; evaluation and explanation import no training module either."""
+    out = subprocess.run([sys.executable, "-c", LAYERS, str(trained_run)], capture_output=True, text=True,
+                         check=True).stdout.split("\n")
+    assert out[0] == "predict:", out
+    assert out[1] == "others:", out

@@ -52,7 +52,8 @@ def _tiny_learner(cbs: list, seen: dict):
 
     from herlev_fa.config import ModelConfig
     from herlev_fa.labels import get_task
-    from herlev_fa.model.learner import build_learner, build_model
+    from herlev_fa.model.network import build_model
+    from herlev_fa.training.learner import build_learner
 
     task = get_task("severity")
     torch.manual_seed(0)

@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 
 from herlev_cli.main import app
 from herlev_fa.config import ATTRIBUTION_METHODS, IGSettings
-from herlev_fa.explanation.attribution import Explainer, make_baseline, normalise
+from herlev_fa.data.images import normalise
+from herlev_fa.explanation.attribution import Explainer, make_baseline
 from herlev_fa.explanation.faithfulness import area, impute, orders, removal_masks
 from herlev_fa.explanation.methods import last_conv_stage
 from herlev_fa.explanation.overlap import localisation_batch

@@ -1,9 +1,6 @@
-"""Augmentation policies: the letterbox (once, at decode time) and the random training policies.
+"""Augmentation policies: the random training policies (the deterministic letterbox: ``data.images``).
 
-Three pieces:
-- `letterbox` (albumentations): deterministic, keeps the aspect ratio and pads to a square; runs
-  once per image when the cache is filled, with the mask carried through the same geometry for
-  the explanation check.
+Two pieces:
 - `batch_augment` (fastai batch transforms, the default): the random policy applied to whole
   batches on the training device, each image drawing its own parameters.
 - `train_augment` + `AlbumentationsTransform` (albumentations, opt-in with `--augment albumentations`):
@@ -28,18 +25,6 @@ from fastai.vision.augment import (Brightness, Contrast, Dihedral, RandTransform
 from fastai.vision.core import PILImage
 
 from herlev_fa.errors import HerlevError
-
-
-def letterbox(size: int) -> A.Compose:
-    """Scale the longer side to `size` and pad to size x size by repeating the edge pixels.
-
-    Edge repeat rather than a constant keeps the padding the colour of the slide background.
-    Masks passed along get nearest-neighbour resizing and the same padding.
-    """
-    return A.Compose([
-        A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_AREA),
-        A.PadIfNeeded(min_height=size, min_width=size, border_mode=cv2.BORDER_REPLICATE),
-    ])
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
 """Decoding image files into RGB uint8 arrays, and the in-memory cache of letterboxed images.
 
 What lives here: `load_image` (any of bmp/jpg/png/tif; RGB, RGBA, grayscale, palette, 16/32-bit, float),
-`Letterboxed` (one image decoded and letterboxed, or read from the cache), `decode_all`, which decodes and letterboxes every item once so that epochs after the first
-do no decoding (Herlev is under 100 MB decoded), and `preprocess`, the exact input a run's
-network sees (for using its weights in plain timm). What does not: random augmentation
+`letterbox` (deterministic: keeps the aspect ratio and pads to a square, with a
+mask carried through the same geometry for the explanation check), `Letterboxed` (one image
+decoded and letterboxed, or read from the cache), `decode_all`, which decodes and letterboxes
+every item once so that epochs after the first do no decoding (Herlev is under 100 MB decoded),
+`normalise`, the validation input of letterboxed images, and `preprocess`, the exact input a
+run's network sees (for using its weights in plain timm). What does not: random augmentation
 (``herlev_fa.data.augment``).
 """
 
@@ -11,19 +14,18 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
-from typing import TYPE_CHECKING, Any
+from torch import Tensor
+from typing import Any
 
 from herlev_fa.errors import HerlevError, missing
 from herlev_fa.progress import progress_bar
-
-if TYPE_CHECKING:
-    from torch import Tensor
-
 
 # Bit depths a grey image in a 16- or 32-bit container is read as, when the file does not say: the
 # smallest that holds its largest value (8-bit data saved wide, 12-bit camera data, full 16-bit).
@@ -141,10 +143,40 @@ def load_image(path: str | Path) -> np.ndarray:
         raise HerlevError(f"cannot read image '{path}': {reason}") from None
 
 
+def letterbox(size: int) -> Callable[..., dict[str, np.ndarray]]:
+    """Scale the longer side to `size` and pad to size x size by repeating the edge pixels.
+
+    Edge repeat rather than a constant keeps the padding the colour of the slide background.
+    Masks passed along get nearest-neighbour resizing and the same padding. Called like an
+    albumentations transform, `letterbox(size)(image=img, mask=mask)` -> {"image": [S, S, 3], "mask": [S, S]},
+    and pixel for pixel albumentations' `LongestMaxSize(size, INTER_AREA)` + `PadIfNeeded(size, size,
+    BORDER_REPLICATE)` (tests/test_images.py), in OpenCV alone: loading a run for prediction does not
+    import albumentations.
+    """
+
+    def apply(image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        height, width = image.shape[:2]
+        scale = size / max(height, width)
+        new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+        top, left = (size - new_h) // 2, (size - new_w) // 2
+
+        def fit(a: np.ndarray, interpolation: int) -> np.ndarray:
+            if a.shape[:2] != (new_h, new_w):
+                a = cv2.resize(a, (new_w, new_h), interpolation=interpolation)
+            return cv2.copyMakeBorder(a, top, size - new_h - top, left, size - new_w - left, cv2.BORDER_REPLICATE)
+
+        out = {"image": fit(image, cv2.INTER_AREA)}
+        if mask is not None:
+            out["mask"] = fit(mask, cv2.INTER_NEAREST)
+        return out
+
+    return apply
+
+
 class Letterboxed:
     """An image as the cache holds it: path -> uint8 [size, size, 3].
 
-    Decoded by `load_image` and letterboxed by `augment.letterbox`, or taken from `cache` (path ->
+    Decoded by `load_image` and letterboxed by `letterbox`, or taken from `cache` (path ->
     image, from `decode_all` at the same size) when it is there. A class rather than a closure, so
     that fastai can pickle it into DataLoader worker processes (the DataBlock's item getter).
 
@@ -153,15 +185,13 @@ class Letterboxed:
     """
 
     def __init__(self, size: int, cache: dict[str, np.ndarray] | None = None):
-        from herlev_fa.data.augment import letterbox
-
-        self.size, self.cache, self.resize = size, {} if cache is None else cache, letterbox(size)
+        self.size, self.cache = size, {} if cache is None else cache  # plain data: picklable into workers
 
     def __call__(self, path: str | Path) -> np.ndarray:
         found = self.cache.get(str(path))
         if found is not None and found.shape[:2] == (self.size, self.size):
             return found
-        return self.resize(image=load_image(path))["image"]
+        return letterbox(self.size)(image=load_image(path))["image"]
 
 
 def decode_all(paths: Iterable[str], size: int, skip_bad: bool = False,
@@ -192,12 +222,25 @@ def decode_all(paths: Iterable[str], size: int, skip_bad: bool = False,
     return cache, bad
 
 
-def preprocess(images: Iterable[str | Path | np.ndarray] | str | Path | np.ndarray, config: Any) -> "Tensor":
+def normalise(images: np.ndarray | Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Letterboxed uint8 images [B, S, S, 3] -> float [B, 3, S, S], `(x / 255 - mean) / std`.
+
+    The same arithmetic as fastai's `IntToFloatTensor` followed by `Normalize.from_stats`. A
+    tensor input is normalised on its own device (copy uint8 to the GPU, not four times as many float bytes).
+    """
+    u8 = images if isinstance(images, Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    x = u8.permute(0, 3, 1, 2).float() / 255.0  # [B, 3, S, S]
+    m = torch.tensor(list(mean), dtype=torch.float32, device=x.device)[None, :, None, None]  # [1, 3, 1, 1]
+    s = torch.tensor(list(std), dtype=torch.float32, device=x.device)[None, :, None, None]
+    return (x - m) / s
+
+
+def preprocess(images: Iterable[str | Path | np.ndarray] | str | Path | np.ndarray, config: Any) -> Tensor:
     """Images -> the network input [B, 3, S, S] float32 of a run, exactly as `herlev predict` prepares it.
 
     Each image (a file, or an RGB uint8 array [H, W, 3]) is decoded by `load_image`, its longer
     side scaled to S (OpenCV's INTER_AREA) and padded to S x S by repeating the edge pixels
-    (`augment.letterbox`), then scaled to [0, 1] and normalised with the run's mean and std. No
+    (`letterbox`), then scaled to [0, 1] and normalised with the run's mean and std. No
     centre crop and no bicubic resize: timm's default eval transform differs, and its
     predictions do too.
 
@@ -209,10 +252,6 @@ def preprocess(images: Iterable[str | Path | np.ndarray] | str | Path | np.ndarr
         HerlevError: an unreadable image, or a config without input_size, mean and std.
     """
     import json
-
-    import torch
-
-    from herlev_fa.data.augment import letterbox
 
     if isinstance(config, (str, Path)):
         path = Path(config) / "config.json" if Path(config).is_dir() else Path(config)
@@ -230,5 +269,4 @@ def preprocess(images: Iterable[str | Path | np.ndarray] | str | Path | np.ndarr
         images = [images]
     resize = letterbox(size)
     boxed = [resize(image=im if isinstance(im, np.ndarray) else load_image(im))["image"] for im in images]
-    x = torch.from_numpy(np.stack(boxed)).permute(0, 3, 1, 2).float() / 255.0  # [B, 3, S, S] in [0, 1]
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    return normalise(np.stack(boxed), mean, std)  # [B, 3, S, S]

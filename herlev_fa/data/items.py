@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
 
 from herlev_fa.errors import HerlevError, missing
 from herlev_fa.labels import IMAGE_EXTENSIONS, MASK_SUFFIXES, Task
@@ -205,6 +204,8 @@ def assign_folds(items: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
     if len(too_few):
         name, n = too_few.index[0], int(too_few.iloc[0])
         raise HerlevError(f"class '{name}' has only {n} image(s), fewer than the {n_folds} folds; use --folds {max(2, n)} or add images")
+    from sklearn.model_selection import StratifiedKFold  # training only: listing and predicting images do without it
+
     folds = np.empty(len(items), dtype=np.int64)
     splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     for k, (_, valid) in enumerate(splitter.split(np.zeros(len(items)), items["y"].to_numpy())):

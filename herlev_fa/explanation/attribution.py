@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 from herlev_fa.config import IG_BASELINES as BASELINES
 from herlev_fa.config import IGSettings
+from herlev_fa.data.images import normalise
 from herlev_fa.errors import HerlevError, missing as missing_message
 from herlev_fa.explanation.methods import METHODS as OTHER_METHODS
 from herlev_fa.model.heads import Head, get_head
@@ -84,7 +85,7 @@ class Box:
 
 
 def letterbox_box(height: int, width: int, size: int) -> Box:
-    """The content box of an `height` x `width` image after `data.augment.letterbox(size)`.
+    """The content box of an `height` x `width` image after `data.images.letterbox(size)`.
 
     Mirrors albumentations 2.0: `LongestMaxSize` scales by `size / max(h, w)` and rounds each
     side (Python's `round`, at least 1); `PadIfNeeded` (centre) pads `int(missing / 2)` before
@@ -131,20 +132,7 @@ def unletterbox(grid: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# Inputs: normalisation and baselines (tensor functions)
-
-
-def normalise(images: np.ndarray | Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """Letterboxed uint8 images [B, S, S, 3] -> float [B, 3, S, S], `(x / 255 - mean) / std`.
-
-    The same arithmetic as fastai's `IntToFloatTensor` followed by `Normalize.from_stats`. A
-    tensor input is normalised on its own device (copy uint8 to the GPU, not four times as many float bytes).
-    """
-    u8 = images if isinstance(images, Tensor) else torch.from_numpy(np.ascontiguousarray(images))
-    x = u8.permute(0, 3, 1, 2).float() / 255.0  # [B, 3, S, S]
-    m = torch.tensor(list(mean), dtype=torch.float32, device=x.device)[None, :, None, None]  # [1, 3, 1, 1]
-    s = torch.tensor(list(std), dtype=torch.float32, device=x.device)[None, :, None, None]
-    return (x - m) / s
+# Inputs: baselines (tensor functions; the normalisation is `data.images.normalise`)
 
 
 def make_baseline(x: Tensor, kind: str, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -559,7 +547,7 @@ def iter_explanations(run, paths: Sequence[str | Path], settings: IGSettings = I
     Raises:
         HerlevError: bad run, target, baseline or steps; a missing or unreadable image.
     """
-    from herlev_fa.data.augment import letterbox
+    from herlev_fa.data.images import letterbox
     from herlev_fa.data.images import load_image
     from herlev_fa.runs import Run, load_run
 

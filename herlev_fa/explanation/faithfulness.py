@@ -143,7 +143,8 @@ def faithfulness(run, methods: Sequence[str], out: str | Path | None = None, set
         HerlevError: bad run or settings, no held-out cell with a mask.
     """
     from herlev_fa.config import resolve_device
-    from herlev_fa.explanation.attribution import explainer_for, normalise, target_column
+    from herlev_fa.data.images import normalise
+    from herlev_fa.explanation.attribution import explainer_for, target_column
     from herlev_fa.explanation.masks import NUCLEUS
     from herlev_fa.explanation.sanity import masked_cells
     from herlev_fa.figures import faithfulness_png

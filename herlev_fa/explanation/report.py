@@ -30,7 +30,6 @@ from herlev_fa.config import ATTRIBUTION_METHODS as METHOD_NAMES
 from herlev_fa.config import IG_RULES, IGSettings
 from herlev_fa.errors import HerlevError
 from herlev_fa.explanation.attribution import (
-    DEFAULT_BASELINE,
     DEFAULT_RULE,
     GAP_FLOOR,
     Explainer,
@@ -172,7 +171,7 @@ def load_cell(image_path: str | Path, mask_path: str | Path,
     Raises:
         HerlevError: unreadable image or mask, or a mask of another size than its image.
     """
-    from herlev_fa.data.augment import letterbox
+    from herlev_fa.data.images import letterbox
     from herlev_fa.data.images import load_image
     from herlev_fa.explanation.masks import read_mask
 
@@ -218,7 +217,7 @@ def masked_batch(items: pd.DataFrame, size: int) -> tuple[np.ndarray, np.ndarray
 
 def letterboxed_regions(mask_path: str | Path, size: int) -> np.ndarray:
     """A mask's region codes [S, S] uint8 in the model's letterboxed grid (as `load_cell` carries them)."""
-    from herlev_fa.data.augment import letterbox
+    from herlev_fa.data.images import letterbox
     from herlev_fa.explanation.masks import read_mask
 
     regions = read_mask(mask_path)  # [h, w]

@@ -374,7 +374,7 @@ class Progress(ProgressCallback):
 def without_host_syncs(learn: Learner) -> Learner:
     """Swap fastai's per-batch host reads (smoothed loss, validation loss, progress bar) for device-side ones.
 
-    With the metrics of `herlev_fa.metrics.fastai_metrics` (kept on the device until the epoch
+    With the metrics of `herlev_fa.training.learner.fastai_metrics` (kept on the device until the epoch
     ends), a training or validation batch then never waits for the GPU. Returns `learn`.
     """
     rec = learn.recorder

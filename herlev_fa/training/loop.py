@@ -2,19 +2,18 @@
 
 The steps, each in its own module: scan the folder (`data.items`), split into stratified folds,
 decode every image once (`data.images`), build the fold's DataLoaders (`data.feed`, or the
-DataBlock of `data.datablock` for `--augment albumentations`) and
-Learner (`model.learner`), fit (fine-tune when starting from pretrained weights, one-cycle from
+DataBlock of `data.datablock` for `--augment albumentations`) and Learner (`training.learner`),
+fit (fine-tune when starting from pretrained weights, one-cycle from
 scratch), keep the best epoch (`callbacks.KeepBest`), evaluate it (`evaluate`) and save the run
 (`runs`). `lr_find` shares the same preparation.
 
 Started by `accelerate launch` or `torchrun` with several processes, the fits run data-parallel
-through fastai's Accelerate integration (its DistributedTrainer, as in `Learner.distrib_ctx`);
-everything else runs in every process, but only rank 0 writes (docs/distributed.md).
+(`training.distributed`); everything else runs in every process, but only rank 0 writes
+(docs/distributed.md).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import math
@@ -27,19 +26,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import fastai.distributed  # noqa: F401  (adds Learner.detach_distributed)
 import numpy as np
 import pandas as pd
 import torch
-from fastai.callback.progress import ProgressCallback
 from fastai.learner import AvgSmoothLoss
-from fastai.torch_core import num_distrib, rank_distrib, set_seed
+from fastai.torch_core import num_distrib, set_seed
 from fastcore.basics import noop
 
 from herlev_fa.training import checkpoint
 from herlev_fa.atomic import write_json, write_text
-from herlev_fa.training.callbacks import (BF16, BatchLines, ChannelsLast, DataParallel, EpochLine, EpochLog, KeepBest,
-                                         LossParts, MseWarmup, WeightAverage)
+from herlev_fa.training.callbacks import (BF16, BatchLines, ChannelsLast, EpochLine, EpochLog, KeepBest, LossParts,
+                                         MseWarmup, WeightAverage)
 from herlev_fa.training.tracking import check_tracker, tracked
 from herlev_fa.config import CONFIG_FILE, TrainConfig, resolve_device, resolve_precision
 from herlev_fa.data.augment import get_policy
@@ -52,7 +49,9 @@ from herlev_fa.evaluation import write_evaluation
 from herlev_fa.labels import Task, get_task, load_class_map
 from herlev_fa.metrics import SCALAR_METRICS, learned_nothing
 from herlev_fa.model.heads import get_head
-from herlev_fa.model.learner import build_learner, build_model, check_arch, normalisation
+from herlev_fa.model.network import build_model, check_arch, normalisation
+from herlev_fa.training.distributed import as_single_process, data_parallel, from_main, is_main, process_group
+from herlev_fa.training.learner import build_learner
 from herlev_fa.figures import lr_find_png, training_curves_png
 from herlev_fa.progress import logging_to_file
 from herlev_fa.runs import FORMAT, integrity, read_meta, save_folds, save_model, save_predictions, selection, versions
@@ -86,7 +85,7 @@ def prepare(cfg: TrainConfig, task: Task) -> Prepared:
     """Scan, decode (once, for every fold) and split the dataset of `cfg`."""
     items = scan(cfg.data.data, task)
     cache, bad = decode_all(items["path"], cfg.data.size, skip_bad=cfg.data.skip_bad,
-                            progress=not cfg.quiet and _is_main())
+                            progress=not cfg.quiet and is_main())
     items = items[~items["path"].isin(bad)].reset_index(drop=True)
     items["fold"] = assign_folds(items, cfg.data.folds, cfg.data.seed)
     return Prepared(task, items, cache, bad)
@@ -103,92 +102,7 @@ def run_yaml(cfg: TrainConfig) -> str:
 
 def _plain_lines(cfg: TrainConfig) -> bool:
     """Plain progress lines instead of bars: not quiet, stdout a log (`progress.logging_to_file`), the writing process."""
-    return not cfg.quiet and logging_to_file() and _is_main()
-
-
-def _is_main() -> bool:
-    """True in a single process, and in rank 0 of a distributed launch: the process that writes."""
-    return rank_distrib() == 0
-
-
-def _leave_process_group() -> None:
-    """Leave the process group if this process is in one (registered to run at interpreter exit)."""
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-@contextlib.contextmanager
-def _process_group(device: str):
-    """Join the launcher's process group (gloo on the CPU, NCCL on GPUs) when there are several processes.
-
-    Accelerate's state is a process-wide singleton, so the group is joined once per process (a
-    later `train` reuses it) and left at interpreter exit: a gloo group still open when the
-    interpreter tears down can abort the process ("terminate called without an active exception")
-    after the run was written.
-    """
-    if num_distrib() <= 1:
-        yield
-        return
-    from accelerate import PartialState
-
-    PartialState(cpu=device == "cpu")  # joins the group, sets this process's GPU from LOCAL_RANK
-    atexit.unregister(_leave_process_group)  # registered once, however many times train runs
-    atexit.register(_leave_process_group)
-    yield
-    torch.distributed.barrier()  # every process finished: rank 0's files are whole
-
-
-def _from_main(value):
-    """Rank 0's `value`, on every rank (in a single process: `value`)."""
-    if num_distrib() <= 1:
-        return value
-    box = [value]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-@contextlib.contextmanager
-def _data_parallel(learn, device: str):
-    """Fit data-parallel through fastai's Accelerate integration when launched as several processes.
-
-    What `Learner.distrib_ctx` does, with `DataParallel` as the trainer: fastai's own broadcasts the
-    batch order as a CUDA tensor, which gloo on the CPU cannot take. Batch norm is synchronised
-    across processes on GPUs only (torch's SyncBatchNorm has no CPU kernel).
-    """
-    if num_distrib() <= 1:
-        yield
-        return
-    cpu = device == "cpu"
-    learn.add_cb(DataParallel(sync_bn=not cpu, cpu=cpu))
-    if rank_distrib():
-        learn.remove_cb(ProgressCallback)
-    try:
-        yield
-    finally:
-        learn.detach_distributed()
-
-
-@contextlib.contextmanager
-def _as_single_process():
-    """Let fastai see one process (it reads WORLD_SIZE and RANK from the environment).
-
-    Outside the distributed fit, a launched process runs lr_find and predicts on its own: fastai
-    would otherwise gather every tensor from processes that are not doing the same, and save
-    lr_find's temporary weights in rank 0 only, and both would wait forever.
-    """
-    if num_distrib() <= 1:
-        yield
-        return
-    saved = {k: os.environ.get(k) for k in ("WORLD_SIZE", "RANK")}
-    os.environ.update(WORLD_SIZE="1", RANK="0")
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return not cfg.quiet and logging_to_file() and is_main()
 
 
 def set_determinism(seed: int, deterministic: bool) -> None:
@@ -299,62 +213,86 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
     In a distributed launch every rank trains and gets the metrics, but only rank 0 writes.
     """
     started = time.time()
-    main = _is_main()
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    config = cfg.to_json()
-    resume = checkpoint.find_matching(run_dir, config) if cfg.resume else None
-    if resume is None and main:
-        save_folds(run_dir, data.items, data.items["fold"].to_numpy())
+    resume = _open_fold(cfg, data, run_dir)
     keep, log = KeepBest(last=cfg.keep == "last"), EpochLog(run_dir / "log.csv", fold=fold)
     # fastai's lr_find saves its temporary state in scratch; the tracker's run (--log) spans the fold's fits
-    with tempfile.TemporaryDirectory() as scratch, tracked(cfg.log, run_dir, fold, config) as trackers:
+    with tempfile.TemporaryDirectory() as scratch, tracked(cfg.log, run_dir, fold, cfg.to_json()) as trackers:
         learn, mean, std = _fit_learner(cfg, data, fold, device, [LossParts(), keep, log, *trackers, *cbs],
                                         Path(scratch))
         with _quiet(learn, cfg.quiet):
-            if resume is not None or cfg.lr is not None:
-                lr = resume.lr if resume else cfg.lr
-            else:  # every process finds its own; rank 0's is used
-                with _as_single_process():
-                    lr = _suggest_lr(learn)[0]
-                lr = _from_main(lr)
-            phases = schedule(cfg, lr)
-            lines = EpochLine(f"fold {fold} ", sum(p.epochs for p in phases)) if _plain_lines(cfg) else None
-            if lines is not None:
-                learn.add_cb(lines)
-            if resume is not None and main and not cfg.quiet:
-                print(f"resuming '{run_dir}' from {resume.describe([p.epochs for p in phases])} "
-                      f"(checkpoint of {time.strftime('%H:%M:%S', time.localtime(resume.path.stat().st_mtime))})",
-                      file=sys.stdout if lines is not None else sys.stderr, flush=True)
-            with _data_parallel(learn, device):
-                for i, phase in enumerate(phases):
-                    start = 0 if resume is None else resume.start(i, phase.epochs)
-                    if start is None:
-                        continue
-                    learn.freeze() if phase.frozen else learn.unfreeze()
-                    if resume is not None:
-                        checkpoint.restore(learn, keep, log, resume)
-                        resume = None
-                    if lines is not None:
-                        lines.offset = sum(p.epochs for p in phases[:i])
-                    saver = checkpoint.SaveCheckpoint(run_dir, keep, log, i, lr, config, cfg.checkpoint_every)
-                    learn.fit_one_cycle(phase.epochs, phase.lr, pct_start=phase.pct_start, div=phase.div,
-                                        start_epoch=start, cbs=[saver])
-            if cfg.ema:  # the run keeps the weight average
-                learn.weight_average.apply()
-            if resume is not None:  # killed after the last epoch: only the kept weights are left to restore
-                learn.model.load_state_dict(resume.weights())
-                keep.best_epoch = int(resume.state["best"]["epoch"])
-            if not main:  # rank 0 predicts the whole held-out fold, outside the distributed context
-                return _from_main(None)
-            with _as_single_process():  # the held-out fold: the third loader when the epoch was chosen on an inner split
+            lr = _learning_rate(cfg, learn, resume)
+            _fit(cfg, learn, lr, resume, keep, log, fold, run_dir, device)
+            if not is_main():  # rank 0 predicts the whole held-out fold, outside the distributed context
+                return from_main(None)
+            with as_single_process():  # the held-out fold: the third loader when the epoch was chosen on an inner split
                 out, y = learn.get_preds(dl=learn.dls[-1], act=noop)
-    model = learn.model.cpu().eval()
-    out, y = out.float().numpy(), y.numpy()
+    metrics = _write_run(cfg, data, fold, run_dir, learn.model.cpu().eval(), out.float().numpy(), y.numpy(), mean, std,
+                         lr, int(keep.best_epoch), started, device)
+    checkpoint.remove(run_dir)
+    return from_main(metrics)
+
+
+def _open_fold(cfg: TrainConfig, data: Prepared, run_dir: Path) -> checkpoint.Resume | None:
+    """Create the fold's folder and find the checkpoint to continue (`--resume`); a new run writes its folds file first."""
+    main = is_main()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    resume = checkpoint.find_matching(run_dir, cfg.to_json()) if cfg.resume else None
+    if resume is None and main:
+        save_folds(run_dir, data.items, data.items["fold"].to_numpy())
+    return resume
+
+
+def _learning_rate(cfg: TrainConfig, learn, resume: checkpoint.Resume | None) -> float:
+    """The checkpoint's learning rate, `--lr`, or lr_find's suggestion (every process finds its own; rank 0's is used)."""
+    if resume is not None or cfg.lr is not None:
+        return resume.lr if resume else cfg.lr
+    with as_single_process():
+        lr = _suggest_lr(learn)[0]
+    return from_main(lr)
+
+
+def _fit(cfg: TrainConfig, learn, lr: float, resume: checkpoint.Resume | None, keep: KeepBest, log: EpochLog,
+         fold: int, run_dir: Path, device: str) -> None:
+    """Fit the phases of `schedule`, from the checkpoint's epoch when resuming, checkpointing as it goes."""
+    phases = schedule(cfg, lr)
+    lines = EpochLine(f"fold {fold} ", sum(p.epochs for p in phases)) if _plain_lines(cfg) else None
+    if lines is not None:
+        learn.add_cb(lines)
+    if resume is not None and is_main() and not cfg.quiet:
+        print(f"resuming '{run_dir}' from {resume.describe([p.epochs for p in phases])} "
+              f"(checkpoint of {time.strftime('%H:%M:%S', time.localtime(resume.path.stat().st_mtime))})",
+              file=sys.stdout if lines is not None else sys.stderr, flush=True)
+    config = cfg.to_json()
+    with data_parallel(learn, device):
+        for i, phase in enumerate(phases):
+            start = 0 if resume is None else resume.start(i, phase.epochs)
+            if start is None:
+                continue
+            learn.freeze() if phase.frozen else learn.unfreeze()
+            if resume is not None:
+                checkpoint.restore(learn, keep, log, resume)
+                resume = None
+            if lines is not None:
+                lines.offset = sum(p.epochs for p in phases[:i])
+            saver = checkpoint.SaveCheckpoint(run_dir, keep, log, i, lr, config, cfg.checkpoint_every)
+            learn.fit_one_cycle(phase.epochs, phase.lr, pct_start=phase.pct_start, div=phase.div,
+                                start_epoch=start, cbs=[saver])
+    if cfg.ema:  # the run keeps the weight average
+        learn.weight_average.apply()
+    if resume is not None:  # killed after the last epoch: only the kept weights are left to restore
+        learn.model.load_state_dict(resume.weights())
+        keep.best_epoch = int(resume.state["best"]["epoch"])
+
+
+def _write_run(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, model: torch.nn.Module, out: np.ndarray,
+               y: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], lr: float, best_epoch: int,
+               started: float, device: str) -> dict:
+    """The run folder of a trained fold: held-out predictions [N, C] and metrics, weights, curves, `herlev.json` last."""
     held = data.items[data.items["fold"] == fold]  # get_preds keeps the valid split's order
     save_predictions(run_dir, held, fold, out, y, cfg.model.head, data.task.severities)
     metrics = write_evaluation(run_dir, out, y, data.task, cfg.model.head,
-                               extra={"fold": fold, "best_epoch": int(keep.best_epoch), "kept": selection(cfg.to_json())})
+                               extra={"fold": fold, "best_epoch": best_epoch, "kept": selection(cfg.to_json())})
     save_model(run_dir, model, data.task, cfg.data.size, mean, std)
     log = run_dir / "log.csv"
     if log.is_file():
@@ -374,7 +312,7 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
         "data_root": str(Path(cfg.data.data).expanduser().resolve()),
         "folds_file": "folds.csv",
         "lr": lr,
-        "best_epoch": int(keep.best_epoch),
+        "best_epoch": best_epoch,
         "kept": selection(cfg.to_json()),
         "skipped_images": data.skipped,
         "metrics": {k: metrics[k] for k in SCALAR_METRICS},
@@ -385,8 +323,7 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
         "config": cfg.to_json(),
         "integrity": integrity(run_dir, data.task),  # checked at load: an edit after training is reported
     })
-    checkpoint.remove(run_dir)
-    return _from_main(metrics)
+    return metrics
 
 
 def summarize(metrics: list[dict]) -> dict:
@@ -456,13 +393,13 @@ def _run_root(cfg: TrainConfig) -> Path:
 
 def _shared_run_root(cfg: TrainConfig) -> Path:
     """`_run_root` in rank 0 (it creates the folder); every rank gets its answer, or its error."""
-    if not _is_main():
-        found = _from_main(None)
+    if not is_main():
+        found = from_main(None)
     else:
         try:
-            found = _from_main(_run_root(cfg))
+            found = from_main(_run_root(cfg))
         except HerlevError as e:
-            _from_main(str(e))
+            from_main(str(e))
             raise
     if isinstance(found, str):
         raise HerlevError(found)
@@ -481,7 +418,7 @@ def _finished(run_dir: Path, cfg: TrainConfig) -> dict:
     if diff:
         raise HerlevError(f"run '{run_dir}' finished with other settings ({diff}); --resume only continues a run "
                           "with its own options: train under another --name")
-    if _is_main() and not cfg.quiet:
+    if is_main() and not cfg.quiet:
         print(f"'{run_dir}' had finished: nothing to resume, its metrics are reused",
               file=sys.stdout if logging_to_file() else sys.stderr, flush=True)
     metrics = run_dir / "metrics.json"
@@ -497,7 +434,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         HerlevError: any problem a user can fix (data, options, output folder, weights).
     """
     device = resolve_device(cfg.device)
-    with _process_group(device):
+    with process_group(device):
         return _train(cfg, device)
 
 
@@ -508,7 +445,7 @@ def _train(cfg: TrainConfig, device: str) -> TrainResult:
     check_tracker(cfg.log)  # a missing package is said before any work
     data = prepare(cfg, task)
     root = _shared_run_root(cfg)
-    if _is_main():
+    if is_main():
         write_text(root / CONFIG_FILE, run_yaml(cfg))
     folds = range(cfg.data.folds) if cfg.fold is None else [cfg.fold]
     runs, metrics = [], []
@@ -520,7 +457,7 @@ def _train(cfg: TrainConfig, device: str) -> TrainResult:
             metrics.append(train_fold(cfg, data, fold, run_dir, device))
         runs.append(run_dir)
     summary = summarize(metrics) if cfg.fold is None else None
-    if summary is not None and _is_main():
+    if summary is not None and is_main():
         write_json(root / "cv_summary.json", summary)
         write_text(root / "cv_summary.md", summary_markdown(summary, f"{cfg.model.arch} / {cfg.model.head}: "
                                                                       f"{cfg.data.folds}-fold cross-validation",

@@ -1,8 +1,11 @@
-"""timm body + pipeline head -> fastai Learner, and the safe loading of weights.
+"""The network of a run: a timm body with the head's classifier, and the safe loading of weights.
 
 Pretrained weights come from timm's hub download (online users) or a local file (`--weights`);
 asking for pretrained weights that cannot be had is an error, never a silent random init.
 Local files load without unpickling code: safetensors, or `torch.load(weights_only=True)`.
+
+What does not live here: the fastai Learner that trains the network (`herlev_fa.training.learner`);
+loading a run for inference needs torch and timm only.
 """
 
 from __future__ import annotations
@@ -11,24 +14,15 @@ import difflib
 import pickle
 import re
 import warnings
-from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 
-import fastai.callback.progress  # noqa: F401  (progress bar + no_bar/no_logging on Learner)
-import fastai.callback.schedule  # noqa: F401  (fit_one_cycle, fine_tune, lr_find on Learner)
 import timm
 import torch
-from fastai.learner import Learner
-from fastai.optimizer import OptimWrapper
 from torch import Tensor, nn
 
-from herlev_fa.training.callbacks import without_host_syncs
 from herlev_fa.config import ModelConfig
 from herlev_fa.errors import HerlevError, missing
 from herlev_fa.labels import Task
-from herlev_fa.model.loss import SeverityLoss
-from herlev_fa.metrics import fastai_metrics
 from herlev_fa.model.heads import SeverityModel, get_head
 
 
@@ -191,33 +185,3 @@ def normalisation(net: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]
     """Mean and std from the timm model's pretrained config."""
     data_cfg = timm.data.resolve_data_config({}, model=net)
     return tuple(float(m) for m in data_cfg["mean"]), tuple(float(s) for s in data_cfg["std"])
-
-
-def body_head_splitter(model: SeverityModel) -> list[list[nn.Parameter]]:
-    """Parameter groups [body, classifier] of the timm net, for freezing when fine-tuning.
-
-    The head's fixed severity layer belongs to no group, so fastai's freeze/unfreeze never
-    makes it trainable.
-    """
-    head = list(model.net.get_classifier().parameters())
-    head_ids = {id(p) for p in head}
-    return [[p for p in model.net.parameters() if id(p) not in head_ids], head]
-
-
-def build_learner(dls, model: SeverityModel, task: Task, mse_weight: float = 1.0, wd: float = 0.05,
-                  cbs: Sequence = (), path: str | Path = ".", smoothing: float = 0.0) -> Learner:
-    """A fastai Learner (AdamW, the head's loss and metrics) over `dls`, with no host synchronisation per batch.
-
-    The optimiser is torch's AdamW behind fastai's `OptimWrapper`: one multi-tensor update per step
-    on GPUs, where fastai's own Adam runs a few kernels per parameter tensor (bench/optimizer_step.py).
-    Weight decay applies to every parameter, as in a plain PyTorch loop.
-
-    fastai's recorder, progress bar and metrics copy values to the host every batch; here they
-    stay on the device until the epoch ends (`callbacks.without_host_syncs`, `metrics.fastai_metrics`).
-    """
-    loss = SeverityLoss(model.pipeline, task.severities, mse_weight, smoothing)
-    learn = Learner(dls, model.to(dls.device), loss_func=loss,
-                    opt_func=partial(OptimWrapper, opt=partial(torch.optim.AdamW, foreach=True)),
-                    metrics=fastai_metrics(model.pipeline, task.severities),
-                    splitter=body_head_splitter, wd=wd, cbs=list(cbs), path=Path(path))
-    return without_host_syncs(learn)
