@@ -123,7 +123,7 @@ class OrdinalHead(Head):
         sev = torch.as_tensor(severities, dtype=torch.float32, device=out.device)
         return None, sev[0] + out.float().sigmoid() @ (sev[1:] - sev[:-1])  # [B]
 
-    def loss(self, out, target, severities, mse_weight=1.0):
+    def loss(self, out, target, severities, mse_weight=1.0, smoothing=0.0):
         above = (target[:, None] > torch.arange(out.shape[1], device=out.device)[None, :]).float()  # [B, K - 1]
         bce = F.binary_cross_entropy_with_logits(out.float(), above)
         return bce, {"bce": bce.detach()}

@@ -29,7 +29,7 @@ class SeverityLoss(nn.Module):
 
     def forward(self, out: Tensor, target: Tensor) -> Tensor:
         loss, self.parts = self.head.loss(out, target, self.severities.to(out.device), self.mse_weight,
-                                          self.smoothing)
+                                          smoothing=self.smoothing)
         return loss
 
     def activation(self, out: Tensor) -> Tensor:
