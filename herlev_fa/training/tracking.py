@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import importlib
 import os
 import time
 from collections.abc import Iterator
@@ -58,9 +59,17 @@ class Tracker:
     name: str
     package: str  # the PyPI name its extra installs
 
+    def modules(self) -> tuple[str, ...]:
+        """The modules that must import for this tracker to work."""
+        raise NotImplementedError
+
     def check(self) -> None:
         """Raises HerlevError (naming the pip command) when the tracker's package is not installed."""
-        raise NotImplementedError
+        try:
+            for module in self.modules():
+                importlib.import_module(module)
+        except ImportError:
+            raise _missing(self.name, self.package) from None
 
     @contextlib.contextmanager
     def run(self, run_dir: Path, fold: int, config: dict[str, Any]) -> Iterator[list[Callback]]:
@@ -73,12 +82,8 @@ class TensorBoard(Tracker):
 
     name, package = "tensorboard", "tensorboard"
 
-    def check(self) -> None:
-        try:
-            from fastai.callback.tensorboard import TensorBoardCallback  # noqa: F401
-            from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (needs the tensorboard package)
-        except ImportError:
-            raise _missing(self.name, self.package) from None
+    def modules(self) -> tuple[str, ...]:
+        return "fastai.callback.tensorboard", "torch.utils.tensorboard"  # the second needs the tensorboard package
 
     @contextlib.contextmanager
     def run(self, run_dir: Path, fold: int, config: dict[str, Any]) -> Iterator[list[Callback]]:
@@ -105,12 +110,8 @@ class Wandb(Tracker):
 
     name, package = "wandb", "wandb"
 
-    def check(self) -> None:
-        try:
-            import wandb  # noqa: F401  (fastai's callback module imports it too, but may already be imported)
-            from fastai.callback.wandb import WandbCallback  # noqa: F401
-        except ImportError:
-            raise _missing(self.name, self.package) from None
+    def modules(self) -> tuple[str, ...]:
+        return "wandb", "fastai.callback.wandb"
 
     @contextlib.contextmanager
     def run(self, run_dir: Path, fold: int, config: dict[str, Any]) -> Iterator[list[Callback]]:
@@ -184,14 +185,9 @@ class MLflow(Tracker):
 
     name, package = "mlflow", "mlflow-skinny"
 
-    def check(self) -> None:
-        try:
-            import mlflow  # noqa: F401
-            if not os.environ.get("MLFLOW_TRACKING_URI"):  # the local sqlite store
-                import alembic  # noqa: F401
-                import sqlalchemy  # noqa: F401
-        except ImportError:
-            raise _missing(self.name, self.package) from None
+    def modules(self) -> tuple[str, ...]:
+        local = () if os.environ.get("MLFLOW_TRACKING_URI") else ("alembic", "sqlalchemy")  # the local sqlite store
+        return "mlflow", *local
 
     @contextlib.contextmanager
     def run(self, run_dir: Path, fold: int, config: dict[str, Any]) -> Iterator[list[Callback]]:
