@@ -219,8 +219,11 @@ def main() -> None:
         sys.exit(f"unknown configuration(s) {', '.join(unknown)}: see --list")
     jobs = [(n, s, k) for n in names for s in seeds for k in range(BASE["folds"])
             if fold_metrics(args.out / n / f"seed{s}" / f"fold{k}") is None]
-    write = lambda: (args.out.mkdir(parents=True, exist_ok=True),
-                     (args.out / "sweep.md").write_text(table(args.out)))
+
+    def write() -> None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "sweep.md").write_text(table(args.out))
+
     if not args.table_only and jobs:
         print(f"{len(jobs)} fold runs to train, {args.workers} at a time", flush=True)
         with cf.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
