@@ -80,9 +80,9 @@ def export_onnx(run_dir, out: str | Path | None = None, images=None, opset: int 
     import torch
 
     from herlev_fa.atomic import atomic_path
-    from herlev_fa.runs import Run, load_run
+    from herlev_fa.runs import load_run
 
-    run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)
+    run = load_run(run_dir)
     target = Path(out) if out is not None else run.path / "model.onnx"
     model = run.model.eval()
     example = torch.zeros(2, 3, run.size, run.size)  # [B, 3, S, S]; B is exported as free

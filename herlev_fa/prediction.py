@@ -211,7 +211,7 @@ def predict(run: str | Path | Run, inputs: str | Path | Sequence[str | Path], tt
         raise HerlevError(f"--bs {bs} is out of range: use 1 or more")
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
-    run = run if isinstance(run, Run) else load_run(run)
+    run = load_run(run)
     cut = run.screening_threshold(threshold)
     temperature = 1.0
     if calibrated:

@@ -341,11 +341,12 @@ def run_task(run_dir: str | Path) -> Task:
     return Task.from_json(read_meta(run_dir)["task"])
 
 
-def load_run(run_dir: str | Path) -> Run:
+def load_run(run_dir: str | Path | Run) -> Run:
     """Load a run folder: sidecar, task and weights (safetensors only; nothing is unpickled).
 
     The folder of a cross-validated run (holding `fold0/ .. foldK/`) loads as the ensemble of
-    its fold models (`herlev_fa.ensemble`).
+    its fold models (`herlev_fa.ensemble`). A run already loaded is returned as it is, so that
+    every function taking a run accepts either.
 
     Raises:
         HerlevError: incomplete or damaged run folder, or weights that do not fit its config.
@@ -353,6 +354,8 @@ def load_run(run_dir: str | Path) -> Run:
     from herlev_fa.ensemble import fold_folders, load_ensemble
     from herlev_fa.model.network import create_net, load_into, load_weights_file
 
+    if isinstance(run_dir, Run):
+        return run_dir
     run_dir = Path(run_dir)
     if fold_folders(run_dir):
         return load_ensemble(run_dir)

@@ -64,6 +64,7 @@ def test_run_sidecar_and_folds(trained_run, synth_data):
 
 def test_checkpoint_round_trip_and_plain_timm(trained_run):
     run = load_run(trained_run)
+    assert load_run(run) is run  # a loaded run passes through: every function taking a run takes either
     x = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
         ours = run.model(x)

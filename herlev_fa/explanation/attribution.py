@@ -549,9 +549,9 @@ def iter_explanations(run, paths: Sequence[str | Path], settings: IGSettings = I
     """
     from herlev_fa.data.images import letterbox
     from herlev_fa.data.images import load_image
-    from herlev_fa.runs import Run, load_run
+    from herlev_fa.runs import load_run
 
-    run = run if isinstance(run, Run) else load_run(run)
+    run = load_run(run)
     paths = [Path(p) for p in paths]
     if not paths:
         raise HerlevError("no image given to explain")

@@ -117,9 +117,9 @@ def explain_images(run, paths: Sequence[str | Path], out: str | Path | None = No
     Raises:
         HerlevError: bad run, target, baseline or steps; a missing or unreadable image.
     """
-    from herlev_fa.runs import Run, load_run
+    from herlev_fa.runs import load_run
 
-    run = run if isinstance(run, Run) else load_run(run)
+    run = load_run(run)
     out_dir = Path(out) if out is not None else run.path / "explain"
     rows = []
     bar, advance = progress_bar(progress and len(paths) > 1, "explaining", len(paths))
@@ -352,9 +352,9 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
     """
     import torch
 
-    from herlev_fa.runs import Run, load_run
+    from herlev_fa.runs import load_run
 
-    run = run if isinstance(run, Run) else load_run(run)
+    run = load_run(run)
     column = target_column(settings.target, run.head, run.task.classes)
     items, skipped = quantify_items(run, data, split)
     items = sample_items(items, limit, seed)
@@ -555,11 +555,11 @@ def compare_explanations(runs: Sequence, out: str | Path, per_class: int = 2, se
     """
     from herlev_fa.explanation.masks import read_mask
     from herlev_fa.figures import explanation_grid_png
-    from herlev_fa.runs import Run, load_run
+    from herlev_fa.runs import load_run
 
     if not runs:
         raise HerlevError("no run given: pass one or more run folders")
-    runs = [r if isinstance(r, Run) else load_run(r) for r in runs]
+    runs = [load_run(r) for r in runs]
     labels = list(labels) if labels else short_labels([r.path for r in runs])
     if len(labels) != len(runs):
         raise HerlevError(f"{len(labels)} label(s) for {len(runs)} run(s): give one --label per run, or none")

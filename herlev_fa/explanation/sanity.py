@@ -198,9 +198,9 @@ def masked_cells(run, data: str | Path | None, split: str, limit: int):
     (run, items, images [N, S, S, 3] uint8, mask regions [N, S, S], content [N, S, S] bool), as `sanity` and
     `faithfulness` explain them."""
     from herlev_fa.explanation.report import masked_batch, quantify_items
-    from herlev_fa.runs import Run, load_run
+    from herlev_fa.runs import load_run
 
-    run = run if isinstance(run, Run) else load_run(run)
+    run = load_run(run)
     items = cells_of(quantify_items(run, data, split)[0], limit)
     return (run, items, *masked_batch(items, run.size))
 
