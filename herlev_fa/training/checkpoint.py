@@ -1,8 +1,9 @@
 """Training checkpoints: what one holds, when it is written, how it is read, and which runs may resume it.
 
 A checkpoint is a folder `RUN/checkpoint/` holding everything the next epoch depends on: the
-weights, the optimiser's state, the best epoch kept so far, the weight average (`--ema`), the epoch log, and the random states
-(Python, NumPy, torch on the CPU and the GPU, the DataLoader's shuffler), so that a resumed run
+weights, the optimiser's state, the best epoch kept so far, the weight average (`--ema`), the epoch
+log, and the random states (Python, NumPy, torch on the CPU and the GPU, the DataLoader's
+shuffler), so that a resumed run
 continues exactly as the uninterrupted one would have. The augmentation draws from those
 generators too (fastai's batch transforms from torch's; the albumentations policy is reseeded
 from torch's for every image, and `--balance` on the DataBlock draws from NumPy's), so nothing
@@ -106,11 +107,13 @@ class Resume:
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The weights to keep if no epoch is left to run: the best epoch's, else the average (--ema), else the last."""
-        for kind in ("best/", "ema/", "model/"):
-            found = {k[len(kind):]: v for k, v in self.tensors.items() if k.startswith(kind)}
-            if found:
-                return found
-        return {}
+        return _part(self.tensors, "best") or _part(self.tensors, "ema") or _part(self.tensors, "model")
+
+
+def _part(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """The state dict saved under `name/` in a checkpoint's tensors (model, best, ema), its keys without the prefix."""
+    prefix = f"{name}/"
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def _jsonable(x: Any) -> Any:
@@ -233,7 +236,7 @@ def find_matching(run_dir: Path, config: dict) -> Resume | None:
 def restore(learn, keep, log, resume: Resume) -> None:
     """Put the saved state back into a freshly built learner whose optimiser exists."""
     t, s = resume.tensors, resume.state
-    learn.model.load_state_dict({k[len("model/"):]: v for k, v in t.items() if k.startswith("model/")})
+    learn.model.load_state_dict(_part(t, "model"))
     device = next(learn.model.parameters()).device
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in t.items():
@@ -241,9 +244,9 @@ def restore(learn, keep, log, resume: Resume) -> None:
             _, pid, name = key.split("/", 2)
             opt_state.setdefault(int(pid), {})[name] = value
     learn.opt.load_state_dict({"state": opt_state, "param_groups": s["opt_groups"]})
-    best = {k[len("best/"):]: v.to(device) for k, v in t.items() if k.startswith("best/")}
+    best = {k: v.to(device) for k, v in _part(t, "best").items()}
     keep.pending = (s["best"]["value"], s["best"]["epoch"], s["best"]["seen"], best or None)
-    ema = {k[len("ema/"):]: v.to(device) for k, v in t.items() if k.startswith("ema/")}
+    ema = {k: v.to(device) for k, v in _part(t, "ema").items()}
     if ema:
         learn.weight_average.pending = ema
     log.rows = list(s["log_rows"])
