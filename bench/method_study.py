@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-METHODS = ("ig", "smoothgrad", "gradientshap", "saliency", "gradcam", "occlusion")
+from herlev_fa.config import ATTRIBUTION_METHODS  # the config module imports no torch: workers set threads first
+
+METHODS = tuple(ATTRIBUTION_METHODS)
 
 
 def settings(args, method: str):
@@ -74,9 +76,8 @@ def faith_task(args, name: str, folder: Path) -> str:
     from herlev_fa.explanation.faithfulness import faithfulness
 
     out = args.out / name / "faithfulness"
-    pixel = [m for m in args.methods if m != "gradcam"] + (["gradcam"] if "gradcam" in args.methods else [])
     if not (out / "faithfulness.csv").is_file():
-        faithfulness(folder / "fold0", pixel, out=out, settings=settings(args, "ig"), limit=args.faith_limit)
+        faithfulness(folder / "fold0", args.methods, out=out, settings=settings(args, "ig"), limit=args.faith_limit)
     return f"{name}: faithfulness"
 
 
