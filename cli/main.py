@@ -19,7 +19,7 @@ from rich.table import Table
 
 import herlev_fa
 from herlev_cli.app import (DATA, DEFAULT_RUNS, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Balance, Bs, CheckpointEvery, Classes,
-                            Data, Device, Ema, Epochs, Folds, Head, Keep, LabelSmoothing, Lr, MseWarmup, MseWeight,
+                            Cutmix, Data, Device, Ema, Epochs, Folds, Head, Keep, LabelSmoothing, Lr, Mixup, MseWarmup, MseWeight,
                             Policy, Pretrained, Quiet, Seed, Size, SkipBad, Task, Threshold, ValSplit, Wd, Weights, Workers,
                             app, as_text, bars, data_dir, flag, option, out, out_folder, parse_lr, run_dir, user_errors)
 from herlev_fa.atomic import finite_or_none
@@ -111,7 +111,7 @@ def synth(
 DATA_OPTIONS = ("data", "task", "classes", "size", "folds", "seed", "bs", "skip_bad", "augment", "policy", "balance",
                 "workers")
 MODEL_OPTIONS = ("arch", "head", "pretrained", "weights", "mse_weight")
-TRAIN_OPTIONS = ("epochs", "lr", "wd", "keep", "val_split", "mse_warmup", "label_smoothing", "ema", "fold", "device", "out_dir", "name", "checkpoint_every",
+TRAIN_OPTIONS = ("epochs", "lr", "wd", "keep", "val_split", "mse_warmup", "label_smoothing", "ema", "mixup", "cutmix", "fold", "device", "out_dir", "name", "checkpoint_every",
                  "resume", "deterministic", "precision", "log")
 
 
@@ -147,6 +147,8 @@ def train(
     mse_warmup: MseWarmup = TRAIN["mse_warmup"],
     label_smoothing: LabelSmoothing = TRAIN["label_smoothing"],
     ema: Ema = TRAIN["ema"],
+    mixup: Mixup = TRAIN["mixup"],
+    cutmix: Cutmix = TRAIN["cutmix"],
     folds: Folds = DATA["folds"],
     fold: Annotated[str, option(TrainConfig, "fold")] = str(TRAIN["fold"]),
     epochs: Epochs = TRAIN["epochs"],
@@ -186,7 +188,7 @@ def train(
                        skip_bad=skip_bad, augment=augment, policy=policy, balance=balance, workers=workers),
             ModelConfig(arch, head=head, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
             epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, val_split=val_split, mse_warmup=mse_warmup,
-            label_smoothing=label_smoothing, ema=ema, fold=_fold(fold), device=device, out=out_folder(out_dir), name=name, checkpoint_every=checkpoint_every, log=log,
+            label_smoothing=label_smoothing, ema=ema, mixup=mixup, cutmix=cutmix, fold=_fold(fold), device=device, out=out_folder(out_dir), name=name, checkpoint_every=checkpoint_every, log=log,
             quiet=not bars(quiet or as_json), resume=resume, deterministic=deterministic, precision=precision,
         )
     from fastai.torch_core import rank_distrib

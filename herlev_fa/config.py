@@ -148,6 +148,10 @@ class TrainConfig:
                                             "common): the true class's target is 1 - S + S/K.")
     ema: float = _opt(0.0, help="Keep an exponential moving average of the weights with this decay per batch (timm's "
                                 "ModelEmaV3; 0: off, e.g. 0.995) and evaluate and save the average; with --keep last.")
+    mixup: float = _opt(0.0, help="fastai's MixUp: blend each training image with another, and their losses, by a "
+                                   "share drawn from Beta(A, A) (0: off; 0.4 is common).")
+    cutmix: float = _opt(0.0, help="fastai's CutMix: paste a box of another training image, and blend the losses by "
+                                    "its area, drawn from Beta(A, A) (0: off; 1.0 is common).")
     checkpoint_every: float = _opt(300.0, help="Seconds between checkpoints (0: every epoch); one is always written "
                                                "at the end of each phase.")
     log: str | None = _opt(None, help="Experiment tracking: tensorboard (RUN/tensorboard) | wandb (a W&B run per "
@@ -171,6 +175,10 @@ class TrainConfig:
         _check(0 <= self.ema < 1, f"--ema {self.ema} is out of range: use a decay 0 <= D < 1 (0: off; e.g. 0.995)")
         _check(self.ema == 0 or self.keep == "last", "--ema averages the weights of the last epochs and keeps the "
                                                      "average: use it with --keep last")
+        for name, alpha in (("--mixup", self.mixup), ("--cutmix", self.cutmix)):
+            _check(math.isfinite(alpha) and 0 <= alpha <= 100,
+                   f"{name} {alpha} is out of range: use a Beta parameter 0 <= A <= 100 (0: off)")
+        _check(not (self.mixup and self.cutmix), "--mixup and --cutmix are two ways of mixing images: choose one")
         if self.label_smoothing:
             from herlev_fa.model.heads import HEADS  # imports torch: configs stay light without the option
 

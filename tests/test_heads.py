@@ -103,6 +103,26 @@ def test_label_smoothing_is_the_cross_entropy_against_smoothed_targets(name):
     assert [n for n, h in HEADS.items() if h.smoothable] == ["cls", "cls_reg"]  # the heads --label-smoothing accepts
 
 
+@pytest.mark.parametrize("name", list(HEADS))
+def test_per_cell_losses_are_each_cells_loss_and_average_to_the_batch_loss(name):
+    """reduction "none" (what fastai's MixUp and CutMix ask for): one loss per cell, each the loss of that cell alone."""
+    head = get_head(name)
+    torch.manual_seed(0)
+    out = torch.randn(6, head.n_outputs(5))
+    out = head.module(SEV)(out)  # cls_reg appends the score
+    y = torch.tensor([0, 1, 2, 3, 4, 2])
+    loss = SeverityLoss(name, SEV, mse_weight=0.5)
+    batch = loss(out, y)
+    loss.reduction = "none"
+    per_cell = loss(out, y)
+    assert batch.shape == () and per_cell.shape == (6,)
+    alone = torch.stack([SeverityLoss(name, SEV, mse_weight=0.5)(out[i:i + 1], y[i:i + 1]) for i in range(6)])
+    assert torch.allclose(per_cell, alone, rtol=1e-5)
+    if name != "corn":  # CORN's batch loss weighs each cell by its number of binary tasks (coral-pytorch)
+        assert per_cell.mean().item() == pytest.approx(batch.item(), rel=1e-5)
+    assert set(loss.parts) and all(v.shape == () for v in loss.parts.values())  # the log keeps batch means
+
+
 # --- a fourth head, added here and nowhere else ------------------------------------------------
 
 
@@ -123,10 +143,10 @@ class OrdinalHead(Head):
         sev = torch.as_tensor(severities, dtype=torch.float32, device=out.device)
         return None, sev[0] + out.float().sigmoid() @ (sev[1:] - sev[:-1])  # [B]
 
-    def loss(self, out, target, severities, mse_weight=1.0, smoothing=0.0):
+    def loss(self, out, target, severities, mse_weight=1.0, smoothing=0.0, reduction="mean"):
         above = (target[:, None] > torch.arange(out.shape[1], device=out.device)[None, :]).float()  # [B, K - 1]
-        bce = F.binary_cross_entropy_with_logits(out.float(), above)
-        return bce, {"bce": bce.detach()}
+        bce = F.binary_cross_entropy_with_logits(out.float(), above, reduction="none").mean(dim=1)  # [B]
+        return (bce.mean() if reduction == "mean" else bce), {"bce": bce.detach().mean()}
 
     def output_names(self, classes):
         return [f"> {c}" for c in classes[:-1]]

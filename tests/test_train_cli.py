@@ -292,14 +292,58 @@ def test_weight_average_is_the_ema_of_the_weights_after_each_training_batch():
         assert not torch.allclose(v, last[k]), k  # the average, not the last weights
 
 
-def test_ema_and_label_smoothing_reach_the_run_and_the_saved_weights_are_the_scored_ones(synth_data, tmp_path):
+def test_mixup_trains_on_the_mix_of_each_cells_two_losses():
+    """fastai's MixUp over the severity loss: the batch loss is mean_i lerp(loss_i(partner's y), loss_i(y), lam_i),
+    with the lambda MseWarmup has set, and the loss parts still logged while MixUp holds learn.loss_func."""
+    from fastai.callback.core import Callback
+    from fastai.callback.mixup import MixUp
+    from fastai.data.core import DataLoaders
+    from fastai.learner import Learner
+    from fastai.torch_core import set_seed
+
+    from herlev_fa.model.heads import AppendExpectedSeverity
+    from herlev_fa.model.loss import SeverityLoss
+    from herlev_fa.training.callbacks import LossParts, MseWarmup
+
+    sev = [0.0, 1.0, 2.0, 3.0, 4.0]
+    loss = SeverityLoss("cls_reg", sev, mse_weight=0.5)
+
+    class Record(Callback):  # each training batch's pieces, right after its loss
+        order, seen = 60, []
+
+        def after_loss(self):
+            if self.training:
+                self.seen.append((self.learn.pred.detach(), self.mix_up.yb1[0], self.yb[0], self.mix_up.lam,
+                                  loss.mse_weight, self.learn.loss.detach()))
+
+    set_seed(0)
+    x, y = torch.randn(16, 3), torch.arange(16) % 5
+    ds = list(zip(x, y))
+    dls = DataLoaders.from_dsets(ds, ds, bs=8, device="cpu")
+    learn = Learner(dls, torch.nn.Sequential(torch.nn.Linear(3, 5), AppendExpectedSeverity(sev)), loss_func=loss,
+                    cbs=[MixUp(0.4), MseWarmup(1.0), LossParts(), Record()])
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(2, lr=0.01)
+    assert len(Record.seen) == 4 and learn.loss_func is loss  # MixUp gives the loss back after training
+    assert [w for *_, w, _ in Record.seen] == pytest.approx([0.0, 0.125, 0.25, 0.375])  # the warm-up ramp, 4 steps
+    for pred, y1, y0, lam, weight, got in Record.seen:
+        assert not torch.equal(y1, y0) and not torch.all(lam == 1)  # the cells were mixed
+        per_cell = SeverityLoss("cls_reg", sev, mse_weight=weight)
+        per_cell.reduction = "none"
+        mixed = torch.lerp(per_cell(pred, y1), per_cell(pred, y0), lam).mean()
+        assert got.item() == pytest.approx(mixed.item(), rel=1e-5)
+        assert got.item() != pytest.approx(SeverityLoss("cls_reg", sev, mse_weight=weight)(pred, y0).item(), rel=1e-3)
+    assert {"train_ce", "train_mse", "valid_ce", "valid_mse"} <= set(learn.loss_parts.last)  # logged through the swap
+
+
+def test_ema_label_smoothing_and_cutmix_reach_the_run_and_the_saved_weights_are_the_scored_ones(synth_data, tmp_path):
     result = runner.invoke(app, ["train", "--data", str(synth_data), "--arch", "test_resnet", "--no-pretrained",
                                  "--size", "32", "--epochs", "2", "--bs", "16", "--seed", "0", "--ema", "0.5",
-                                 "--label-smoothing", "0.1", "--device", "cpu", "--out", str(tmp_path), "--name", "e",
-                                 "--quiet"])
+                                 "--label-smoothing", "0.1", "--cutmix", "1.0", "--device", "cpu", "--out", str(tmp_path),
+                                 "--name", "e", "--quiet"])
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "e" / "herlev.json").read_text())
-    assert (meta["config"]["ema"], meta["config"]["label_smoothing"]) == (0.5, 0.1)
+    assert [meta["config"][k] for k in ("ema", "label_smoothing", "cutmix", "mixup")] == [0.5, 0.1, 1.0, 0.0]
     result = runner.invoke(app, ["evaluate", str(tmp_path / "e"), "--out", str(tmp_path / "ev"), "--device", "cpu",
                                  "--json"])
     assert result.exit_code == 0, result.output

@@ -33,7 +33,8 @@ Run folders store the head's `name`. Every function that takes a head accepts it
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -133,10 +134,12 @@ class Head:
         raise NotImplementedError
 
     def loss(self, out: Tensor, target: Tensor, severities: Severities, mse_weight: float = 1.0,
-             smoothing: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
-        """Model output [B, C], class indices [B] -> (scalar loss, its detached components for logging).
+             smoothing: float = 0.0, reduction: str = "mean") -> tuple[Tensor, dict[str, Tensor]]:
+        """Model output [B, C], class indices [B] -> (loss, its detached batch-mean components for logging).
 
         `smoothing`: label smoothing of the cross-entropy, for heads that are `smoothable` (0 for the others).
+        `reduction`: "mean", a scalar; "none", one loss per cell [B] whose mean is the scalar (what
+        fastai's MixUp and CutMix mix between a cell's two labels).
         """
         raise NotImplementedError
 
@@ -248,11 +251,11 @@ class ClsHead(_ClassHead):
     def split(self, out: Tensor, severities: Severities) -> tuple[Tensor | None, Tensor]:
         return out, expected_severity(out, severities)
 
-    def loss(self, out, target, severities, mse_weight=1.0, smoothing=0.0):
+    def loss(self, out, target, severities, mse_weight=1.0, smoothing=0.0, reduction="mean"):
         logits, score = self.split(out, severities)
-        ce = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
+        ce = F.cross_entropy(logits.float(), target, label_smoothing=smoothing, reduction=reduction)
         mse = F.mse_loss(score.float(), _sev(severities, out)[target])  # logged only
-        return ce, {"ce": ce.detach(), "mse": mse.detach()}
+        return ce, {"ce": ce.detach().mean(), "mse": mse.detach()}
 
 
 @register_head
@@ -274,9 +277,9 @@ class RegHead(Head):
     def split(self, out: Tensor, severities: Severities) -> tuple[Tensor | None, Tensor]:
         return None, out[:, 0]
 
-    def loss(self, out, target, severities, mse_weight=1.0, smoothing=0.0):
-        mse = F.mse_loss(out[:, 0].float(), _sev(severities, out)[target])
-        return mse, {"mse": mse.detach()}
+    def loss(self, out, target, severities, mse_weight=1.0, smoothing=0.0, reduction="mean"):
+        mse = F.mse_loss(out[:, 0].float(), _sev(severities, out)[target], reduction=reduction)
+        return mse, {"mse": mse.detach().mean()}
 
 
 @register_head
@@ -300,11 +303,11 @@ class ClsRegHead(_ClassHead):
     def split(self, out: Tensor, severities: Severities) -> tuple[Tensor | None, Tensor]:
         return out[:, :-1], out[:, -1]
 
-    def loss(self, out, target, severities, mse_weight=1.0, smoothing=0.0):
+    def loss(self, out, target, severities, mse_weight=1.0, smoothing=0.0, reduction="mean"):
         logits, score = self.split(out, severities)
-        ce = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
-        mse = F.mse_loss(score.float(), _sev(severities, out)[target])
-        return ce + mse_weight * mse, {"ce": ce.detach(), "mse": mse.detach()}
+        ce = F.cross_entropy(logits.float(), target, label_smoothing=smoothing, reduction=reduction)
+        mse = F.mse_loss(score.float(), _sev(severities, out)[target], reduction=reduction)
+        return ce + mse_weight * mse, {"ce": ce.detach().mean(), "mse": mse.detach().mean()}
 
 
 def corn_log_probs(logits: Tensor) -> Tensor:
@@ -326,6 +329,17 @@ def corn_logits(log_probs: Tensor) -> Tensor:
     """
     log_above = torch.logcumsumexp(log_probs.float().flip(1), dim=1).flip(1)[:, 1:]  # [B, K - 1] log P(y > k)
     return log_above - log_probs[:, :-1].float()
+
+
+def library_loss(loss: Callable[[Tensor, Tensor], Tensor], out: Tensor, target: Tensor, reduction: str) -> Tensor:
+    """A library loss that returns the batch mean: "mean" -> that scalar; "none" -> one value per cell [B].
+
+    Per cell, the loss is the library's on a batch of that cell alone (for CORN, whose batch mean
+    weighs each cell by its number of binary tasks, the mean of these is the unweighted one).
+    """
+    if reduction == "mean":
+        return loss(out, target)
+    return torch.stack([loss(out[i:i + 1], target[i:i + 1]) for i in range(len(target))])  # [B]
 
 
 class _OrdinalHead(_ClassHead):
@@ -357,9 +371,9 @@ class CornHead(_OrdinalHead):
         log_p = corn_log_probs(out)  # [B, K]
         return log_p, log_p.exp() @ _sev(severities, out)
 
-    def loss(self, out, target, severities, mse_weight=1.0, smoothing=0.0):
-        loss = corn_loss(out.float(), target, num_classes=out.shape[1] + 1)
-        return loss, {"corn": loss.detach()}
+    def loss(self, out, target, severities, mse_weight=1.0, smoothing=0.0, reduction="mean"):
+        loss = library_loss(partial(corn_loss, num_classes=out.shape[1] + 1), out.float(), target, reduction)
+        return loss, {"corn": loss.detach().mean()}
 
     def classify(self, probs: Tensor) -> Tensor:
         """p [B, K] -> the number of k with P(y > k) > 0.5: coral-pytorch's decoding, from probabilities."""
@@ -392,13 +406,13 @@ class SordHead(_OrdinalHead):
     def split(self, out: Tensor, severities: Severities) -> tuple[Tensor | None, Tensor]:
         return out, expected_severity(out, severities)
 
-    def loss(self, out, target, severities, mse_weight=1.0, smoothing=0.0):
+    def loss(self, out, target, severities, mse_weight=1.0, smoothing=0.0, reduction="mean"):
         from dlordinal.losses import SORDLoss  # imports scipy.stats and more: only when training
 
         # train_targets only feeds SORDLoss's frequency-based proximities (prox=True), not used here
         sord = SORDLoss(alpha=self.alpha, num_classes=out.shape[1], train_targets=target)
-        loss = sord(out.float(), target).float()  # the library's soft targets are float64
-        return loss, {"sord": loss.detach()}
+        loss = library_loss(sord, out.float(), target, reduction).float()  # the library's soft targets are float64
+        return loss, {"sord": loss.detach().mean()}
 
 
 def n_outputs(head: str | Head, n_classes: int) -> int:

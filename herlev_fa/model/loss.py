@@ -18,18 +18,25 @@ from herlev_fa.model.heads import Head, get_head
 
 
 class SeverityLoss(nn.Module):
-    """Loss for model output [B, C] and class-index targets [B]; returns a scalar."""
+    """Loss for model output [B, C] and class-index targets [B]; returns a scalar.
+
+    `y_int` and `reduction` follow fastai's loss contract: fastai's MixUp and CutMix see integer
+    targets, set `reduction` to "none" for one loss per cell [B], and mix those.
+    """
+
+    y_int = True
 
     def __init__(self, head: str | Head, severities: Sequence[float], mse_weight: float = 1.0,
                  smoothing: float = 0.0):
         super().__init__()
         self.head, self.mse_weight, self.smoothing = get_head(head), float(mse_weight), float(smoothing)
         self.register_buffer("severities", torch.tensor(list(severities), dtype=torch.float32))
+        self.reduction = "mean"
         self.parts: dict[str, Tensor] = {}
 
     def forward(self, out: Tensor, target: Tensor) -> Tensor:
         loss, self.parts = self.head.loss(out, target, self.severities.to(out.device), self.mse_weight,
-                                          smoothing=self.smoothing)
+                                          smoothing=self.smoothing, reduction=self.reduction)
         return loss
 
     def activation(self, out: Tensor) -> Tensor:

@@ -44,16 +44,19 @@ def bare_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class LossParts(Callback):
-    """Per-epoch means of `learn.loss_func.parts`, as `train_ce`, `valid_mse`, ... in `self.last`."""
+    """Per-epoch means of the loss's `parts`, as `train_ce`, `valid_mse`, ... in `self.last`."""
 
     order, run_valid = 55, True
+
+    def before_fit(self) -> None:
+        self.severity_loss = self.learn.loss_func  # the SeverityLoss: MixUp swaps learn.loss_func for its own while training
 
     def before_epoch(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
 
     def after_loss(self) -> None:
-        parts = getattr(self.learn.loss_func, "parts", {})
+        parts = getattr(self.severity_loss, "parts", {})
         bs = find_bs(self.learn.yb)
         split = "train" if self.training else "valid"
         for name, value in parts.items():
@@ -87,14 +90,15 @@ class MseWarmup(Callback):
         self.fraction = fraction
 
     def before_fit(self) -> None:
-        self.full = self.learn.loss_func.mse_weight
+        self.severity_loss = self.learn.loss_func  # the SeverityLoss: MixUp swaps learn.loss_func for its own while training
+        self.full = self.severity_loss.mse_weight
 
     def before_batch(self) -> None:
         ramp = min(1.0, self.pct_train / self.fraction) if self.training else 1.0
-        self.learn.loss_func.mse_weight = self.full * ramp
+        self.severity_loss.mse_weight = self.full * ramp
 
     def after_fit(self) -> None:
-        self.learn.loss_func.mse_weight = self.full
+        self.severity_loss.mse_weight = self.full
 
 
 class WeightAverage(Callback):

@@ -50,11 +50,12 @@ NAME, OLD, TMP = "checkpoint", ".checkpoint.old", ".checkpoint.tmp-"
 # workers, checkpoint interval, output folder and verbosity do not
 _DATA_KEYS = ("data", "task", "classes", "size", "folds", "seed", "bs", "skip_bad", "augment", "policy", "balance")
 _MODEL_KEYS = ("arch", "pretrained", "weights", "mse_weight")  # the head is compared on its own
-_SCHEDULE_KEYS = ("epochs", "lr", "wd", "keep", "val_split", "mse_warmup", "label_smoothing", "ema")
+_SCHEDULE_KEYS = ("epochs", "lr", "wd", "keep", "val_split", "mse_warmup", "label_smoothing", "ema", "mixup",
+                  "cutmix")
 # options added after the first version, at the value a record without them was made with
 # (val_split None: --keep best chose on the held-out fold itself)
 _ADDED = {"keep": "best", "mse_warmup": 0.0, "augment": "albumentations", "policy": "poster", "val_split": None,
-          "balance": False, "label_smoothing": 0.0, "ema": 0.0}
+          "balance": False, "label_smoothing": 0.0, "ema": 0.0, "mixup": 0.0, "cutmix": 0.0}
 
 
 def settings(config: dict) -> dict:

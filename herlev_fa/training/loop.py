@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from fastai.callback.mixup import CutMix, MixUp
 from fastai.learner import AvgSmoothLoss
 from fastai.torch_core import num_distrib, set_seed
 from fastcore.basics import noop
@@ -131,6 +132,8 @@ def _fit_learner(cfg: TrainConfig, data: Prepared, fold: int, device: str, cbs: 
         cbs.append(MseWarmup(cfg.mse_warmup))
     if cfg.ema:
         cbs.append(WeightAverage(cfg.ema))
+    if cfg.mixup or cfg.cutmix:
+        cbs.append(MixUp(cfg.mixup) if cfg.mixup else CutMix(cfg.cutmix))
     model = build_model(cfg.model, data.task)
     mean, std = normalisation(model.net)
     held = (data.items["fold"] == fold).to_numpy()  # [N] the held-out fold
