@@ -23,6 +23,7 @@ from scipy.stats import binomtest
 from herlev_fa.atomic import write_text
 from herlev_fa.labels import Task
 from herlev_fa.metrics import decode, severity_levels, severity_metrics
+from herlev_fa.model.heads import Head, get_head
 
 ORDER = ("cls", "reg")  # shown first; the other configurations (cls_reg-<lambda>) follow by name
 
@@ -40,15 +41,15 @@ def fold_runs(sweep: Path) -> dict[str, list[Path]]:
     return {n: sorted((p for p in found[n] if p.name in common), key=lambda p: int(p.name[4:])) for n in names}
 
 
-def read_fold(run: Path) -> tuple[pd.DataFrame, np.ndarray, str, Task]:
+def read_fold(run: Path) -> tuple[pd.DataFrame, np.ndarray, Head, Task]:
     """Held-out predictions of one fold run: the frame, the raw outputs [N, C], the head and the task."""
     meta = json.loads((run / "herlev.json").read_text(encoding="utf-8"))
     frame = pd.read_csv(run / "predictions.csv").sort_values("rel").reset_index(drop=True)  # same order in every run
     out = np.array(frame[[c for c in frame.columns if c.startswith("out_")]], dtype=np.float32)  # writable, for torch
-    return frame, out, meta["head"], Task.from_json(meta["task"])
+    return frame, out, get_head(meta["head"]), Task.from_json(meta["task"])
 
 
-def big_mistake_mask(fold: tuple[pd.DataFrame, np.ndarray, str, Task]) -> np.ndarray:
+def big_mistake_mask(fold: tuple[pd.DataFrame, np.ndarray, Head, Task]) -> np.ndarray:
     """Per held-out cell of a fold [N]: predicted two or more severity levels from the truth."""
     frame, out, head, task = fold
     _, _, pred = decode(out, head, task.severities)
@@ -56,7 +57,7 @@ def big_mistake_mask(fold: tuple[pd.DataFrame, np.ndarray, str, Task]) -> np.nda
     return np.abs(level[pred] - level[frame["y"].to_numpy()]) >= 2
 
 
-def fold_metrics(fold: tuple[pd.DataFrame, np.ndarray, str, Task]) -> dict:
+def fold_metrics(fold: tuple[pd.DataFrame, np.ndarray, Head, Task]) -> dict:
     frame, out, head, task = fold
     return severity_metrics(out, frame["y"].to_numpy(), head, task.severities, full=False)
 

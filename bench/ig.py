@@ -143,7 +143,7 @@ def main() -> None:
     batches = [boxed[i:i + args.bs] for i in range(0, len(boxed), args.bs)]
     xs = [normalise(b, run.mean, run.std).to(device) for b in batches]  # [bs, 3, S, S] each
     with torch.no_grad():
-        targets = [outputs(x)[:, :-1].argmax(1) if run.head != "reg" else torch.zeros(len(x), dtype=torch.long,
+        targets = [outputs(x)[:, :-1].argmax(1) if run.head.has_classes else torch.zeros(len(x), dtype=torch.long,
                                                                                        device=device) for x in xs]
     plain = IntegratedGradients(outputs)
 

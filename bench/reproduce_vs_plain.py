@@ -48,6 +48,7 @@ def plain(args: argparse.Namespace) -> dict[str, list[dict]]:
     from herlev_fa.data.items import assign_folds, scan
     from herlev_fa.labels import get_task
     from herlev_fa.metrics import severity_metrics
+    from herlev_fa.model.heads import get_head
 
     device, cuda = args.device, args.device.startswith("cuda")
     task = get_task("severity")
@@ -107,7 +108,7 @@ def plain(args: argparse.Namespace) -> dict[str, list[dict]]:
             out = torch.cat(outs)  # [n, C]
             if head == "cls_reg":  # herlev's output layout: logits, then the expected severity
                 out = torch.cat([out, out.softmax(1) @ sev[:, None]], dim=1)
-            results[head].append(severity_metrics(out.cpu().numpy(), y_all[valid_idx].cpu().numpy(), head,
+            results[head].append(severity_metrics(out.cpu().numpy(), y_all[valid_idx].cpu().numpy(), get_head(head),
                                                   task.severities, full=False))
     return results
 

@@ -94,20 +94,22 @@ def calibrate(run_dir: str | Path) -> CalibrationResult:
     from herlev_fa.atomic import write_json
     from herlev_fa.figures import reliability_png
     from herlev_fa.metrics import decode, expected_calibration_error
-    from herlev_fa.runs import PREDICTIONS, read_meta, run_task
+    from herlev_fa.labels import Task
+    from herlev_fa.model.heads import get_head
+    from herlev_fa.runs import PREDICTIONS, RunRecord
 
     run_dir = Path(run_dir)
-    meta = read_meta(run_dir)  # raises for a folder that is no run (an ensemble has no held-out fold)
-    task = run_task(run_dir)
+    record = RunRecord.read(run_dir)  # raises for a folder that is no run (an ensemble has no held-out fold)
+    task, head = Task.from_json(record.task), get_head(record.head)
     path = run_dir / PREDICTIONS
     if not path.is_file():
         raise HerlevError(f"run '{run_dir}' has no {PREDICTIONS} (its held-out predictions); retrain it to calibrate")
     frame = pd.read_csv(path)
     out = frame[[c for c in frame.columns if c.startswith("out_")]].to_numpy(np.float32)  # [N, C]
     y = frame["y"].to_numpy(np.int64)  # [N]
-    probs, _, _ = decode(out, meta["head"], task.severities)
+    probs, _, _ = decode(out, head, task.severities)
     if probs is None:
-        raise HerlevError(f"run '{run_dir}' has head '{meta['head']}', which gives no class probabilities to calibrate")
+        raise HerlevError(f"run '{run_dir}' has head '{head.name}', which gives no class probabilities to calibrate")
     if len(y) < 20:
         raise HerlevError(f"run '{run_dir}' holds out {len(y)} cells: too few to fit and check a temperature (20 or more)")
     t = fit_temperature(probs, y)
@@ -116,12 +118,12 @@ def calibrate(run_dir: str | Path) -> CalibrationResult:
                                nll(scale_probabilities(probs, t), y), [run_dir / CALIBRATION,
                                                                       run_dir / "reliability_calibrated.png"])
     write_json(result.files[0], {
-        "temperature": t, "fitted_on": f"held-out fold {meta['fold']} ({len(y)} cells)", "n": len(y),
+        "temperature": t, "fitted_on": f"held-out fold {record.fold} ({len(y)} cells)", "n": len(y),
         "ece_before": result.ece_before, "ece_after": after,
         "ece_after_method": "cross-fitted: each half of the cells scaled by the temperature fitted on the other half",
         "half_temperatures": halves, "nll_before": result.nll_before, "nll_after": result.nll_after})
     reliability_png(scale_probabilities(probs, t), y, expected_calibration_error(scale_probabilities(probs, t), y),
-                    result.files[1], title=f"{meta['head']}: after temperature scaling (T = {t:.2f}), n={len(y)}; "
+                    result.files[1], title=f"{head.name}: after temperature scaling (T = {t:.2f}), n={len(y)}; "
                                            f"ECE {result.ece_before:.3f} before")
     return result
 

@@ -112,9 +112,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.weights is not None:
             object.__setattr__(self, "weights", Path(self.weights))
-        from herlev_fa.model.heads import get_head  # imports torch: not at module level, configs stay light
+        from herlev_fa.model.heads import Head, get_head  # imports torch: not at module level, configs stay light
 
-        object.__setattr__(self, "head", get_head(self.head).name)  # a name of the registry; a Head is stored by name
+        name = self.head.name if isinstance(self.head, Head) else self.head  # a Head is stored by its name
+        object.__setattr__(self, "head", get_head(name).name)  # checked: a name of the registry
         _check(math.isfinite(self.mse_weight) and self.mse_weight >= 0,
                f"--mse-weight {self.mse_weight} is out of range: use a finite number >= 0")
 

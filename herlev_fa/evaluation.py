@@ -17,13 +17,14 @@ from herlev_fa.config import check_batch_size, resolve_device
 from herlev_fa.data.items import mask_for, scan, trained_on
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import Task
+from herlev_fa.model.heads import Head
 from herlev_fa.figures import confusion_matrix_png, reliability_png, roc_png, score_distribution_png
 from herlev_fa.metrics import (N_BINS, THRESHOLD, abnormal_score, bootstrap_intervals, decode, learned_nothing,
                                severity_metrics, undefined_metrics)
 from herlev_fa.runs import Run, load_run
 
 
-def write_evaluation(out_dir: Path, out: np.ndarray, y: np.ndarray, task: Task, head: str,
+def write_evaluation(out_dir: Path, out: np.ndarray, y: np.ndarray, task: Task, head: Head,
                      extra: dict | None = None, threshold: float = THRESHOLD) -> dict:
     """Metrics of raw outputs [N, C] against classes [N]: `metrics.json` + the figures.
 
@@ -45,15 +46,15 @@ def write_evaluation(out_dir: Path, out: np.ndarray, y: np.ndarray, task: Task, 
                       "learning rate and the data", stacklevel=2)
     write_json(out_dir / "metrics.json", metrics)
     confusion_matrix_png(np.array(metrics["confusion_matrix"]), task.classes, out_dir / "confusion_matrix.png",
-                         title=f"{head}: accuracy {metrics['accuracy']:.3f}, n={metrics['n']}")
+                         title=f"{head.name}: accuracy {metrics['accuracy']:.3f}, n={metrics['n']}")
     probs, score, _ = decode(out, head, task.severities)
     score_distribution_png(score, y, task.classes, task.severities, out_dir / "score_distribution.png")
     is_abnormal = np.asarray(task.abnormal())[y]  # [N]
     roc_png(is_abnormal, abnormal_score(probs, score, task.severities), metrics, out_dir / "roc.png",
-            title=f"{head}: normal vs abnormal, n={metrics['n']}")
+            title=f"{head.name}: normal vs abnormal, n={metrics['n']}")
     if probs is not None:
         reliability_png(probs, y, metrics["ece"], out_dir / "reliability.png", n_bins=N_BINS,
-                        title=f"{head}: reliability of the top class probability, n={metrics['n']}")
+                        title=f"{head.name}: reliability of the top class probability, n={metrics['n']}")
     return metrics
 
 
@@ -65,7 +66,10 @@ def held_out_items(run: Run, data: str | Path | None = None) -> pd.DataFrame:
     """
     from herlev_fa.data.items import data_folder
 
-    root = data_folder(Path(data) if data is not None else Path(run.meta["data_root"]))  # a CSV: its folder
+    if run.fold is None:
+        raise HerlevError(f"'{run.path}' is an {run.describe()}: it has no held-out fold (every cell trained some "
+                          "of them); use it on new cells (--data DIR --split all), or pass one fold run folder")
+    root = data_folder(Path(data) if data is not None else Path(run.record.data_root))  # a CSV: its folder
     folds = run.folds()
     held = folds[folds["fold"] == run.fold].reset_index(drop=True)
     paths = [root / rel for rel in held["rel"]]
@@ -111,10 +115,10 @@ def evaluation_items(run: Run, data: str | Path | None = None, split: str | None
     if split not in (None, "valid", "all"):
         raise HerlevError(f"unknown --split '{split}': choose valid (the run's held-out fold) or all")
     if split is None:
-        same_root = data is None or Path(data).expanduser().resolve() == Path(run.meta["data_root"])
+        same_root = data is None or Path(data).expanduser().resolve() == Path(run.record.data_root)
         split = "valid" if same_root else "all"
     if split == "all":
-        root = Path(data) if data is not None else Path(run.meta["data_root"])
+        root = Path(data) if data is not None else Path(run.record.data_root)
         return scan(root, run.task, trained_on(run.path)), f"every image of {root}"
     return held_out_items(run, data), f"held-out fold {run.fold}"
 
@@ -142,8 +146,6 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | N
         HerlevError: bad run folder, missing data, unreadable images, negative `n_boot`, bad threshold.
     """
     check_batch_size(bs)
-    from herlev_fa.ensemble import EnsembleRun, mean_output
-
     if n_boot < 0:
         raise HerlevError(f"--bootstrap {n_boot} is out of range: use 0 (no intervals) or more resamples")
     run = load_run(run_dir)
@@ -156,15 +158,15 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | N
         out_dir = run.path
     else:
         out_dir = run.path / f"eval-{Path(data).resolve().name}"
-    members = run.members if isinstance(run, EnsembleRun) else [run]
-    with torch.no_grad():  # each member on its own (BatchNorm-folded) copy; the ensemble is their mean
+    members = run.members or (run,)
+    with torch.no_grad():  # each member on its own (BatchNorm-folded) copy, averaged as FoldEnsemble does
         outs = [predict_items(member, items, bs=bs, device=device, skip_bad=skip_bad, progress=progress)
                 for member in members]
     y = outs[0][1]
-    outputs = mean_output(torch.stack([torch.from_numpy(o) for o, _, _ in outs])).numpy()  # [M, N, C] -> [N, C]
-    extra = {"run": str(run.path), "data": source, "model": run.describe() if isinstance(run, EnsembleRun) else "one model",
-             "kept": run.kept}
-    if isinstance(run, EnsembleRun):
+    stacked = torch.stack([torch.from_numpy(o) for o, _, _ in outs])  # [M, N, C]
+    outputs = (stacked[0] if len(outs) == 1 else run.head.average_views(stacked, run.task.severities)).numpy()
+    extra = {"run": str(run.path), "data": source, "model": run.describe(), "kept": run.kept}
+    if run.members:
         extra["members"] = {m.path.name: severity_metrics(o, y, run.head, run.task.severities, full=False, threshold=cut)
                             for m, (o, _, _) in zip(members, outs)}
     if n_boot:

@@ -93,7 +93,7 @@ def export_onnx(run_dir, out: str | Path | None = None, images=None, opset: int 
         proto = program.model_proto
     except Exception as e:  # the exporter raises many kinds
         raise HerlevError(f"ONNX export of run '{run.path}' failed: {str(e).splitlines()[0]}") from None
-    meta = {"herlev_head": run.head, "herlev_classes": json.dumps(list(run.task.classes)),
+    meta = {"herlev_head": run.head.name, "herlev_classes": json.dumps(list(run.task.classes)),
             "herlev_severities": json.dumps(list(run.task.severities)), "herlev_image_size": str(run.size),
             "herlev_mean": json.dumps(list(run.mean)), "herlev_std": json.dumps(list(run.std)),
             "herlev_input": "herlev_fa.preprocess(images, config): letterboxed, normalised [B, 3, S, S] float32"}

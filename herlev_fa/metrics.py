@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from herlev_fa.errors import HerlevError
-from herlev_fa.model.heads import Head, get_head
+from herlev_fa.model.heads import Head
 
 # Every scalar metric, in table order: metrics.json, the CLI tables, cv_summary.md and the
 # reproduce table all read this one list.
@@ -49,10 +49,10 @@ OPERATING_POINTS = ("spec95", "sens95")  # named thresholds recorded by every ev
 N_BINS = 10  # confidence bins of the calibration error and the reliability diagram
 
 
-def decode(out: np.ndarray, head: str | Head,
+def decode(out: np.ndarray, head: Head,
            severities: Sequence[float]) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Raw output [N, C] -> (probabilities [N, K] or None for `reg`, score [N], predicted class [N])."""
-    probs, score, pred = get_head(head).decode(torch.as_tensor(out, dtype=torch.float32), severities)
+    probs, score, pred = head.decode(torch.as_tensor(out, dtype=torch.float32), severities)
     return None if probs is None else probs.numpy(), score.numpy(), pred.numpy()
 
 
@@ -238,7 +238,7 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = N
     return float(gap.sum() / count.sum())
 
 
-def severity_metrics(out: np.ndarray, y: np.ndarray, head: str | Head, severities: Sequence[float],
+def severity_metrics(out: np.ndarray, y: np.ndarray, head: Head, severities: Sequence[float],
                      full: bool = True, threshold: float = THRESHOLD) -> dict:
     """Every metric of the tool for one set of predictions.
 
@@ -290,7 +290,7 @@ def decoded_metrics(probs: np.ndarray | None, score: np.ndarray, pred: np.ndarra
     return result
 
 
-def bootstrap_intervals(out: np.ndarray, y: np.ndarray, head: str, severities: Sequence[float],
+def bootstrap_intervals(out: np.ndarray, y: np.ndarray, head: Head, severities: Sequence[float],
                         n_boot: int = 1000, level: float = 0.95, seed: int = 0,
                         threshold: float = THRESHOLD) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap interval of every scalar metric, the cells [N] resampled with replacement.

@@ -2,7 +2,7 @@
 
 What lives here: finding the images to predict (`find_images`: files and folders, masks
 skipped), the dihedral test-time augmentation as pure functions on tensors (`dihedral`,
-`average_views`, `dihedral_tta`), and `predict`, which batches the images with the run's own
+`dihedral_tta`), and `predict`, which batches the images with the run's own
 validation preprocessing (letterbox to the run's size, the run's mean/std: `data.images`) and
 returns one row per image. What does not: metrics against true labels (``herlev_fa.evaluation``).
 
@@ -31,7 +31,7 @@ from herlev_fa.data.items import is_image_file, is_mask_file
 from herlev_fa.errors import HerlevError, missing
 from herlev_fa.labels import IMAGE_EXTENSIONS
 from herlev_fa.metrics import THRESHOLD, abnormal_score, decode, screening_decision
-from herlev_fa.model.heads import Head, get_head
+from herlev_fa.model.heads import Head
 from herlev_fa.model.inference import fold_batchnorm
 from herlev_fa.progress import progress_bar
 from herlev_fa.runs import Run, load_run
@@ -50,20 +50,11 @@ def dihedral(x: Tensor, k: int) -> Tensor:
     return torch.rot90(x, k % 4, dims=(-2, -1))
 
 
-def average_views(outs: Tensor, head: str | Head, severities: Sequence[float]) -> Tensor:
-    """Raw outputs of V views [V, B, C] -> one raw output [B, C] in the head's format (`Head.average_views`).
-
-    Class heads: the averaged probabilities p̄ [B, K] are returned as their log, so that
-    softmax gives back p̄ exactly; `cls_reg` appends the score p̄ · severities (= the mean of the
-    V scores, the score being linear in p). `reg`: the mean score [B, 1].
-    """
-    return get_head(head).average_views(outs, severities)
-
-
-def dihedral_tta(model: Callable[[Tensor], Tensor], x: Tensor, head: str | Head, severities: Sequence[float]) -> Tensor:
-    """Model output averaged over the 8 dihedral views of x [B, 3, S, S] -> raw output [B, C] (see `average_views`)."""
+def dihedral_tta(model: Callable[[Tensor], Tensor], x: Tensor, head: Head, severities: Sequence[float]) -> Tensor:
+    """Model output averaged over the 8 dihedral views of x [B, 3, S, S] -> raw output [B, C] (`Head.average_views`:
+    class heads average probabilities, `reg` its score)."""
     outs = torch.stack([model(dihedral(x, k)) for k in range(N_VIEWS)])  # [8, B, C]
-    return average_views(outs, head, severities)
+    return head.average_views(outs, severities)
 
 
 def _walk(folder: Path) -> list[Path]:

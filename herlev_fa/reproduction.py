@@ -41,10 +41,10 @@ from herlev_fa.config import PAPER_HEADS, TrainConfig, resolve_device
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import Task
 from herlev_fa.metrics import SCALAR_METRICS, decode, severity_metrics
-from herlev_fa.model.heads import head_names
+from herlev_fa.model.heads import get_head, head_names
 from herlev_fa.model.network import build_model
 from herlev_fa.figures import comparison_png, confusion_matrix_png, score_distribution_png
-from herlev_fa.runs import read_meta, selection, versions
+from herlev_fa.runs import RunRecord, selection, versions
 from herlev_fa.runs import PREDICTIONS
 from herlev_fa.training.loop import Prepared, fold_warnings, prepare, resolve_task, summarize, train_fold
 
@@ -169,9 +169,9 @@ def _fold_status(run_dir: Path, cfg: TrainConfig, head: str, fold: int) -> str:
         return "new"
     if not (run_dir / "herlev.json").is_file():
         return "interrupted"
-    meta = read_meta(run_dir)
-    same = checkpoint.settings(meta.get("config") or {}) == checkpoint.settings(cfg.to_json())
-    if meta["head"] != head or meta["fold"] != fold or not same:
+    record = RunRecord.read(run_dir)
+    same = checkpoint.settings(record.config) == checkpoint.settings(cfg.to_json())
+    if record.head != head or record.fold != fold or not same:
         raise HerlevError(f"fold run '{run_dir}' was not trained with this reproduction's settings; delete it to "
                           "train it again, or pass another --out")
     for name in ("metrics.json", PREDICTIONS):
@@ -297,12 +297,12 @@ def _write_pooled(head_dir: Path, head: str, outputs: list[tuple[np.ndarray, np.
     """Metrics and figures of the held-out predictions of every fold together."""
     out = np.concatenate([o for o, _ in outputs])  # [N, C] over every fold
     y = np.concatenate([t for _, t in outputs])  # [N]
-    pooled = severity_metrics(out, y, head, task.severities)
+    pooled = severity_metrics(out, y, get_head(head), task.severities)
     write_json(head_dir / "pooled_metrics.json", {**pooled, "classes": list(task.classes), "folds": len(outputs)})
     title = f"{head}, {len(outputs)} folds pooled"
     confusion_matrix_png(np.array(pooled["confusion_matrix"]), task.classes, head_dir / "confusion_matrix.png",
                          title=f"{title}: accuracy {pooled['accuracy']:.3f}, n={pooled['n']}")
-    _, score, _ = decode(out, head, task.severities)
+    _, score, _ = decode(out, get_head(head), task.severities)
     score_distribution_png(score, y, task.classes, task.severities, head_dir / "score_distribution.png",
                            title=f"{title}: predicted severity per true class")
     return pooled

@@ -23,22 +23,102 @@ import hashlib
 import json
 import math
 import warnings
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import pandas as pd
+from torch import nn
 
 from herlev_fa.atomic import atomic_path, write_json
 from herlev_fa.data.items import FILE_NAME_ERRORS
+from herlev_fa.ensemble import FoldEnsemble, describe, fold_folders
 from herlev_fa.errors import HerlevError, missing
 from herlev_fa.labels import Task, task_problem
-from herlev_fa.model.heads import SeverityModel, get_head, head_names
+from herlev_fa.model.heads import Head, SeverityModel, get_head, head_names
 
 FORMAT = "herlev_fa.run/1"
 PREDICTIONS = "predictions.csv"
-REQUIRED = {"format": str, "arch": str, "head": str, "task": dict, "image_size": int, "mean": list,
-            "std": list, "fold": int, "n_folds": int, "data_root": str}
+SHARED = ("head", "task", "image_size", "mean", "std")  # what every fold run of an ensemble must agree on
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run folder's `herlev.json`: written once, last, by training (`to_json`), validated on reading (`read`).
+
+    The fields without a default are required of every run folder (their JSON types are checked,
+    then their values, `meta_problem`); the others were added over versions, and a record
+    without them reads with the default.
+    """
+
+    format: str
+    arch: str
+    head: str  # a name of `heads.HEADS`; `Run.head` is the resolved `Head`
+    task: dict[str, Any]  # `Task.to_json`
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    fold: int
+    n_folds: int
+    data_root: str
+    folds_file: str = "folds.csv"
+    mse_weight: float | None = None
+    seed: int | None = None
+    lr: float | None = None
+    best_epoch: int | None = None
+    kept: str | None = None  # `selection`, in words
+    skipped_images: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)  # the held-out fold's scalar metrics
+    train_seconds: float | None = None  # of the last session, if resumed
+    device: str | None = None
+    processes: int = 1  # data-parallel processes: the effective batch is bs x processes
+    versions: dict[str, str] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)  # `TrainConfig.to_json`
+    integrity: dict[str, str] | None = None  # `integrity`; None in folders older than the hashes
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> RunRecord:
+        """The validated `herlev.json` of a run folder.
+
+        Raises:
+            HerlevError: not a run folder, an incomplete one, or a malformed sidecar.
+        """
+        run_dir = Path(run_dir)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise HerlevError(f"run '{run_dir}' is a file, not a run folder: pass the folder that holds herlev.json")
+        if not run_dir.is_dir():
+            raise HerlevError(missing(run_dir, "run folder"))
+        path = run_dir / "herlev.json"
+        if not path.is_file():
+            hint = " (it holds fold*/ runs: pass one of them)" if any(run_dir.glob("fold*/herlev.json")) else \
+                " (the run did not finish, or this is not a run folder)"
+            raise HerlevError(f"'{run_dir}' has no herlev.json{hint}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise HerlevError(f"'{path}' is not valid JSON ({e}); the run folder is damaged") from None
+        if not isinstance(data, dict):
+            raise HerlevError(f"'{path}' must hold a JSON object; the run folder is damaged")
+        kinds = {"str": str, "int": int, "list[float]": list, "dict[str, Any]": dict}
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+                continue
+            kind = kinds[f.type]
+            if f.name not in data:
+                raise HerlevError(f"'{path}' lacks '{f.name}'; the run folder is damaged or from another tool")
+            if not isinstance(data[f.name], kind) or isinstance(data[f.name], bool):
+                raise HerlevError(f"'{path}': '{f.name}' should be {kind.__name__}, found {type(data[f.name]).__name__}")
+        if data["format"] != FORMAT:
+            raise HerlevError(f"'{path}' has format '{data['format']}', this version reads '{FORMAT}'")
+        problem = meta_problem(data)
+        if problem:
+            raise HerlevError(f"'{path}': {problem}; the run folder is damaged or was edited: restore it or retrain")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def selection(config: dict[str, Any]) -> str:
@@ -77,13 +157,13 @@ def save_model(run_dir: Path, model: SeverityModel, task: Task, size: int, mean,
     with atomic_path(run_dir / "model.safetensors", size=n_bytes) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     pretrained_cfg = {k: v for k, v in dict(net.pretrained_cfg).items() if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
-    pretrained_cfg.update(input_size=[3, size, size], mean=list(mean), std=list(std), num_classes=model.pipeline.n_outputs(task.n_classes))
+    pretrained_cfg.update(input_size=[3, size, size], mean=list(mean), std=list(std), num_classes=model.head.n_outputs(task.n_classes))
     write_json(run_dir / "config.json", {
         "architecture": pretrained_cfg.get("architecture") or type(net).__name__.lower(),
-        "num_classes": model.pipeline.n_outputs(task.n_classes),
+        "num_classes": model.head.n_outputs(task.n_classes),
         "num_features": int(getattr(net, "num_features", 0)),
         "pretrained_cfg": pretrained_cfg,
-        "label_names": model.pipeline.output_names(task.classes),
+        "label_names": model.head.output_names(task.classes),
     })
 
 
@@ -93,7 +173,7 @@ def save_folds(run_dir: Path, items: pd.DataFrame, folds) -> None:
         frame.to_csv(tmp, index=False, errors=FILE_NAME_ERRORS)
 
 
-def save_predictions(run_dir: Path, held: pd.DataFrame, fold: int, out, y, head: str, severities) -> None:
+def save_predictions(run_dir: Path, held: pd.DataFrame, fold: int, out, y, head: Head, severities) -> None:
     """The held-out predictions: one row per image of `held` (rel, label), raw outputs [N, C] as out_i."""
     from herlev_fa.metrics import decode
 
@@ -124,13 +204,13 @@ def integrity(run_dir: Path, task: Task) -> dict[str, str]:
     return {"weights_sha256": file_sha256(run_dir / "model.safetensors"), "classes_sha256": classes_sha256(task.to_json())}
 
 
-def integrity_problem(run_dir: Path, meta: dict[str, Any]) -> str | None:
+def integrity_problem(run_dir: Path, record: RunRecord) -> str | None:
     """Which recorded hash the run's weights or class list no longer match, or None.
 
     A run folder written before the hashes were recorded has none: it loads, with a warning that
     edits to it cannot be detected.
     """
-    recorded = meta.get("integrity")
+    recorded = record.integrity
     if recorded is None:
         warnings.warn(f"run '{run_dir}' records no hashes of its weights and classes (written by an older version): "
                       "edits to them cannot be detected; retrain to add them", stacklevel=3)
@@ -140,44 +220,54 @@ def integrity_problem(run_dir: Path, meta: dict[str, Any]) -> str | None:
         return "herlev.json: its 'integrity' hashes are malformed"
     if file_sha256(run_dir / "model.safetensors") != recorded["weights_sha256"]:
         return "model.safetensors is not the file this run saved (its sha256 differs from herlev.json's)"
-    if classes_sha256(meta["task"]) != recorded["classes_sha256"]:
+    if classes_sha256(record.task) != recorded["classes_sha256"]:
         return "herlev.json's classes or severities are not those the run was trained with (their hash differs)"
     return None
 
 
 @dataclass
 class Run:
-    """A loaded run folder: its sidecar, its task, and the model in eval mode on the CPU."""
+    """A loaded run: one fold's run folder, or a cross-validated folder as the ensemble of its fold runs.
+
+    `record` is the run's `herlev.json` (an ensemble's: its first member's, which the others agree
+    with on head, task, size and normalisation), `head` the resolved `Head`, `model` the network
+    in eval mode on the CPU (for an ensemble a `FoldEnsemble` of the members'), `members` the fold
+    runs in fold order (empty for a single run).
+    """
 
     path: Path
-    meta: dict[str, Any]
+    record: RunRecord
     task: Task
-    model: SeverityModel
-
-    @property
-    def head(self) -> str:
-        return self.meta["head"]
+    head: Head
+    model: nn.Module
+    members: tuple[Run, ...] = ()
 
     @property
     def size(self) -> int:
-        return int(self.meta["image_size"])
+        return self.record.image_size
 
     @property
     def mean(self) -> tuple[float, ...]:
-        return tuple(self.meta["mean"])
+        return tuple(self.record.mean)
 
     @property
     def std(self) -> tuple[float, ...]:
-        return tuple(self.meta["std"])
+        return tuple(self.record.std)
 
     @property
-    def fold(self) -> int:
-        return int(self.meta["fold"])
+    def fold(self) -> int | None:
+        """The held-out fold; None for an ensemble, whose every cell trained some of its members."""
+        return None if self.members else self.record.fold
 
     @property
     def kept(self) -> str:
         """How the weights were chosen (`selection`)."""
-        return selection(self.meta.get("config") or {})
+        return selection(self.record.config)
+
+    def describe(self) -> str:
+        """How command output names the model."""
+        return describe(len(self.members)) if self.members else "one model"
+
     def screening_threshold(self, value: float | str | None) -> float:
         """A --threshold for this run: a number, None (0.5), or an operating point (`spec95`, `sens95`) that
         training's evaluation on the held-out fold recorded in the run's metrics.json.
@@ -197,8 +287,10 @@ class Run:
         return threshold_value(value, recorded, source=f"run '{self.path}'")
 
     def folds(self) -> pd.DataFrame:
-        """The run's folds file: rel, label, fold for every image it was split over."""
-        path = self.path / self.meta.get("folds_file", "folds.csv")
+        """The run's folds file: rel, label, fold for every image it was split over (an ensemble's members share it)."""
+        if self.members:
+            return self.members[0].folds()
+        path = self.path / self.record.folds_file
         if not path.is_file():
             raise HerlevError(f"run '{self.path}' has no folds file '{path.name}'; the run folder is incomplete")
         try:
@@ -206,7 +298,7 @@ class Run:
         except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             raise HerlevError(f"'{path}' is not a folds table ({str(e).splitlines()[0]}); the run folder is damaged: "
                               "restore it or retrain") from None
-        problem = folds_problem(frame, self.task.classes, int(self.meta["n_folds"]))
+        problem = folds_problem(frame, self.task.classes, self.record.n_folds)
         if problem:
             raise HerlevError(f"'{path}': {problem}; the run folder is damaged or was edited: restore it or retrain")
         return frame.astype({"fold": int})
@@ -251,41 +343,6 @@ def latest_run(root: str | Path) -> Path:
     return max(found, key=lambda p: (p / "herlev.json").stat().st_mtime)
 
 
-def read_meta(run_dir: str | Path) -> dict[str, Any]:
-    """The validated `herlev.json` of a run folder.
-
-    Raises:
-        HerlevError: not a run folder, an incomplete one, or a malformed sidecar.
-    """
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise HerlevError(f"run '{run_dir}' is a file, not a run folder: pass the folder that holds herlev.json")
-    if not run_dir.is_dir():
-        raise HerlevError(missing(run_dir, "run folder"))
-    meta_path = run_dir / "herlev.json"
-    if not meta_path.is_file():
-        hint = " (it holds fold*/ runs: pass one of them)" if any(run_dir.glob("fold*/herlev.json")) else \
-            " (the run did not finish, or this is not a run folder)"
-        raise HerlevError(f"'{run_dir}' has no herlev.json{hint}")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HerlevError(f"'{meta_path}' is not valid JSON ({e}); the run folder is damaged") from None
-    if not isinstance(meta, dict):
-        raise HerlevError(f"'{meta_path}' must hold a JSON object; the run folder is damaged")
-    for key, kind in REQUIRED.items():
-        if key not in meta:
-            raise HerlevError(f"'{meta_path}' lacks '{key}'; the run folder is damaged or from another tool")
-        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
-            raise HerlevError(f"'{meta_path}': '{key}' should be {kind.__name__}, found {type(meta[key]).__name__}")
-    if meta["format"] != FORMAT:
-        raise HerlevError(f"'{meta_path}' has format '{meta['format']}', this version reads '{FORMAT}'")
-    problem = meta_problem(meta)
-    if problem:
-        raise HerlevError(f"'{meta_path}': {problem}; the run folder is damaged or was edited: restore it or retrain")
-    return meta
-
-
 def _numbers(value: Any, n: int | None = None) -> bool:
     """A list of finite real numbers (of length n when given)."""
     return (isinstance(value, list) and (n is None or len(value) == n) and all(
@@ -319,11 +376,10 @@ def meta_problem(meta: dict[str, Any]) -> str | None:
     return f"task {problem}" if problem else None
 
 
-def config_problem(config: Any, meta: dict[str, Any], task: Task) -> str | None:
+def config_problem(config: Any, record: RunRecord, head: Head, task: Task) -> str | None:
     """Where the run's timm `config.json` contradicts its `herlev.json`, or None."""
     if not isinstance(config, dict):
         return "it does not hold a JSON object"
-    head = get_head(meta["head"])
     want_outputs = head.n_outputs(task.n_classes)
     if config.get("num_classes") != want_outputs:
         return f"num_classes {config.get('num_classes')!r}, but herlev.json's head and classes need {want_outputs}"
@@ -331,46 +387,49 @@ def config_problem(config: Any, meta: dict[str, Any], task: Task) -> str | None:
     if "label_names" in config and config["label_names"] != labels:
         return f"label_names {config['label_names']} differ from what herlev.json's head and classes give: {labels}"
     arch = config.get("architecture")
-    if arch is not None and arch != meta["arch"]:
-        return f"architecture '{arch}' differs from herlev.json's '{meta['arch']}'"
+    if arch is not None and arch != record.arch:
+        return f"architecture '{arch}' differs from herlev.json's '{record.arch}'"
     return None
 
 
 def run_task(run_dir: str | Path) -> Task:
     """The task of a fold run, from its validated sidecar (no weights loaded)."""
-    return Task.from_json(read_meta(run_dir)["task"])
+    return Task.from_json(RunRecord.read(run_dir).task)
 
 
 def load_run(run_dir: str | Path | Run) -> Run:
-    """Load a run folder: sidecar, task and weights (safetensors only; nothing is unpickled).
-
-    The folder of a cross-validated run (holding `fold0/ .. foldK/`) loads as the ensemble of
-    its fold models (`herlev_fa.ensemble`). A run already loaded is returned as it is, so that
-    every function taking a run accepts either.
+    """Open a run: a run folder, or the folder of a cross-validated run (`fold0/ .. foldK/`) as the
+    ensemble of its fold runs. Sidecars are validated and weights read as safetensors (nothing is
+    unpickled). A run already loaded is returned as it is, so that every function taking a run
+    accepts either.
 
     Raises:
-        HerlevError: incomplete or damaged run folder, or weights that do not fit its config.
+        HerlevError: incomplete or damaged run folder, weights that do not fit its config, or an
+            ensemble with a fold missing, misplaced, broken, or disagreeing with the others.
     """
-    from herlev_fa.ensemble import fold_folders, load_ensemble
-    from herlev_fa.model.network import create_net, load_into, load_weights_file
-
     if isinstance(run_dir, Run):
         return run_dir
     run_dir = Path(run_dir)
-    if fold_folders(run_dir):
-        return load_ensemble(run_dir)
-    meta = read_meta(run_dir)
-    task = Task.from_json(meta["task"])
+    folds = fold_folders(run_dir)
+    return _load_ensemble(run_dir, folds) if folds else _load_single(run_dir)
+
+
+def _load_single(run_dir: Path) -> Run:
+    from herlev_fa.model.network import create_net, load_into, load_weights_file
+
+    record = RunRecord.read(run_dir)
+    task = Task.from_json(record.task)
     weights = run_dir / "model.safetensors"
     if not weights.is_file():
         raise HerlevError(f"run '{run_dir}' has no model.safetensors; the run folder is incomplete")
+    head = get_head(record.head)
     config_path = run_dir / "config.json"
     if config_path.is_file():  # written with every run; older hand-made folders may lack it
         try:
             config = json.loads(config_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise HerlevError(f"'{config_path}' is not valid JSON ({e}); the run folder is damaged") from None
-        problem = config_problem(config, meta, task)
+        problem = config_problem(config, record, head, task)
         if problem:
             raise HerlevError(f"'{config_path}': {problem}; the run folder is damaged or was edited: restore it or "
                               "retrain")
@@ -379,12 +438,44 @@ def load_run(run_dir: str | Path | Run) -> Run:
     if bad:
         raise HerlevError(f"'{weights}' holds NaN or infinite weights ({len(bad)} tensor(s), e.g. '{bad[0]}'): the "
                           "training diverged or the file is damaged; retrain, e.g. with a smaller --lr")
-    problem = integrity_problem(run_dir, meta)
+    problem = integrity_problem(run_dir, record)
     if problem:
         raise HerlevError(f"run '{run_dir}': {problem}; the run folder was edited or damaged after training: restore "
                           "it or retrain")
-    head = get_head(meta["head"])
-    net = create_net(meta["arch"], head.n_outputs(task.n_classes), pretrained=False)
+    net = create_net(record.arch, head.n_outputs(task.n_classes), pretrained=False)
     load_into(net, state, str(weights), new_classifier=False)
-    model = SeverityModel(net, head, task.severities).eval()
-    return Run(run_dir, meta, task, model)
+    return Run(run_dir, record, task, head, SeverityModel(net, head, task.severities).eval())
+
+
+def _load_ensemble(folder: Path, folds: list[Path]) -> Run:
+    """Every fold run of a cross-validated folder (`folds`, by fold number) as one run."""
+    members = []
+    for path in folds:
+        try:
+            members.append(_load_single(path))
+        except HerlevError as e:
+            raise HerlevError(f"fold model '{path}' of the ensemble is broken: {e}") from None
+    first = members[0]
+    expected = [folder / f"fold{k}" for k in range(first.record.n_folds)]
+    absent = [p for p in expected if p not in folds]
+    beyond = [p for p in folds if p not in expected]
+    if beyond:  # a fold number the runs' own n_folds has no place for (copied in, or renamed)
+        also = f"; {', '.join(p.name for p in absent)} missing" if absent else ""
+        raise HerlevError(f"'{beyond[0]}' is not a fold of this {len(expected)}-fold run (its folds are fold0 .. "
+                          f"fold{len(expected) - 1}{also}); remove or rename it")
+    for run, path in zip(members, folds):
+        if f"fold{run.fold}" != path.name:
+            raise HerlevError(f"fold model '{path}' holds the run of fold {run.fold} (its herlev.json): the folder was "
+                              f"renamed; name it fold{run.fold}")
+    if absent:
+        raise HerlevError(f"fold model '{absent[0]}' of the ensemble is missing ({len(folds)} of "
+                          f"{len(expected)} fold run folders found); finish it (herlev train --resume) or remove the "
+                          "folder's other folds")
+    for run in members[1:]:
+        for key in SHARED:
+            mine, theirs = getattr(run.record, key), getattr(first.record, key)
+            if mine != theirs:
+                raise HerlevError(f"fold model '{run.path}' has another {key} than '{first.path}' "
+                                  f"({mine} vs {theirs}): they cannot be averaged")
+    model = FoldEnsemble([r.model for r in members], first.head, first.task.severities).eval()
+    return Run(folder, first.record, first.task, first.head, model, tuple(members))

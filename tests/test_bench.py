@@ -53,6 +53,7 @@ def test_constraint_sweep_table_matches_its_fold_runs(sweep):
 def test_big_mistakes_table_is_paired_over_the_same_cells(sweep):
     from herlev_fa.labels import get_task
     from herlev_fa.metrics import big_mistake_rate, decode
+    from herlev_fa.model.heads import get_head
 
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "big_mistakes.py"), "--sweep", str(sweep)],
                           capture_output=True, text=True, timeout=300)
@@ -67,7 +68,7 @@ def test_big_mistakes_table_is_paired_over_the_same_cells(sweep):
         for k in (0, 1):
             frame = pd.read_csv(sweep / folder / head / f"fold{k}" / "predictions.csv").sort_values("rel")
             out = np.array(frame[[c for c in frame.columns if c.startswith("out_")]], dtype=np.float32)
-            _, _, pred = decode(out, head, sev)
+            _, _, pred = decode(out, get_head(head), sev)
             masks.append(np.abs(np.asarray(sev)[pred] - frame["y"].to_numpy()) >= 2)
             assert big_mistake_rate(frame["y"].to_numpy(), pred, sev) == pytest.approx(masks[-1].mean())
         return masks

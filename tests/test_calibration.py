@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from herlev_cli.main import app
 from herlev_fa.calibration import cross_fitted_ece, fit_temperature, nll, scale_probabilities
 from herlev_fa.metrics import expected_calibration_error
+from herlev_fa.model.heads import get_head
 
 runner = CliRunner()
 
@@ -55,7 +56,7 @@ def test_calibrate_then_predict_calibrated(trained_run, synth_data, tmp_path):
     held = pd.read_csv(run / "predictions.csv")
     from herlev_fa.metrics import decode
 
-    probs, _, _ = decode(held[[c for c in held if c.startswith("out_")]].to_numpy(np.float32), "cls_reg",
+    probs, _, _ = decode(held[[c for c in held if c.startswith("out_")]].to_numpy(np.float32), get_head("cls_reg"),
                          (0, 1, 2, 3, 4))
     assert record["temperature"] == pytest.approx(fit_temperature(probs, held["y"].to_numpy()))
     assert record["ece_before"] == pytest.approx(expected_calibration_error(probs, held["y"].to_numpy()))

@@ -57,8 +57,8 @@ def test_two_processes_write_the_same_files_once(runs):
     assert "herlev.json" in files and "model.safetensors" in files
     assert not [f for f in files if f.startswith(".") or f.endswith(".tmp") or "checkpoint" in f]
     run = load_run(ddp)  # a valid sidecar and weights that fit it
-    assert run.meta["fold"] == FOLD and run.meta["config"]["epochs"] == EPOCHS
-    assert run.meta["processes"] == 2 and load_run(single).meta["processes"] == 1  # effective batch 16 vs 8
+    assert run.record.fold == FOLD and run.record.config["epochs"] == EPOCHS
+    assert run.record.processes == 2 and load_run(single).record.processes == 1  # effective batch 16 vs 8
     assert pd.read_csv(ddp / "folds.csv").equals(pd.read_csv(single / "folds.csv"))
 
 

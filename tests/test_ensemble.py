@@ -15,8 +15,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 from herlev_cli.main import app
-from herlev_fa.ensemble import EnsembleRun, FoldEnsemble, fold_folders, load_ensemble
+from herlev_fa.ensemble import FoldEnsemble, fold_folders
 from herlev_fa.metrics import SCALAR_METRICS
+from herlev_fa.model.heads import get_head
 from herlev_fa.prediction import predict_outputs
 from herlev_fa.runs import load_run
 
@@ -24,27 +25,38 @@ runner = CliRunner()
 WIDE = {"COLUMNS": "200"}  # one table row per line, whatever the terminal
 
 
-def _toy(seed: int) -> nn.Module:
+SEV = (0.0, 1.0, 2.0, 3.0, 4.0)
+
+
+def _toy(seed: int, n_out: int = 5) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 6)).eval()
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, n_out)).eval()
 
 
-def test_an_ensemble_of_identical_models_is_that_model():
-    model, x = _toy(0), torch.randn(5, 3, 12, 12)
-    ensemble = FoldEnsemble([model, model, model])
+def test_an_ensemble_of_identical_models_predicts_as_that_model():
+    head, model, x = get_head("cls"), _toy(0), torch.randn(5, 3, 12, 12)
     with torch.no_grad():
-        torch.testing.assert_close(ensemble(x), model(x), rtol=1e-6, atol=1e-7)  # (3a)/3 rounds in the last bit
-        assert torch.equal(FoldEnsemble([model, model])(x), model(x))  # (a + a)/2 does not
+        for n in (2, 3):
+            probs, score, pred = head.decode(FoldEnsemble([model] * n, head, SEV)(x), SEV)
+            want = head.decode(model(x), SEV)
+            torch.testing.assert_close(probs, want[0], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(score, want[1], rtol=1e-5, atol=1e-5)
+            assert torch.equal(pred, want[2])
 
 
-def test_an_ensemble_of_two_models_is_the_mean_of_their_outputs_and_has_their_gradients():
-    a, b, x = _toy(1), _toy(2), torch.randn(4, 3, 12, 12, requires_grad=True)
-    out = FoldEnsemble([a, b])(x)  # [4, 6]
+def test_an_ensemble_averages_probabilities_as_test_time_augmentation_does_and_has_its_gradient():
+    """One averaging rule, `Head.average_views`: the mean probabilities (cls_reg: their expected severity)."""
+    head = get_head("cls_reg")
+    a, b, x = _toy(1, 6), _toy(2, 6), torch.randn(4, 3, 12, 12, requires_grad=True)
+    out = FoldEnsemble([a, b], head, SEV)(x)  # [4, 6]
     assert out.shape == (4, 6)
-    torch.testing.assert_close(out, (a(x) + b(x)) / 2)
+    mean_p = (a(x)[:, :5].softmax(1) + b(x)[:, :5].softmax(1)) / 2  # [4, 5]
+    torch.testing.assert_close(out[:, :5].softmax(1), mean_p)
+    torch.testing.assert_close(out[:, 5], mean_p @ torch.tensor(SEV))  # = the mean of the two scores
+    torch.testing.assert_close(out, head.average_views(torch.stack([a(x), b(x)]), SEV))
     assert not torch.allclose(a(x), b(x))  # the two really differ
-    grad = torch.autograd.grad(out[:, 0].sum(), x)[0]  # what IG integrates: the ensemble's own gradient
-    want = torch.autograd.grad((a(x)[:, 0].sum() + b(x)[:, 0].sum()) / 2, x)[0]
+    grad = torch.autograd.grad(out[:, 5].sum(), x)[0]  # what IG integrates: the ensemble's own gradient
+    want = torch.autograd.grad((mean_p @ torch.tensor(SEV)).sum(), x)[0]
     torch.testing.assert_close(grad, want)
 
 
@@ -68,11 +80,14 @@ def test_a_cv_folder_loads_as_the_ensemble_of_its_folds(cv_run):
     assert [p.name for p in fold_folders(cv)] == ["fold0", "fold1"]
     assert fold_folders(cv / "fold0") == []  # a run folder is never an ensemble
     run = load_run(cv)
-    assert isinstance(run, EnsembleRun) and len(run.members) == 2 and run.head == "cls_reg"
+    assert len(run.members) == 2 and run.head == get_head("cls_reg") and run.fold is None
+    assert run.describe() == "ensemble of 2 fold models (mean of their outputs)"
     paths = sorted(str(p) for p in new.rglob("*.BMP") if not p.name.endswith("-d.bmp"))[:6]
     got, _ = predict_outputs(run, paths, progress=False)
     members = [predict_outputs(m, paths, progress=False)[0] for m in run.members]
-    np.testing.assert_allclose(got, (members[0] + members[1]) / 2, rtol=1e-4, atol=1e-5)
+    mean_p = sum(torch.from_numpy(m[:, :5]).softmax(1) for m in members) / 2  # [6, 5]
+    torch.testing.assert_close(torch.from_numpy(got[:, :5]).softmax(1), mean_p, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[:, 5], (members[0][:, 5] + members[1][:, 5]) / 2, rtol=1e-4, atol=1e-5)
     assert not np.allclose(members[0], members[1], atol=1e-3)  # two different models
 
 
@@ -159,7 +174,7 @@ def test_a_missing_or_broken_fold_model_is_one_line_naming_it(cv_run, tmp_path, 
     pattern = re.escape(f"fold model '{fold1}'") + (" of the ensemble is missing" if damage == "missing" else
                                                     " of the ensemble is broken")
     with pytest.raises(Exception, match=pattern):
-        load_ensemble(copy)
+        load_run(copy)
     result = runner.invoke(app, ["predict", str(new), "--run", str(copy), "--device", "cpu",
                                  "--out", str(tmp_path / "p.csv")], env=WIDE)
     _one_line_error(result, pattern)

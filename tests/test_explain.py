@@ -40,9 +40,9 @@ from herlev_fa.explanation.attribution import (
 from herlev_fa.explanation.masks import BACKGROUND, CYTOPLASM, NUCLEUS
 from herlev_fa.explanation.report import quantify
 from herlev_fa.labels import BACKGROUND_RGB, CYTOPLASM_RGB, NUCLEUS_RGB, get_task
-from herlev_fa.model.heads import SeverityModel
+from herlev_fa.model.heads import SeverityModel, get_head
 from herlev_fa.model.inference import fold_batchnorm
-from herlev_fa.runs import Run, load_run
+from herlev_fa.runs import FORMAT, Run, RunRecord, load_run
 
 runner = CliRunner()
 TASK = get_task("severity")
@@ -59,7 +59,7 @@ def _linear(head: str, weight: np.ndarray | None = None, seed: int = 0) -> Sever
         with torch.no_grad():
             net[1].weight.copy_(torch.as_tensor(weight, dtype=torch.float32).reshape(n_out, -1))
             net[1].bias.zero_()
-    return SeverityModel(net, head, TASK.severities).eval()
+    return SeverityModel(net, get_head(head), TASK.severities).eval()
 
 
 def _expected(model: SeverityModel, x: torch.Tensor, base: torch.Tensor, t: np.ndarray) -> np.ndarray:
@@ -74,7 +74,7 @@ def _images(n: int = 3, seed: int = 0) -> np.ndarray:
 
 def _explainer(model: SeverityModel, head: str, device: str, **kw) -> Explainer:
     kw.setdefault("precision", "fp32")  # the exact-value tests; auto has tests of its own
-    return Explainer(model, head, TASK.classes, TASK.severities, MEAN, STD, S, device=device, **kw)
+    return Explainer(model, get_head(head), TASK.classes, TASK.severities, MEAN, STD, S, device=device, **kw)
 
 
 @pytest.mark.parametrize("baseline", BASELINES)
@@ -98,7 +98,7 @@ def test_linear_cls_ig_is_exact_and_complete(baseline, device):
 def test_a_named_class_is_explained_for_every_image(device):
     model = _linear("cls")
     images = _images()
-    column = target_column("moderate_dysplastic", "cls", TASK.classes)
+    column = target_column("moderate_dysplastic", get_head("cls"), TASK.classes)
     batch = _explainer(model, "cls", device, steps=2)(images, column)
     assert column == 2 and list(batch.target) == [2, 2, 2]
     x = normalise(images, MEAN, STD)
@@ -109,7 +109,7 @@ def test_a_named_class_is_explained_for_every_image(device):
 def test_reg_explains_the_score_and_refuses_a_class(device):
     model = _linear("reg")
     images = _images()
-    assert target_column("predicted", "reg", TASK.classes) == 0
+    assert target_column("predicted", get_head("reg"), TASK.classes) == 0
     batch = _explainer(model, "reg", device, steps=2, baseline="white")(images, 0)
     x = normalise(images, MEAN, STD)
     want = _expected(model, x, make_baseline(x, "white", MEAN, STD), np.zeros(3, int))
@@ -118,9 +118,9 @@ def test_reg_explains_the_score_and_refuses_a_class(device):
     with torch.no_grad():
         np.testing.assert_allclose(batch.score, model(x)[:, 0].numpy(), rtol=1e-5)
     with pytest.raises(HerlevError, match="reg run has no class outputs"):
-        target_column("normal", "reg", TASK.classes)
+        target_column("normal", get_head("reg"), TASK.classes)
     with pytest.raises(HerlevError, match="unknown --target 'nope'"):
-        target_column("nope", "cls", TASK.classes)
+        target_column("nope", get_head("cls"), TASK.classes)
 
 
 def test_score_of_cls_reg_is_complete_with_enough_steps(device):
@@ -147,7 +147,7 @@ def test_bf16_gradients_are_checked_against_the_fp32_model(device):
 
 def test_auto_precision_is_fp32_without_trying_bf16_where_bf16_is_not_tried(device):
     model, images = _linear("cls_reg", seed=1), _images(seed=2)
-    auto = Explainer(model, "cls_reg", TASK.classes, TASK.severities, MEAN, STD, S, device="cpu", steps=4)
+    auto = Explainer(model, get_head("cls_reg"), TASK.classes, TASK.severities, MEAN, STD, S, device="cpu", steps=4)
     assert auto.precision == "auto" and auto.used == "fp32"  # auto is the default  # decided up front: the CPU is not in AUTO_TRIES_BF16
     got, want = auto(images, 5), _explainer(model, "cls_reg", "cpu", steps=4, precision="fp32")(images, 5)
     assert auto.auto_deltas is None and got.precision == "fp32"
@@ -206,7 +206,7 @@ def _bn_resnet(head: str = "cls_reg") -> SeverityModel:
     with torch.no_grad():
         for _ in range(3):  # BatchNorm running mean/var move away from 0/1
             net(torch.randn(8, 3, S, S) * 2 + 0.7)
-    return SeverityModel(net, head, TASK.severities).eval()
+    return SeverityModel(net, get_head(head), TASK.severities).eval()
 
 
 def test_batchnorm_folding_gives_the_same_outputs_and_ig(device):
@@ -234,7 +234,7 @@ def test_midpoint_method_is_the_midpoint_riemann_sum_by_hand(device):
     model = _bn_resnet()
     images, steps, t = _images(2), 4, len(TASK.classes)  # explain the severity score
     x = normalise(images, MEAN, STD)
-    outputs = ExplainedOutputs(model, "cls_reg", TASK.severities).eval()
+    outputs = ExplainedOutputs(model, get_head("cls_reg"), TASK.severities).eval()
     grads = []
     for k in range(steps):  # gradient of the score at the midpoints of the straight path from 0 to x
         point = ((k + 0.5) / steps * x).requires_grad_(True)
@@ -263,7 +263,7 @@ class _Branchy(nn.Module):
 
 
 def test_batchnorm_folding_leaves_untraceable_or_changed_models_as_they_are(monkeypatch, device):
-    model = SeverityModel(_Branchy(), "cls", TASK.severities).eval()
+    model = SeverityModel(_Branchy(), get_head("cls"), TASK.severities).eval()
     assert fold_batchnorm(model, S) is model  # untraceable: attributed as it is
     batch = _explainer(model, "cls", device, steps=4)(_images(2))
     assert batch.attribution.shape == (2, S, S) and np.isfinite(batch.attribution).all()
@@ -276,9 +276,10 @@ def test_batchnorm_folding_leaves_untraceable_or_changed_models_as_they_are(monk
     assert fold_batchnorm(resnet, S) is resnet
 
 
-def _toy_run(tmp_path: Path, model: SeverityModel, head: str = "cls") -> Run:
-    meta = {"head": head, "image_size": S, "mean": list(MEAN), "std": list(STD), "data_root": str(tmp_path)}
-    return Run(tmp_path, meta, TASK, model)
+def _toy_run(tmp_path: Path, model: SeverityModel, head: str = "cls", mean=MEAN, std=STD) -> Run:
+    record = RunRecord(format=FORMAT, arch="linear", head=head, task=TASK.to_json(), image_size=S, mean=list(mean),
+                       std=list(std), fold=0, n_folds=4, data_root=str(tmp_path))
+    return Run(tmp_path, record, TASK, get_head(head), model)
 
 
 @pytest.mark.parametrize("name, h, w, mode", [("a.bmp", 20, 24, "RGB"), ("b.jpg", 16, 16, "RGB"),
@@ -334,8 +335,7 @@ def test_quantify_shares_match_hand_values_on_a_linear_model(tmp_path, device):
     weight = np.zeros((TASK.n_classes, 3, S, S), np.float32)
     weight[-1, :, 6:10, 4:8] = 1.0
     weight[-1, :, 0, :] = 1.0
-    run = Run(tmp_path, {"head": "cls", "image_size": S, "mean": [0.5] * 3, "std": [0.5] * 3,
-                         "data_root": str(tmp_path)}, TASK, _linear("cls", weight))
+    run = _toy_run(tmp_path, _linear("cls", weight), mean=[0.5] * 3, std=[0.5] * 3)
     data = _toy_cell(tmp_path / "data")
     result = quantify(run, data=data, split="all", out=tmp_path / "q", settings=IGSettings(steps=2, device=device),
                       progress=False)
@@ -515,7 +515,7 @@ def test_quantify_refuses_a_mask_of_another_size(run, tmp_path):
     from herlev_fa.data.items import mask_for
     from herlev_fa.evaluation import held_out_items
 
-    data = Path(shutil.copytree(run.meta["data_root"], tmp_path / "data"))
+    data = Path(shutil.copytree(run.record.data_root, tmp_path / "data"))
     first = data / held_out_items(run)["rel"].iloc[0]
     mask = mask_for(first)
     Image.open(mask).convert("RGB").resize((10, 7), Image.NEAREST).save(mask)

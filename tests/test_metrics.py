@@ -9,6 +9,7 @@ import torch
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, roc_auc_score
 
 from herlev_fa.metrics import EPOCH_METRICS, severity_metrics
+from herlev_fa.model.heads import get_head
 from herlev_fa.training.learner import fastai_metrics
 
 SEV = (0.0, 1.0, 2.0, 3.0, 4.0)
@@ -25,7 +26,7 @@ def _random_cls_reg(n=60, seed=0):
 
 def test_class_head_metrics_match_sklearn():
     out, y, p = _random_cls_reg()
-    m = severity_metrics(out, y, "cls_reg", SEV)
+    m = severity_metrics(out, y, get_head("cls_reg"), SEV)
     pred = p.argmax(1)
     assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
     assert m["binary_accuracy"] == pytest.approx(accuracy_score(y > 0, pred > 0))
@@ -42,7 +43,7 @@ def test_class_head_metrics_match_sklearn():
 def test_reg_head_rounds_and_clips_the_score():
     out = np.array([[-0.7], [0.4], [1.6], [2.49], [7.0]], np.float32)
     y = np.array([0, 1, 2, 2, 4])
-    m = severity_metrics(out, y, "reg", SEV)
+    m = severity_metrics(out, y, get_head("reg"), SEV)
     assert m["confusion_matrix"][1] == [1, 0, 0, 0, 0]  # 0.4 -> normal
     assert m["accuracy"] == pytest.approx(4 / 5)  # -0.7->0 ok, 0.4->0 wrong, 1.6->2, 2.49->2, 7->4 ok
     assert m["binary_accuracy"] == pytest.approx(4 / 5)
@@ -52,15 +53,15 @@ def test_reg_head_rounds_and_clips_the_score():
 
 def test_single_class_auc_is_nan_not_an_error():
     out, _, _ = _random_cls_reg(10)
-    m = severity_metrics(out, np.ones(10, int), "cls_reg", SEV)
+    m = severity_metrics(out, np.ones(10, int), get_head("cls_reg"), SEV)
     assert math.isnan(m["auc"])
     assert math.isnan(m["per_class_recall"][0])
 
 
 def test_fastai_metric_wrappers_agree_with_the_pure_function():
     out, y, _ = _random_cls_reg(40, seed=3)
-    expected = severity_metrics(out, y, "cls_reg", SEV)
-    metrics = fastai_metrics("cls_reg", SEV)
+    expected = severity_metrics(out, y, get_head("cls_reg"), SEV)
+    metrics = fastai_metrics(get_head("cls_reg"), SEV)
     for epoch in range(2):  # reset between epochs: the second epoch does not see the first
         for metric in metrics:
             metric.reset()
@@ -140,7 +141,7 @@ def test_expected_calibration_error_by_hand():
 
 def test_severity_metrics_hold_every_scalar_and_reg_has_no_calibration():
     out, y, p = _random_cls_reg()
-    m = severity_metrics(out, y, "cls_reg", SEV)
+    m = severity_metrics(out, y, get_head("cls_reg"), SEV)
     assert set(SCALAR_METRICS) <= set(m)
     pred = p.argmax(1)
     assert m["big_mistakes"] == pytest.approx(np.mean(np.abs(pred - y) >= 2))
@@ -148,7 +149,7 @@ def test_severity_metrics_hold_every_scalar_and_reg_has_no_calibration():
     assert m["sensitivity"] == pytest.approx(np.mean(called[y > 0]))
     assert m["screening_accuracy"] == pytest.approx(np.mean(called == (y > 0)))
     assert m["sensitivity"] != pytest.approx(np.mean(pred[y > 0] > 0))  # the top class would say otherwise here
-    reg = severity_metrics(np.array([[0.1], [3.9], [2.2]], np.float32), np.array([0, 4, 0]), "reg", SEV)
+    reg = severity_metrics(np.array([[0.1], [3.9], [2.2]], np.float32), np.array([0, 4, 0]), get_head("reg"), SEV)
     assert math.isnan(reg["ece"])
     assert reg["big_mistakes"] == pytest.approx(1 / 3) and reg["normal_cis"] == 0.0
     assert reg["specificity"] == pytest.approx(1 / 2) and reg["sensitivity"] == 1.0
@@ -156,28 +157,28 @@ def test_severity_metrics_hold_every_scalar_and_reg_has_no_calibration():
 
 def test_bootstrap_intervals_contain_the_estimate_and_shrink_with_more_cells():
     out, y, _ = _random_cls_reg(60, seed=1)
-    point = severity_metrics(out, y, "cls_reg", SEV, full=False)
-    small = bootstrap_intervals(out, y, "cls_reg", SEV, n_boot=300, seed=0)
+    point = severity_metrics(out, y, get_head("cls_reg"), SEV, full=False)
+    small = bootstrap_intervals(out, y, get_head("cls_reg"), SEV, n_boot=300, seed=0)
     assert set(small) == set(SCALAR_METRICS)
     for name in ("accuracy", "binary_accuracy", "auc", "mse", "kappa", "big_mistakes", "ece"):
         low, high = small[name]
         assert low <= point[name] <= high, name
         assert high > low, name
     # the same cells eight times over: the same estimate, about sqrt(8) times narrower intervals
-    big = bootstrap_intervals(np.tile(out, (8, 1)), np.tile(y, 8), "cls_reg", SEV, n_boot=300, seed=0)
+    big = bootstrap_intervals(np.tile(out, (8, 1)), np.tile(y, 8), get_head("cls_reg"), SEV, n_boot=300, seed=0)
     for name in ("accuracy", "mse", "kappa", "ece"):
         ratio = (big[name][1] - big[name][0]) / (small[name][1] - small[name][0])
         assert 0.2 < ratio < 0.6, (name, ratio)
-    assert bootstrap_intervals(out, y, "cls_reg", SEV, n_boot=50, seed=3) == \
-        bootstrap_intervals(out, y, "cls_reg", SEV, n_boot=50, seed=3)  # seeded
+    assert bootstrap_intervals(out, y, get_head("cls_reg"), SEV, n_boot=50, seed=3) == \
+        bootstrap_intervals(out, y, get_head("cls_reg"), SEV, n_boot=50, seed=3)  # seeded
 
 
 def test_bootstrap_of_reg_leaves_calibration_undefined():
     out = np.array([[0.1], [0.9], [2.2], [3.6], [1.4], [0.2]], np.float32)
     y = np.array([0, 1, 2, 4, 1, 0])
-    intervals = bootstrap_intervals(out, y, "reg", SEV, n_boot=100)
+    intervals = bootstrap_intervals(out, y, get_head("reg"), SEV, n_boot=100)
     assert all(math.isnan(v) for v in intervals["ece"])
-    assert intervals["accuracy"][0] <= severity_metrics(out, y, "reg", SEV)["accuracy"] <= intervals["accuracy"][1]
+    assert intervals["accuracy"][0] <= severity_metrics(out, y, get_head("reg"), SEV)["accuracy"] <= intervals["accuracy"][1]
 
 
 # --- the screening call: P(abnormal) against a threshold, never the top class ------------------------------------
@@ -197,11 +198,11 @@ def _split_abnormal_logits() -> np.ndarray:
 
 def test_top_class_normal_but_abnormal_probability_above_half_is_called_abnormal():
     out, y = _split_abnormal_logits(), np.array([4, 0, 3, 0])  # the first cell is a carcinoma in situ
-    m = severity_metrics(out, y, "cls", SEV)
+    m = severity_metrics(out, y, get_head("cls"), SEV)
     assert m["binary_accuracy"] == pytest.approx(3 / 4)  # the poster's: predicted class normal -> the CIS is missed
     assert m["screening_accuracy"] == pytest.approx(1.0)  # P(abnormal) 0.78 >= 0.5 -> found
     assert m["sensitivity"] == pytest.approx(1.0) and m["specificity"] == pytest.approx(1.0)
-    strict = severity_metrics(out, y, "cls", SEV, threshold=0.8)  # 0.78 < 0.8: missed again
+    strict = severity_metrics(out, y, get_head("cls"), SEV, threshold=0.8)  # 0.78 < 0.8: missed again
     assert strict["sensitivity"] == pytest.approx(1 / 2) and strict["screening_accuracy"] == pytest.approx(3 / 4)
     assert strict["threshold"] == 0.8 and strict["binary_accuracy"] == m["binary_accuracy"]
 
@@ -210,7 +211,7 @@ def test_prediction_table_abnormal_follows_the_probability_not_the_top_class():
     from herlev_fa.labels import get_task
     from herlev_fa.prediction import prediction_table
 
-    run = SimpleNamespace(head="cls", task=get_task("severity"))
+    run = SimpleNamespace(head=get_head("cls"), task=get_task("severity"))
     table = prediction_table(_split_abnormal_logits(), ["a", "b", "c", "d"], run)
     assert list(table["pred"]) == ["normal", "normal", "carcinoma_in_situ", "normal"]
     assert table["abnormal_prob"].to_numpy() == pytest.approx([0.78, 0.40, 0.95, 0.10], abs=1e-6)
@@ -257,10 +258,10 @@ CLASSES5 = ("normal", "light", "moderate", "severe", "cis")
 def test_learned_nothing_names_a_one_class_model_and_chance_agreement():
     y = np.array([0, 0, 1, 2, 3, 4])
     only_normal = np.tile(np.log([0.9, 0.025, 0.025, 0.025, 0.025]), (6, 1)).astype(np.float32)
-    problem = learned_nothing(severity_metrics(only_normal, y, "cls", SEV), CLASSES5)
+    problem = learned_nothing(severity_metrics(only_normal, y, get_head("cls"), SEV), CLASSES5)
     assert problem.startswith("predicts 'normal' for every cell (6 of 6)")
     out, y_rand, _ = _random_cls_reg()
-    assert learned_nothing(severity_metrics(out, y_rand, "cls_reg", SEV), CLASSES5) is None  # informative
+    assert learned_nothing(severity_metrics(out, y_rand, get_head("cls_reg"), SEV), CLASSES5) is None  # informative
     chance = {"confusion_matrix": [[1, 1], [1, 1]], "kappa": 0.0, "auc": 0.7}
     assert "no better than chance (quadratic kappa 0.00)" in learned_nothing(chance, ("a", "b"))
     ranks = {"confusion_matrix": [[2, 0], [1, 1]], "kappa": 0.5, "auc": 0.45}
@@ -276,7 +277,7 @@ def test_write_evaluation_warns_when_the_model_predicts_one_class(tmp_path):
     y = np.array([0, 0, 0, 1, 2, 4])
     out = np.tile(np.log([0.9, 0.025, 0.025, 0.025, 0.025]), (6, 1)).astype(np.float32)
     with pytest.warns(UserWarning, match="predicts 'normal' for every cell"):
-        write_evaluation(tmp_path, out, y, get_task("severity"), "cls")
+        write_evaluation(tmp_path, out, y, get_task("severity"), get_head("cls"))
 
 
 def test_cv_summary_puts_the_warnings_of_folds_that_learned_nothing_first():

@@ -12,7 +12,7 @@ from herlev_fa.config import ModelConfig
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import get_task
 from herlev_fa.model.loss import SeverityLoss
-from herlev_fa.model.heads import AppendExpectedSeverity, nearest_class, split_output
+from herlev_fa.model.heads import AppendExpectedSeverity, get_head, nearest_class
 from herlev_fa.model.network import build_model, create_net, load_weights_file
 from herlev_fa.training.learner import body_head_splitter
 
@@ -40,13 +40,13 @@ def test_cls_reg_score_is_expected_severity():
     assert torch.equal(out[:, :5], logits)
 
 
-def test_split_output_and_nearest_class():
+def test_head_split_and_nearest_class():
     sev = torch.tensor(SEV)
-    logits, score = split_output(torch.tensor([[0.0, 0, 0, 0, 0, 3.3]]), "cls_reg", sev)
+    logits, score = get_head("cls_reg").split(torch.tensor([[0.0, 0, 0, 0, 0, 3.3]]), sev)
     assert logits.shape == (1, 5) and score.item() == pytest.approx(3.3)
-    logits, score = split_output(torch.tensor([[2.6]]), "reg", sev)
+    logits, score = get_head("reg").split(torch.tensor([[2.6]]), sev)
     assert logits is None and score.item() == pytest.approx(2.6)
-    _, score = split_output(torch.tensor([[0.0, 0, 0, 0, 100]]), "cls", sev)
+    _, score = get_head("cls").split(torch.tensor([[0.0, 0, 0, 0, 100]]), sev)
     assert score.item() == pytest.approx(4.0)
     assert nearest_class(torch.tensor([-3.0, 0.49, 0.51, 2.5001, 9.0]), sev).tolist() == [0, 0, 1, 3, 4]
 
@@ -56,19 +56,19 @@ def test_loss_equals_ce_plus_lambda_mse_by_hand():
     y = torch.tensor([3, 1])
     ce = F.cross_entropy(out[:, :5], y).item()
     mse = ((1.5 - 3.0) ** 2 + (0.7 - 1.0) ** 2) / 2
-    loss = SeverityLoss("cls_reg", SEV, mse_weight=0.25)
+    loss = SeverityLoss(get_head("cls_reg"), SEV, mse_weight=0.25)
     assert loss(out, y).item() == pytest.approx(ce + 0.25 * mse, rel=1e-6)
     assert loss.parts["ce"].item() == pytest.approx(ce, rel=1e-6)
     assert loss.parts["mse"].item() == pytest.approx(mse, rel=1e-6)
-    assert SeverityLoss("cls", SEV)(out[:, :5], y).item() == pytest.approx(ce, rel=1e-6)
-    assert SeverityLoss("reg", SEV)(out[:, 5:], y).item() == pytest.approx(mse, rel=1e-6)
+    assert SeverityLoss(get_head("cls"), SEV)(out[:, :5], y).item() == pytest.approx(ce, rel=1e-6)
+    assert SeverityLoss(get_head("reg"), SEV)(out[:, 5:], y).item() == pytest.approx(mse, rel=1e-6)
 
 
 def test_loss_activation_and_decodes():
-    loss = SeverityLoss("reg", SEV)
+    loss = SeverityLoss(get_head("reg"), SEV)
     act = loss.activation(torch.tensor([[0.2], [3.7]]))
     assert loss.decodes(act).tolist() == [0, 4]
-    loss = SeverityLoss("cls_reg", SEV)
+    loss = SeverityLoss(get_head("cls_reg"), SEV)
     act = loss.activation(torch.tensor([[0.0, 0.0, 5.0, 0.0, 0.0, 2.0]]))
     assert act.shape == (1, 5) and act.sum().item() == pytest.approx(1.0)
     assert loss.decodes(act).tolist() == [2]
@@ -76,13 +76,13 @@ def test_loss_activation_and_decodes():
 
 def test_fixed_severity_layer_is_in_no_param_group_and_never_trains():
     model = build_model(ModelConfig("test_resnet", head="cls_reg", pretrained=False), get_task("severity"))
-    fixed = model.head.score.fc.weight
+    fixed = model.readout.score.fc.weight
     assert not fixed.requires_grad
     grouped = {id(p) for group in body_head_splitter(model) for p in group}
     assert id(fixed) not in grouped
     assert len(grouped) == len(list(model.net.parameters()))
     opt = torch.optim.SGD([p for g in body_head_splitter(model) for p in g], lr=1.0)
-    loss = SeverityLoss("cls_reg", SEV)(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 4]))
+    loss = SeverityLoss(get_head("cls_reg"), SEV)(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 4]))
     loss.backward()
     opt.step()
     assert fixed.tolist() == [list(SEV)]

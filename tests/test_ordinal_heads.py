@@ -24,7 +24,6 @@ import herlev_cli.explain  # noqa: F401  (registers explain, quantify, compare-e
 import herlev_cli.predict  # noqa: F401  (registers predict)
 import herlev_cli.reproduce  # noqa: F401  (registers reproduce)
 from herlev_cli.main import app
-from herlev_fa.ensemble import EnsembleRun
 from herlev_fa.errors import HerlevError
 from herlev_fa.labels import get_task
 from herlev_fa.metrics import SCALAR_METRICS
@@ -48,7 +47,7 @@ def test_corn_loss_is_coral_pytorchs_on_a_hand_made_example():
     # y = 1 takes part in tasks 0 (y > 0: yes) and 1 (y > 1: no); y = 4 in all four, each "yes"
     by_hand = -(math.log(torch.sigmoid(torch.tensor(2.0)).item()) + math.log(torch.sigmoid(torch.tensor(1.0)).item())
                 + 4 * math.log(0.5)) / 6
-    loss = SeverityLoss("corn", SEV)
+    loss = SeverityLoss(get_head("corn"), SEV)
     assert loss(out, y).item() == pytest.approx(by_hand, rel=1e-6)
     assert corn_loss(out, y, 5).item() == pytest.approx(by_hand, rel=1e-6)
     assert list(loss.parts) == ["corn"]
@@ -59,7 +58,7 @@ def test_sord_loss_is_dlordinals_on_a_hand_made_example():
     y = torch.tensor([1])
     soft = torch.softmax(-2.0 * torch.tensor([1.0, 0.0, 1.0, 2.0, 3.0]), dim=0)  # alpha 2, |k - 1|
     by_hand = -(soft * out.log_softmax(dim=1)[0]).sum().item()
-    loss = SeverityLoss("sord", SEV)
+    loss = SeverityLoss(get_head("sord"), SEV)
     assert loss(out, y).item() == pytest.approx(by_hand, rel=1e-6)
     assert SORDLoss(alpha=2.0, num_classes=5, train_targets=y)(out, y).item() == pytest.approx(by_hand, rel=1e-6)
     assert loss(out, y).dtype == torch.float32 and list(loss.parts) == ["sord"]
@@ -161,7 +160,7 @@ def test_train_evaluate_predict_tta_and_explain(name, cv_runs, synth_data, tmp_p
     run_dir = cv_runs[name] / "fold0"
     run = load_run(run_dir)
     head = get_head(name)
-    assert run.head == name and run.model.net.get_classifier().out_features == head.n_outputs(5)
+    assert run.head == head and run.model.net.get_classifier().out_features == head.n_outputs(5)
     assert "train_" + name in (run_dir / "log.csv").read_text().splitlines()[0]  # the library loss is logged by name
 
     result = runner.invoke(app, ["evaluate", str(run_dir), "--device", "cpu", "--bootstrap", "20", "--json",
@@ -205,14 +204,15 @@ def test_train_evaluate_predict_tta_and_explain(name, cv_runs, synth_data, tmp_p
 
 
 @pytest.mark.parametrize("name", ORDINAL)
-def test_a_fold_ensemble_of_an_ordinal_head_averages_raw_outputs_and_quantifies(name, cv_runs, synth_data, tmp_path):
-    run = load_run(cv_runs[name])
-    assert isinstance(run, EnsembleRun) and len(run.members) == 2 and run.head == name
+def test_a_fold_ensemble_of_an_ordinal_head_averages_probabilities_and_quantifies(name, cv_runs, synth_data, tmp_path):
+    run, head = load_run(cv_runs[name]), get_head(name)
+    assert len(run.members) == 2 and run.head == head
     paths = [str(p) for p in sorted((synth_data / "severe_dysplastic").glob("*.BMP"))[:6]]
     got, _ = predict_outputs(run, paths, progress=False)
     members = [predict_outputs(m, paths, progress=False)[0] for m in run.members]
-    np.testing.assert_allclose(got, (members[0] + members[1]) / 2, rtol=1e-4, atol=1e-5)  # corn: the conditional logits
-    probs, _, pred = get_head(name).decode(torch.from_numpy(got), SEV)
+    mean_p = sum(head.decode(torch.from_numpy(m), SEV)[0] for m in members) / 2  # corn: from its conditional logits
+    probs, _, pred = head.decode(torch.from_numpy(got), SEV)
+    torch.testing.assert_close(probs, mean_p, rtol=1e-4, atol=1e-5)
     assert torch.allclose(probs.sum(dim=1), torch.ones(6), atol=1e-5)
     result = runner.invoke(app, ["predict", *paths, "--run", str(cv_runs[name]), "--device", "cpu", "--tta",
                                  "--out", str(tmp_path / "p.csv")], env=WIDE)

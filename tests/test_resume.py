@@ -120,7 +120,7 @@ def test_files_are_whole_after_a_kill(synth_data, tmp_path, moment):
     if (run / "herlev.json").exists():
         from herlev_fa.runs import load_run
 
-        assert load_run(run).meta["fold"] == 0
+        assert load_run(run).record.fold == 0
     else:
         resume = find(run)  # a checkpoint, if any, loads
         assert moment == "folder made" or resume is not None

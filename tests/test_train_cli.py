@@ -301,12 +301,12 @@ def test_mixup_trains_on_the_mix_of_each_cells_two_losses():
     from fastai.learner import Learner
     from fastai.torch_core import set_seed
 
-    from herlev_fa.model.heads import AppendExpectedSeverity
+    from herlev_fa.model.heads import AppendExpectedSeverity, get_head
     from herlev_fa.model.loss import SeverityLoss
     from herlev_fa.training.callbacks import LossParts, MseWarmup
 
     sev = [0.0, 1.0, 2.0, 3.0, 4.0]
-    loss = SeverityLoss("cls_reg", sev, mse_weight=0.5)
+    loss = SeverityLoss(get_head("cls_reg"), sev, mse_weight=0.5)
 
     class Record(Callback):  # each training batch's pieces, right after its loss
         order, seen = 60, []
@@ -328,11 +328,11 @@ def test_mixup_trains_on_the_mix_of_each_cells_two_losses():
     assert [w for *_, w, _ in Record.seen] == pytest.approx([0.0, 0.125, 0.25, 0.375])  # the warm-up ramp, 4 steps
     for pred, y1, y0, lam, weight, got in Record.seen:
         assert not torch.equal(y1, y0) and not torch.all(lam == 1)  # the cells were mixed
-        per_cell = SeverityLoss("cls_reg", sev, mse_weight=weight)
+        per_cell = SeverityLoss(get_head("cls_reg"), sev, mse_weight=weight)
         per_cell.reduction = "none"
         mixed = torch.lerp(per_cell(pred, y1), per_cell(pred, y0), lam).mean()
         assert got.item() == pytest.approx(mixed.item(), rel=1e-5)
-        assert got.item() != pytest.approx(SeverityLoss("cls_reg", sev, mse_weight=weight)(pred, y0).item(), rel=1e-3)
+        assert got.item() != pytest.approx(SeverityLoss(get_head("cls_reg"), sev, mse_weight=weight)(pred, y0).item(), rel=1e-3)
     assert {"train_ce", "train_mse", "valid_ce", "valid_mse"} <= set(learn.loss_parts.last)  # logged through the swap
 
 

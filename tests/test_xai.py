@@ -28,7 +28,7 @@ from herlev_fa.explanation.methods import last_conv_stage
 from herlev_fa.explanation.overlap import localisation_batch
 from herlev_fa.explanation.sanity import cascade, randomised, scaled_abs, spearman, ssim_batch
 from herlev_fa.labels import get_task
-from herlev_fa.model.heads import SeverityModel
+from herlev_fa.model.heads import SeverityModel, get_head
 
 TASK = get_task("severity")
 S = 12
@@ -37,7 +37,7 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 def _linear(seed: int = 0) -> SeverityModel:
     torch.manual_seed(seed)
-    return SeverityModel(nn.Sequential(nn.Flatten(), nn.Linear(3 * S * S, TASK.n_classes)), "cls",
+    return SeverityModel(nn.Sequential(nn.Flatten(), nn.Linear(3 * S * S, TASK.n_classes)), get_head("cls"),
                          TASK.severities).eval()
 
 
@@ -46,7 +46,7 @@ def _images(n: int = 3, seed: int = 0) -> np.ndarray:
 
 
 def _explainer(model: nn.Module, method: str, size: int = S, **kw) -> Explainer:
-    return Explainer(model, "cls", TASK.classes, TASK.severities, MEAN, STD, size, device="cpu", precision="fp32",
+    return Explainer(model, get_head("cls"), TASK.classes, TASK.severities, MEAN, STD, size, device="cpu", precision="fp32",
                      method=method, **kw)
 
 
@@ -119,7 +119,7 @@ def test_gradcam_is_the_relu_of_the_gradient_weighted_last_stage_upsampled():
 
     torch.manual_seed(0)
     net = timm.create_model("test_resnet", pretrained=False, num_classes=TASK.n_classes)
-    model = SeverityModel(net, "cls", TASK.severities).eval()
+    model = SeverityModel(net, get_head("cls"), TASK.severities).eval()
     name, layer = last_conv_stage(net)
     assert name == "layer4"
     size = 64
@@ -172,7 +172,7 @@ def test_cascade_randomises_from_the_top_and_leaves_the_rest_and_the_original_al
 
     torch.manual_seed(0)
     net = timm.create_model("test_resnet", pretrained=False, num_classes=TASK.n_classes)
-    model = SeverityModel(net, "cls", TASK.severities).eval()
+    model = SeverityModel(net, get_head("cls"), TASK.severities).eval()
     names = cascade(net)
     assert names[:3] == ["fc", "layer4", "layer3"] and names[-1] == "conv1"
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -56,7 +56,7 @@ from herlev_fa.config import IGSettings
 from herlev_fa.data.images import normalise
 from herlev_fa.errors import HerlevError, missing as missing_message
 from herlev_fa.explanation.methods import METHODS as OTHER_METHODS
-from herlev_fa.model.heads import Head, get_head
+from herlev_fa.model.heads import Head
 from herlev_fa.model.inference import fold_batchnorm
 
 DEFAULT_RULE = IGSettings.rule  # captum's default; best for smooth networks
@@ -181,17 +181,17 @@ class ExplainedOutputs(nn.Module):
     `head.score_index(K)` is the score.
     """
 
-    def __init__(self, model: nn.Module, head: str | Head, severities: Sequence[float]):
+    def __init__(self, model: nn.Module, head: Head, severities: Sequence[float]):
         super().__init__()
         self.model = model
-        self.head = get_head(head)
+        self.head = head
         self.register_buffer("severities", torch.tensor(list(severities), dtype=torch.float32), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head.explained(self.model(x), self.severities)
 
 
-def target_column(target: str, head: str | Head, classes: Sequence[str]) -> int | None:
+def target_column(target: str, head: Head, classes: Sequence[str]) -> int | None:
     """The output column of `ExplainedOutputs` to explain; None = each image's predicted class.
 
     `target` is `predicted`, `score`, or a class name (not for `reg`, which has no class outputs).
@@ -199,7 +199,6 @@ def target_column(target: str, head: str | Head, classes: Sequence[str]) -> int 
     Raises:
         HerlevError: an unknown class, or a class asked of a `reg` run.
     """
-    head = get_head(head)
     if target == "score" or (target == "predicted" and not head.has_classes):
         return head.score_index(len(classes))
     if target == "predicted":
@@ -272,7 +271,7 @@ class Explainer:
             a fraction of the value range) and occlusion (square side; None = S / 8).
     """
 
-    def __init__(self, model: nn.Module, head: str, classes: Sequence[str], severities: Sequence[float],
+    def __init__(self, model: nn.Module, head: Head, classes: Sequence[str], severities: Sequence[float],
                  mean: Sequence[float], std: Sequence[float], size: int, steps: int = 50,
                  baseline: str = DEFAULT_BASELINE, device: str = "cpu", internal_batch_size: int | None = None,
                  precision: str = "auto", tol: float = DEFAULT_TOL, rule: str = DEFAULT_RULE,
@@ -505,7 +504,7 @@ def results_of(batch: BatchAttribution, explainer: Explainer, paths: Sequence[Pa
                images: Sequence[np.ndarray]) -> list[Explanation]:
     """Split a batch into per-image `Explanation`s, mapping each map back to its input grid."""
     classes = explainer.classes
-    score_index = get_head(explainer.head).score_index(len(classes))
+    score_index = explainer.head.score_index(len(classes))
     out = []
     for i, (path, name, image) in enumerate(zip(paths, names, images)):
         h, w = image.shape[:2]

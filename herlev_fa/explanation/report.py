@@ -52,7 +52,6 @@ from herlev_fa.explanation.overlap import (
 )
 from herlev_fa.figures import explanation_png, nucleus_attribution_png
 from herlev_fa.labels import short_name
-from herlev_fa.model.heads import get_head
 from herlev_fa.progress import progress_bar
 
 # Per-class summary: the columns and how the markdown / rich table label them.
@@ -374,7 +373,7 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
     if len(items):
         explainer = explainer or explainer_for(run, settings)
     classes = run.task.classes
-    score_index = get_head(run.head).score_index(len(classes))
+    score_index = run.head.score_index(len(classes))
     starts = range(0, len(items), settings.bs)
     rows = []
 

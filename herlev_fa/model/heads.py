@@ -26,8 +26,9 @@ expected severity under p, and need classes with distinct severities in increasi
 
 Adding a head is one subclass of `Head` decorated with `@register_head`; `HEADS` (name ->
 class) is the only list of head names: config validation, the CLI's help and run loading read it.
-Run folders store the head's `name`. Every function that takes a head accepts its name or a
-`Head` (`get_head` turns either into the object).
+Run folders and configurations store the head's `name`; `get_head` turns it into the `Head`
+object where a name enters (a configuration, a run's `herlev.json`), and every function behind
+takes the object.
 """
 
 from __future__ import annotations
@@ -227,14 +228,12 @@ def head_names() -> tuple[str, ...]:
     return tuple(HEADS)
 
 
-def get_head(head: str | Head) -> Head:
-    """The head object for a name (or the head itself).
+def get_head(head: str) -> Head:
+    """The head object for a name.
 
     Raises:
         HerlevError: an unknown name.
     """
-    if isinstance(head, Head):
-        return head
     if head not in HEADS:
         raise HerlevError(f"unknown head '{head}': choose one of {', '.join(HEADS)}")
     return HEADS[head]()
@@ -415,41 +414,19 @@ class SordHead(_OrdinalHead):
         return loss, {"sord": loss.detach().mean()}
 
 
-def n_outputs(head: str | Head, n_classes: int) -> int:
-    """Width of the timm classifier for a head (name or object)."""
-    return get_head(head).n_outputs(n_classes)
-
-
-def make_head(head: str | Head, severities: Sequence[float]) -> nn.Module:
-    """The module after the timm network for a head (name or object)."""
-    return get_head(head).module(severities)
-
-
-def split_output(out: Tensor, head: str | Head, severities: Severities) -> tuple[Tensor | None, Tensor]:
-    """Model output [B, C] -> (class logits [B, K] or None for `reg`, severity score [B]).
-
-    For `cls` the score is the expected severity of the softmax, as `cls_reg` computes it.
-    """
-    return get_head(head).split(out, severities)
-
-
 class SeverityModel(nn.Module):
-    """A timm network (`net`, with its classifier) followed by its head's module (`head`).
+    """A timm network (`net`, with its classifier) followed by its head's module (`readout`).
 
-    Input float [B, 3, S, S] normalised images; output as in the module table. `pipeline` is
-    the `Head` object. Only `net` holds trained weights, so `net.state_dict()` is the whole
-    checkpoint.
+    Input float [B, 3, S, S] normalised images; output as in the module table. `head` is the
+    `Head` object (what the output means). Only `net` holds trained weights, so
+    `net.state_dict()` is the whole checkpoint.
     """
 
-    def __init__(self, net: nn.Module, head: str | Head, severities: Sequence[float]):
+    def __init__(self, net: nn.Module, head: Head, severities: Sequence[float]):
         super().__init__()
         self.net = net
-        self.pipeline = get_head(head)
-        self.head = self.pipeline.module(severities)
-
-    @property
-    def head_name(self) -> str:
-        return self.pipeline.name
+        self.head = head
+        self.readout = head.module(severities)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.net(x))
+        return self.readout(self.net(x))

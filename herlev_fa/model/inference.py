@@ -27,16 +27,16 @@ def fold_batchnorm(model: nn.Module, size: int) -> nn.Module:
     more than float rounding: folding is an optimisation and never changes a result.
 
     Args:
-        model: a SeverityModel (`net` then `head`), in eval mode; it is not modified.
+        model: a SeverityModel (`net` then `readout`), in eval mode; it is not modified.
         size: the model's input side, for the probe.
     """
     from torch.fx.experimental.optimization import fuse
 
-    net, head = getattr(model, "net", None), getattr(model, "head", None)
-    if net is None or head is None or not any(isinstance(m, nn.BatchNorm2d) for m in net.modules()):
+    net, readout = getattr(model, "net", None), getattr(model, "readout", None)
+    if net is None or readout is None or not any(isinstance(m, nn.BatchNorm2d) for m in net.modules()):
         return model
     try:
-        folded = nn.Sequential(fuse(net.eval()), copy.deepcopy(head)).eval()  # SeverityModel.forward is head(net(x))
+        folded = nn.Sequential(fuse(net.eval()), copy.deepcopy(readout)).eval()  # SeverityModel: readout(net(x))
     except Exception:  # torch.fx raises many kinds on untraceable code: keep the model as it is
         return model
     device = next(model.parameters()).device

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from herlev_fa.model.heads import Head, get_head
+from herlev_fa.model.heads import Head
 
 
 class SeverityLoss(nn.Module):
@@ -26,10 +26,10 @@ class SeverityLoss(nn.Module):
 
     y_int = True
 
-    def __init__(self, head: str | Head, severities: Sequence[float], mse_weight: float = 1.0,
+    def __init__(self, head: Head, severities: Sequence[float], mse_weight: float = 1.0,
                  smoothing: float = 0.0):
         super().__init__()
-        self.head, self.mse_weight, self.smoothing = get_head(head), float(mse_weight), float(smoothing)
+        self.head, self.mse_weight, self.smoothing = head, float(mse_weight), float(smoothing)
         self.register_buffer("severities", torch.tensor(list(severities), dtype=torch.float32))
         self.reduction = "mean"
         self.parts: dict[str, Tensor] = {}

@@ -112,9 +112,14 @@ class Resume:
 
 
 def _part(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
-    """The state dict saved under `name/` in a checkpoint's tensors (model, best, ema), its keys without the prefix."""
+    """The state dict saved under `name/` in a checkpoint's tensors (model, best, ema), its keys without the prefix.
+
+    The head's module after the network (`SeverityModel.readout`) was once called `head`: an older
+    checkpoint's `head.` keys are read as `readout.`.
+    """
     prefix = f"{name}/"
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    part = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return {f"readout.{k[5:]}" if k.startswith("head.") else k: v for k, v in part.items()}
 
 
 def _jsonable(x: Any) -> Any:

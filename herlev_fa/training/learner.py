@@ -23,7 +23,7 @@ from torch import nn
 
 from herlev_fa.labels import Task
 from herlev_fa.metrics import EPOCH_METRICS, severity_metrics
-from herlev_fa.model.heads import Head, SeverityModel, get_head
+from herlev_fa.model.heads import Head, SeverityModel
 from herlev_fa.model.loss import SeverityLoss
 from herlev_fa.training.callbacks import without_host_syncs
 
@@ -50,10 +50,10 @@ def build_learner(dls, model: SeverityModel, task: Task, mse_weight: float = 1.0
     fastai's recorder, progress bar and metrics copy values to the host every batch; here they
     stay on the device until the epoch ends (`callbacks.without_host_syncs`, `fastai_metrics`).
     """
-    loss = SeverityLoss(model.pipeline, task.severities, mse_weight, smoothing)
+    loss = SeverityLoss(model.head, task.severities, mse_weight, smoothing)
     learn = Learner(dls, model.to(dls.device), loss_func=loss,
                     opt_func=partial(OptimWrapper, opt=partial(torch.optim.AdamW, foreach=True)),
-                    metrics=fastai_metrics(model.pipeline, task.severities),
+                    metrics=fastai_metrics(model.head, task.severities),
                     splitter=body_head_splitter, wd=wd, cbs=list(cbs), path=Path(path))
     return without_host_syncs(learn)
 
@@ -67,8 +67,8 @@ class EpochOutputs:
     metrics are first read; every epoch metric is computed from that one copy.
     """
 
-    def __init__(self, head: str | Head, severities: Sequence[float]):
-        self.head, self.severities = get_head(head), tuple(float(s) for s in severities)
+    def __init__(self, head: Head, severities: Sequence[float]):
+        self.head, self.severities = head, tuple(float(s) for s in severities)
         self.reset()
 
     def reset(self) -> None:
@@ -118,7 +118,7 @@ class SeverityMetric(Metric):
         return self._name
 
 
-def fastai_metrics(head: str | Head, severities: Sequence[float]) -> list[SeverityMetric]:
+def fastai_metrics(head: Head, severities: Sequence[float]) -> list[SeverityMetric]:
     """The scalar metrics as fastai metrics over the whole validation set, from one host copy per epoch."""
     outputs = EpochOutputs(head, severities)
     return [SeverityMetric(name, outputs, collects=i == 0) for i, name in enumerate(EPOCH_METRICS)]

@@ -49,13 +49,12 @@ from herlev_fa.errors import HerlevError, missing
 from herlev_fa.evaluation import write_evaluation
 from herlev_fa.labels import Task, get_task, load_class_map
 from herlev_fa.metrics import SCALAR_METRICS, learned_nothing
-from herlev_fa.model.heads import get_head
 from herlev_fa.model.network import build_model, check_arch, normalisation
 from herlev_fa.training.distributed import as_single_process, data_parallel, from_main, is_main, process_group
 from herlev_fa.training.learner import build_learner
 from herlev_fa.figures import lr_find_png, training_curves_png
 from herlev_fa.progress import logging_to_file
-from herlev_fa.runs import FORMAT, integrity, read_meta, save_folds, save_model, save_predictions, selection, versions
+from herlev_fa.runs import FORMAT, RunRecord, integrity, save_folds, save_model, save_predictions, selection, versions
 
 
 @dataclass
@@ -128,13 +127,13 @@ def speed_callbacks(device: str, precision: str) -> list:
 def _fit_learner(cfg: TrainConfig, data: Prepared, fold: int, device: str, cbs: list, path: Path):
     set_determinism(cfg.data.seed, cfg.deterministic)
     cbs = [*speed_callbacks(device, cfg.precision), *cbs]
-    if cfg.mse_warmup > 0 and get_head(cfg.model.head).weighted:
+    model = build_model(cfg.model, data.task)
+    if cfg.mse_warmup > 0 and model.head.weighted:
         cbs.append(MseWarmup(cfg.mse_warmup))
     if cfg.ema:
         cbs.append(WeightAverage(cfg.ema))
     if cfg.mixup or cfg.cutmix:
         cbs.append(MixUp(cfg.mixup) if cfg.mixup else CutMix(cfg.cutmix))
-    model = build_model(cfg.model, data.task)
     mean, std = normalisation(model.net)
     held = (data.items["fold"] == fold).to_numpy()  # [N] the held-out fold
     n_train = int((~held).sum())
@@ -293,39 +292,22 @@ def _write_run(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, model
                started: float, device: str) -> dict:
     """The run folder of a trained fold: held-out predictions [N, C] and metrics, weights, curves, `herlev.json` last."""
     held = data.items[data.items["fold"] == fold]  # get_preds keeps the valid split's order
-    save_predictions(run_dir, held, fold, out, y, cfg.model.head, data.task.severities)
-    metrics = write_evaluation(run_dir, out, y, data.task, cfg.model.head,
+    save_predictions(run_dir, held, fold, out, y, model.head, data.task.severities)
+    metrics = write_evaluation(run_dir, out, y, data.task, model.head,
                                extra={"fold": fold, "best_epoch": best_epoch, "kept": selection(cfg.to_json())})
     save_model(run_dir, model, data.task, cfg.data.size, mean, std)
     log = run_dir / "log.csv"
     if log.is_file():
         training_curves_png(pd.read_csv(log), run_dir / "training_curves.png")
-    write_json(run_dir / "herlev.json", {
-        "format": FORMAT,
-        "arch": cfg.model.arch,
-        "head": cfg.model.head,
-        "task": data.task.to_json(),
-        "image_size": cfg.data.size,
-        "mean": list(mean),
-        "std": list(std),
-        "mse_weight": cfg.model.mse_weight,
-        "fold": fold,
-        "n_folds": cfg.data.folds,
-        "seed": cfg.data.seed,
-        "data_root": str(Path(cfg.data.data).expanduser().resolve()),
-        "folds_file": "folds.csv",
-        "lr": lr,
-        "best_epoch": best_epoch,
-        "kept": selection(cfg.to_json()),
-        "skipped_images": data.skipped,
-        "metrics": {k: metrics[k] for k in SCALAR_METRICS},
-        "train_seconds": round(time.time() - started, 1),  # of the last session, if resumed
-        "device": device,
-        "processes": max(num_distrib(), 1),  # data-parallel processes: the effective batch is bs x processes
-        "versions": versions(),
-        "config": cfg.to_json(),
-        "integrity": integrity(run_dir, data.task),  # checked at load: an edit after training is reported
-    })
+    record = RunRecord(
+        format=FORMAT, arch=cfg.model.arch, head=model.head.name, task=data.task.to_json(), image_size=cfg.data.size,
+        mean=list(mean), std=list(std), fold=fold, n_folds=cfg.data.folds,
+        data_root=str(Path(cfg.data.data).expanduser().resolve()), mse_weight=cfg.model.mse_weight,
+        seed=cfg.data.seed, lr=lr, best_epoch=best_epoch, kept=selection(cfg.to_json()), skipped_images=data.skipped,
+        metrics={k: metrics[k] for k in SCALAR_METRICS}, train_seconds=round(time.time() - started, 1),
+        device=device, processes=max(num_distrib(), 1), versions=versions(), config=cfg.to_json(),
+        integrity=integrity(run_dir, data.task))  # the hashes: an edit after training is reported at load
+    write_json(run_dir / "herlev.json", record.to_json())
     return metrics
 
 
@@ -416,8 +398,8 @@ def _finished(run_dir: Path, cfg: TrainConfig) -> dict:
         HerlevError: it was trained with other settings (the message names them): --resume never
             silently ignores options.
     """
-    meta = read_meta(run_dir)  # validated: a damaged sidecar is a one-line error, not a traceback
-    diff = checkpoint.mismatch(meta.get("config") or {}, cfg.to_json())
+    record = RunRecord.read(run_dir)  # validated: a damaged sidecar is a one-line error, not a traceback
+    diff = checkpoint.mismatch(record.config, cfg.to_json())
     if diff:
         raise HerlevError(f"run '{run_dir}' finished with other settings ({diff}); --resume only continues a run "
                           "with its own options: train under another --name")
