@@ -37,10 +37,11 @@ print(json.dumps({"n": len(result.table), "seconds": seconds, "peak_mb": resourc
 
 CHILD = r"""
 import json, resource, sys, time
+from herlev_fa.config import PredictSettings
 from herlev_fa.prediction import predict
 run, folder = sys.argv[1], sys.argv[2]
 t = time.perf_counter()
-preds = predict(run, [folder], bs=256, device="cpu", progress=False)
+preds = predict(run, [folder], PredictSettings(bs=256, device="cpu", progress=False))
 seconds = time.perf_counter() - t
 print(json.dumps({"n": len(preds), "seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """

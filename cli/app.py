@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 
 import herlev_fa
-from herlev_fa.config import DataConfig, ModelConfig, TrainConfig, defaults, help_of
+from herlev_fa.config import (DataConfig, EvalSettings, InferenceSettings, ModelConfig, PredictSettings, TrainConfig,
+                              defaults, help_of)
 from herlev_fa.errors import HerlevError
 
 LOG_WIDTH = 10_000  # columns of stdout when it is not a terminal (a log file, a pipe)
@@ -81,7 +82,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except HerlevError as e:
-            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(e.cli)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except OSError as e:  # a write outside the atomic helpers that ran out of room: still one line
             from herlev_fa.atomic import OUT_OF_SPACE
@@ -122,6 +123,7 @@ def main_callback(version: Annotated[bool, typer.Option("--version", callback=ve
 
 # Options shared by several commands, declared once; help texts and defaults live in herlev_fa/config.py.
 DATA, MODEL, TRAIN = defaults(DataConfig), defaults(ModelConfig), defaults(TrainConfig)
+EVAL, PREDICT = defaults(EvalSettings), defaults(PredictSettings)
 
 
 def option(cls: type, name: str, *decls: str, **kwargs: Any) -> Any:
@@ -166,9 +168,7 @@ Policy = Annotated[str, option(DataConfig, "policy")]
 Balance = Annotated[bool, flag("--balance", help=help_of(DataConfig, "balance"))]
 ValSplit = Annotated[float, option(TrainConfig, "val_split")]
 Workers = Annotated[Optional[int], option(DataConfig, "workers")]
-Threshold = Annotated[Optional[str], typer.Option(
-    help="Screening threshold: a cell is called abnormal when P(abnormal) (the severity score for reg) reaches it. "
-         "A number, or spec95 / sens95: the operating point the run reached on its held-out fold. Default: 0.5.")]
+Threshold = Annotated[Optional[str], option(InferenceSettings, "threshold")]
 CheckpointEvery = Annotated[float, option(TrainConfig, "checkpoint_every")]
 LR_DEFAULT = f"{TRAIN['lr']:g}"  # --lr is parsed from text ('auto' or a number)
 

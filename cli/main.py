@@ -18,12 +18,12 @@ import typer
 from rich.table import Table
 
 import herlev_fa
-from herlev_cli.app import (DATA, DEFAULT_RUNS, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Balance, Bs, CheckpointEvery, Classes,
+from herlev_cli.app import (DATA, DEFAULT_RUNS, EVAL, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Balance, Bs, CheckpointEvery, Classes,
                             Cutmix, Data, Device, Ema, Epochs, Folds, Head, Keep, LabelSmoothing, Lr, Mixup, MseWarmup, MseWeight,
                             Policy, Pretrained, Quiet, Seed, Size, SkipBad, Task, Threshold, ValSplit, Wd, Weights, Workers,
                             app, as_text, bars, data_dir, flag, option, out, out_folder, parse_lr, run_dir, user_errors)
 from herlev_fa.atomic import finite_or_none
-from herlev_fa.config import DataConfig, ModelConfig, TrainConfig, help_of
+from herlev_fa.config import DataConfig, EvalSettings, ModelConfig, TrainConfig, help_of
 from herlev_fa.errors import HerlevError
 
 
@@ -85,7 +85,7 @@ def demo(
         herlev_fa.write_synthetic(data, per_class=40, size=64, seed=0)
         out.print(f"synthetic Herlev-format data: [bold]{data}[/]")
     result = herlev_fa.train(cfg)
-    metrics = herlev_fa.evaluate(result.runs[0], device="cpu", progress=not quiet)
+    metrics = herlev_fa.evaluate(result.runs[0], EvalSettings(device="cpu", progress=not quiet))
     out.print(_metrics_table("held-out fold 0 of the synthetic data", {result.runs[0].name: metrics}, metrics["intervals"]))
     run = result.runs[0]
     out.print(f"model:   [bold]{run / 'model.safetensors'}[/] (+ config.json, herlev.json)")
@@ -211,15 +211,13 @@ def train(
 def evaluate(
     run: Annotated[Optional[Path], typer.Argument(help="Run folder (holds herlev.json). Default: the newest finished run "
                                                        "under ./runs (or $HERLEV_RUNS).")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="Data folder: the training data moved here, or another folder to evaluate whole.")] = None,
-    split: Annotated[Optional[str], typer.Option(help="valid (the run's held-out fold, under --data if the data moved) | all (every image of --data). Default: all when --data is given, else valid.")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write metrics and plots.",
-                                                    parser=as_text, metavar="<path>")] = None,
-    bs: Bs = 64,
-    device: Device = "auto",
-    skip_bad: SkipBad = False,
-    bootstrap: Annotated[int, typer.Option(help="Resamples of the cells for 95% bootstrap intervals (seeded); "
-                                                "0 for none.")] = 1000,
+    data: Annotated[Optional[Path], option(EvalSettings, "data")] = None,
+    split: Annotated[Optional[str], option(EvalSettings, "split")] = None,
+    out_dir: Annotated[Optional[Path], option(EvalSettings, "out", "--out", parser=as_text, metavar="<path>")] = None,
+    bs: Annotated[int, option(EvalSettings, "bs")] = EVAL["bs"],
+    device: Annotated[str, option(EvalSettings, "device")] = EVAL["device"],
+    skip_bad: SkipBad = EVAL["skip_bad"],
+    bootstrap: Annotated[int, option(EvalSettings, "n_boot")] = EVAL["n_boot"],
     threshold: Threshold = None,
     as_json: Annotated[bool, flag("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
@@ -228,10 +226,11 @@ def evaluate(
     The folder of a cross-validated run (fold0/ .. foldK/) evaluates the ensemble of its fold
     models beside each fold model, on new cells (--data).
     """
-    run = run_dir(run)
     out_dir = out_dir if out_dir is None else out_folder(out_dir)
-    metrics = herlev_fa.evaluate(run, data=data, split=split, out=out_dir, bs=bs, device=device, skip_bad=skip_bad,
-                                 progress=not as_json, n_boot=bootstrap, threshold=threshold)
+    settings = EvalSettings(data=data, split=split, out=out_dir, bs=bs, device=device, skip_bad=skip_bad,
+                            progress=not as_json, n_boot=bootstrap, threshold=threshold)  # checked before any work
+    run = run_dir(run)
+    metrics = herlev_fa.evaluate(run, settings)
     if as_json:
         typer.echo(json.dumps(finite_or_none(metrics)))
         return

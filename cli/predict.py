@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from herlev_cli.app import (Bs, Device, RunOption, SkipBad, Threshold, app, flag, model_line, out, run_dir,
+from herlev_cli.app import (PREDICT, RunOption, SkipBad, Threshold, app, flag, model_line, option, out, run_dir,
                             user_errors)
+from herlev_fa.config import PredictSettings, help_of
 from herlev_fa.atomic import atomic_path, records_json
 from herlev_fa.errors import HerlevError
 
@@ -40,13 +41,12 @@ def predict(
     images: Annotated[list[Path], typer.Argument(metavar="IMAGE|DIR", help="Image files, or folders searched recursively (masks skipped).")],
     run: RunOption = None,
     out_file: Annotated[Path, typer.Option("--out", help="CSV to write (replaced if it exists).")] = Path("preds.csv"),
-    tta: Annotated[bool, flag("--tta", help="Average over the 8 flips and quarter turns of each image.")] = False,
-    bs: Bs = 64,
-    device: Device = "auto",
-    skip_bad: SkipBad = False,
+    tta: Annotated[bool, flag("--tta", help=help_of(PredictSettings, "tta"))] = PREDICT["tta"],
+    bs: Annotated[int, option(PredictSettings, "bs")] = PREDICT["bs"],
+    device: Annotated[str, option(PredictSettings, "device")] = PREDICT["device"],
+    skip_bad: SkipBad = PREDICT["skip_bad"],
     threshold: Threshold = None,
-    calibrated: Annotated[bool, flag("--calibrated", help="Scale the probabilities by the temperature herlev "
-                                                          "calibrate fitted on the run's held-out fold.")] = False,
+    calibrated: Annotated[bool, flag("--calibrated", help=help_of(PredictSettings, "calibrated"))] = PREDICT["calibrated"],
     as_json: Annotated[bool, flag("--json", help="Print the predictions as JSON records on stdout.")] = False,
 ) -> None:
     """Predict the class, class probabilities and severity score of images; writes a CSV, one row per image."""
@@ -55,9 +55,10 @@ def predict(
     from herlev_fa.prediction import predict as predict_images
     from herlev_fa.data.items import FILE_NAME_ERRORS
 
+    settings = PredictSettings(tta=tta, bs=bs, device=device, skip_bad=skip_bad, threshold=threshold,
+                               calibrated=calibrated, progress=not as_json)
     run = run_dir(run)
-    preds = predict_images(run, images, tta=tta, bs=bs, device=device, skip_bad=skip_bad, progress=not as_json,
-                           threshold=threshold, calibrated=calibrated)
+    preds = predict_images(run, images, settings)
     with atomic_path(out_file) as tmp:
         preds.to_csv(tmp, index=False, errors=FILE_NAME_ERRORS)
     if as_json:

@@ -28,7 +28,8 @@ warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", c
 
 import pandas as pd  # noqa: E402
 
-from herlev_fa import DataConfig, HerlevError, ModelConfig, TrainConfig, train, write_synthetic  # noqa: E402
+from herlev_fa import (DataConfig, HerlevError, ModelConfig, PredictSettings, TrainConfig, train,  # noqa: E402
+                       write_synthetic)
 from herlev_fa.prediction import predict  # noqa: E402
 
 
@@ -46,7 +47,7 @@ def accuracy_on(run: Path, held_out_of: Path, data: Path, device: str = "auto") 
     """Accuracy of `run` on the images that run `held_out_of` held out (its fold 0) of `data`."""
     folds = pd.read_csv(held_out_of / "folds.csv")
     held = folds[folds["fold"] == 0]
-    preds = predict(run, [data / rel for rel in held["rel"]], device=device, progress=False)
+    preds = predict(run, [data / rel for rel in held["rel"]], PredictSettings(device=device, progress=False))
     return float((preds["pred"].to_numpy() == held["label"].to_numpy()).mean())
 
 

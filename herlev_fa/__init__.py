@@ -2,10 +2,10 @@
 
 The public API, one name per thing the CLI does:
 
-    from herlev_fa import DataConfig, ModelConfig, TrainConfig, train, evaluate, load_run
-    result = train(TrainConfig(DataConfig("herlev/"), ModelConfig("resnet101", head="cls_reg")))
-    metrics = evaluate(result.runs[0])
-    predictions = predict(result.runs[0], ["cells/"])
+    from herlev_fa import DataConfig, ModelConfig, PredictSettings, TrainConfig, train, evaluate, predict
+    result = train(TrainConfig(DataConfig("herlev/"), ModelConfig("resnet101d", head="cls")))
+    metrics = evaluate(result.runs[0])  # on its held-out fold; EvalSettings(data=...) for other cells
+    predictions = predict(result.runs[0], ["cells/"], PredictSettings(tta=True))
     maps = explain(result.runs[0], ["cell.bmp"])  # Integrated Gradients
 
 Importing the package does nothing to the process (no environment, warning-filter or backend
@@ -24,7 +24,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS = {
     "DataConfig": "config", "ModelConfig": "config", "TrainConfig": "config", "IGSettings": "config",
-    "HerlevError": "errors",
+    "EvalSettings": "config", "PredictSettings": "config",
+    "HerlevError": "errors", "SettingError": "errors",
     "Task": "labels", "get_task": "labels", "load_class_map": "labels",
     "load_dataset": "data.items", "write_synthetic": "data.synth", "preprocess": "data.images",
     "build_model": "model.network", "build_learner": "training.learner",
@@ -55,11 +56,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from herlev_fa.config import DataConfig, IGSettings, ModelConfig, TrainConfig
+    from herlev_fa.config import DataConfig, EvalSettings, IGSettings, ModelConfig, PredictSettings, TrainConfig
     from herlev_fa.data.images import preprocess
     from herlev_fa.data.items import scan as load_dataset
     from herlev_fa.data.synth import write_synthetic
-    from herlev_fa.errors import HerlevError
+    from herlev_fa.errors import HerlevError, SettingError
     from herlev_fa.evaluation import evaluate
     from herlev_fa.explanation.attribution import explain
     from herlev_fa.explanation.masks import read_mask

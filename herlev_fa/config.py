@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from herlev_fa.atomic import check_output_folder
-from herlev_fa.errors import HerlevError
+from herlev_fa.errors import HerlevError, SettingError
 from herlev_fa.labels import TASK_NAMES
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -29,9 +29,10 @@ SEED_MAX = 2**32 - 1  # NumPy's seeds are 32-bit
 LR_MAX = 10.0  # above this a run diverges at once; no schedule in this tool needs more
 
 
-def _check(ok: bool, message: str) -> None:
+def _check(ok: bool, message: str, value: Any = None, options: dict[str, str] | None = None) -> None:
+    """Raise a `SettingError` unless `ok`: `message` names settings in braces, the value at `{value}`."""
     if not ok:
-        raise HerlevError(message)
+        raise SettingError(message, value, options)
 
 
 def _opt(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
@@ -47,11 +48,6 @@ def help_of(cls: type, name: str) -> str:
 def defaults(cls: type) -> dict[str, Any]:
     """Field name -> default value of a config dataclass (fields without a plain default left out)."""
     return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
-
-
-def check_batch_size(bs: int) -> None:
-    """Raises HerlevError when `bs` cannot be a batch size (for commands without a DataConfig)."""
-    _check(bs >= 1, f"--bs {bs} is out of range: use 1 or more images per batch")
 
 
 def check_name(name: str, option: str) -> None:
@@ -89,14 +85,14 @@ class DataConfig:
         if self.classes is not None:
             object.__setattr__(self, "classes", Path(self.classes))
         _check(self.classes is not None or self.task in TASK_NAMES,
-               f"unknown task '{self.task}': choose one of {', '.join(TASK_NAMES)}, or pass --classes FILE")
-        _check(16 <= self.size <= 2048, f"--size {self.size} is out of range: use 16..2048 pixels (the paper used 224)")
-        _check(2 <= self.folds <= 20, f"--folds {self.folds} is out of range: use 2..20")
-        _check(0 <= self.seed <= SEED_MAX, f"--seed {self.seed} is out of range: use 0..{SEED_MAX}")
-        _check(self.bs >= 2, f"--bs {self.bs} is out of range: a batch needs at least 2 images (batch norm)")
-        _check(self.augment in AUGMENTS, f"unknown --augment '{self.augment}': choose one of {', '.join(AUGMENTS)}")
-        _check(self.policy in POLICY_NAMES, f"unknown --policy '{self.policy}': choose one of {', '.join(POLICY_NAMES)}")
-        _check(self.workers is None or self.workers >= 0, f"--workers {self.workers} must be >= 0")
+               f"unknown task '{self.task}': choose one of {', '.join(TASK_NAMES)}, or pass {{classes}} FILE")
+        _check(16 <= self.size <= 2048, "{size} {value} is out of range: use 16..2048 pixels (the paper used 224)", self.size)
+        _check(2 <= self.folds <= 20, "{folds} {value} is out of range: use 2..20", self.folds)
+        _check(0 <= self.seed <= SEED_MAX, f"{{seed}} {{value}} is out of range: use 0..{SEED_MAX}", self.seed)
+        _check(self.bs >= 2, "{bs} {value} is out of range: a batch needs at least 2 images (batch norm)", self.bs)
+        _check(self.augment in AUGMENTS, f"unknown {{augment}} {{value}}: choose one of {', '.join(AUGMENTS)}", self.augment)
+        _check(self.policy in POLICY_NAMES, f"unknown {{policy}} {{value}}: choose one of {', '.join(POLICY_NAMES)}", self.policy)
+        _check(self.workers is None or self.workers >= 0, "{workers} {value} must be >= 0", self.workers)
 
 
 @dataclass(frozen=True)
@@ -117,7 +113,7 @@ class ModelConfig:
         name = self.head.name if isinstance(self.head, Head) else self.head  # a Head is stored by its name
         object.__setattr__(self, "head", get_head(name).name)  # checked: a name of the registry
         _check(math.isfinite(self.mse_weight) and self.mse_weight >= 0,
-               f"--mse-weight {self.mse_weight} is out of range: use a finite number >= 0")
+               "{mse_weight} {value} is out of range: use a finite number >= 0", self.mse_weight)
 
 
 @dataclass(frozen=True)
@@ -163,38 +159,38 @@ class TrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
         check_output_folder(self.out, "--out")  # before any work, not after an epoch or lr_find
-        _check(1 <= self.epochs <= 10_000, f"--epochs {self.epochs} is out of range: use 1..10000")
+        _check(1 <= self.epochs <= 10_000, "{epochs} {value} is out of range: use 1..10000", self.epochs)
         _check(self.lr is None or (math.isfinite(self.lr) and 0 < self.lr < LR_MAX),
-               f"--lr {self.lr} is out of range: use a number between 0 and {LR_MAX:g} (exclusive), or 'auto'")
-        _check(math.isfinite(self.wd) and self.wd >= 0, f"--wd {self.wd} is out of range: use a finite number >= 0")
+               f"{{lr}} {{value}} is out of range: use a number between 0 and {LR_MAX:g} (exclusive), or 'auto'", self.lr)
+        _check(math.isfinite(self.wd) and self.wd >= 0, "{wd} {value} is out of range: use a finite number >= 0", self.wd)
         _check(self.fold is None or 0 <= self.fold < self.data.folds,
-               f"--fold {self.fold} is out of range: use 0..{self.data.folds - 1} or 'all'")
+               f"{{fold}} {{value}} is out of range: use 0..{self.data.folds - 1} or 'all'", self.fold)
         _check(self.device in DEVICES, f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
-        _check(0 <= self.mse_warmup <= 1, f"--mse-warmup {self.mse_warmup} is out of range: use a fraction 0..1")
+        _check(0 <= self.mse_warmup <= 1, "{mse_warmup} {value} is out of range: use a fraction 0..1", self.mse_warmup)
         _check(0 <= self.label_smoothing < 1,
-               f"--label-smoothing {self.label_smoothing} is out of range: use a share 0 <= S < 1 (0.1 is common)")
-        _check(0 <= self.ema < 1, f"--ema {self.ema} is out of range: use a decay 0 <= D < 1 (0: off; e.g. 0.995)")
-        _check(self.ema == 0 or self.keep == "last", "--ema averages the weights of the last epochs and keeps the "
-                                                     "average: use it with --keep last")
-        for name, alpha in (("--mixup", self.mixup), ("--cutmix", self.cutmix)):
+               "{label_smoothing} {value} is out of range: use a share 0 <= S < 1 (0.1 is common)", self.label_smoothing)
+        _check(0 <= self.ema < 1, "{ema} {value} is out of range: use a decay 0 <= D < 1 (0: off; e.g. 0.995)", self.ema)
+        _check(self.ema == 0 or self.keep == "last", "{ema} averages the weights of the last epochs and keeps the "
+                                                     "average: use it with {keep} last")
+        for name, alpha in (("mixup", self.mixup), ("cutmix", self.cutmix)):
             _check(math.isfinite(alpha) and 0 <= alpha <= 100,
-                   f"{name} {alpha} is out of range: use a Beta parameter 0 <= A <= 100 (0: off)")
-        _check(not (self.mixup and self.cutmix), "--mixup and --cutmix are two ways of mixing images: choose one")
+                   f"{{{name}}} {{value}} is out of range: use a Beta parameter 0 <= A <= 100 (0: off)", alpha)
+        _check(not (self.mixup and self.cutmix), "{mixup} and {cutmix} are two ways of mixing images: choose one")
         if self.label_smoothing:
             from herlev_fa.model.heads import HEADS  # imports torch: configs stay light without the option
 
             smoothable = ", ".join(name for name, head in HEADS.items() if head.smoothable)
-            _check(HEADS[self.model.head].smoothable, f"--label-smoothing applies to heads trained with cross-entropy "
+            _check(HEADS[self.model.head].smoothable, f"{{label_smoothing}} applies to heads trained with cross-entropy "
                                                       f"on the class ({smoothable}), not to {self.model.head}")
         _check(math.isfinite(self.checkpoint_every) and self.checkpoint_every >= 0,
-               f"--checkpoint-every {self.checkpoint_every} is out of range: use a number of seconds >= 0")
-        _check(self.keep in KEEP, f"unknown --keep '{self.keep}': choose one of {', '.join(KEEP)}")
-        _check(0 < self.val_split < 1, f"--val-split {self.val_split} is out of range: use a share between 0 and 1 "
-                                       "(0.15: 15% of the training folds)")
+               "{checkpoint_every} {value} is out of range: use a number of seconds >= 0", self.checkpoint_every)
+        _check(self.keep in KEEP, f"unknown {{keep}} {{value}}: choose one of {', '.join(KEEP)}", self.keep)
+        _check(0 < self.val_split < 1, "{val_split} {value} is out of range: use a share between 0 and 1 "
+                                       "(0.15: 15% of the training folds)", self.val_split)
         _check(self.precision in PRECISIONS, f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
         if self.name is not None:
             check_name(self.name, "--name")
-        _check(self.log in (None, *LOGGERS), f"unknown --log '{self.log}': choose {', '.join(LOGGERS)}")
+        _check(self.log in (None, *LOGGERS), f"unknown {{log}} {{value}}: choose {', '.join(LOGGERS)}", self.log)
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form (paths as strings) for the run's herlev.json."""
@@ -285,17 +281,17 @@ class IGSettings:
     def __post_init__(self) -> None:
         _check(self.method in ATTRIBUTION_METHODS,
                f"unknown method '{self.method}': choose one of {', '.join(ATTRIBUTION_METHODS)}")
-        _check(self.steps >= 1, f"--steps {self.steps} must be at least 1 (50 is captum's default)")
+        _check(self.steps >= 1, "{steps} {value} must be at least 1 (50 is captum's default)", self.steps)
         _check(self.rule in IG_RULES, f"unknown rule '{self.rule}': choose one of {', '.join(IG_RULES)}")
         _check(self.baseline in IG_BASELINES,
                f"unknown baseline '{self.baseline}': choose one of {', '.join(IG_BASELINES)}")
-        _check(self.samples >= 1, f"--samples {self.samples} must be at least 1")
-        _check(math.isfinite(self.noise) and self.noise >= 0, f"--noise {self.noise} must be a finite number >= 0")
-        _check(self.window is None or self.window >= 1, f"--window {self.window} must be at least 1 pixel")
+        _check(self.samples >= 1, "{samples} {value} must be at least 1", self.samples)
+        _check(math.isfinite(self.noise) and self.noise >= 0, "{noise} {value} must be a finite number >= 0", self.noise)
+        _check(self.window is None or self.window >= 1, "{window} {value} must be at least 1 pixel", self.window)
         _check(self.precision in PRECISIONS,
                f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
-        _check(self.tol > 0, f"--tol {self.tol} must be > 0 (a fraction of f(x) - f(baseline), e.g. 0.05)")
-        _check(self.bs >= 1, f"--bs {self.bs} must be at least 1")
+        _check(self.tol > 0, "{tol} {value} must be > 0 (a fraction of f(x) - f(baseline), e.g. 0.05)", self.tol)
+        _check(self.bs >= 1, "{bs} {value} must be at least 1", self.bs)
         _check(self.internal_batch_size is None or self.internal_batch_size >= 1,
                f"internal_batch_size {self.internal_batch_size} must be at least 1 (or None: automatic)")
         _check(self.device in DEVICES or self.device.startswith("cuda:"),
@@ -317,6 +313,54 @@ class IGSettings:
                   "occlusion": f"Occlusion (window {self.window or 'size/8'}, baseline {self.baseline}), "}[self.method]
         tail = f", {ig}" if self.method in ("ig", "smoothgrad") else ""
         return f"{method}target {self.target}{tail}{extra}"
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a trained run is applied to images (`evaluate`, `predict`); each field's default and help text live here."""
+
+    bs: int = _opt(64, help="Images per forward pass.")
+    device: str = _opt("auto", help=f"{' | '.join(DEVICES)}.")
+    skip_bad: bool = _opt(False, help="Skip unreadable images with a warning instead of stopping.")
+    threshold: float | str | None = _opt(None, help=(
+        "Screening threshold: a cell is called abnormal when P(abnormal) (the severity score for reg) reaches it. "
+        "A number, or spec95 / sens95: the operating point the run reached on its held-out fold. Default: 0.5."))
+    progress: bool = _opt(True, help="A progress bar on long work.")
+
+    def __post_init__(self) -> None:
+        _check(self.bs >= 1, "{bs} {value} is out of range: use 1 or more images per batch", self.bs)
+        _check(self.device in DEVICES or self.device.startswith("cuda:"),
+               f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
+
+
+@dataclass(frozen=True)
+class EvalSettings(InferenceSettings):
+    """What `evaluate` scores and where it writes (with `InferenceSettings`' batching and threshold)."""
+
+    data: Path | None = _opt(None, help="Data folder: the training data moved here, or another folder to evaluate "
+                                        "whole.")
+    split: str | None = _opt(None, help="valid (the run's held-out fold, under --data if the data moved) | all (every "
+                                        "image of --data). Default: all when --data is given, else valid.")
+    out: Path | None = _opt(None, help="Where to write metrics and plots. Default: the run folder for its held-out "
+                                       "fold, else RUN/eval-<data folder>.")
+    n_boot: int = _opt(1000, help="Resamples of the cells for 95% bootstrap intervals (seeded); 0 for none.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("data", "out"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        _check(self.n_boot >= 0, "{n_boot} {value} is out of range: use 0 (no intervals) or more resamples",
+               self.n_boot, {"n_boot": "--bootstrap"})
+
+
+@dataclass(frozen=True)
+class PredictSettings(InferenceSettings):
+    """How `predict` treats each image (with `InferenceSettings`' batching and threshold)."""
+
+    tta: bool = _opt(False, help="Average over the 8 flips and quarter turns of each image.")
+    calibrated: bool = _opt(False, help="Scale the probabilities by the temperature herlev calibrate fitted on the "
+                                        "run's held-out fold.")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,9 +13,9 @@ import pandas as pd
 import torch
 
 from herlev_fa.atomic import write_json
-from herlev_fa.config import check_batch_size, resolve_device
+from herlev_fa.config import EvalSettings, resolve_device
 from herlev_fa.data.items import mask_for, scan, trained_on
-from herlev_fa.errors import HerlevError
+from herlev_fa.errors import HerlevError, SettingError
 from herlev_fa.labels import Task
 from herlev_fa.model.heads import Head
 from herlev_fa.figures import confusion_matrix_png, reliability_png, roc_png, score_distribution_png
@@ -113,7 +113,7 @@ def evaluation_items(run: Run, data: str | Path | None = None, split: str | None
         HerlevError: unknown split, `all` without `data`, missing images.
     """
     if split not in (None, "valid", "all"):
-        raise HerlevError(f"unknown --split '{split}': choose valid (the run's held-out fold) or all")
+        raise SettingError("unknown {split} {value}: choose valid (the run's held-out fold) or all", split)
     if split is None:
         same_root = data is None or Path(data).expanduser().resolve() == Path(run.record.data_root)
         split = "valid" if same_root else "all"
@@ -123,45 +123,38 @@ def evaluation_items(run: Run, data: str | Path | None = None, split: str | None
     return held_out_items(run, data), f"held-out fold {run.fold}"
 
 
-def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | None = None,
-             out: str | Path | None = None, bs: int = 64, device: str = "auto", skip_bad: bool = False,
-             progress: bool = True, n_boot: int = 1000, threshold: float | str | None = None) -> dict:
-    """Evaluate a run on its held-out fold, or on every image of another folder.
+def evaluate(run: str | Path | Run, settings: EvalSettings | None = None) -> dict:
+    """Evaluate a run on its held-out fold, or on every image of another folder (`EvalSettings`).
 
-    See `evaluation_items` for `data` and `split`. Writes `metrics.json` and the figures of
-    `write_evaluation` into `out` (default: the run folder for the held-out fold,
-    `RUN/eval-<folder name>` for every image of another folder).
+    See `evaluation_items` for `settings.data` and `settings.split`. Writes `metrics.json` and the
+    figures of `write_evaluation` into `settings.out` (default: the run folder for the held-out
+    fold, `RUN/eval-<folder name>` for every image of another folder). Every scalar metric gets a
+    95% bootstrap interval over `settings.n_boot` resamples of the cells (`intervals`: metric ->
+    [low, high]; none for 0); sensitivity, specificity and screening_accuracy score the screening
+    call at `settings.threshold` (a number, None for 0.5, or an operating point the run recorded
+    on its held-out fold: `spec95`, `sens95`, meaningful on new cells).
 
     The folder of a cross-validated run evaluates the ensemble of its fold models (on new
     cells only); `members` then holds each fold model's scalar metrics on the same cells.
 
-    Args:
-        n_boot: bootstrap resamples of the cells for the 95% interval of every scalar metric
-            (`intervals`: metric -> [low, high]); 0 for none.
-        threshold: of the screening call that sensitivity, specificity and screening_accuracy
-            score: a number, None (0.5), or an operating point the run recorded on its held-out
-            fold (`spec95`, `sens95`; meaningful on new cells, `--data`).
-
     Raises:
-        HerlevError: bad run folder, missing data, unreadable images, negative `n_boot`, bad threshold.
+        HerlevError: bad run folder, missing data, unreadable images, bad threshold.
     """
-    check_batch_size(bs)
-    if n_boot < 0:
-        raise HerlevError(f"--bootstrap {n_boot} is out of range: use 0 (no intervals) or more resamples")
-    run = load_run(run_dir)
-    cut = run.screening_threshold(threshold)
-    device = resolve_device(device)
-    items, source = evaluation_items(run, data, split)
-    if out is not None:
-        out_dir = Path(out)
+    settings = settings or EvalSettings()
+    run = load_run(run)
+    cut = run.screening_threshold(settings.threshold)
+    device = resolve_device(settings.device)
+    items, source = evaluation_items(run, settings.data, settings.split)
+    if settings.out is not None:
+        out_dir = settings.out
     elif source.startswith("held-out"):
         out_dir = run.path
     else:
-        out_dir = run.path / f"eval-{Path(data).resolve().name}"
+        out_dir = run.path / f"eval-{settings.data.resolve().name}"
     members = run.members or (run,)
     with torch.no_grad():  # each member on its own (BatchNorm-folded) copy, averaged as FoldEnsemble does
-        outs = [predict_items(member, items, bs=bs, device=device, skip_bad=skip_bad, progress=progress)
-                for member in members]
+        outs = [predict_items(member, items, bs=settings.bs, device=device, skip_bad=settings.skip_bad,
+                              progress=settings.progress) for member in members]
     y = outs[0][1]
     stacked = torch.stack([torch.from_numpy(o) for o, _, _ in outs])  # [M, N, C]
     outputs = (stacked[0] if len(outs) == 1 else run.head.average_views(stacked, run.task.severities)).numpy()
@@ -169,11 +162,11 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | N
     if run.members:
         extra["members"] = {m.path.name: severity_metrics(o, y, run.head, run.task.severities, full=False, threshold=cut)
                             for m, (o, _, _) in zip(members, outs)}
-    if n_boot:
-        intervals = bootstrap_intervals(outputs, y, run.head, run.task.severities, n_boot=n_boot, seed=0,
+    if settings.n_boot:
+        intervals = bootstrap_intervals(outputs, y, run.head, run.task.severities, n_boot=settings.n_boot, seed=0,
                                         threshold=cut)
         extra["intervals"] = {name: list(bounds) for name, bounds in intervals.items()}
-        extra["bootstrap"] = {"resamples": n_boot, "level": 0.95, "seed": 0, "unit": "cell"}
+        extra["bootstrap"] = {"resamples": settings.n_boot, "level": 0.95, "seed": 0, "unit": "cell"}
     metrics = write_evaluation(out_dir, outputs, y, run.task, run.head, extra=extra, threshold=cut)
     metrics["out_dir"] = str(out_dir)
     return metrics

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from herlev_fa.config import resolve_device
+from herlev_fa.config import PredictSettings, resolve_device
 from herlev_fa.data.images import decode_all, normalise
 from herlev_fa.data.items import is_image_file, is_mask_file
 from herlev_fa.errors import HerlevError, missing
@@ -171,21 +171,20 @@ def prediction_table(out: np.ndarray, paths: Sequence[str], run: Run, threshold:
     return frame
 
 
-def predict(run: str | Path | Run, inputs: str | Path | Sequence[str | Path], tta: bool = False, bs: int = 64,
-            device: str = "auto", skip_bad: bool = False, progress: bool = True,
-            threshold: float | str | None = None, calibrated: bool = False) -> pd.DataFrame:
-    """Predict image files, or every image in folders, with a trained run.
+def predict(run: str | Path | Run, inputs: str | Path | Sequence[str | Path],
+            settings: PredictSettings | None = None) -> pd.DataFrame:
+    """Predict image files, or every image in folders, with a trained run (`PredictSettings`).
 
     Args:
-        run: a run folder (holds herlev.json) or a loaded `Run`.
+        run: a run folder (holds herlev.json), a cross-validated run's folder, or a loaded `Run`.
         inputs: image files (.bmp/.jpg/.png/.tif, any size and mode) and folders (searched
             recursively; masks `-d.bmp`/`-d.png` skipped); one path or a sequence of them.
-        tta: average over the 8 dihedral views (see the module docstring).
-        skip_bad: warn about and skip unreadable images instead of stopping.
-        threshold: of the screening call: a number, None (0.5), or an operating point the run
-            recorded on its held-out fold (`spec95`, `sens95`; see `Run.screening_threshold`).
-        calibrated: scale the probabilities by the temperature `herlev calibrate` fitted
-            (``herlev_fa.calibration``); the predicted class does not change.
+        settings: `tta` averages over the 8 dihedral views (see the module docstring);
+            `skip_bad` warns about and skips unreadable images instead of stopping; `threshold`
+            is the screening call's: a number, None (0.5), or an operating point the run
+            recorded on its held-out fold (`spec95`, `sens95`; see `Run.screening_threshold`);
+            `calibrated` scales the probabilities by the temperature `herlev calibrate` fitted
+            (``herlev_fa.calibration``; the predicted class does not change).
 
     Returns:
         One row per image, in input order: `path`, `pred` (class), `p_<class>` for every class
@@ -195,23 +194,22 @@ def predict(run: str | Path | Run, inputs: str | Path | Sequence[str | Path], tt
         severity > 0: the poster's binary call). `attrs["threshold"]`: the threshold used.
 
     Raises:
-        HerlevError: bad run folder, missing input, folder without images, unreadable image,
-            bad `bs` or device.
+        HerlevError: bad run folder, missing input, folder without images, unreadable image, no GPU.
     """
-    if bs < 1:
-        raise HerlevError(f"--bs {bs} is out of range: use 1 or more")
+    settings = settings or PredictSettings()
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     run = load_run(run)
-    cut = run.screening_threshold(threshold)
+    cut = run.screening_threshold(settings.threshold)
     temperature = 1.0
-    if calibrated:
+    if settings.calibrated:
         from herlev_fa.calibration import run_temperature
 
         temperature = run_temperature(run.path)
-    device = resolve_device(device)
-    paths = [str(p) for p in find_images(inputs, skip_bad=skip_bad)]
-    out, kept = predict_outputs(run, paths, tta=tta, bs=bs, device=device, skip_bad=skip_bad, progress=progress)
+    device = resolve_device(settings.device)
+    paths = [str(p) for p in find_images(inputs, skip_bad=settings.skip_bad)]
+    out, kept = predict_outputs(run, paths, tta=settings.tta, bs=settings.bs, device=device,
+                                skip_bad=settings.skip_bad, progress=settings.progress)
     table = prediction_table(out, kept, run, cut, temperature)
     table.attrs["threshold"] = cut  # the number a named operating point resolved to
     return table

@@ -187,3 +187,19 @@ def test_evaluate_on_a_folder_of_another_task(trained_run, tmp_path):
 
 def test_missing_run_folder():
     assert_one_line_error(runner.invoke(app, ["evaluate", "/nonexistent/run"]), "run folder .* does not exist")
+
+
+def test_a_setting_error_names_the_setting_in_python_and_the_option_on_the_command_line(tmp_path):
+    from herlev_fa.config import DataConfig, EvalSettings, TrainConfig
+    from herlev_fa.errors import SettingError
+
+    with pytest.raises(SettingError) as caught:
+        EvalSettings(n_boot=-1)
+    assert str(caught.value) == "n_boot -1 is out of range: use 0 (no intervals) or more resamples"
+    assert caught.value.cli == "--bootstrap -1 is out of range: use 0 (no intervals) or more resamples"
+    with pytest.raises(SettingError, match=r"^ema averages the weights .*: use it with keep last$"):
+        TrainConfig(DataConfig(tmp_path), ema=0.99, keep="best")
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "no-run"), "--bootstrap", "-1"])  # before the run is read
+    assert_one_line_error(result, r"^error: --bootstrap -1 is out of range: use 0 \(no intervals\)")
+    result = runner.invoke(app, ["predict", str(tmp_path), "--run", str(tmp_path / "no-run"), "--bs", "0"])
+    assert_one_line_error(result, r"^error: --bs 0 is out of range: use 1 or more images per batch$")

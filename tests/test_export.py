@@ -17,7 +17,7 @@ def test_exported_onnx_predicts_like_herlev_predict_on_real_cells(trained_run, s
     import onnx
     import onnxruntime
 
-    from herlev_fa import predict, preprocess
+    from herlev_fa import PredictSettings, predict, preprocess
 
     cells = sorted((shared_herlev / "letterbox200").rglob("*.jpg"))[::61][:12]
     target = tmp_path / "cls_reg.onnx"
@@ -33,7 +33,7 @@ def test_exported_onnx_predicts_like_herlev_predict_on_real_cells(trained_run, s
     logits = raw[:, :5]
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
-    ours = predict(trained_run, cells, device="cpu", progress=False)
+    ours = predict(trained_run, cells, PredictSettings(device="cpu", progress=False))
     np.testing.assert_allclose(probs, ours[[f"p_{c}" for c in classes]].to_numpy(), atol=1e-4)
     np.testing.assert_allclose(raw[:, 5], ours["score"], atol=1e-4)  # cls_reg: the last column is the score
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from herlev_fa.config import ModelConfig
+from herlev_fa.config import EvalSettings, ModelConfig, PredictSettings
 from herlev_fa.errors import HerlevError
 from herlev_fa.metrics import decode, severity_metrics
 from herlev_fa.model.heads import (HEADS, ClsHead, ClsRegHead, CornHead, Head, RegHead, SordHead, get_head, head_names,
@@ -192,13 +192,13 @@ def test_a_head_added_in_a_test_file_trains_predicts_and_explains(ordinal_head, 
     log = (run_dir / "log.csv").read_text().splitlines()[0].split(",")
     assert "train_bce" in log and "valid_bce" in log  # the head's loss parts are logged by name
 
-    preds = predict(run_dir, synth_data / "carcinoma_in_situ", tta=True, device="cpu", progress=False)
+    preds = predict(run_dir, synth_data / "carcinoma_in_situ", PredictSettings(tta=True, device="cpu", progress=False))
     assert list(preds.columns) == ["path", "pred", "score", "abnormal", "pred_abnormal"] and len(preds) == 24
     nearest = np.clip(np.rint(preds["score"]), 0, 4).astype(int)  # severities 0..4: nearest = rounded and clipped
     assert (preds["pred"] == [run.task.classes[i] for i in nearest]).all()
     assert ((preds["score"] > 0) & (preds["score"] < 4)).all()  # a sum of 4 sigmoids, each step 1
 
-    metrics = evaluate(run_dir, device="cpu", progress=False)
+    metrics = evaluate(run_dir, EvalSettings(device="cpu", progress=False))
     assert 0 <= metrics["accuracy"] <= 1 and math.isfinite(metrics["mse"]) and metrics["n"] == 84
 
     cell = next((synth_data / "carcinoma_in_situ").glob("*.BMP"))

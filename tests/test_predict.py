@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 import herlev_cli.predict  # noqa: F401  (registers the command on the app)
 from helpers import write_image
 from herlev_cli.main import app
+from herlev_fa.config import EvalSettings, PredictSettings
 from herlev_fa.evaluation import evaluate
 from herlev_fa.model.heads import SeverityModel, get_head
 from herlev_fa.prediction import dihedral, dihedral_tta, find_images, predict
@@ -151,7 +152,7 @@ def test_predictions_agree_with_evaluate_on_the_held_out_fold(folder_preds, trai
     preds["rel"] = [Path(p).relative_to(synth_data).as_posix() for p in preds["path"]]
     merged = held.merge(preds, on="rel", validate="one_to_one")
     assert len(merged) == len(held) == 42
-    metrics = evaluate(trained_run, out=tmp_path, device="cpu", progress=False)
+    metrics = evaluate(trained_run, EvalSettings(out=tmp_path, device="cpu", progress=False))
     assert (merged["pred"] == merged["label"]).mean() == pytest.approx(metrics["accuracy"])
     y = merged["label"].map(CLASSES.index)
     pred = merged["pred"].map(CLASSES.index)
@@ -185,7 +186,7 @@ def test_image_modes_sizes_and_formats(trained_run, tmp_path):
     paths = [write_image(tmp_path / name, h=37, w=91, mode=mode, value=60) for name, mode in names.items()]
     paths.append(write_image(tmp_path / "big.jpg", h=700, w=500, mode="RGB"))
     paths.append(write_image(tmp_path / "tiny.tiff", h=3, w=2, mode="RGB"))
-    preds = predict(run, paths, device="cpu", progress=False)
+    preds = predict(run, paths, PredictSettings(device="cpu", progress=False))
     assert list(preds["path"]) == list(map(str, paths))
     probs = preds.filter(regex="^p_").to_numpy()
     assert np.isfinite(probs).all() and np.allclose(probs.sum(1), 1, atol=1e-5)
@@ -197,11 +198,11 @@ def test_chunks_batches_and_skipped_files_keep_the_order(trained_run, tmp_path, 
     from herlev_fa.prediction import predict_outputs
 
     paths = [write_image(tmp_path / f"{i}.png", h=30 + i, w=40, value=12 * i) for i in range(7)]
-    whole = predict(trained_run, paths, device="cpu", progress=False)
+    whole = predict(trained_run, paths, PredictSettings(device="cpu", progress=False))
     (tmp_path / "3.png").write_bytes(b"broken")
     monkeypatch.setitem(predict_outputs.__globals__, "CHUNK", 3)  # decode 3 images at a time
     with pytest.warns(UserWarning, match="3.png"):
-        parts = predict(trained_run, paths, bs=2, device="cpu", skip_bad=True, progress=False)
+        parts = predict(trained_run, paths, PredictSettings(bs=2, device="cpu", skip_bad=True, progress=False))
     assert list(parts["path"]) == [str(p) for i, p in enumerate(paths) if i != 3]
     expected = whole.drop(index=3).reset_index(drop=True)
     assert np.allclose(parts.filter(regex="^p_"), expected.filter(regex="^p_"), atol=1e-6)
@@ -213,7 +214,7 @@ def test_a_reg_run_has_no_probability_columns(synth_data, tmp_path):
     cfg = TrainConfig(DataConfig(synth_data, size=32, bs=32, folds=2), ModelConfig("test_resnet", head="reg", pretrained=False),
                       epochs=1, device="cpu", out=tmp_path, name="reg", quiet=True)
     run_dir = train(cfg).runs[0]
-    preds = predict(run_dir, synth_data / "light_dysplastic", tta=True, device="cpu", progress=False)  # one path
+    preds = predict(run_dir, synth_data / "light_dysplastic", PredictSettings(tta=True, device="cpu", progress=False))  # one path
     assert list(preds.columns) == ["path", "pred", "score", "abnormal", "pred_abnormal"]
     assert len(preds) == 24
     assert (preds["abnormal"] == (preds["score"] >= 0.5)).all()  # reg: the screening call reads the score
@@ -305,7 +306,7 @@ def test_threshold_option_moves_the_screening_call_and_reads_the_runs_operating_
     at = np.isclose(preds["abnormal_prob"], sens95, rtol=0, atol=1e-6)  # the cell that set sens95: the CSV rounds it
     assert ((preds["abnormal"] == (preds["abnormal_prob"] >= sens95)) | at).all()
     assert f"called abnormal (P(abnormal) ≥ {sens95:.3g} (sens95))" in result.output
-    never = predict(trained_run, synth_data / "light_dysplastic", device="cpu", progress=False, threshold=1.01)
+    never = predict(trained_run, synth_data / "light_dysplastic", PredictSettings(device="cpu", progress=False, threshold=1.01))
     assert not never["abnormal"].any() and (never["pred_abnormal"] == (never["pred"] != "normal")).all()
     bad = runner.invoke(app, ["predict", str(synth_data), "--run", str(trained_run), "--out", str(out),
                               "--threshold", "high"])
@@ -313,8 +314,8 @@ def test_threshold_option_moves_the_screening_call_and_reads_the_runs_operating_
 
 
 def test_evaluate_threshold_scores_the_screening_call_and_keeps_the_posters_binary_accuracy(trained_run, tmp_path):
-    base = evaluate(trained_run, out=tmp_path / "a", device="cpu", progress=False, n_boot=0)
-    never = evaluate(trained_run, out=tmp_path / "b", device="cpu", progress=False, n_boot=0, threshold=1.01)
+    base = evaluate(trained_run, EvalSettings(out=tmp_path / "a", device="cpu", progress=False, n_boot=0))
+    never = evaluate(trained_run, EvalSettings(out=tmp_path / "b", device="cpu", progress=False, n_boot=0, threshold=1.01))
     assert never["sensitivity"] == 0.0 and never["specificity"] == 1.0 and never["threshold"] == 1.01
     assert never["binary_accuracy"] == base["binary_accuracy"]  # the predicted class does not move
     normal_share = 1 - np.mean(np.array(base["confusion_matrix"]).sum(1)[1:].sum() / base["n"])
@@ -331,7 +332,7 @@ def test_plain_timm_with_preprocess_equals_predict_on_real_cells(trained_run, sh
     model = timm.create_model(f"local-dir:{trained_run}", pretrained=True).eval()  # the five lines of predict.md
     with torch.no_grad():
         probs = model(preprocess(cells, model.pretrained_cfg)).softmax(1).numpy()  # [20, 5]
-    ours = predict(trained_run, cells, device="cpu", progress=False)
+    ours = predict(trained_run, cells, PredictSettings(device="cpu", progress=False))
     np.testing.assert_allclose(probs, ours[[f"p_{c}" for c in CLASSES]].to_numpy(), atol=2e-5)
     assert list(probs.argmax(1)) == [CLASSES.index(c) for c in ours["pred"]]
     # the run folder and its config.json give the same input; an array is taken as it is

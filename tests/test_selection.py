@@ -48,7 +48,7 @@ def test_selection_names_the_rule_of_new_and_old_runs():
 
 
 def test_val_split_out_of_range_is_one_clear_error(tmp_path):
-    with pytest.raises(HerlevError, match=r"--val-split 1.0 is out of range"):
+    with pytest.raises(HerlevError, match=r"^val_split 1.0 is out of range"):
         TrainConfig(DataConfig(tmp_path), keep="best", val_split=1.0, out=tmp_path / "runs")
 
 
