@@ -117,7 +117,7 @@ matplotlib.use("svg")  # a notebook's or script's own choice, made before import
 import numpy as np
 import herlev_fa
 from herlev_fa import figures
-herlev_fa.evaluate(sys.argv[1], herlev_fa.EvalSettings(out=sys.argv[2], device="cpu", progress=False))
+herlev_fa.evaluate(sys.argv[1], herlev_fa.EvalSettings(out=sys.argv[2], device="cpu", progress=False, n_boot=0))
 figures.lr_find_png([1e-4, 1e-3, 1e-2], [1.0, 0.5, 2.0], 1e-3, sys.argv[2] + "/lr.png")
 import herlev_fa.explanation.report, herlev_fa.reproduction, herlev_fa.training.loop
 open_figures = sys.modules["matplotlib.pyplot"].get_fignums() if "matplotlib.pyplot" in sys.modules else []

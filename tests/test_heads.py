@@ -198,7 +198,7 @@ def test_a_head_added_in_a_test_file_trains_predicts_and_explains(ordinal_head, 
     assert (preds["pred"] == [run.task.classes[i] for i in nearest]).all()
     assert ((preds["score"] > 0) & (preds["score"] < 4)).all()  # a sum of 4 sigmoids, each step 1
 
-    metrics = evaluate(run_dir, EvalSettings(device="cpu", progress=False))
+    metrics = evaluate(run_dir, EvalSettings(device="cpu", progress=False, n_boot=0))
     assert 0 <= metrics["accuracy"] <= 1 and math.isfinite(metrics["mse"]) and metrics["n"] == 84
 
     cell = next((synth_data / "carcinoma_in_situ").glob("*.BMP"))

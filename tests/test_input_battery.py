@@ -273,7 +273,7 @@ def _invoke(command, root, tmp, trained_run):
     elif command == "lr_find":
         args = ["lr-find", "--data", str(root), *TRAIN, "--out", str(out)]
     elif command == "evaluate":
-        args = ["evaluate", str(trained_run), "--data", str(root), "--out", str(out), "--device", "cpu"]
+        args = ["evaluate", str(trained_run), "--data", str(root), "--out", str(out), "--device", "cpu", "--bootstrap", "0"]
     elif command == "explain":
         images = [str(p) for p in sorted(root.rglob("*.*")) if p.is_file() and not p.name.lower().endswith(("-d.bmp", "-d.png"))]
         args = ["explain", *images, "--run", str(trained_run), "--out", str(out), "--steps", "8", "--device", "cpu",
@@ -421,7 +421,7 @@ def test_damaged_run_folder(damage, named, command, trained_run, tmp_path):
         image = next(p for p in Path(json.loads((run / "herlev.json").read_text())["data_root"]).rglob("*.BMP"))
         args = ["predict", str(image), "--run", str(run), "--out", str(out / "p.csv"), "--device", "cpu"]
     else:
-        args = ["evaluate", str(run), "--out", str(out), "--device", "cpu"]
+        args = ["evaluate", str(run), "--out", str(out), "--device", "cpu", "--bootstrap", "0"]
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
@@ -456,7 +456,7 @@ def _command_args(command, tmp, trained_run, data):
         "train": ["train", "--data", str(data), *TRAIN_FAST, "--epochs", "1", "--out", str(out)],
         "lr-find": ["lr-find", "--data", str(data), *TRAIN_FAST, "--out", str(out)],
         "reproduce": ["reproduce", "--data", str(data), *TRAIN_FAST, "--epochs", "1", "--out", str(out)],
-        "evaluate": ["evaluate", str(trained_run), "--out", str(out), "--device", "cpu"],
+        "evaluate": ["evaluate", str(trained_run), "--out", str(out), "--device", "cpu", "--bootstrap", "0"],
         "predict": ["predict", str(data), "--run", str(trained_run), "--out", str(out / "p.csv"), "--device", "cpu"],
         "explain": ["explain", str(data / "light_dysplastic" / "lig0.BMP"), "--run", str(trained_run), "--out",
                     str(out), "--steps", "4", "--device", "cpu", "--quiet"],

@@ -30,6 +30,23 @@ def _run(cmd):
     return done
 
 
+def _run_here(cmd):
+    """`cmd` in this process, one thread as in the subprocesses (the same sums, so the same numbers): no import
+    of torch and fastai to wait for, unlike `_run`."""
+    import torch
+    from typer.testing import CliRunner
+
+    from herlev_cli.main import app
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = CliRunner().invoke(app, cmd[3:])  # without `python -m herlev_cli.main`
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output[-2000:]
+
+
 def _kill_when(cmd, ready, timeout=240):
     """Start `cmd`, SIGKILL it as soon as `ready()` holds; True if it was killed before finishing."""
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -60,7 +77,7 @@ def test_killed_run_resumes_to_the_same_result(synth_data, request, tmp_path, st
              "albumentations": ["--no-pretrained", "--augment", "albumentations", "--workers", "2", "--balance"],
              "finetune": lambda: ["--weights", str(request.getfixturevalue("trained_run") / "model.safetensors")]}[start]
     extra = extra() if callable(extra) else extra  # only the fine-tune needs the trained run
-    _run(_cmd(synth_data, tmp_path, "reference", *extra))
+    _run_here(_cmd(synth_data, tmp_path, "reference", *extra))
     # scratch: 6 one-cycle epochs; finetune: 1 frozen + 6 unfrozen. Kill inside the last fit.
     killed = _kill_when(_cmd(synth_data, tmp_path, "killed", *extra),
                         lambda: _log_rows(tmp_path / "killed" / "log.csv") >= 3)

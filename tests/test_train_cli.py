@@ -78,7 +78,7 @@ def test_checkpoint_round_trip_and_plain_timm(trained_run):
 def test_evaluate_reproduces_training_metrics_and_writes_files(trained_run, tmp_path):
     train_metrics = json.loads((trained_run / "metrics.json").read_text())
     out = tmp_path / "ev"
-    result = runner.invoke(app, ["evaluate", str(trained_run), "--out", str(out), "--device", "cpu", "--json"])
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--out", str(out), "--device", "cpu", "--json", "--bootstrap", "0"])
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output)
     assert metrics["accuracy"] == pytest.approx(train_metrics["accuracy"])
@@ -89,7 +89,7 @@ def test_evaluate_reproduces_training_metrics_and_writes_files(trained_run, tmp_
 
 def test_evaluate_on_another_folder(trained_run, tmp_path):
     runner.invoke(app, ["synth", str(tmp_path / "other"), "--per-class", "4", "--size", "40", "--seed", "5"])
-    result = runner.invoke(app, ["evaluate", str(trained_run), "--data", str(tmp_path / "other"), "--device", "cpu"])
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--data", str(tmp_path / "other"), "--device", "cpu", "--bootstrap", "0"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((trained_run / "eval-other" / "metrics.json").read_text())
     assert metrics["n"] == 28 and sum(map(sum, metrics["confusion_matrix"])) == 28
@@ -127,12 +127,12 @@ def test_evaluate_held_out_fold_of_moved_data_and_whole_other_folder(trained_run
     moved = tmp_path / "moved"
     shutil.copytree(synth_data, moved)
     result = runner.invoke(app, ["evaluate", str(trained_run), "--data", str(moved), "--split", "valid",
-                                 "--out", str(tmp_path / "ev"), "--json"])
+                                 "--out", str(tmp_path / "ev"), "--json", "--bootstrap", "0"])
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output)
     assert metrics["n"] == 42 and metrics["data"] == "held-out fold 0"
     result = runner.invoke(app, ["evaluate", str(trained_run), "--data", str(moved), "--json",
-                                 "--out", str(tmp_path / "ev2")])
+                                 "--out", str(tmp_path / "ev2"), "--bootstrap", "0"])
     assert json.loads(result.output)["n"] == 168
 
 
@@ -153,7 +153,7 @@ def test_commands_default_to_the_newest_run_and_say_so(trained_run, synth_data, 
     import herlev_cli.app
 
     monkeypatch.setattr(herlev_cli.app, "DEFAULT_RUNS", trained_run.parent)
-    result = runner.invoke(app, ["evaluate", "--out", str(tmp_path / "ev"), "--device", "cpu"])
+    result = runner.invoke(app, ["evaluate", "--out", str(tmp_path / "ev"), "--device", "cpu", "--bootstrap", "0"])
     assert result.exit_code == 0, result.output
     assert f"using the newest run: {trained_run}" in result.output
     img = next(synth_data.glob("light_dysplastic/*.BMP"))
@@ -345,7 +345,7 @@ def test_ema_label_smoothing_and_cutmix_reach_the_run_and_the_saved_weights_are_
     meta = json.loads((tmp_path / "e" / "herlev.json").read_text())
     assert [meta["config"][k] for k in ("ema", "label_smoothing", "cutmix", "mixup")] == [0.5, 0.1, 1.0, 0.0]
     result = runner.invoke(app, ["evaluate", str(tmp_path / "e"), "--out", str(tmp_path / "ev"), "--device", "cpu",
-                                 "--json"])
+                                 "--json", "--bootstrap", "0"])
     assert result.exit_code == 0, result.output
     trained, again = json.loads((tmp_path / "e" / "metrics.json").read_text()), json.loads(result.output)
     assert again["confusion_matrix"] == trained["confusion_matrix"]
