@@ -68,7 +68,8 @@ def main() -> None:
     args = p.parse_args()
     runs = fold_runs(args.sweep)
     if not runs or not next(iter(runs.values())):
-        raise SystemExit(f"no finished fold run with predictions.csv under {args.sweep}/<configuration>/<head>/fold<k>/")
+        raise SystemExit(f"no finished fold run with predictions.csv under "
+                         f"{args.sweep}/<configuration>/<head>/fold<k>/")
     reference = next(iter(runs))
     ref_folds = [read_fold(r) for r in runs[reference]]
     ref_metrics = [fold_metrics(f) for f in ref_folds]

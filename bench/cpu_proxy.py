@@ -81,7 +81,8 @@ def main() -> None:
         print(f"  {label:52s} {seconds[setting]:6.1f} s", flush=True)
     s = list(seconds.values())
     print(f"validation workers default / none: {s[0] / s[1]:.2f}; fp32 / bf16: {s[1] / s[2]:.2f}; "
-          f"2 threads / 1 thread: {s[3] / s[2]:.2f}; today's default (first row) / the proxy's (third): {s[0] / s[2]:.2f}")
+          f"2 threads / 1 thread: {s[3] / s[2]:.2f}; "
+          f"today's default (first row) / the proxy's (third): {s[0] / s[2]:.2f}")
 
 
 if __name__ == "__main__":

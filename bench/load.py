@@ -32,7 +32,8 @@ run, data, out = sys.argv[1], sys.argv[2], sys.argv[3]
 t = time.perf_counter()
 result = quantify(run, data=data, split="all", out=out, settings=IGSettings(steps=16, device="cpu"), progress=False)
 seconds = time.perf_counter() - t
-print(json.dumps({"n": len(result.table), "seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"n": len(result.table), "seconds": seconds,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 CHILD = r"""
@@ -43,7 +44,8 @@ run, folder = sys.argv[1], sys.argv[2]
 t = time.perf_counter()
 preds = predict(run, [folder], PredictSettings(bs=256, device="cpu", progress=False))
 seconds = time.perf_counter() - t
-print(json.dumps({"n": len(preds), "seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"n": len(preds), "seconds": seconds,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 

@@ -6,7 +6,7 @@ arithmetic to speak of and the time is the per-tensor overhead: Python work and,
 kernel launches, which a GPU step pays on top of its arithmetic. Prints both and the ratios.
 
     python bench/optimizer_step.py [--arch resnet101] [--device cpu|cuda]
-"""
+"""  # noqa: E501 (the first line is the --help description)
 
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def main() -> None:
     tiny = [torch.nn.Parameter(torch.zeros(4, device=args.device)) for _ in params]
     for p in tiny:
         p.grad = torch.ones_like(p)
-    print(f"{args.arch} on {args.device}: {len(params)} parameter tensors, {sum(p.numel() for p in params) / 1e6:.1f}M values")
+    print(f"{args.arch} on {args.device}: {len(params)} parameter tensors, "
+          f"{sum(p.numel() for p in params) / 1e6:.1f}M values")
     a, b = compare(params, args.device, 5)
     print(f"real tensors:     fastai Adam {a:8.1f} ms/step, torch AdamW {b:8.1f} ms/step, fastai/torch = {a / b:.2f}")
     a, b = compare(tiny, args.device, 20)

@@ -46,7 +46,8 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "cls-cells": ("augmentation: any rotation, zoom 0.8-1.25 moving the cell, lighting ±20%", {"policy": "cells"}),
     "cls-cells-96": ("cells augmentation, 96 px", {"policy": "cells", "size": 96}),
     "cls-cells-60": ("cells augmentation, 60 epochs", {"policy": "cells", "epochs": 60}),
-    "sord-cells": ("sord head (dlordinal's soft ordinal labels), cells augmentation", {"head": "sord", "policy": "cells"}),
+    "sord-cells": ("sord head (dlordinal's soft ordinal labels), cells augmentation",
+                   {"head": "sord", "policy": "cells"}),
     "corn-cells": ("corn head (coral-pytorch), cells augmentation", {"head": "corn", "policy": "cells"}),
     "sord-poster": ("sord head (dlordinal's soft ordinal labels)", {"head": "sord"}),
     "corn-poster": ("corn head (coral-pytorch)", {"head": "corn"}),
@@ -82,8 +83,8 @@ BASE = {"arch": "resnet18", "size": 64, "epochs": 30, "bs": 32, "lr": 1e-3, "fol
 DATA_FIELDS = {"size", "folds", "seed", "bs", "augment", "policy"}
 MODEL_FIELDS = {"arch", "head", "pretrained", "mse_weight"}
 METRICS = ("accuracy", "tta_accuracy", "binary_accuracy", "auc", "kappa", "mae", "big_mistakes", "ece")
-TITLES = {"accuracy": "accuracy (%)", "tta_accuracy": "with 8-view TTA (%)", "binary_accuracy": "binary (%)", "auc": "AUC", "kappa": "kappa",
-          "mae": "MAE (grades)", "big_mistakes": "2+ off (%)", "ece": "ECE"}
+TITLES = {"accuracy": "accuracy (%)", "tta_accuracy": "with 8-view TTA (%)", "binary_accuracy": "binary (%)",
+          "auc": "AUC", "kappa": "kappa", "mae": "MAE (grades)", "big_mistakes": "2+ off (%)", "ece": "ECE"}
 PERCENT = {"accuracy", "tta_accuracy", "binary_accuracy", "big_mistakes"}
 
 
