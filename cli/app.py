@@ -23,13 +23,15 @@ from herlev_fa.errors import HerlevError
 
 LOG_WIDTH = 10_000  # columns of stdout when it is not a terminal (a log file, a pipe)
 
-app = typer.Typer(name="herlev", help="Train, evaluate and explain cervical-cell severity classifiers on Herlev-format data.",
+app = typer.Typer(name="herlev",
+                  help="Train, evaluate and explain cervical-cell severity classifiers on Herlev-format data.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True)
 # Redirected to a file, output is a log: no width to fit, so tables never fold a file name mid-name.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else LOG_WIDTH)
 err = Console(stderr=True)
 
-DEFAULT_RUNS = Path(os.environ.get("HERLEV_RUNS", "runs"))  # where train writes, and where a missing --run is looked for
+# where train writes, and where a missing --run is looked for
+DEFAULT_RUNS = Path(os.environ.get("HERLEV_RUNS", "runs"))
 DEFAULT_DATA = Path("data/herlev")  # used when neither --data nor HERLEV_DATA is given
 
 
@@ -115,8 +117,10 @@ def version_callback(value: bool) -> None:
 
 
 @app.callback()
-def main_callback(version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
-                                                        metavar="", help="Print the version and exit.")] = False) -> None:
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                          metavar="", help="Print the version and exit.")] = False,
+) -> None:
     """Train, evaluate and explain cervical-cell severity classifiers on Herlev-format data."""
     warnings.showwarning = _show_warning  # one readable line per warning, no source location
 

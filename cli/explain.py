@@ -170,9 +170,11 @@ def compare_explanations(
 @attribution_options()
 def compare_quantify(
     runs: Annotated[list[Path], typer.Argument(help="Run folders: fold runs, or cross-validated runs (fold*/ inside, "
-                                                    "each fold on its own held-out cells). The first is the reference.")],
+                                                    "each fold on its own held-out cells). "
+                                                    "The first is the reference.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder: study.md, study.png (Fig. 8), and one "
-                                                        "quantify folder per run and fold.")] = Path("compare-quantify"),
+                                                        "quantify folder per run and "
+                                                        "fold.")] = Path("compare-quantify"),
     label: Annotated[Optional[list[str]], typer.Option(help="Name per run, in order (default: the shortest distinct "
                                                             "ends of the run paths).")] = None,
     data: DataRoot = None,
@@ -192,9 +194,10 @@ def compare_quantify(
                    log=None if quiet else lambda line: out.print(line, highlight=False))
     reference = next(iter(result.tables))
     used = precisions_used(pd.concat(result.tables.values())["precision"])
-    table = Table(title=f"nucleus on the held-out cells ({settings.describe(used)}); medians, paired against {reference}")
-    for column in ("run", "cells", "+ share", "area share", "enrichment", "control", "other cell", "share − " + reference,
-                   "r [95% CI]", "p"):
+    table = Table(title=f"nucleus on the held-out cells ({settings.describe(used)}); "
+                        f"medians, paired against {reference}")
+    for column in ("run", "cells", "+ share", "area share", "enrichment", "control", "other cell",
+                   "share − " + reference, "r [95% CI]", "p"):
         table.add_column(column, justify="left" if column == "run" else "right")
     versus = result.versus.set_index(["name", "metric"]) if len(result.versus) else None
     for name, t in result.tables.items():

@@ -18,9 +18,10 @@ import typer
 from rich.table import Table
 
 import herlev_fa
-from herlev_cli.app import (DATA, DEFAULT_RUNS, EVAL, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Balance, Bs, CheckpointEvery, Classes,
-                            Cutmix, Data, Device, Ema, Epochs, Folds, Head, Keep, LabelSmoothing, Lr, Mixup, MseWarmup, MseWeight,
-                            Policy, Pretrained, Quiet, Seed, Size, SkipBad, Task, Threshold, ValSplit, Wd, Weights, Workers,
+from herlev_cli.app import (DATA, DEFAULT_RUNS, EVAL, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Balance, Bs,
+                            CheckpointEvery, Classes, Cutmix, Data, Device, Ema, Epochs, Folds, Head, Keep,
+                            LabelSmoothing, Lr, Mixup, MseWarmup, MseWeight, Policy, Pretrained, Quiet, Seed, Size,
+                            SkipBad, Task, Threshold, ValSplit, Wd, Weights, Workers,
                             app, as_text, bars, data_dir, flag, option, out, out_folder, parse_lr, run_dir, user_errors)
 from herlev_fa.atomic import finite_or_none
 from herlev_fa.config import DataConfig, EvalSettings, ModelConfig, TrainConfig, help_of
@@ -86,7 +87,8 @@ def demo(
         out.print(f"synthetic Herlev-format data: [bold]{data}[/]")
     result = herlev_fa.train(cfg)
     metrics = herlev_fa.evaluate(result.runs[0], EvalSettings(device="cpu", progress=not quiet))
-    out.print(_metrics_table("held-out fold 0 of the synthetic data", {result.runs[0].name: metrics}, metrics["intervals"]))
+    out.print(_metrics_table("held-out fold 0 of the synthetic data", {result.runs[0].name: metrics},
+                             metrics["intervals"]))
     run = result.runs[0]
     out.print(f"model:   [bold]{run / 'model.safetensors'}[/] (+ config.json, herlev.json)")
     out.print(f"metrics: [bold]{run / 'metrics.json'}[/], per epoch: {run / 'log.csv'}")
@@ -111,8 +113,8 @@ def synth(
 DATA_OPTIONS = ("data", "task", "classes", "size", "folds", "seed", "bs", "skip_bad", "augment", "policy", "balance",
                 "workers")
 MODEL_OPTIONS = ("arch", "head", "pretrained", "weights", "mse_weight")
-TRAIN_OPTIONS = ("epochs", "lr", "wd", "keep", "val_split", "mse_warmup", "label_smoothing", "ema", "mixup", "cutmix", "fold", "device", "out_dir", "name", "checkpoint_every",
-                 "resume", "deterministic", "precision", "log")
+TRAIN_OPTIONS = ("epochs", "lr", "wd", "keep", "val_split", "mse_warmup", "label_smoothing", "ema", "mixup", "cutmix",
+                 "fold", "device", "out_dir", "name", "checkpoint_every", "resume", "deterministic", "precision", "log")
 
 
 def _from_config_file(path: Path, ctx: typer.Context, values: dict) -> TrainConfig:
@@ -188,7 +190,8 @@ def train(
                        skip_bad=skip_bad, augment=augment, policy=policy, balance=balance, workers=workers),
             ModelConfig(arch, head=head, pretrained=pretrained, weights=weights, mse_weight=mse_weight),
             epochs=epochs, lr=parse_lr(lr), wd=wd, keep=keep, val_split=val_split, mse_warmup=mse_warmup,
-            label_smoothing=label_smoothing, ema=ema, mixup=mixup, cutmix=cutmix, fold=_fold(fold), device=device, out=out_folder(out_dir), name=name, checkpoint_every=checkpoint_every, log=log,
+            label_smoothing=label_smoothing, ema=ema, mixup=mixup, cutmix=cutmix, fold=_fold(fold), device=device,
+            out=out_folder(out_dir), name=name, checkpoint_every=checkpoint_every, log=log,
             quiet=not bars(quiet or as_json), resume=resume, deterministic=deterministic, precision=precision,
         )
     from fastai.torch_core import rank_distrib
@@ -209,8 +212,8 @@ def train(
 @app.command(rich_help_panel="Training")
 @user_errors
 def evaluate(
-    run: Annotated[Optional[Path], typer.Argument(help="Run folder (holds herlev.json). Default: the newest finished run "
-                                                       "under ./runs (or $HERLEV_RUNS).")] = None,
+    run: Annotated[Optional[Path], typer.Argument(help="Run folder (holds herlev.json). Default: the newest "
+                                                       "finished run under ./runs (or $HERLEV_RUNS).")] = None,
     data: Annotated[Optional[Path], option(EvalSettings, "data")] = None,
     split: Annotated[Optional[str], option(EvalSettings, "split")] = None,
     out_dir: Annotated[Optional[Path], option(EvalSettings, "out", "--out", parser=as_text, metavar="<path>")] = None,
@@ -225,7 +228,7 @@ def evaluate(
 
     The folder of a cross-validated run (fold0/ .. foldK/) evaluates the ensemble of its fold
     models beside each fold model, on new cells (--data).
-    """
+    """  # noqa: E501 (the first line is the command's one-line summary in --help and docs/cli.md)
     out_dir = out_dir if out_dir is None else out_folder(out_dir)
     settings = EvalSettings(data=data, split=split, out=out_dir, bs=bs, device=device, skip_bad=skip_bad,
                             progress=not as_json, n_boot=bootstrap, threshold=threshold)  # checked before any work

@@ -38,7 +38,8 @@ def _table(preds: "pd.DataFrame", run: Path, tta: bool) -> Table:
 @app.command(rich_help_panel="Inference")
 @user_errors
 def predict(
-    images: Annotated[list[Path], typer.Argument(metavar="IMAGE|DIR", help="Image files, or folders searched recursively (masks skipped).")],
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGE|DIR",
+                                                 help="Image files, or folders searched recursively (masks skipped).")],
     run: RunOption = None,
     out_file: Annotated[Path, typer.Option("--out", help="CSV to write (replaced if it exists).")] = Path("preds.csv"),
     tta: Annotated[bool, flag("--tta", help=help_of(PredictSettings, "tta"))] = PREDICT["tta"],
@@ -46,7 +47,8 @@ def predict(
     device: Annotated[str, option(PredictSettings, "device")] = PREDICT["device"],
     skip_bad: SkipBad = PREDICT["skip_bad"],
     threshold: Threshold = None,
-    calibrated: Annotated[bool, flag("--calibrated", help=help_of(PredictSettings, "calibrated"))] = PREDICT["calibrated"],
+    calibrated: Annotated[bool, flag("--calibrated",
+                                     help=help_of(PredictSettings, "calibrated"))] = PREDICT["calibrated"],
     as_json: Annotated[bool, flag("--json", help="Print the predictions as JSON records on stdout.")] = False,
 ) -> None:
     """Predict the class, class probabilities and severity score of images; writes a CSV, one row per image."""

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
-from herlev_cli.app import (DATA, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Balance, Bs, CheckpointEvery, Data, Device, Epochs,
-                            Folds, Keep, Lr, MseWarmup, MseWeight, Policy, Pretrained, Quiet, Seed, Size, Task, ValSplit,
-                            Wd, Weights, Workers, app, bars, data_dir, out,
+from herlev_cli.app import (DATA, LR_DEFAULT, MODEL, TRAIN, Arch, Augment, Balance, Bs, CheckpointEvery, Data, Device,
+                            Epochs, Folds, Keep, Lr, MseWarmup, MseWeight, Policy, Pretrained, Quiet, Seed, Size, Task,
+                            ValSplit, Wd, Weights, Workers, app, bars, data_dir, out,
                             parse_lr, user_errors)
 from herlev_fa.config import (PAPER_HEADS, POSTER_ARCH, POSTER_EPOCHS, POSTER_POLICY, DataConfig, ModelConfig,
                               TrainConfig)
@@ -69,7 +69,7 @@ def reproduce(
     checkpoint_every: CheckpointEvery = TRAIN["checkpoint_every"],
     quiet: Quiet = TRAIN["quiet"],
 ) -> None:
-    """Train cls, reg and cls_reg (or the --head ones) on identical folds and compare with the paper's table (resumable)."""
+    """Train cls, reg and cls_reg (or the --head ones) on identical folds and compare with the paper's table (resumable)."""  # noqa: E501
     from herlev_fa.reproduction import ReproduceConfig
     from herlev_fa.reproduction import reproduce as reproduce_heads
 
