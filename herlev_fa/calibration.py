@@ -84,7 +84,8 @@ class CalibrationResult:
 
 
 def calibrate(run_dir: str | Path) -> CalibrationResult:
-    """Fit a temperature on a fold run's held-out predictions; write `calibration.json` and `reliability_calibrated.png`.
+    """Fit a temperature on a fold run's held-out predictions; write `calibration.json` and
+    `reliability_calibrated.png`.
 
     Raises:
         HerlevError: not a fold run, no held-out predictions, a head without probabilities, or too few cells.
@@ -111,7 +112,8 @@ def calibrate(run_dir: str | Path) -> CalibrationResult:
     if probs is None:
         raise HerlevError(f"run '{run_dir}' has head '{head.name}', which gives no class probabilities to calibrate")
     if len(y) < 20:
-        raise HerlevError(f"run '{run_dir}' holds out {len(y)} cells: too few to fit and check a temperature (20 or more)")
+        raise HerlevError(f"run '{run_dir}' holds out {len(y)} cells: "
+                          "too few to fit and check a temperature (20 or more)")
     t = fit_temperature(probs, y)
     after, halves = cross_fitted_ece(probs, y)
     result = CalibrationResult(t, len(y), expected_calibration_error(probs, y), after, nll(probs, y),

@@ -86,12 +86,15 @@ class DataConfig:
             object.__setattr__(self, "classes", Path(self.classes))
         _check(self.classes is not None or self.task in TASK_NAMES,
                f"unknown task '{self.task}': choose one of {', '.join(TASK_NAMES)}, or pass {{classes}} FILE")
-        _check(16 <= self.size <= 2048, "{size} {value} is out of range: use 16..2048 pixels (the paper used 224)", self.size)
+        _check(16 <= self.size <= 2048, "{size} {value} is out of range: use 16..2048 pixels (the paper used 224)",
+               self.size)
         _check(2 <= self.folds <= 20, "{folds} {value} is out of range: use 2..20", self.folds)
         _check(0 <= self.seed <= SEED_MAX, f"{{seed}} {{value}} is out of range: use 0..{SEED_MAX}", self.seed)
         _check(self.bs >= 2, "{bs} {value} is out of range: a batch needs at least 2 images (batch norm)", self.bs)
-        _check(self.augment in AUGMENTS, f"unknown {{augment}} {{value}}: choose one of {', '.join(AUGMENTS)}", self.augment)
-        _check(self.policy in POLICY_NAMES, f"unknown {{policy}} {{value}}: choose one of {', '.join(POLICY_NAMES)}", self.policy)
+        _check(self.augment in AUGMENTS, f"unknown {{augment}} {{value}}: choose one of {', '.join(AUGMENTS)}",
+               self.augment)
+        _check(self.policy in POLICY_NAMES, f"unknown {{policy}} {{value}}: choose one of {', '.join(POLICY_NAMES)}",
+               self.policy)
         _check(self.workers is None or self.workers >= 0, "{workers} {value} must be >= 0", self.workers)
 
 
@@ -161,15 +164,19 @@ class TrainConfig:
         check_output_folder(self.out, "--out")  # before any work, not after an epoch or lr_find
         _check(1 <= self.epochs <= 10_000, "{epochs} {value} is out of range: use 1..10000", self.epochs)
         _check(self.lr is None or (math.isfinite(self.lr) and 0 < self.lr < LR_MAX),
-               f"{{lr}} {{value}} is out of range: use a number between 0 and {LR_MAX:g} (exclusive), or 'auto'", self.lr)
-        _check(math.isfinite(self.wd) and self.wd >= 0, "{wd} {value} is out of range: use a finite number >= 0", self.wd)
+               f"{{lr}} {{value}} is out of range: use a number between 0 and {LR_MAX:g} (exclusive), or 'auto'",
+               self.lr)
+        _check(math.isfinite(self.wd) and self.wd >= 0, "{wd} {value} is out of range: use a finite number >= 0",
+               self.wd)
         _check(self.fold is None or 0 <= self.fold < self.data.folds,
                f"{{fold}} {{value}} is out of range: use 0..{self.data.folds - 1} or 'all'", self.fold)
         _check(self.device in DEVICES, f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
         _check(0 <= self.mse_warmup <= 1, "{mse_warmup} {value} is out of range: use a fraction 0..1", self.mse_warmup)
         _check(0 <= self.label_smoothing < 1,
-               "{label_smoothing} {value} is out of range: use a share 0 <= S < 1 (0.1 is common)", self.label_smoothing)
-        _check(0 <= self.ema < 1, "{ema} {value} is out of range: use a decay 0 <= D < 1 (0: off; e.g. 0.995)", self.ema)
+               "{label_smoothing} {value} is out of range: use a share 0 <= S < 1 (0.1 is common)",
+               self.label_smoothing)
+        _check(0 <= self.ema < 1, "{ema} {value} is out of range: use a decay 0 <= D < 1 (0: off; e.g. 0.995)",
+               self.ema)
         _check(self.ema == 0 or self.keep == "last", "{ema} averages the weights of the last epochs and keeps the "
                                                      "average: use it with {keep} last")
         for name, alpha in (("mixup", self.mixup), ("cutmix", self.cutmix)):
@@ -180,14 +187,16 @@ class TrainConfig:
             from herlev_fa.model.heads import HEADS  # imports torch: configs stay light without the option
 
             smoothable = ", ".join(name for name, head in HEADS.items() if head.smoothable)
-            _check(HEADS[self.model.head].smoothable, f"{{label_smoothing}} applies to heads trained with cross-entropy "
-                                                      f"on the class ({smoothable}), not to {self.model.head}")
+            _check(HEADS[self.model.head].smoothable, f"{{label_smoothing}} applies to heads trained with "
+                                                      f"cross-entropy on the class ({smoothable}), "
+                                                      f"not to {self.model.head}")
         _check(math.isfinite(self.checkpoint_every) and self.checkpoint_every >= 0,
                "{checkpoint_every} {value} is out of range: use a number of seconds >= 0", self.checkpoint_every)
         _check(self.keep in KEEP, f"unknown {{keep}} {{value}}: choose one of {', '.join(KEEP)}", self.keep)
         _check(0 < self.val_split < 1, "{val_split} {value} is out of range: use a share between 0 and 1 "
                                        "(0.15: 15% of the training folds)", self.val_split)
-        _check(self.precision in PRECISIONS, f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
+        _check(self.precision in PRECISIONS,
+               f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
         if self.name is not None:
             check_name(self.name, "--name")
         _check(self.log in (None, *LOGGERS), f"unknown {{log}} {{value}}: choose {', '.join(LOGGERS)}", self.log)
@@ -286,7 +295,8 @@ class IGSettings:
         _check(self.baseline in IG_BASELINES,
                f"unknown baseline '{self.baseline}': choose one of {', '.join(IG_BASELINES)}")
         _check(self.samples >= 1, "{samples} {value} must be at least 1", self.samples)
-        _check(math.isfinite(self.noise) and self.noise >= 0, "{noise} {value} must be a finite number >= 0", self.noise)
+        _check(math.isfinite(self.noise) and self.noise >= 0, "{noise} {value} must be a finite number >= 0",
+               self.noise)
         _check(self.window is None or self.window >= 1, "{window} {value} must be at least 1 pixel", self.window)
         _check(self.precision in PRECISIONS,
                f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")

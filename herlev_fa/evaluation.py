@@ -82,7 +82,8 @@ def held_out_items(run: Run, data: str | Path | None = None) -> pd.DataFrame:
         raise HerlevError(f"folds file of run '{run.path}' names classes {sorted(unknown)} not in its task")
     y = held["label"].map(run.task.classes.index)
     masks = [mask_for(p) for p in paths]
-    return pd.DataFrame({"path": [str(p) for p in paths], "rel": held["rel"], "mask": [str(m) if m else "" for m in masks],
+    return pd.DataFrame({"path": [str(p) for p in paths], "rel": held["rel"],
+                         "mask": [str(m) if m else "" for m in masks],
                          "folder": [p.parent.name for p in paths],
                          "label": held["label"], "y": y, "severity": [run.task.severities[i] for i in y]})
 
@@ -105,9 +106,10 @@ def evaluation_items(run: Run, data: str | Path | None = None, split: str | None
     """The items to evaluate, and a description of them.
 
     `split="valid"`: the run's held-out fold, under `data` (the same data set, moved) or the
-    recorded data root; `split="all"`: every image of `data` (default: the recorded data root). Without `split`: "valid" unless
-    `data` is a folder other than the recorded data root (file names alone cannot tell a moved
-    copy from another data set with the same names, so a moved copy needs `split="valid"`).
+    recorded data root; `split="all"`: every image of `data` (default: the recorded data root).
+    Without `split`: "valid" unless `data` is a folder other than the recorded data root (file
+    names alone cannot tell a moved copy from another data set with the same names, so a moved
+    copy needs `split="valid"`).
 
     Raises:
         HerlevError: unknown split, `all` without `data`, missing images.
@@ -160,7 +162,8 @@ def evaluate(run: str | Path | Run, settings: EvalSettings | None = None) -> dic
     outputs = (stacked[0] if len(outs) == 1 else run.head.average_views(stacked, run.task.severities)).numpy()
     extra = {"run": str(run.path), "data": source, "model": run.describe(), "kept": run.kept}
     if run.members:
-        extra["members"] = {m.path.name: severity_metrics(o, y, run.head, run.task.severities, full=False, threshold=cut)
+        extra["members"] = {m.path.name: severity_metrics(o, y, run.head, run.task.severities, full=False,
+                                                          threshold=cut)
                             for m, (o, _, _) in zip(members, outs)}
     if settings.n_boot:
         intervals = bootstrap_intervals(outputs, y, run.head, run.task.severities, n_boot=settings.n_boot, seed=0,

@@ -56,8 +56,8 @@ def confusion_matrix_png(cm: np.ndarray, classes: Sequence[str], path: str | Pat
     ax = fig.subplots()
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    display = ConfusionMatrixDisplay(norm, display_labels=_short(classes)).plot(ax=ax, cmap="Blues", values_format=".2f",
-                                                                                colorbar=False)
+    display = ConfusionMatrixDisplay(norm, display_labels=_short(classes)).plot(ax=ax, cmap="Blues",
+                                                                                values_format=".2f", colorbar=False)
     for (i, j), n in np.ndenumerate(cm):
         # the same text colour as scikit-learn's share above it: white on dark cells, dark on light ones
         colour = display.text_[i, j].get_color()
@@ -348,8 +348,8 @@ def explanation_grid(images: Sequence[np.ndarray], nuclei: Sequence[np.ndarray],
             if r == 0:
                 ax.set_title("cell" if c == 0 else column_labels[c - 1], fontsize=9)
     if n_cols > 1:
-        bar = fig.colorbar(ScalarMappable(Normalize(-1.0, 1.0), cmap="RdBu_r"), ax=axes[:, 1:], shrink=min(0.8, 3 / n_rows),
-                           aspect=25, pad=0.02)
+        bar = fig.colorbar(ScalarMappable(Normalize(-1.0, 1.0), cmap="RdBu_r"), ax=axes[:, 1:],
+                           shrink=min(0.8, 3 / n_rows), aspect=25, pad=0.02)
         bar.set_label("IG / 99.5th pct. of |IG| in the panel\n(red: for the target, blue: against)", fontsize=7)
         bar.ax.tick_params(labelsize=7)
     if title:
@@ -390,7 +390,8 @@ def roc_png(is_abnormal: np.ndarray, abnormal_score: np.ndarray, points: dict[st
     sens, spec = points["sensitivity"], points["specificity"]
     sens95, spec95 = points["sens_at_spec95"], points["spec_at_sens95"]
     marks = [  # where the curve crosses spec = 0.95 and sens = 0.95: on the curve, as the metrics read it
-        (f"screening call (≥ {points.get('threshold', 0.5):.2g}): sens {sens:.2f}, spec {spec:.2f}", 1 - spec, sens, "o"),
+        (f"screening call (≥ {points.get('threshold', 0.5):.2g}): sens {sens:.2f}, spec {spec:.2f}",
+         1 - spec, sens, "o"),
         (f"sens {sens95:.2f} at spec ≥ 0.95", 0.05, sens95, "s"),
         (f"spec {spec95:.2f} at sens ≥ 0.95", 1 - spec95, 0.95, "^"),
     ]

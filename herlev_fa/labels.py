@@ -143,7 +143,8 @@ def task_problem(classes: list | tuple, severities: list | tuple) -> str | None:
     if (len(severities) != len(classes) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low <= v <= high
             for v in severities)):
-        return f"severities {list(severities)} are not {len(classes)} finite numbers in {low:g}..{high:g}, one per class"
+        return (f"severities {list(severities)} are not {len(classes)} finite numbers in {low:g}..{high:g}, "
+                "one per class")
     return None
 
 

@@ -57,7 +57,8 @@ def decode(out: np.ndarray, head: Head,
 
 
 def abnormal_score(probs: np.ndarray | None, score: np.ndarray, severities: Sequence[float]) -> np.ndarray:
-    """The score ranking cells as abnormal [N]: P(abnormal) for class heads (probs [N, K]), the severity score for `reg`."""
+    """The score ranking cells as abnormal [N]: P(abnormal) for class heads (probs [N, K]),
+    the severity score for `reg`."""
     if probs is None:
         return np.asarray(score)
     return probs[:, np.asarray(severities) > 0].sum(axis=1)
@@ -147,7 +148,8 @@ def learned_nothing(metrics: dict, classes: Sequence[str]) -> str | None:
     predicted = np.flatnonzero(cm.sum(axis=0)) if cm.size else np.array([], int)
     present = np.flatnonzero(cm.sum(axis=1)) if cm.size else np.array([], int)
     if len(present) > 1 and len(predicted) == 1:
-        return f"predicts '{classes[int(predicted[0])]}' for every cell ({n} of {n}): it has learned nothing to tell the classes apart"
+        return (f"predicts '{classes[int(predicted[0])]}' for every cell ({n} of {n}): "
+                "it has learned nothing to tell the classes apart")
     kappa, auc = metrics.get("kappa"), metrics.get("auc")
     if kappa is not None and math.isfinite(kappa) and kappa <= 0:
         return f"its classes agree with the truth no better than chance (quadratic kappa {kappa:.2f})"
@@ -267,7 +269,8 @@ def decoded_metrics(probs: np.ndarray | None, score: np.ndarray, pred: np.ndarra
     from sklearn.metrics import cohen_kappa_score, confusion_matrix
 
     cm = confusion_matrix(y, pred, labels=list(range(k)))
-    kappa = cohen_kappa_score(y, pred, weights="quadratic", labels=list(range(k))) if len(np.unique(np.r_[y, pred])) > 1 else math.nan
+    kappa = (cohen_kappa_score(y, pred, weights="quadratic", labels=list(range(k)))
+             if len(np.unique(np.r_[y, pred])) > 1 else math.nan)
     result = {
         "accuracy": float((pred == y).mean()),
         "binary_accuracy": float((abnormal[pred] == abnormal[y]).mean()),

@@ -80,7 +80,8 @@ def logging_to_file() -> bool:
     return not sys.stdout.isatty() and not in_notebook()
 
 
-def rich_bar(console: Any, description: str, total: int, get_time: Callable[[], float] | None = None) -> tuple[Any, Any]:
+def rich_bar(console: Any, description: str, total: int,
+             get_time: Callable[[], float] | None = None) -> tuple[Any, Any]:
     """A transient rich `Progress` on `console` and its task, whose time estimate is the rate since the start.
 
     rich's default estimates from the last 30 s, so a loop whose steps take longer shows no

@@ -63,10 +63,11 @@ PAPER_NAMES = {"cls": "Cls", "reg": "Reg", "cls_reg": "Cls+Reg"}
 COLUMNS = {"accuracy": "accuracy (%)", "binary_accuracy": "binary accuracy (%)", "auc": "AUC-ROC",
            "mse": "MSE", "kappa": "quadratic kappa", "big_mistakes": "2+ levels off (%)",
            "normal_cis": "normal↔CIS (cells)", "normal_severe": "normal↔severe (cells)",
-           "screening_accuracy": "screening accuracy (%)", "sensitivity": "sensitivity (%)", "specificity": "specificity (%)",
-           "sens_at_spec95": "sens. at 95% spec. (%)", "spec_at_sens95": "spec. at 95% sens. (%)", "ece": "ECE"}
-PERCENT = ("accuracy", "binary_accuracy", "big_mistakes", "screening_accuracy", "sensitivity", "specificity", "sens_at_spec95",
-           "spec_at_sens95")
+           "screening_accuracy": "screening accuracy (%)", "sensitivity": "sensitivity (%)",
+           "specificity": "specificity (%)", "sens_at_spec95": "sens. at 95% spec. (%)",
+           "spec_at_sens95": "spec. at 95% sens. (%)", "ece": "ECE"}
+PERCENT = ("accuracy", "binary_accuracy", "big_mistakes", "screening_accuracy", "sensitivity", "specificity",
+           "sens_at_spec95", "spec_at_sens95")
 NOT_REPORTED = "–"
 
 @dataclass(frozen=True)
@@ -232,8 +233,8 @@ def reproduce(cfg: ReproduceConfig, log: Callable[[str], None] | None = None) ->
 
     Images are decoded once; each fold run is `herlev_fa.training.loop.train_fold` with the shared
     config, only the head and held-out fold changing. Finished fold runs of an earlier call
-    are reused; interrupted ones resume from their checkpoint, or are trained again without one. `log` receives one line per
-    fold run (trained / reused).
+    are reused; interrupted ones resume from their checkpoint, or are trained again without one.
+    `log` receives one line per fold run (trained / reused).
 
     Raises:
         HerlevError: a problem a user can fix (data, options, weights), or an output folder
@@ -309,12 +310,14 @@ def _write_pooled(head_dir: Path, head: str, outputs: list[tuple[np.ndarray, np.
 
 
 def _write_results(root: Path, cfg: TrainConfig, heads: Sequence[str], runs: dict[str, list[Path]],
-                   metrics: dict[str, list[dict]], summary: dict[str, dict], notes: Sequence[str] = ()) -> dict[str, Path]:
+                   metrics: dict[str, list[dict]], summary: dict[str, dict],
+                   notes: Sequence[str] = ()) -> dict[str, Path]:
     rows: list[dict[str, Any]] = []
     for head in heads:
         for run_dir, m in zip(runs[head], metrics[head]):
             rows.append({"head": head, "fold": m.get("fold"), "run": run_dir.relative_to(root).as_posix(),
-                         **{k: m.get(k, np.nan) for k in SCALAR_METRICS}, "n": m.get("n"), "best_epoch": m.get("best_epoch")})
+                         **{k: m.get(k, np.nan) for k in SCALAR_METRICS}, "n": m.get("n"),
+                         "best_epoch": m.get("best_epoch")})
     files = {"results_csv": root / "results.csv", "results_md": root / "results.md",
              "comparison_png": root / "comparison.png"}
     with atomic_path(files["results_csv"]) as tmp:

@@ -15,7 +15,7 @@ A run folder holds:
 
 Every file is written atomically; `herlev.json` is written last, so a folder without it is an
 incomplete run (interrupted) and is refused.
-"""
+"""  # noqa: E501 (markdown table rows)
 
 from __future__ import annotations
 
@@ -111,7 +111,8 @@ class RunRecord:
             if f.name not in data:
                 raise HerlevError(f"'{path}' lacks '{f.name}'; the run folder is damaged or from another tool")
             if not isinstance(data[f.name], kind) or isinstance(data[f.name], bool):
-                raise HerlevError(f"'{path}': '{f.name}' should be {kind.__name__}, found {type(data[f.name]).__name__}")
+                raise HerlevError(f"'{path}': '{f.name}' should be {kind.__name__}, "
+                                  f"found {type(data[f.name]).__name__}")
         if data["format"] != FORMAT:
             raise HerlevError(f"'{path}' has format '{data['format']}', this version reads '{FORMAT}'")
         problem = meta_problem(data)
@@ -156,8 +157,10 @@ def save_model(run_dir: Path, model: SeverityModel, task: Task, size: int, mean,
     n_bytes = sum(v.numel() * v.element_size() for v in state.values())
     with atomic_path(run_dir / "model.safetensors", size=n_bytes) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
-    pretrained_cfg = {k: v for k, v in dict(net.pretrained_cfg).items() if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
-    pretrained_cfg.update(input_size=[3, size, size], mean=list(mean), std=list(std), num_classes=model.head.n_outputs(task.n_classes))
+    pretrained_cfg = {k: v for k, v in dict(net.pretrained_cfg).items()
+                      if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
+    pretrained_cfg.update(input_size=[3, size, size], mean=list(mean), std=list(std),
+                          num_classes=model.head.n_outputs(task.n_classes))
     write_json(run_dir / "config.json", {
         "architecture": pretrained_cfg.get("architecture") or type(net).__name__.lower(),
         "num_classes": model.head.n_outputs(task.n_classes),
@@ -201,7 +204,8 @@ def classes_sha256(task: dict[str, Any]) -> str:
 
 def integrity(run_dir: Path, task: Task) -> dict[str, str]:
     """What `herlev.json` records at save time so that a later edit of the weights or the classes is caught."""
-    return {"weights_sha256": file_sha256(run_dir / "model.safetensors"), "classes_sha256": classes_sha256(task.to_json())}
+    return {"weights_sha256": file_sha256(run_dir / "model.safetensors"),
+            "classes_sha256": classes_sha256(task.to_json())}
 
 
 def integrity_problem(run_dir: Path, record: RunRecord) -> str | None:

@@ -178,7 +178,8 @@ def scan(root: str | Path, task: Task, remedy: str = MAP_IT) -> pd.DataFrame:
             if not images:
                 continue  # an unrelated empty or image-less folder, e.g. a results folder
             known = ", ".join(sorted(task.folder_to_class))
-            raise HerlevError(f"folder '{folder}' is not a known class of task '{task.name}' (known: {known}); {remedy}")
+            raise HerlevError(f"folder '{folder}' is not a known class of task '{task.name}' "
+                              f"(known: {known}); {remedy}")
         if not images:
             warnings.warn(f"class folder '{folder}' holds no image", stacklevel=2)
         y = task.classes.index(label)
@@ -203,7 +204,8 @@ def assign_folds(items: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
     too_few = counts[counts < n_folds]
     if len(too_few):
         name, n = too_few.index[0], int(too_few.iloc[0])
-        raise HerlevError(f"class '{name}' has only {n} image(s), fewer than the {n_folds} folds; use --folds {max(2, n)} or add images")
+        raise HerlevError(f"class '{name}' has only {n} image(s), fewer than the {n_folds} folds; "
+                          f"use --folds {max(2, n)} or add images")
     from sklearn.model_selection import StratifiedKFold  # training only: listing and predicting images do without it
 
     folds = np.empty(len(items), dtype=np.int64)

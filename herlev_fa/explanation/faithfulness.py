@@ -131,7 +131,8 @@ class FaithfulnessResult:
 
 
 def faithfulness(run, methods: Sequence[str], out: str | Path | None = None, settings: IGSettings = IGSettings(),
-                 data: str | Path | None = None, limit: int = 32, split: str = "valid", fractions: Sequence[float] = FRACTIONS,
+                 data: str | Path | None = None, limit: int = 32, split: str = "valid",
+                 fractions: Sequence[float] = FRACTIONS,
                  log: Callable[[str], None] | None = None) -> FaithfulnessResult:
     """Deletion and insertion curves of each method's maps on `limit` held-out cells of a fold run.
 

@@ -98,8 +98,9 @@ class Method:
         if self.name == "smoothgrad":
             with seeded():
                 attr = NoiseTunnel(IntegratedGradients(forward)).attribute(
-                    x, nt_type="smoothgrad", nt_samples=samples, nt_samples_batch_size=1, stdevs=sd, baselines=reference,
-                    target=t, n_steps=steps, method=rule, internal_batch_size=max(b, chunk))  # [B, 3, S, S]
+                    x, nt_type="smoothgrad", nt_samples=samples, nt_samples_batch_size=1, stdevs=sd,
+                    baselines=reference, target=t, n_steps=steps, method=rule,
+                    internal_batch_size=max(b, chunk))  # [B, 3, S, S]
             return attr.sum(dim=1)
         if self.name == "gradientshap":
             with seeded():

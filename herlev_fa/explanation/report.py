@@ -240,7 +240,8 @@ def other_cells(masks: Sequence[str | Path], size: int, seed: int = OTHER_CELL_S
     return partners(np.asarray(boxes), seed)
 PARTIAL = "quantify.partial.csv"  # rows appended as computed; becomes quantify.csv when every cell is done
 PARTIAL_RECORD = "quantify.partial.json"  # what the partial rows were computed with: --resume refuses anything else
-TEXT_COLUMNS = ("name", "path", "label", "method", "predicted", "target", "precision", "other_cell")  # read back as text, never as numbers
+# read back as text, never as numbers
+TEXT_COLUMNS = ("name", "path", "label", "method", "predicted", "target", "precision", "other_cell")
 
 
 def sample_items(items: pd.DataFrame, limit: int | None, seed: int = 0) -> pd.DataFrame:
@@ -399,7 +400,8 @@ def quantify(run, data: str | Path | None = None, split: str = "valid", out: str
                 has_other, region_shares_batch(batch.attribution, torch.where(has_other[:, None, None], theirs_t, 0),
                                                keep_t, top=False)["nucleus_enrichment"], torch.nan)
             shares.update(localisation_batch(batch.attribution, regions_t == NUCLEUS, keep_t))
-            p_max = batch.probs.max(dim=1).values if batch.probs is not None else torch.full_like(batch.score, torch.nan)
+            p_max = (batch.probs.max(dim=1).values if batch.probs is not None
+                     else torch.full_like(batch.score, torch.nan))
             columns = {"target": batch.target, "predicted": batch.predicted, "score": batch.score, "p_predicted": p_max,
                        "gap": batch.gap, "delta": batch.delta, **shares}
             host = torch.stack([v.double() for v in columns.values()], dim=1).cpu().numpy()  # [B, M]: one copy a batch
@@ -494,8 +496,8 @@ def summary_table(summary: pd.DataFrame, title: str = ""):
         return f"{r[f'{m}_median']:.2f} [{r[f'{m}_q25']:.2f}-{r[f'{m}_q75']:.2f}]"
 
     for _, r in summary.iterrows():
-        table.add_row(short_name(str(r["class"])), str(r["n"]), iqr(r, "nucleus_pos_share"), iqr(r, "nucleus_area_share"),
-                      f"{r['nucleus_enrichment_mean']:.2f}", iqr(r, "nucleus_enrichment"),
+        table.add_row(short_name(str(r["class"])), str(r["n"]), iqr(r, "nucleus_pos_share"),
+                      iqr(r, "nucleus_area_share"), f"{r['nucleus_enrichment_mean']:.2f}", iqr(r, "nucleus_enrichment"),
                       f"{r['nucleus_change_enrichment_median']:.2f}", iqr(r, "nucleus_top10"),
                       end_section=r["class"] == summary["class"].iloc[-2] if len(summary) > 1 else False)
     return table
@@ -542,7 +544,8 @@ class ComparisonResult:
 
 def compare_explanations(runs: Sequence, out: str | Path, per_class: int = 2, seed: int = 0,
                          labels: Sequence[str] | None = None, data: str | Path | None = None,
-                         settings: IGSettings = IGSettings(), dpi: int = 200, progress: bool = True) -> ComparisonResult:
+                         settings: IGSettings = IGSettings(), dpi: int = 200,
+                         progress: bool = True) -> ComparisonResult:
     """The poster's Fig. 7: the same held-out cells (`per_class` per class) explained by each run, in one PNG.
 
     The cells are those held out by every run (their common held-out fold, with a mask), drawn

@@ -257,7 +257,8 @@ def study_markdown(tables: Mapping[str, pd.DataFrame], classes: Sequence[str], s
     for name, table in tables.items():
         method = ", ".join(sorted(set(table["method"]))) if "method" in table else "-"
         lines += [f"### {name}", "", f"method {method}; mean ± sd, median [IQR]", "",
-                  "| class | n | nucleus share of + attr. | nucleus area share | enrichment | control (\\|x - x'\\| alone) "
+                  "| class | n | nucleus share of + attr. | nucleus area share | enrichment "
+                  "| control (\\|x - x'\\| alone) "
                   "| enrichment on another cell's nucleus | top-10% in nucleus |", "|---|---:|---|---|---|---|---|---|"]
         for group in [c for c in classes if (table["label"] == c).any()] + ["all"]:
             part = table if group == "all" else table[table["label"] == group]
@@ -266,9 +267,11 @@ def study_markdown(tables: Mapping[str, pd.DataFrame], classes: Sequence[str], s
                          + " | ".join(_cell(part[m]) if m in part else "-" for m in columns) + " |")
         lines.append("")
     lines += ["### Nucleus against its area, the baseline alone and another cell's nucleus; trend with severity", "",
-              "r: rank-biserial effect size of the paired test, in [-1, 1]; [95% CI] (bootstrap for r, Fisher z for rho)",
+              "r: rank-biserial effect size of the paired test, in [-1, 1]; "
+              "[95% CI] (bootstrap for r, Fisher z for rho)",
               "",
-              "| run | n | + share > area share (cells) | p | r [95% CI] | enrichment > control (cells) | p | r [95% CI] "
+              "| run | n | + share > area share (cells) | p | r [95% CI] "
+              "| enrichment > control (cells) | p | r [95% CI] "
               "| own nucleus > other cell's (cells) | median own − other | p "
               "| Spearman rho (share, severity) [95% CI] | p | Spearman rho (enrichment, severity) [95% CI] | p "
               "| mean \\|delta\\| | median relative delta |",
@@ -347,8 +350,9 @@ def compare_quantify(runs: Sequence[str | Path], out: str | Path, labels: Sequen
     """The poster's Fig. 8 for several runs: where each run's IG falls on the same held-out cells, compared.
 
     Each run (a fold run, or a cross-validated run folder: each fold on its own held-out cells)
-    is quantified into OUT/<label>/ (characters other than letters, digits and . = + - made _); then OUT/study.md (`study_markdown`) and OUT/study.png
-    (`figures.nucleus_study`) compare them, every run against the first.
+    is quantified into OUT/<label>/ (characters other than letters, digits and . = + - made _);
+    then OUT/study.md (`study_markdown`) and OUT/study.png (`figures.nucleus_study`) compare
+    them, every run against the first.
 
     Raises:
         HerlevError: no run, a folder that is no run, labels that do not match, runs of other tasks,
@@ -381,7 +385,9 @@ def compare_quantify(runs: Sequence[str | Path], out: str | Path, labels: Sequen
     report = out / "study.md"
     method = "IG" if settings.method == "ig" else settings.method
     write_text(report, f"# Where {method} falls on the held-out cells: {', '.join(labels)}\n\n{described}; "
-               f"{len(common)} cells explained by every run\n\n" + study_markdown(tables, task.classes, task.severities))
-    figure = nucleus_study_png(tables, task.classes, out / "study.png", title=f"{method} on held-out cells, {described}")
+               f"{len(common)} cells explained by every run\n\n"
+               + study_markdown(tables, task.classes, task.severities))
+    figure = nucleus_study_png(tables, task.classes, out / "study.png",
+                               title=f"{method} on held-out cells, {described}")
     versus = compare_runs(tables, labels[0], list(METRICS)) if len(tables) > 1 else pd.DataFrame()
     return StudyResult(tables, versus, report, figure)

@@ -29,7 +29,7 @@ class) is the only list of head names: config validation, the CLI's help and run
 Run folders and configurations store the head's `name`; `get_head` turns it into the `Head`
 object where a name enters (a configuration, a run's `herlev.json`), and every function behind
 takes the object.
-"""
+"""  # noqa: E501 (markdown table rows)
 
 from __future__ import annotations
 
@@ -163,7 +163,8 @@ class Head:
         return probs, score, pred if probs is None else self.classify(probs)
 
     def decode_explained(self, explained: Tensor, severities: Severities) -> tuple[Tensor | None, Tensor, Tensor]:
-        """An `explained` output [B, K + 1] or [B, 1] -> (probabilities [B, K] or None, score [B], class [B]), as `decode`."""
+        """An `explained` output [B, K + 1] or [B, 1] -> (probabilities [B, K] or None, score [B], class [B]),
+        as `decode`."""
         logits = explained[:, :-1] if self.has_classes else None  # [B, K] or None
         probs, score, pred = decode_parts(logits, explained[:, -1], severities)
         return probs, score, pred if probs is None else self.classify(probs)

@@ -58,11 +58,13 @@ def load_weights_file(path: str | Path) -> dict[str, Tensor]:
                 warnings.simplefilter("ignore")
                 sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle.UnpicklingError, safetensors errors, RuntimeError on bad zip
-        if isinstance(e, pickle.UnpicklingError):  # torch's text advises weights_only=False: the unsafe load refused here
+        # torch's text advises weights_only=False: the unsafe load refused here
+        if isinstance(e, pickle.UnpicklingError):
             if "Unsupported operand" in str(e):  # torch's safe reader knows pickle protocols up to 3 only
                 raise HerlevError(f"cannot load weights '{path}' safely: it was written with pickle protocol 4 or "
                                   "higher (torch.save's pickle_protocol), which torch reads only by allowing code in "
-                                  "the file to run; save it again with the default protocol, or as .safetensors") from None
+                                  "the file to run; save it again with the default protocol, "
+                                  "or as .safetensors") from None
             found = re.search(r"GLOBAL ([\w.]+)", str(e))
             what = f" ({found.group(1)})" if found else ""
             raise HerlevError(f"cannot load weights '{path}' safely: besides tensors it holds pickled Python "

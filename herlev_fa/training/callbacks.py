@@ -49,7 +49,8 @@ class LossParts(Callback):
     order, run_valid = 55, True
 
     def before_fit(self) -> None:
-        self.severity_loss = self.learn.loss_func  # the SeverityLoss: MixUp swaps learn.loss_func for its own while training
+        # the SeverityLoss: MixUp swaps learn.loss_func for its own while training
+        self.severity_loss = self.learn.loss_func
 
     def before_epoch(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
@@ -90,7 +91,8 @@ class MseWarmup(Callback):
         self.fraction = fraction
 
     def before_fit(self) -> None:
-        self.severity_loss = self.learn.loss_func  # the SeverityLoss: MixUp swaps learn.loss_func for its own while training
+        # the SeverityLoss: MixUp swaps learn.loss_func for its own while training
+        self.severity_loss = self.learn.loss_func
         self.full = self.severity_loss.mse_weight
 
     def before_batch(self) -> None:

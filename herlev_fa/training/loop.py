@@ -101,7 +101,8 @@ def run_yaml(cfg: TrainConfig) -> str:
 
 
 def _plain_lines(cfg: TrainConfig) -> bool:
-    """Plain progress lines instead of bars: not quiet, stdout a log (`progress.logging_to_file`), the writing process."""
+    """Plain progress lines instead of bars: not quiet, stdout a log (`progress.logging_to_file`),
+    the writing process."""
     return not cfg.quiet and logging_to_file() and is_main()
 
 
@@ -235,7 +236,8 @@ def train_fold(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, devic
 
 
 def _open_fold(cfg: TrainConfig, data: Prepared, run_dir: Path) -> checkpoint.Resume | None:
-    """Create the fold's folder and find the checkpoint to continue (`--resume`); a new run writes its folds file first."""
+    """Create the fold's folder and find the checkpoint to continue (`--resume`);
+    a new run writes its folds file first."""
     main = is_main()
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -246,7 +248,8 @@ def _open_fold(cfg: TrainConfig, data: Prepared, run_dir: Path) -> checkpoint.Re
 
 
 def _learning_rate(cfg: TrainConfig, learn, resume: checkpoint.Resume | None) -> float:
-    """The checkpoint's learning rate, `--lr`, or lr_find's suggestion (every process finds its own; rank 0's is used)."""
+    """The checkpoint's learning rate, `--lr`, or lr_find's suggestion
+    (every process finds its own; rank 0's is used)."""
     if resume is not None or cfg.lr is not None:
         return resume.lr if resume else cfg.lr
     with as_single_process():
@@ -290,7 +293,8 @@ def _fit(cfg: TrainConfig, learn, lr: float, resume: checkpoint.Resume | None, k
 def _write_run(cfg: TrainConfig, data: Prepared, fold: int, run_dir: Path, model: torch.nn.Module, out: np.ndarray,
                y: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], lr: float, best_epoch: int,
                started: float, device: str) -> dict:
-    """The run folder of a trained fold: held-out predictions [N, C] and metrics, weights, curves, `herlev.json` last."""
+    """The run folder of a trained fold: held-out predictions [N, C] and metrics, weights, curves,
+    `herlev.json` last."""
     held = data.items[data.items["fold"] == fold]  # get_preds keeps the valid split's order
     save_predictions(run_dir, held, fold, out, y, model.head, data.task.severities)
     metrics = write_evaluation(run_dir, out, y, data.task, model.head,
@@ -323,7 +327,8 @@ def summarize(metrics: list[dict]) -> dict:
 
 
 def summary_markdown(summary: dict, title: str, warnings_: Sequence[str] = ()) -> str:
-    """The cross-validated summary table; `warnings_` (e.g. `learned_nothing` per fold) go first, where they are read."""
+    """The cross-validated summary table; `warnings_` (e.g. `learned_nothing` per fold) go first,
+    where they are read."""
     lines = [f"# {title}", ""]
     if warnings_:
         lines += [f"**Warning**: {w}." for w in warnings_] + [""]
@@ -444,9 +449,10 @@ def _train(cfg: TrainConfig, device: str) -> TrainResult:
     summary = summarize(metrics) if cfg.fold is None else None
     if summary is not None and is_main():
         write_json(root / "cv_summary.json", summary)
-        write_text(root / "cv_summary.md", summary_markdown(summary, f"{cfg.model.arch} / {cfg.model.head}: "
-                                                                      f"{cfg.data.folds}-fold cross-validation",
-                                                            fold_warnings([r.name for r in runs], metrics, task.classes)))
+        write_text(root / "cv_summary.md",
+                   summary_markdown(summary, f"{cfg.model.arch} / {cfg.model.head}: "
+                                             f"{cfg.data.folds}-fold cross-validation",
+                                    fold_warnings([r.name for r in runs], metrics, task.classes)))
     return TrainResult(root, runs, metrics, summary)
 
 
