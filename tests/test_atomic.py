@@ -115,5 +115,6 @@ def test_a_folder_where_the_file_goes_is_named(tmp_path):
 def test_a_herlev_error_keeps_its_one_line_when_fastai_rewrites_it():
     from fastcore.xtras import modify_exception
 
-    e = modify_exception(HerlevError("cannot write 'x'"), "Exception occured in `Cb`:\n\tcannot write 'x'", replace=True)
+    e = modify_exception(HerlevError("cannot write 'x'"), "Exception occured in `Cb`:\n\tcannot write 'x'",
+                         replace=True)
     assert str(e) == "cannot write 'x'"

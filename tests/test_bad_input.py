@@ -131,7 +131,8 @@ def test_output_folder_that_is_a_file(tmp_path):
 def test_existing_run_name_is_not_overwritten(tmp_path):
     (tmp_path / "runs" / "r").mkdir(parents=True)
     (tmp_path / "runs" / "r" / "keep.txt").write_text("precious")
-    result = runner.invoke(app, TRAIN + ["--data", str(_data(tmp_path)), "--out", str(tmp_path / "runs"), "--name", "r"])
+    result = runner.invoke(app, TRAIN + ["--data", str(_data(tmp_path)), "--out", str(tmp_path / "runs"),
+                                         "--name", "r"])
     assert_one_line_error(result, "already exists")
     assert (tmp_path / "runs" / "r" / "keep.txt").read_text() == "precious"
 

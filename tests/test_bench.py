@@ -119,7 +119,8 @@ def test_explain_study_pools_each_fold_on_its_own_held_out_cells(sweep, synth_da
 
 
 def test_compare_quantify_pools_cross_validated_runs_and_compares_them_on_the_same_cells(sweep, tmp_path):
-    """`herlev compare-quantify` on two cross-validated runs: every held-out cell once per run, paired against the first."""
+    """`herlev compare-quantify` on two cross-validated runs: every held-out cell once per run,
+    paired against the first."""
     from typer.testing import CliRunner
 
     import herlev_cli.explain  # noqa: F401  (registers the explanation commands)

@@ -24,7 +24,8 @@ def test_train_and_evaluate_from_a_csv_of_images_and_labels(synth_data, tmp_path
     (tmp_path / "data").symlink_to(synth_data)
     items = _csv(synth_data, tmp_path / "cells.csv")
     from_csv = scan(tmp_path / "cells.csv", get_task("severity"))
-    assert list(from_csv["label"]) == list(items["label"]) and list(from_csv["rel"]) == ["data/" + r for r in items["rel"]]
+    assert (list(from_csv["label"]) == list(items["label"])
+            and list(from_csv["rel"]) == ["data/" + r for r in items["rel"]])
     assert (from_csv["mask"] != "").all()  # masks found beside the images, as for folders
     result = runner.invoke(app, ["train", "--data", str(tmp_path / "cells.csv"), "--arch", "test_resnet",
                                  "--no-pretrained", "--folds", "2", "--epochs", "1", "--size", "32", "--bs", "16",
@@ -40,9 +41,11 @@ def test_train_and_evaluate_from_a_csv_of_images_and_labels(synth_data, tmp_path
 
 def test_a_bad_csv_is_refused_naming_the_line(synth_data, tmp_path):
     (tmp_path / "a.csv").write_text("file,class\nx.bmp,normal\n")
-    result = runner.invoke(app, ["train", "--data", str(tmp_path / "a.csv"), "--arch", "test_resnet", "--no-pretrained"])
+    result = runner.invoke(app, ["train", "--data", str(tmp_path / "a.csv"), "--arch", "test_resnet",
+                                 "--no-pretrained"])
     assert result.exit_code == 2 and "has no column path, label" in result.output
     image = next(synth_data.rglob("*.BMP"))
     (tmp_path / "b.csv").write_text(f"path,label\n{image},normal\n{image},koilocyte\n")
-    result = runner.invoke(app, ["train", "--data", str(tmp_path / "b.csv"), "--arch", "test_resnet", "--no-pretrained"])
+    result = runner.invoke(app, ["train", "--data", str(tmp_path / "b.csv"), "--arch", "test_resnet",
+                                 "--no-pretrained"])
     assert result.exit_code == 2 and "line 3: label 'koilocyte' is not a class of task 'severity'" in result.output

@@ -113,13 +113,15 @@ def test_architecture_graph_matches_the_imports():
     assert ("herlev_fa.training.loop", "herlev_fa.data.feed") in edges  # the graph reads real imports
     assert not any(b.startswith("herlev_cli") for a, b in edges if a.startswith("herlev_fa"))  # nothing imports the CLI
     # the network and what reads a run never import the trainer, even inside a function
-    readers = ("herlev_fa.model", "herlev_fa.runs", "herlev_fa.prediction", "herlev_fa.evaluation", "herlev_fa.explanation")
+    readers = ("herlev_fa.model", "herlev_fa.runs", "herlev_fa.prediction", "herlev_fa.evaluation",
+               "herlev_fa.explanation")
     assert not [(a, b) for a, b in edges if a.startswith(readers) and b.startswith("herlev_fa.training")]
     assert graph.mermaid() in (REPO / "docs" / "architecture.md").read_text(), (
         "docs/architecture.md's module graph is out of date: paste the output of python docs/import_graph.py")
 
 
-DEVELOPMENT_HISTORY = r"\bissues? \d|\bthe issue'?s?\b|\bno session\b|\bour machines?\b|\.\./shared/|/work/|development machine"
+DEVELOPMENT_HISTORY = (r"\bissues? \d|\bthe issue'?s?\b|\bno session\b|\bour machines?\b|\.\./shared/|/work/"
+                       r"|development machine")
 
 
 def test_docs_speak_to_users_not_of_how_the_project_was_built():

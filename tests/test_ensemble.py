@@ -30,7 +30,8 @@ SEV = (0.0, 1.0, 2.0, 3.0, 4.0)
 
 def _toy(seed: int, n_out: int = 5) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, n_out)).eval()
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, n_out)).eval()
 
 
 def test_an_ensemble_of_identical_models_predicts_as_that_model():

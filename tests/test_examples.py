@@ -50,7 +50,8 @@ def test_quick_finetune_notebook(tmp_path):
     nb = nbformat.read(EXAMPLES / "quick_finetune.ipynb", as_version=4)
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code"), \
         "the notebook is saved with outputs"
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
     cell = next(c for c in nb.cells if "accuracy" in c.metadata.get("tags", []))
     result = next(o for o in cell.outputs if o.output_type == "execute_result")
     accuracy = ast.literal_eval(result["data"]["text/plain"])

@@ -148,7 +148,8 @@ def test_bf16_gradients_are_checked_against_the_fp32_model(device):
 def test_auto_precision_is_fp32_without_trying_bf16_where_bf16_is_not_tried(device):
     model, images = _linear("cls_reg", seed=1), _images(seed=2)
     auto = Explainer(model, get_head("cls_reg"), TASK.classes, TASK.severities, MEAN, STD, S, device="cpu", steps=4)
-    assert auto.precision == "auto" and auto.used == "fp32"  # auto is the default  # decided up front: the CPU is not in AUTO_TRIES_BF16
+    # auto is the default; decided up front: the CPU is not in AUTO_TRIES_BF16
+    assert auto.precision == "auto" and auto.used == "fp32"
     got, want = auto(images, 5), _explainer(model, "cls_reg", "cpu", steps=4, precision="fp32")(images, 5)
     assert auto.auto_deltas is None and got.precision == "fp32"
     np.testing.assert_array_equal(got.attribution, want.attribution)
@@ -550,7 +551,8 @@ def test_ig_settings_validate_and_carry_the_cli_help():
     for kw, pattern in (({"steps": 0}, "--steps 0"), ({"baseline": "x"}, "unknown baseline 'x'"),
                         ({"precision": "fp8"}, "unknown precision"), ({"rule": "simpson"}, "unknown rule"),
                         ({"method": "lime"}, "unknown method 'lime'"), ({"samples": 0}, "--samples 0"),
-                        ({"noise": -1}, "--noise -1"), ({"window": 0}, "--window 0"), ({"bs": 0}, "--bs 0"), ({"tol": 0}, "--tol 0"), ({"device": "tpu"}, "unknown device")):
+                        ({"noise": -1}, "--noise -1"), ({"window": 0}, "--window 0"), ({"bs": 0}, "--bs 0"),
+                        ({"tol": 0}, "--tol 0"), ({"device": "tpu"}, "unknown device")):
         with pytest.raises(HerlevError, match=pattern):
             IGSettings(**kw)
     assert IGSettings(steps=16, rule="riemann_middle", precision="fp32").describe() == \

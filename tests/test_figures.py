@@ -55,7 +55,8 @@ def test_explanation_figure(tmp_path):
 def test_nucleus_attribution_figure(tmp_path):
     rng = np.random.default_rng(1)
     table = pd.DataFrame({"label": np.repeat(["normal", "severe_dysplastic"], 10),
-                          "nucleus_pos_share": rng.uniform(0.2, 0.6, 20), "nucleus_area_share": rng.uniform(0.05, 0.3, 20)})
+                          "nucleus_pos_share": rng.uniform(0.2, 0.6, 20),
+                          "nucleus_area_share": rng.uniform(0.05, 0.3, 20)})
     table["nucleus_enrichment"] = table["nucleus_pos_share"] / table["nucleus_area_share"]
     figures.nucleus_attribution_png(table, CLASSES, tmp_path / "q.png", title="quantify")
     drawn_png(tmp_path / "q.png", (800, 1100), (400, 650), colours=[PALE_RED])
@@ -147,8 +148,9 @@ def test_run_figures_keep_every_label_inside_the_canvas(tmp_path):
     y = np.repeat(np.arange(5), 20)
     figures.score_distribution_png(y + rng.normal(0, 0.3, 100), y, CLASSES, SEV, tmp_path / "sd.png")
     text_inside(drawn_png(tmp_path / "sd.png", (600, 1100), (420, 650)))
-    log = pd.DataFrame({"epoch": range(5), "fold": 2, "train_loss": np.linspace(2, 1, 5), "valid_loss": np.linspace(2, 1.2, 5),
-                        "accuracy": np.linspace(.3, .6, 5), "binary_accuracy": np.linspace(.6, .85, 5)})
+    log = pd.DataFrame({"epoch": range(5), "fold": 2, "train_loss": np.linspace(2, 1, 5),
+                        "valid_loss": np.linspace(2, 1.2, 5), "accuracy": np.linspace(.3, .6, 5),
+                        "binary_accuracy": np.linspace(.6, .85, 5)})
     figures.training_curves_png(log, tmp_path / "tc.png")
     text_inside(drawn_png(tmp_path / "tc.png", (900, 1300), (400, 550), colours=[TAB_BLUE, TAB_ORANGE]))
     probs = rng.dirichlet(np.ones(5) * 0.5, 150)

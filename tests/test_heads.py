@@ -77,7 +77,8 @@ def test_decode_and_explained_columns_agree_with_split():
     assert probs is None and pred.tolist() == [3]
     assert get_head("reg").explained(torch.tensor([[2.6]]), SEV).tolist() == [[pytest.approx(2.6)]]
     explained = get_head("cls").explained(out[:, :5], SEV)  # cls gains the score column it computes
-    assert explained.shape == (1, 6) and explained[0, 5].item() == pytest.approx(get_head("cls").split(out[:, :5], SEV)[1].item())
+    assert (explained.shape == (1, 6)
+            and explained[0, 5].item() == pytest.approx(get_head("cls").split(out[:, :5], SEV)[1].item()))
 
 
 def test_cls_loss_logs_the_mse_it_does_not_train():
@@ -106,7 +107,8 @@ def test_label_smoothing_is_the_cross_entropy_against_smoothed_targets(name):
 
 @pytest.mark.parametrize("name", list(HEADS))
 def test_per_cell_losses_are_each_cells_loss_and_average_to_the_batch_loss(name):
-    """reduction "none" (what fastai's MixUp and CutMix ask for): one loss per cell, each the loss of that cell alone."""
+    """reduction "none" (what fastai's MixUp and CutMix ask for): one loss per cell,
+    each the loss of that cell alone."""
     head = get_head(name)
     torch.manual_seed(0)
     out = torch.randn(6, head.n_outputs(5))

@@ -126,7 +126,8 @@ def test_high_depth_grey_images_decode_by_their_real_range(tmp_path):
 @pytest.mark.parametrize("name,values,reason", [
     ("int32.tif", np.arange(480, dtype=np.int32) * 2000, "mode I, 32-bit integer, values 0..958000): beyond 16 bits"),
     ("signed.tif", np.arange(480, dtype=np.int32) - 240, "values -240..239): negative values"),
-    ("float.tif", np.arange(480, dtype=np.float32) / 100, "mode F, 32-bit float, values 0..4.79): a float image is read as 0..1"),
+    ("float.tif", np.arange(480, dtype=np.float32) / 100,
+     "mode F, 32-bit float, values 0..4.79): a float image is read as 0..1"),
     ("nan.tif", np.full(480, np.nan, np.float32), "NaN or infinite"),
     ("flat.tif", np.arange(480, dtype=np.float32) / 480e3, "decodes to a single grey level"),
     ("flat16.png", (30000 + np.arange(480) % 100).astype(np.uint16), "decodes to a single grey level"),

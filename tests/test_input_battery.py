@@ -192,7 +192,8 @@ def _bmp_header(w: int, h: int) -> bytes:
 
 
 def _jpg_header(w: int, h: int) -> bytes:  # JPEG sizes are 16-bit
-    sof = b"\xff\xc0" + struct.pack(">HBHHB", 17, 8, min(h, 65535), min(w, 65535), 3) + b"\x01\x11\0\x02\x11\0\x03\x11\0"
+    sof = (b"\xff\xc0" + struct.pack(">HBHHB", 17, 8, min(h, 65535), min(w, 65535), 3)
+           + b"\x01\x11\0\x02\x11\0\x03\x11\0")
     sos = b"\xff\xda" + struct.pack(">HB", 12, 3) + b"\x01\0\x02\x11\x03\x11\0\x3f\0"
     return b"\xff\xd8" + sof + sos + b"\0" * 16 + b"\xff\xd9"
 
@@ -218,7 +219,8 @@ def _hostile(ext, w, h):
 
 
 # bytes that are not UTF-8 in a file name (Linux allows any byte but '/' and NUL)
-UNDECODABLE = {"latin-1": b"c\xe9llule", "lone bytes": b"\xff\xfe", "cut sequence": b"cell\xc3", "overlong": b"\xc0\xaf"}
+UNDECODABLE = {"latin-1": b"c\xe9llule", "lone bytes": b"\xff\xfe", "cut sequence": b"cell\xc3",
+               "overlong": b"\xc0\xaf"}
 
 
 def _undecodable(name: bytes):
@@ -273,9 +275,11 @@ def _invoke(command, root, tmp, trained_run):
     elif command == "lr_find":
         args = ["lr-find", "--data", str(root), *TRAIN, "--out", str(out)]
     elif command == "evaluate":
-        args = ["evaluate", str(trained_run), "--data", str(root), "--out", str(out), "--device", "cpu", "--bootstrap", "0"]
+        args = ["evaluate", str(trained_run), "--data", str(root), "--out", str(out), "--device", "cpu",
+                "--bootstrap", "0"]
     elif command == "explain":
-        images = [str(p) for p in sorted(root.rglob("*.*")) if p.is_file() and not p.name.lower().endswith(("-d.bmp", "-d.png"))]
+        images = [str(p) for p in sorted(root.rglob("*.*"))
+                  if p.is_file() and not p.name.lower().endswith(("-d.bmp", "-d.png"))]
         args = ["explain", *images, "--run", str(trained_run), "--out", str(out), "--steps", "8", "--device", "cpu",
                 "--quiet"]
     elif command == "quantify":
@@ -358,7 +362,8 @@ def _edit_folds(run, label):
     lines = (run / "folds.csv").read_text().splitlines()
     rel, cls, fold = lines[1].split(",")
     row = {"fold beyond n_folds": f"{rel},{cls},9", "fold not a number": f"{rel},{cls},x",
-           "unknown label": f"{rel},koilocyte,{fold}", "path climbing out of the data root": f"../../{rel},{cls},{fold}",
+           "unknown label": f"{rel},koilocyte,{fold}",
+           "path climbing out of the data root": f"../../{rel},{cls},{fold}",
            "absolute path": f"/etc/{rel},{cls},{fold}"}[label]
     (run / "folds.csv").write_text("\n".join([lines[0], row, *lines[2:]]) + "\n")
 
@@ -402,7 +407,8 @@ RUN_EDITS = (  # (id, damage(run), file the error must name, command that reads 
         "config.json", "predict")]
     + [(f"config.json {key}={value!r}", lambda run, k=key, v=value: _edit_json(run / "config.json", k, v),
         "config.json", "predict") for key, values in CONFIG_EDITS.items() for value in values]
-    + [(f"folds.csv {label}", lambda run, k=label: _edit_folds(run, k), "folds.csv", "evaluate") for label in FOLDS_EDITS]
+    + [(f"folds.csv {label}", lambda run, k=label: _edit_folds(run, k), "folds.csv", "evaluate")
+       for label in FOLDS_EDITS]
     + [(f"weights all {value}", lambda run, v=value: _nan_weights(run, v), "model.safetensors", "predict")
        for value in (NAN, INF)]
     + [("classes swapped in herlev.json and config.json alike", _swap_classes, "herlev.json's classes", "evaluate"),
@@ -527,7 +533,8 @@ def test_paths_of_the_wrong_kind_are_named_as_such(command, tmp_path, trained_ru
     else:
         (tmp_path / "run").write_text("not a run")
         args = (["evaluate", str(tmp_path / "run")] if command == "evaluate"
-                else ["predict", str(_base(tmp_path)), "--run", str(tmp_path / "run"), "--out", str(tmp_path / "p.csv")])
+                else ["predict", str(_base(tmp_path)), "--run", str(tmp_path / "run"),
+                      "--out", str(tmp_path / "p.csv")])
         expected = f"run '{tmp_path / 'run'}' is a file, not a run folder"
     assert expected in _one_error(runner.invoke(app, args))
 
@@ -552,9 +559,9 @@ def test_output_redirected_to_a_file_has_no_bars_and_whole_names(tmp_path, train
     assert "61 image(s)" in text
     train_log = tmp_path / "train.txt"
     with open(train_log, "w") as f:  # no --quiet: the bars are left out because the output is a file
-        subprocess.run([sys.executable, "-m", "herlev_cli.main", "train", "--data", str(_base(tmp_path)), *TRAIN_FAST[:-1],
-                        "--epochs", "1", "--out", str(tmp_path / "runs"), "--device", "cpu"], stdout=f,
-                       stderr=subprocess.STDOUT, check=True)
+        subprocess.run([sys.executable, "-m", "herlev_cli.main", "train", "--data", str(_base(tmp_path)),
+                        *TRAIN_FAST[:-1], "--epochs", "1", "--out", str(tmp_path / "runs"), "--device", "cpu"],
+                       stdout=f, stderr=subprocess.STDOUT, check=True)
     text = train_log.read_text()
     assert "\r" not in text and "█" not in text and "run folder:" in text
 

@@ -81,6 +81,7 @@ def test_folds_are_stratified_and_reproducible(tmp_path):
 
 
 def test_folds_need_enough_images_per_class(tmp_path):
-    items = scan(herlev_folder(tmp_path / "h", folders={"normal_columnar": 6, "light_dysplastic": 2}), get_task("severity"))
+    items = scan(herlev_folder(tmp_path / "h", folders={"normal_columnar": 6, "light_dysplastic": 2}),
+                 get_task("severity"))
     with pytest.raises(HerlevError, match="'light_dysplastic' has only 2 image.*--folds 2"):
         assign_folds(items, 4, seed=0)

@@ -33,7 +33,8 @@ def test_binary_task():
     assert t.class_of_folder("normal_columnar") == "normal"
 
 
-@pytest.mark.parametrize("name", ["normal_superficiel", "NORMAL_SUPERFICIEL", "Normal_Superficial", " normal_superficial "])
+@pytest.mark.parametrize("name", ["normal_superficiel", "NORMAL_SUPERFICIEL", "Normal_Superficial",
+                                  " normal_superficial "])
 def test_folder_aliases_case_insensitive(name):
     assert get_task("severity").class_of_folder(name) == "normal"
     assert get_task("herlev7").class_of_folder(name) == "normal_superficial"

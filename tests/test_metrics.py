@@ -178,7 +178,8 @@ def test_bootstrap_of_reg_leaves_calibration_undefined():
     y = np.array([0, 1, 2, 4, 1, 0])
     intervals = bootstrap_intervals(out, y, get_head("reg"), SEV, n_boot=100)
     assert all(math.isnan(v) for v in intervals["ece"])
-    assert intervals["accuracy"][0] <= severity_metrics(out, y, get_head("reg"), SEV)["accuracy"] <= intervals["accuracy"][1]
+    assert (intervals["accuracy"][0] <= severity_metrics(out, y, get_head("reg"), SEV)["accuracy"]
+            <= intervals["accuracy"][1])
 
 
 # --- the screening call: P(abnormal) against a threshold, never the top class ------------------------------------

@@ -1,4 +1,5 @@
-"""The ordinal heads `corn` (coral-pytorch) and `sord` (dlordinal): the libraries' losses and decodings, and every command.
+"""The ordinal heads `corn` (coral-pytorch) and `sord` (dlordinal): the libraries' losses and decodings,
+and every command.
 
 Unit tests compare with the libraries on hand-made outputs; one module fixture per head trains a
 2-fold test_resnet run through the CLI, which the command tests share.
@@ -255,4 +256,5 @@ def test_reproduce_takes_comma_separated_heads_with_an_ordinal_one(synth_data, t
     results = pd.read_csv(tmp_path / "r" / "results.csv")
     assert list(results["head"]) == ["cls", "cls", "corn", "corn"] and list(results["fold"]) == [0, 1, 0, 1]
     assert np.isfinite(results[["accuracy", "auc", "ece"]].to_numpy()).all()
-    assert re.search(r"accuracy \(%\)\s*│[^│]+│\s*67\.6\s*│[^│]+│\s*–", result.output), result.output  # no paper number for corn
+    # no paper number for corn
+    assert re.search(r"accuracy \(%\)\s*│[^│]+│\s*67\.6\s*│[^│]+│\s*–", result.output), result.output

@@ -224,16 +224,17 @@ def _random_batch(rng: np.random.Generator, b: int, size: int):
 def test_batched_region_shares_equal_the_per_image_ones(dtype, device):
     rng = np.random.default_rng(3)
     attr, regions, keep = _random_batch(rng, 6, 23)
-    got = region_shares_batch(torch.as_tensor(attr, dtype=dtype, device=device), torch.as_tensor(regions, device=device),
-                              torch.as_tensor(keep, device=device))
+    got = region_shares_batch(torch.as_tensor(attr, dtype=dtype, device=device),
+                              torch.as_tensor(regions, device=device), torch.as_tensor(keep, device=device))
     for i in range(len(attr)):
         want = region_shares(attr[i], regions[i], keep[i])
         assert set(got) == set(want)
         for key, value in want.items():
             batched = float(got[key][i])
-            assert (math.isnan(value) and math.isnan(batched)) or batched == pytest.approx(value, rel=1e-12, abs=1e-15), \
-                (i, key, batched, value)
-    padding = padding_share_batch(torch.as_tensor(attr, dtype=dtype, device=device), torch.as_tensor(keep, device=device))
+            assert ((math.isnan(value) and math.isnan(batched))
+                    or batched == pytest.approx(value, rel=1e-12, abs=1e-15)), (i, key, batched, value)
+    padding = padding_share_batch(torch.as_tensor(attr, dtype=dtype, device=device),
+                                  torch.as_tensor(keep, device=device))
     want = [padding_share(a, k) for a, k in zip(attr, keep)]
     np.testing.assert_allclose(padding.cpu().numpy(), want, rtol=1e-12)  # NaN for the all-zero map, 0 without padding
     assert math.isnan(want[2]) and want[3] == 0.0
@@ -252,7 +253,8 @@ def test_batched_region_shares_by_hand_and_bad_inputs():
     assert float(got["nucleus_enrichment"][0]) == pytest.approx(33 / 23)
     assert float(got["nucleus_top5"][0]) == 0.0 and float(got["nucleus_top10"][0]) == 0.5
     with pytest.raises(ValueError, match="same"):
-        region_shares_batch(torch.zeros(2, 3, 4), torch.zeros(2, 3, 3, dtype=torch.uint8), torch.ones(2, 3, 4, dtype=bool))
+        region_shares_batch(torch.zeros(2, 3, 4), torch.zeros(2, 3, 3, dtype=torch.uint8),
+                            torch.ones(2, 3, 4, dtype=bool))
     with pytest.raises(ValueError, match="no pixel"):
         region_shares_batch(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4, dtype=torch.uint8),
                             torch.tensor(KEEP)[None].expand(2, 3, 4) & torch.tensor([True, False])[:, None, None])
@@ -308,8 +310,8 @@ def test_batched_localisation_equals_the_per_image_one(dtype, device):
         want = localisation(attr[i].astype(np.float32 if dtype == torch.float32 else np.float64), inside[i], keep[i])
         for key, value in want.items():
             batched = float(got[key][i])
-            assert (math.isnan(value) and math.isnan(batched)) or batched == pytest.approx(value, rel=1e-9, abs=1e-12), \
-                (i, key, batched, value)
+            assert ((math.isnan(value) and math.isnan(batched))
+                    or batched == pytest.approx(value, rel=1e-9, abs=1e-12)), (i, key, batched, value)
     assert all(math.isnan(float(v[5])) for v in got.values())
 
 

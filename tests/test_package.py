@@ -73,9 +73,11 @@ import sys
 import herlev_fa.prediction, herlev_fa.runs, herlev_fa.model.network
 from herlev_fa.runs import load_run
 run = load_run(sys.argv[1])
-light = sorted(m for m in ("fastai", "sklearn", "matplotlib", "albumentations", "captum", "accelerate") if m in sys.modules)
+light = sorted(m for m in ("fastai", "sklearn", "matplotlib", "albumentations", "captum", "accelerate")
+               if m in sys.modules)
 print("predict:" + ",".join(light + sorted(m for m in sys.modules if m.startswith("herlev_fa.training"))))
-import herlev_fa.evaluation, herlev_fa.explanation.report, herlev_fa.explanation.sanity, herlev_fa.explanation.faithfulness
+import herlev_fa.evaluation, herlev_fa.explanation.report, herlev_fa.explanation.sanity
+import herlev_fa.explanation.faithfulness
 print("others:" + ",".join(sorted(m for m in sys.modules if m.startswith("herlev_fa.training") or m == "fastai")))
 """
 

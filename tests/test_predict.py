@@ -80,7 +80,8 @@ def test_tta_averages_the_probabilities_of_the_eight_views():
     # probabilities are averaged, not logits: the softmax of the mean logit is another number
     assert not torch.allclose(torch.sigmoid(corners.mean(1)), expected[:, 0], atol=1e-2)
 
-    out = dihedral_tta(SeverityModel(CornerModel(), get_head("cls_reg"), (0.0, 3.0)), x, get_head("cls_reg"), (0.0, 3.0))
+    out = dihedral_tta(SeverityModel(CornerModel(), get_head("cls_reg"), (0.0, 3.0)), x, get_head("cls_reg"),
+                       (0.0, 3.0))
     assert out.shape == (2, 3)
     assert torch.allclose(out[:, :2].softmax(1), expected, atol=1e-6)
     # the score is the expected severity of the averaged probabilities = the mean of the 8 scores
@@ -211,10 +212,12 @@ def test_chunks_batches_and_skipped_files_keep_the_order(trained_run, tmp_path, 
 def test_a_reg_run_has_no_probability_columns(synth_data, tmp_path):
     from herlev_fa import DataConfig, ModelConfig, TrainConfig, train
 
-    cfg = TrainConfig(DataConfig(synth_data, size=32, bs=32, folds=2), ModelConfig("test_resnet", head="reg", pretrained=False),
+    cfg = TrainConfig(DataConfig(synth_data, size=32, bs=32, folds=2),
+                      ModelConfig("test_resnet", head="reg", pretrained=False),
                       epochs=1, device="cpu", out=tmp_path, name="reg", quiet=True)
     run_dir = train(cfg).runs[0]
-    preds = predict(run_dir, synth_data / "light_dysplastic", PredictSettings(tta=True, device="cpu", progress=False))  # one path
+    preds = predict(run_dir, synth_data / "light_dysplastic",  # one path
+                    PredictSettings(tta=True, device="cpu", progress=False))
     assert list(preds.columns) == ["path", "pred", "score", "abnormal", "pred_abnormal"]
     assert len(preds) == 24
     assert (preds["abnormal"] == (preds["score"] >= 0.5)).all()  # reg: the screening call reads the score
@@ -294,7 +297,7 @@ def test_out_that_is_a_folder(trained_run, tmp_path):
     assert_one_line_error(result, "is a folder")
 
 
-def test_threshold_option_moves_the_screening_call_and_reads_the_runs_operating_point(trained_run, synth_data, tmp_path):
+def test_threshold_option_moves_the_screening_call_and_reads_the_runs_operating_point(trained_run, synth_data, tmp_path):  # noqa: E501
     recorded = json.loads((trained_run / "metrics.json").read_text())
     sens95 = recorded["operating_thresholds"]["sens95"]
     assert recorded["threshold"] == 0.5 and 0 < sens95 < 1
@@ -306,7 +309,8 @@ def test_threshold_option_moves_the_screening_call_and_reads_the_runs_operating_
     at = np.isclose(preds["abnormal_prob"], sens95, rtol=0, atol=1e-6)  # the cell that set sens95: the CSV rounds it
     assert ((preds["abnormal"] == (preds["abnormal_prob"] >= sens95)) | at).all()
     assert f"called abnormal (P(abnormal) ≥ {sens95:.3g} (sens95))" in result.output
-    never = predict(trained_run, synth_data / "light_dysplastic", PredictSettings(device="cpu", progress=False, threshold=1.01))
+    never = predict(trained_run, synth_data / "light_dysplastic",
+                    PredictSettings(device="cpu", progress=False, threshold=1.01))
     assert not never["abnormal"].any() and (never["pred_abnormal"] == (never["pred"] != "normal")).all()
     bad = runner.invoke(app, ["predict", str(synth_data), "--run", str(trained_run), "--out", str(out),
                               "--threshold", "high"])
@@ -315,7 +319,8 @@ def test_threshold_option_moves_the_screening_call_and_reads_the_runs_operating_
 
 def test_evaluate_threshold_scores_the_screening_call_and_keeps_the_posters_binary_accuracy(trained_run, tmp_path):
     base = evaluate(trained_run, EvalSettings(out=tmp_path / "a", device="cpu", progress=False, n_boot=0))
-    never = evaluate(trained_run, EvalSettings(out=tmp_path / "b", device="cpu", progress=False, n_boot=0, threshold=1.01))
+    never = evaluate(trained_run, EvalSettings(out=tmp_path / "b", device="cpu", progress=False, n_boot=0,
+                                               threshold=1.01))
     assert never["sensitivity"] == 0.0 and never["specificity"] == 1.0 and never["threshold"] == 1.01
     assert never["binary_accuracy"] == base["binary_accuracy"]  # the predicted class does not move
     normal_share = 1 - np.mean(np.array(base["confusion_matrix"]).sum(1)[1:].sum() / base["n"])

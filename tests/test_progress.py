@@ -138,7 +138,8 @@ def test_quantify_cli_limit_and_resume_options(trained_run, tmp_path):
     assert first.exit_code == 0, first.output
     again = runner.invoke(app, [*args, "--resume"])  # nothing stopped: explains the same sample again
     assert again.exit_code == 0, again.output
-    assert pd.read_json(io.StringIO(first.stdout))["path"].tolist() == pd.read_json(io.StringIO(again.stdout))["path"].tolist()
+    assert (pd.read_json(io.StringIO(first.stdout))["path"].tolist()
+            == pd.read_json(io.StringIO(again.stdout))["path"].tolist())
     assert len(pd.read_json(io.StringIO(first.stdout))) == 6
 
 

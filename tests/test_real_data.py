@@ -14,7 +14,8 @@ COUNTS = {"normal_superficial": 59, "normal_intermediate": 56, "normal_columnar"
           "moderate_dysplastic": 117, "severe_dysplastic": 158, "carcinoma_in_situ": 120}
 
 
-@pytest.mark.parametrize("subset,image_ext,mask_ext", [("letterbox200", ".jpg", "-d.png"), ("cells40", ".BMP", "-d.bmp")])
+@pytest.mark.parametrize("subset,image_ext,mask_ext", [("letterbox200", ".jpg", "-d.png"),
+                                                       ("cells40", ".BMP", "-d.bmp")])
 def test_real_folders_read_with_counts_and_masks(shared_herlev, subset, image_ext, mask_ext):
     items = scan(shared_herlev / subset, get_task("herlev7"))
     assert items["label"].value_counts().to_dict() == COUNTS

@@ -175,7 +175,8 @@ def test_results_md_has_every_head_and_column_with_the_paper(resumed):
     header = next(line for line in lines if line.startswith("| head"))
     assert _cells(header) == ["head", "accuracy (%)", "paper", "binary accuracy (%)", "paper", "AUC-ROC", "paper",
                               "MSE", "paper", "quadratic kappa", "paper", "2+ levels off (%)", "paper",
-                              "normal↔CIS (cells)", "paper", "normal↔severe (cells)", "paper", "screening accuracy (%)", "paper", "sensitivity (%)",
+                              "normal↔CIS (cells)", "paper", "normal↔severe (cells)", "paper",
+                              "screening accuracy (%)", "paper", "sensitivity (%)",
                               "paper", "specificity (%)", "paper", "sens. at 95% spec. (%)", "paper",
                               "spec. at 95% sens. (%)", "paper", "ECE", "paper"]
     for i, head in enumerate(HEADS):
@@ -331,7 +332,8 @@ def test_an_interrupted_fold_continues_from_its_checkpoint(synth_data, tmp_path,
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     resume = checkpoint.find(first)
-    assert resume is not None and not (first / "herlev.json").exists(), "killed before the first checkpoint or after the run"
+    assert resume is not None and not (first / "herlev.json").exists(), \
+        "killed before the first checkpoint or after the run"
 
     again = runner.invoke(app, [*args, "--out", str(tmp_path / "out")], env=WIDE)
     assert again.exit_code == 0, again.output

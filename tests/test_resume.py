@@ -75,7 +75,8 @@ def test_killed_run_resumes_to_the_same_result(synth_data, request, tmp_path, st
     drawn by fastai's WeightedDL (--balance, from NumPy's): both generators are in the checkpoint."""
     extra = {"scratch": ["--no-pretrained"], "ema": ["--no-pretrained", "--ema", "0.8"],
              "albumentations": ["--no-pretrained", "--augment", "albumentations", "--workers", "2", "--balance"],
-             "finetune": lambda: ["--weights", str(request.getfixturevalue("trained_run") / "model.safetensors")]}[start]
+             "finetune": lambda: ["--weights",
+                                  str(request.getfixturevalue("trained_run") / "model.safetensors")]}[start]
     extra = extra() if callable(extra) else extra  # only the fine-tune needs the trained run
     _run_here(_cmd(synth_data, tmp_path, "reference", *extra))
     # scratch: 6 one-cycle epochs; finetune: 1 frozen + 6 unfrozen. Kill inside the last fit.
@@ -99,7 +100,8 @@ def test_killed_run_resumes_to_the_same_result(synth_data, request, tmp_path, st
     ref_log, got_log = pd.read_csv(tmp_path / "reference" / "log.csv"), pd.read_csv(tmp_path / "killed" / "log.csv")
     assert len(got_log) == len(ref_log) == epochs
     assert np.allclose(got_log["valid_loss"], ref_log["valid_loss"], atol=1e-5)
-    assert not list((tmp_path / "killed").glob("*checkpoint*"))  # removed once the run finished, with any half-written one
+    # removed once the run finished, with any half-written one
+    assert not list((tmp_path / "killed").glob("*checkpoint*"))
 
 
 def _check_whole(path):

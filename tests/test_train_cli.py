@@ -39,7 +39,8 @@ def test_train_writes_a_complete_run_that_learned(trained_run):
     assert metrics["n"] == 42  # fold 0 of 168 images
     log = pd.read_csv(trained_run / "log.csv")
     assert len(log) == 15
-    assert {"train_loss", "valid_loss", "accuracy", "auc", "kappa", "train_ce", "train_mse", "valid_ce", "valid_mse"} <= set(log)
+    assert {"train_loss", "valid_loss", "accuracy", "auc", "kappa", "train_ce", "train_mse", "valid_ce",
+            "valid_mse"} <= set(log)
     # the loss is CE + 1.0 * MSE, component by component (validation loss is a plain mean, like the parts)
     assert np.allclose(log["valid_loss"], log["valid_ce"] + log["valid_mse"], rtol=1e-4)
     assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0]
@@ -68,7 +69,8 @@ def test_checkpoint_round_trip_and_plain_timm(trained_run):
     x = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
         ours = run.model(x)
-        plain = timm.create_model("test_resnet", num_classes=5, checkpoint_path=str(trained_run / "model.safetensors")).eval()(x)
+        plain = timm.create_model("test_resnet", num_classes=5,
+                                  checkpoint_path=str(trained_run / "model.safetensors")).eval()(x)
         local = timm.create_model(f"local-dir:{trained_run}", pretrained=True).eval()(x)
     assert ours.shape == (2, 6)
     assert torch.allclose(ours[:, :5], plain, atol=1e-5) and torch.allclose(plain, local, atol=1e-6)
@@ -78,18 +80,20 @@ def test_checkpoint_round_trip_and_plain_timm(trained_run):
 def test_evaluate_reproduces_training_metrics_and_writes_files(trained_run, tmp_path):
     train_metrics = json.loads((trained_run / "metrics.json").read_text())
     out = tmp_path / "ev"
-    result = runner.invoke(app, ["evaluate", str(trained_run), "--out", str(out), "--device", "cpu", "--json", "--bootstrap", "0"])
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--out", str(out), "--device", "cpu", "--json",
+                                 "--bootstrap", "0"])
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output)
     assert metrics["accuracy"] == pytest.approx(train_metrics["accuracy"])
     assert metrics["confusion_matrix"] == train_metrics["confusion_matrix"]
-    assert {p.name for p in out.iterdir()} == {"metrics.json", "confusion_matrix.png", "score_distribution.png", "roc.png",
-                                            "reliability.png"}
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "confusion_matrix.png", "score_distribution.png",
+                                               "roc.png", "reliability.png"}
 
 
 def test_evaluate_on_another_folder(trained_run, tmp_path):
     runner.invoke(app, ["synth", str(tmp_path / "other"), "--per-class", "4", "--size", "40", "--seed", "5"])
-    result = runner.invoke(app, ["evaluate", str(trained_run), "--data", str(tmp_path / "other"), "--device", "cpu", "--bootstrap", "0"])
+    result = runner.invoke(app, ["evaluate", str(trained_run), "--data", str(tmp_path / "other"), "--device", "cpu",
+                                 "--bootstrap", "0"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((trained_run / "eval-other" / "metrics.json").read_text())
     assert metrics["n"] == 28 and sum(map(sum, metrics["confusion_matrix"])) == 28
@@ -249,8 +253,8 @@ def test_mse_warmup_ramps_lambda_over_training_and_validates_at_full_weight():
 def test_mse_warmup_is_recorded_and_validation_loss_uses_the_full_weight(synth_data, tmp_path):
     result = runner.invoke(app, ["train", "--data", str(synth_data), "--arch", "test_resnet", "--no-pretrained",
                                  "--size", "32", "--epochs", "2", "--bs", "16", "--seed", "0", "--mse-weight", "0.5",
-                                 "--mse-warmup", "0.5", "--head", "cls_reg", "--device", "cpu", "--out", str(tmp_path), "--name", "w",
-                                 "--quiet"])
+                                 "--mse-warmup", "0.5", "--head", "cls_reg", "--device", "cpu", "--out", str(tmp_path),
+                                 "--name", "w", "--quiet"])
     assert result.exit_code == 0, result.output
     log = pd.read_csv(tmp_path / "w" / "log.csv")
     assert np.allclose(log["valid_loss"], log["valid_ce"] + 0.5 * log["valid_mse"], rtol=1e-4)
@@ -332,15 +336,16 @@ def test_mixup_trains_on_the_mix_of_each_cells_two_losses():
         per_cell.reduction = "none"
         mixed = torch.lerp(per_cell(pred, y1), per_cell(pred, y0), lam).mean()
         assert got.item() == pytest.approx(mixed.item(), rel=1e-5)
-        assert got.item() != pytest.approx(SeverityLoss(get_head("cls_reg"), sev, mse_weight=weight)(pred, y0).item(), rel=1e-3)
+        assert got.item() != pytest.approx(SeverityLoss(get_head("cls_reg"), sev, mse_weight=weight)(pred, y0).item(),
+                                           rel=1e-3)
     assert {"train_ce", "train_mse", "valid_ce", "valid_mse"} <= set(learn.loss_parts.last)  # logged through the swap
 
 
 def test_ema_label_smoothing_and_cutmix_reach_the_run_and_the_saved_weights_are_the_scored_ones(synth_data, tmp_path):
     result = runner.invoke(app, ["train", "--data", str(synth_data), "--arch", "test_resnet", "--no-pretrained",
                                  "--size", "32", "--epochs", "2", "--bs", "16", "--seed", "0", "--ema", "0.5",
-                                 "--label-smoothing", "0.1", "--cutmix", "1.0", "--device", "cpu", "--out", str(tmp_path),
-                                 "--name", "e", "--quiet"])
+                                 "--label-smoothing", "0.1", "--cutmix", "1.0", "--device", "cpu",
+                                 "--out", str(tmp_path), "--name", "e", "--quiet"])
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "e" / "herlev.json").read_text())
     assert [meta["config"][k] for k in ("ema", "label_smoothing", "cutmix", "mixup")] == [0.5, 0.1, 1.0, 0.0]

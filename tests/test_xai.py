@@ -46,8 +46,8 @@ def _images(n: int = 3, seed: int = 0) -> np.ndarray:
 
 
 def _explainer(model: nn.Module, method: str, size: int = S, **kw) -> Explainer:
-    return Explainer(model, get_head("cls"), TASK.classes, TASK.severities, MEAN, STD, size, device="cpu", precision="fp32",
-                     method=method, **kw)
+    return Explainer(model, get_head("cls"), TASK.classes, TASK.severities, MEAN, STD, size, device="cpu",
+                     precision="fp32", method=method, **kw)
 
 
 # ---------------------------------------------------------------------------------------------
