@@ -297,7 +297,8 @@ def test_out_that_is_a_folder(trained_run, tmp_path):
     assert_one_line_error(result, "is a folder")
 
 
-def test_threshold_option_moves_the_screening_call_and_reads_the_runs_operating_point(trained_run, synth_data, tmp_path):  # noqa: E501
+def test_threshold_option_moves_the_screening_call_and_reads_the_runs_operating_point(trained_run, synth_data,
+                                                                                      tmp_path):
     recorded = json.loads((trained_run / "metrics.json").read_text())
     sens95 = recorded["operating_thresholds"]["sens95"]
     assert recorded["threshold"] == 0.5 and 0 < sens95 < 1
