@@ -61,6 +61,8 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "cls-cells-60-ema": ("cells augmentation, 60 epochs, weight average (EMA, decay 0.995 per batch)",
                          {"policy": "cells", "epochs": 60, "ema": 0.995}),
     "cls-cells-100": ("cells augmentation, 100 epochs", {"policy": "cells", "epochs": 100}),
+    "cls-cells-100-r18d": ("ResNet-18-D, cells augmentation, 100 epochs",
+                           {"arch": "resnet18d", "policy": "cells", "epochs": 100}),
     "clsreg-cells-60": ("cls_reg head (the regression constraint, λ 0.3), cells augmentation, 60 epochs",
                         {"head": "cls_reg", "mse_weight": 0.3, "policy": "cells", "epochs": 60}),
     "cls-cells-60-mixup": ("cells augmentation, 60 epochs, MixUp (Beta(0.4, 0.4), fastai)",
