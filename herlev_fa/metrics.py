@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from herlev_fa.errors import HerlevError
+from herlev_fa.errors import SettingError
 from herlev_fa.model.heads import Head
 
 # Every scalar metric, in table order: metrics.json, the CLI tables, cv_summary.md and the
@@ -112,15 +112,16 @@ def threshold_value(value: float | str | None, recorded: dict | None = None, sou
         name = value.strip().lower()
         found = (recorded or {}).get("operating_thresholds", {}).get(name)
         if found is None or not isinstance(found, (int, float)) or math.isnan(found):
-            raise HerlevError(f"--threshold {name}: {source} has no recorded {name} operating point (evaluate it on "
+            raise SettingError(f"{{threshold}} {name}: {source} has no recorded {name} operating point (evaluate it on "
                               "cells with normal and abnormal ones first: herlev evaluate), or pass a number")
         return float(found)
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise HerlevError(f"--threshold '{value}' is not a number nor one of {', '.join(OPERATING_POINTS)}") from None
+        raise SettingError(f"{{threshold}} {{value}} is not a number nor one of {', '.join(OPERATING_POINTS)}",
+                           str(value)) from None
     if not math.isfinite(number):
-        raise HerlevError(f"--threshold {value} is not a finite number")
+        raise SettingError("{threshold} {value} is not a finite number", number)
     return number
 
 

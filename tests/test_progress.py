@@ -88,7 +88,7 @@ def test_sample_items_is_seeded_ordered_and_checked():
     assert list(a["path"]) == sorted(a["path"], key=lambda p: int(p[1:]))  # kept in order
     assert list(sample_items(items, 5, seed=4)["path"]) != list(a["path"])
     assert sample_items(items, None) is items and sample_items(items, 50) is items
-    with pytest.raises(HerlevError, match="--limit 0 is out of range"):
+    with pytest.raises(HerlevError, match="^limit 0 is out of range"):
         sample_items(items, 0)
 
 

@@ -140,9 +140,9 @@ def test_refuses_non_empty_output_and_bad_arguments(tmp_path: Path) -> None:
         write_synthetic(tmp_path / "full", per_class=2, size=32)
     (tmp_path / "empty").mkdir()
     assert len(list(write_synthetic(tmp_path / "empty", per_class=2, size=16).rglob("*.BMP"))) == 14  # empty is fine
-    with pytest.raises(HerlevError, match=r"--per-class 1 is out of range: use an integer >= 2"):
+    with pytest.raises(HerlevError, match=r"^per_class 1 is out of range: use an integer >= 2"):
         write_synthetic(tmp_path / "a", per_class=1)
     for size in (15, 1025):
-        with pytest.raises(HerlevError, match=rf"--size {size} is out of range: .*16 to 1024"):
+        with pytest.raises(HerlevError, match=rf"^size {size} is out of range: .*16 to 1024"):
             write_synthetic(tmp_path / "b", size=size)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing written on refusal

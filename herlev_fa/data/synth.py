@@ -31,7 +31,7 @@ from PIL import Image
 from scipy import ndimage
 
 from herlev_fa.atomic import check_output_folder, out_of_space
-from herlev_fa.errors import HerlevError
+from herlev_fa.errors import HerlevError, SettingError
 from herlev_fa.labels import (
     ARCHIVE_FOLDERS,
     BACKGROUND_RGB,
@@ -211,11 +211,11 @@ def write_synthetic(out: str | Path, per_class: int = 30, size: int = 96, seed: 
     """
     out = Path(out)
     if not isinstance(per_class, int) or per_class < 2:
-        raise HerlevError(f"--per-class {per_class!r} is out of range: use an integer >= 2")
+        raise SettingError("{per_class} {value} is out of range: use an integer >= 2", per_class)
     if not isinstance(size, int) or not 16 <= size <= 1024:
-        raise HerlevError(f"--size {size!r} is out of range: use an integer from 16 to 1024 pixels")
+        raise SettingError("{size} {value} is out of range: use an integer from 16 to 1024 pixels", size)
     if not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise HerlevError(f"--seed {seed!r} is out of range: use 0..{2**32 - 1}")
+        raise SettingError(f"{{seed}} {{value}} is out of range: use 0..{2**32 - 1}", seed)
     check_output_folder(out, "OUT")
     if out.exists() and any(out.iterdir()):
         raise HerlevError(f"output folder '{out}' already exists and is not empty: choose a new folder")

@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from herlev_fa.config import IG_BASELINES as BASELINES
 from herlev_fa.config import IGSettings
 from herlev_fa.data.images import normalise
-from herlev_fa.errors import HerlevError, missing as missing_message
+from herlev_fa.errors import HerlevError, SettingError, missing as missing_message
 from herlev_fa.explanation.methods import METHODS as OTHER_METHODS
 from herlev_fa.model.heads import Head
 from herlev_fa.model.inference import fold_batchnorm
@@ -204,10 +204,11 @@ def target_column(target: str, head: Head, classes: Sequence[str]) -> int | None
     if target == "predicted":
         return None
     if target not in classes:
-        raise HerlevError(f"unknown --target '{target}': use predicted, score, or one of {', '.join(classes)}")
+        raise SettingError(f"unknown {{target}} {{value}}: use predicted, score, or one of {', '.join(classes)}",
+                           target)
     if not head.has_classes:
-        raise HerlevError(f"--target {target}: a {head.name} run has no class outputs; it explains the severity "
-                          "score (--target predicted or score)")
+        raise SettingError(f"{{target}} {target}: a {head.name} run has no class outputs; it explains the severity "
+                           "score ({target} predicted or score)")
     return list(classes).index(target)
 
 

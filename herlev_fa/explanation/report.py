@@ -28,7 +28,7 @@ from herlev_fa.atomic import atomic_path, check_output_folder, write_text
 from herlev_fa.data.items import FILE_NAME_ERRORS
 from herlev_fa.config import ATTRIBUTION_METHODS as METHOD_NAMES
 from herlev_fa.config import IG_RULES, IGSettings
-from herlev_fa.errors import HerlevError
+from herlev_fa.errors import HerlevError, SettingError
 from herlev_fa.explanation.attribution import (
     DEFAULT_RULE,
     GAP_FLOOR,
@@ -253,7 +253,7 @@ def sample_items(items: pd.DataFrame, limit: int | None, seed: int = 0) -> pd.Da
     if limit is None or limit >= len(items):
         return items
     if limit < 1:
-        raise HerlevError(f"--limit {limit} is out of range: use 1 or more cells")
+        raise SettingError("{limit} {value} is out of range: use 1 or more cells", limit)
     keep = np.sort(np.random.default_rng(seed).choice(len(items), size=limit, replace=False))
     return items.iloc[keep].reset_index(drop=True)
 
@@ -514,7 +514,7 @@ def pick_cells(items: pd.DataFrame, classes: Sequence[str], per_class: int, seed
     class with fewer items gives all it has. Returns the picked rows, class by class.
     """
     if per_class < 1:
-        raise HerlevError(f"--per-class {per_class} must be at least 1")
+        raise SettingError("{per_class} {value} must be at least 1", per_class)
     rng = np.random.default_rng(seed)
     picked = []
     for name in classes:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from herlev_fa.atomic import atomic_path, write_text
 from herlev_fa.config import IGSettings
-from herlev_fa.errors import HerlevError
+from herlev_fa.errors import HerlevError, SettingError
 
 SSIM_WINDOW = 7
 SSIM_K1, SSIM_K2 = 0.01, 0.03
@@ -208,7 +208,7 @@ def masked_cells(run, data: str | Path | None, split: str, limit: int):
 def cells_of(items: pd.DataFrame, limit: int) -> pd.DataFrame:
     """`limit` items spread evenly over the path-sorted table (all when limit is 0 or more than there are)."""
     if limit < 0:
-        raise HerlevError(f"--limit {limit} must be >= 0 (0: every held-out cell)")
+        raise SettingError("{limit} {value} must be >= 0 (0: every held-out cell)", limit)
     items = items.sort_values("path").reset_index(drop=True)
     if not limit or limit >= len(items):
         return items
