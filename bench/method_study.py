@@ -57,28 +57,19 @@ def quantify_task(args, name: str, folder: Path, method: str) -> str:
     return f"{name} {method}: quantified"
 
 
-def sanity_task(args, name: str, folder: Path) -> str:
-    import torch
-
-    torch.set_num_threads(1)
-    from herlev_fa.explanation.sanity import sanity
-
-    out = args.out / name / "sanity"
-    if not (out / "sanity.csv").is_file():
-        sanity(folder / "fold0", args.methods, out=out, settings=settings(args, "ig"), limit=args.sanity_limit)
-    return f"{name}: sanity"
-
-
-def faith_task(args, name: str, folder: Path) -> str:
+def check_task(args, name: str, folder: Path, check: str) -> str:
+    """The randomisation sanity check or the faithfulness curves (`check`) on fold 0, unless written before."""
     import torch
 
     torch.set_num_threads(1)
     from herlev_fa.explanation.faithfulness import faithfulness
+    from herlev_fa.explanation.sanity import sanity
 
-    out = args.out / name / "faithfulness"
-    if not (out / "faithfulness.csv").is_file():
-        faithfulness(folder / "fold0", args.methods, out=out, settings=settings(args, "ig"), limit=args.faith_limit)
-    return f"{name}: faithfulness"
+    run, limit = {"sanity": (sanity, args.sanity_limit), "faithfulness": (faithfulness, args.faith_limit)}[check]
+    out = args.out / name / check
+    if not (out / f"{check}.csv").is_file():
+        run(folder / "fold0", args.methods, out=out, settings=settings(args, "ig"), limit=limit)
+    return f"{name}: {check}"
 
 
 def pooled(args, name: str, method: str) -> pd.DataFrame:
@@ -162,7 +153,7 @@ def main() -> None:
     args.methods = args.methods.split(",")
     runs = {n: Path(f) for n, f in (r.split("=", 1) for r in args.runs.split(","))}
     tasks = [(quantify_task, name, folder, m) for m in args.methods for name, folder in runs.items()]
-    tasks += [(t, name, folder) for name, folder in runs.items() for t in (sanity_task, faith_task)]
+    tasks += [(check_task, name, folder, c) for name, folder in runs.items() for c in ("sanity", "faithfulness")]
     with cf.ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         for done in cf.as_completed([pool.submit(t[0], args, *t[1:]) for t in tasks]):
             print(done.result(), flush=True)
