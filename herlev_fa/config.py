@@ -50,6 +50,12 @@ def defaults(cls: type) -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
 
+def check_device(device: str) -> None:
+    """Raises a SettingError unless `device` is one of DEVICES or a numbered GPU (`cuda:1`)."""
+    _check(device in DEVICES or device.startswith("cuda:"),
+           f"unknown device '{device}': choose one of {', '.join(DEVICES)}")
+
+
 def check_name(name: str, option: str) -> None:
     """Raises HerlevError unless `name` is one plain folder name (no separator, not '.' or '..')."""
     _check(bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name,
@@ -304,8 +310,7 @@ class IGSettings:
         _check(self.bs >= 1, "{bs} {value} must be at least 1", self.bs)
         _check(self.internal_batch_size is None or self.internal_batch_size >= 1,
                f"internal_batch_size {self.internal_batch_size} must be at least 1 (or None: automatic)")
-        _check(self.device in DEVICES or self.device.startswith("cuda:"),
-               f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
+        check_device(self.device)
 
     def describe(self, precision: str | None = None) -> str:
         """One line for titles and tables, e.g. 'target predicted, baseline mean, 50 Gauss-Legendre steps' (IG) or
@@ -339,8 +344,7 @@ class InferenceSettings:
 
     def __post_init__(self) -> None:
         _check(self.bs >= 1, "{bs} {value} is out of range: use 1 or more images per batch", self.bs)
-        _check(self.device in DEVICES or self.device.startswith("cuda:"),
-               f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
+        check_device(self.device)
 
 
 @dataclass(frozen=True)
