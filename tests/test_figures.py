@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from helpers import drawn_png
 from herlev_fa import figures
@@ -50,6 +51,27 @@ def test_explanation_figure(tmp_path):
     red = (rgb[..., 0] > 150) & (rgb[..., 2] < 80)
     blue = (rgb[..., 2] > 150) & (rgb[..., 0] < 80)
     assert red.sum() > 500 and blue.sum() > 500  # RdBu_r: attribution for (red) and against (blue)
+
+
+def test_a_large_cell_is_drawn_as_the_same_figure_from_fewer_pixels(tmp_path):
+    """A 3000 x 4000 cell is drawn from its box-averaged copy (fast): the figure is that of the same cell at 60 x 80."""
+    yy, xx = np.mgrid[0:60, 0:80]
+    image = np.stack([(xx * 3) % 256, (yy * 4) % 256, np.full_like(xx, 128)], axis=2).astype(np.uint8)
+    attribution = np.sin(xx / 9.0) * np.cos(yy / 7.0)
+    figs = []
+    for k in (1, 50):  # each pixel a k x k block
+        result = SimpleNamespace(name="cell", image=image.repeat(k, 0).repeat(k, 1),
+                                 attribution=attribution.repeat(k, 0).repeat(k, 1), target="score",
+                                 predicted="normal", score=0.4, probs=None, delta=0.01, relative_delta=0.02,
+                                 method="ig")
+        figs.append(drawn_png(figures.explanation_png(result, tmp_path / f"ig{k}.png", settings="s"),
+                              (900, 1300), (350, 600)).astype(int))
+    small, large = figs
+    assert small.shape == large.shape
+    assert np.abs(small - large).mean() < 3  # the same drawing, up to the resampling of the edges
+    shown, shown_attr = figures._for_display(image.repeat(50, 0).repeat(50, 1), attribution.repeat(50, 0).repeat(50, 1))
+    assert shown.shape == (450, 600, 3) and shown_attr.shape == (450, 600)
+    assert shown_attr.mean() == pytest.approx(attribution.mean(), abs=1e-3)  # box average: the map's mass is kept
 
 
 def test_nucleus_attribution_figure(tmp_path):
