@@ -84,3 +84,96 @@ def text_inside(rgb: np.ndarray, margin: int = 3) -> None:
                             rgb[:, :margin].reshape(-1, 3), rgb[:, -margin:].reshape(-1, 3)])
     dark = int((edges.min(axis=1) < 235).sum())
     assert dark == 0, f"{dark} drawn pixels touch the edge of the image: something is cut off"
+
+
+def killed_cli(args: list[str], when=None, epoch: int | None = None, timeout: float = 240) -> bool:
+    """Run the CLI `args` in a fork of this process (torch and fastai are imported already: no 5 s start), on one
+    thread as a subprocess under OMP_NUM_THREADS=1 would, and SIGKILL it from outside:
+
+    - `epoch=k`: once its training reaches the middle batch of the k-th training epoch (counted from 0 over every
+      fit), where the fork waits for the kill: a kill at a known batch;
+    - `when`: as soon as `when()` holds (polled every 20 ms): a kill at whatever the run is doing then.
+
+    Returns True if it was killed before it finished.
+    """
+    import os
+    import select
+    import signal
+    import time
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            os.close(read)
+            import torch
+            from typer.testing import CliRunner
+
+            from herlev_cli.main import app
+
+            torch.set_num_threads(1)
+            if epoch is not None:
+                _stop_in_epoch(epoch, write)
+            code = CliRunner().invoke(app, args).exit_code
+        finally:
+            os._exit(code)
+    os.close(write)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if epoch is not None:
+                ready, _, _ = select.select([read], [], [], 0.02)
+                if ready:
+                    if not os.read(read, 1):  # end of file: the child finished without reaching the batch
+                        return False
+                    os.kill(pid, signal.SIGKILL)
+                    return True
+            else:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    pid = 0
+                    return False
+                if when():
+                    os.kill(pid, signal.SIGKILL)
+                    return True
+                time.sleep(0.02)
+        raise AssertionError(f"the run neither finished nor got where it is killed within {timeout} s")
+    finally:
+        os.close(read)
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+
+
+def _stop_in_epoch(epoch: int, pipe: int) -> None:
+    """Make every Learner the trainer builds stop in the middle of training epoch `epoch` and write to `pipe`."""
+    import os
+    import time
+
+    from fastai.callback.core import Callback
+
+    from herlev_fa.training import loop
+
+    class StopInEpoch(Callback):
+        seen = -1
+
+        def before_train(self):
+            StopInEpoch.seen += 1
+
+        def after_batch(self):
+            if self.training and StopInEpoch.seen == epoch and self.iter == len(self.dl) // 2:
+                os.write(pipe, b"x")
+                while True:
+                    time.sleep(60)  # until the SIGKILL
+
+    build = loop.build_learner
+
+    def build_stopping(*args, **kwargs):
+        learn = build(*args, **kwargs)
+        learn.add_cb(StopInEpoch())
+        return learn
+
+    loop.build_learner = build_stopping

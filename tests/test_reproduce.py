@@ -8,13 +8,8 @@ import csv
 import importlib
 import json
 import math
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 import herlev_cli.reproduce  # noqa: F401  registers the command on the app
-from helpers import drawn_png
+from helpers import drawn_png, killed_cli
 from herlev_cli.main import app
 from herlev_fa.config import POSTER_POLICY, DataConfig, ModelConfig, TrainConfig
 from herlev_fa.errors import HerlevError
@@ -312,8 +307,8 @@ def test_chosen_heads_schedule_and_kept_epoch_reach_every_fold_run(synth_data, t
 
 
 def test_an_interrupted_fold_continues_from_its_checkpoint(synth_data, tmp_path, device):
-    """SIGKILL a real reproduction after the first fold run's first checkpoint; the rerun continues it and ends
-    where an uninterrupted reproduction ends."""
+    """SIGKILL a reproduction in the first fold run's 2nd epoch; the rerun continues it from its first checkpoint
+    and ends where an uninterrupted reproduction ends."""
     from herlev_fa.training import checkpoint
 
     args = ["reproduce", "--data", str(synth_data), "--arch", "test_resnet", "--no-pretrained", "--folds", "2",
@@ -323,17 +318,9 @@ def test_an_interrupted_fold_continues_from_its_checkpoint(synth_data, tmp_path,
     assert reference.exit_code == 0, reference.output
 
     first = tmp_path / "out" / "cls" / "fold0"
-    proc = subprocess.Popen([sys.executable, "-m", "herlev_cli.main", *args, "--out", str(tmp_path / "out")],
-                            env={**os.environ, **WIDE, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while proc.poll() is None and time.time() < deadline and checkpoint.find(first) is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert killed_cli([*args, "--out", str(tmp_path / "out")], epoch=1)  # in the 2nd epoch of the first fold run
     resume = checkpoint.find(first)
-    assert resume is not None and not (first / "herlev.json").exists(), \
-        "killed before the first checkpoint or after the run"
+    assert resume is not None and resume.epoch == 0 and not (first / "herlev.json").exists()
 
     again = runner.invoke(app, [*args, "--out", str(tmp_path / "out")], env=WIDE)
     assert again.exit_code == 0, again.output

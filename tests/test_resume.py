@@ -1,11 +1,9 @@
-"""Killed runs (SIGKILL) resume from their last completed epoch, and every file left behind is whole."""
+"""Killed runs (SIGKILL) resume from their last completed epoch, and every file left behind is whole.
+
+The runs are killed in forks of the test process (`helpers.killed_cli`): a real SIGKILL from outside, without the
+5 s start of a new interpreter; test_input_battery's SIGTERM tests run the command as its own process."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pandas as pd
@@ -13,26 +11,18 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
+from helpers import killed_cli
 from herlev_fa.training.checkpoint import find
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _cmd(data, out, name, *extra):
-    return [sys.executable, "-m", "herlev_cli.main", "train", "--data", str(data), "--arch", "test_resnet",
+    return ["train", "--data", str(data), "--arch", "test_resnet",
             "--size", "32", "--epochs", "6", "--bs", "16", "--seed", "1", "--device", "cpu", "--out", str(out),
             "--name", name, "--quiet", "--checkpoint-every", "0", *extra]
 
 
 def _run(cmd):
-    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done
-
-
-def _run_here(cmd):
-    """`cmd` in this process, one thread as in the subprocesses (the same sums, so the same numbers): no import
-    of torch and fastai to wait for, unlike `_run`."""
+    """`cmd` in this process, one thread as in the killed forks (the same sums, so the same numbers); its output."""
     import torch
     from typer.testing import CliRunner
 
@@ -41,24 +31,11 @@ def _run_here(cmd):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = CliRunner().invoke(app, cmd[3:])  # without `python -m herlev_cli.main`
+        result = CliRunner().invoke(app, cmd)
     finally:
         torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output[-2000:]
-
-
-def _kill_when(cmd, ready, timeout=240):
-    """Start `cmd`, SIGKILL it as soon as `ready()` holds; True if it was killed before finishing."""
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    while proc.poll() is None and time.time() < deadline:
-        if ready():
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return True
-        time.sleep(0.05)
-    proc.wait()
-    return False
+    return result.output
 
 
 def _log_rows(path):
@@ -78,15 +55,14 @@ def test_killed_run_resumes_to_the_same_result(synth_data, request, tmp_path, st
              "finetune": lambda: ["--weights",
                                   str(request.getfixturevalue("trained_run") / "model.safetensors")]}[start]
     extra = extra() if callable(extra) else extra  # only the fine-tune needs the trained run
-    _run_here(_cmd(synth_data, tmp_path, "reference", *extra))
-    # scratch: 6 one-cycle epochs; finetune: 1 frozen + 6 unfrozen. Kill inside the last fit.
-    killed = _kill_when(_cmd(synth_data, tmp_path, "killed", *extra),
-                        lambda: _log_rows(tmp_path / "killed" / "log.csv") >= 3)
-    assert killed, "the run finished before it could be killed"
+    _run(_cmd(synth_data, tmp_path, "reference", *extra))
+    # scratch: 6 one-cycle epochs; finetune: 1 frozen + 6 unfrozen. Killed in the middle of the 4th (the last fit).
+    assert killed_cli(_cmd(synth_data, tmp_path, "killed", *extra), epoch=4 if start == "finetune" else 3)
     assert not (tmp_path / "killed" / "herlev.json").exists()
     resume = find(tmp_path / "killed")
-    assert resume is not None  # the kill may fall between an epoch's log row and its checkpoint
-    log = _run([a for a in _cmd(synth_data, tmp_path, "killed", *extra, "--resume") if a != "--quiet"]).stdout
+    # the checkpoint of the epoch before the kill: (fit, its last completed epoch)
+    assert resume is not None and (resume.phase, resume.epoch) == ((1, 2) if start == "finetune" else (0, 2))
+    log = _run([a for a in _cmd(synth_data, tmp_path, "killed", *extra, "--resume") if a != "--quiet"])
     epochs = 7 if start == "finetune" else 6
     # the log says where it resumed, then one plain line per remaining epoch, ending with the last one
     assert f"resuming '{tmp_path / 'killed'}' from" in log, log
@@ -134,7 +110,7 @@ def test_files_are_whole_after_a_kill(synth_data, tmp_path, moment):
     ready = {"folder made": lambda: (run / "folds.csv").exists(),  # before the first epoch ends
              "mid-training": lambda: _log_rows(run / "log.csv") >= 2,  # checkpoints written every epoch
              "writing the results": lambda: (run / "predictions.csv").exists()}[moment]
-    assert _kill_when(_cmd(synth_data, tmp_path, "k", "--no-pretrained"), ready), "the run finished first"
+    assert killed_cli(_cmd(synth_data, tmp_path, "k", "--no-pretrained"), when=ready), "the run finished first"
     _check_whole(run)
     if (run / "herlev.json").exists():
         from herlev_fa.runs import load_run
