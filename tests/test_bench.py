@@ -1,13 +1,13 @@
 """bench/constraint_sweep.py on tiny synthetic data: one table row per configuration, paired gains right."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+
+from helpers import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,11 +20,8 @@ def _cells(line: str) -> list[str]:
 def sweep(synth_data, tmp_path_factory) -> Path:
     """bench/constraint_sweep.py on the synthetic data: cls, reg, cls_reg at lambda 0.5 and 2, two folds."""
     out = tmp_path_factory.mktemp("bench") / "sweep"
-    cmd = [sys.executable, str(ROOT / "bench" / "constraint_sweep.py"), "--data", str(synth_data), "--arch",
-           "test_resnet", "--size", "32", "--epochs", "1", "--folds", "2", "--weights-lambda", "0.5,2",
-           "--out", str(out), "--device", "cpu"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_script(ROOT / "bench" / "constraint_sweep.py", "--data", synth_data, "--arch", "test_resnet", "--size", "32",
+               "--epochs", "1", "--folds", "2", "--weights-lambda", "0.5,2", "--out", out, "--device", "cpu")
     return out
 
 
@@ -55,9 +52,7 @@ def test_big_mistakes_table_is_paired_over_the_same_cells(sweep):
     from herlev_fa.metrics import big_mistake_rate, decode
     from herlev_fa.model.heads import get_head
 
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "big_mistakes.py"), "--sweep", str(sweep)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_script(ROOT / "bench" / "big_mistakes.py", "--sweep", sweep)
     lines = (sweep / "big_mistakes.md").read_text().splitlines()
     rows = {_cells(line)[0]: _cells(line) for line in lines if line.startswith("| ") and "configuration" not in line}
     assert list(rows) == ["cls", "reg", "cls_reg-0.5", "cls_reg-2"]
@@ -88,10 +83,9 @@ def test_explain_study_pools_each_fold_on_its_own_held_out_cells(sweep, synth_da
     from herlev_fa.explanation.study import compare_runs, paired_comparison
 
     out = tmp_path / "explain"
-    cmd = [sys.executable, str(ROOT / "bench" / "explain_study.py"), "--sweep", str(sweep), "--out", str(out),
-           "--configs", "cls,reg", "--baselines", "mean", "--steps", "8", "--device", "cpu"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    args = ["--sweep", sweep, "--out", out, "--configs", "cls,reg", "--baselines", "mean", "--steps", "8", "--device",
+            "cpu"]
+    run_script(ROOT / "bench" / "explain_study.py", *args)
     pooled = {}
     for config in ("cls", "reg"):
         tables = []
@@ -113,9 +107,8 @@ def test_explain_study_pools_each_fold_on_its_own_held_out_cells(sweep, synth_da
     versus = compare_runs(pooled, "cls", ["nucleus_enrichment"]).iloc[0]
     row = next(_cells(line) for line in lines if line.startswith("| reg | nucleus enrichment |"))
     assert row[2:5] == [str(int(versus["n"])), f"{versus['median_a']:.3f}", f"{versus['median_b']:.3f}"]
-    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # finished folds are reused, not redone
-    assert rerun.returncode == 0 and "quantified" not in rerun.stdout and (out / "study.md").read_text() == "\n".join(
-        lines) + "\n"
+    rerun = run_script(ROOT / "bench" / "explain_study.py", *args)  # finished folds are reused, not redone
+    assert "quantified" not in rerun and (out / "study.md").read_text() == "\n".join(lines) + "\n"
 
 
 def test_compare_quantify_pools_cross_validated_runs_and_compares_them_on_the_same_cells(sweep, tmp_path):
