@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # workers share the cores: one torch thread each (set before torch is imported). With two threads each,
+    # OpenMP's waiting threads fought over the cores and `-n 2` ran slower than one process.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_HERLEV = Path(os.environ.get("HERLEV_SHARED_DATA", REPO.parent / "shared" / "data" / "herlev"))
 

@@ -545,24 +545,32 @@ def test_paths_of_the_wrong_kind_are_named_as_such(command, tmp_path, trained_ru
     assert expected in _one_error(runner.invoke(app, args))
 
 
-def test_output_redirected_to_a_file_has_no_bars_and_whole_names(tmp_path, trained_run):
+@pytest.fixture(scope="module")
+def predicted_in_a_process(tmp_path_factory, trained_run) -> Path:
+    """`herlev predict` on 61 images (one with a long name) as its own process: stdout to `log.txt`, a TMPDIR
+    (`tmp/`) and a cache folder (`cache/`) of its own."""
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("process")
+    data = folder / "data"
+    write_image(data / ("a_cell_image_with_a_name_much_longer_than_eighty_columns_" + "x" * 40 + ".png"))
+    for i in range(60):  # enough images for predict's progress bar (>= 50)
+        write_image(data / f"c{i}.png", value=i)
+    with open(folder / "log.txt", "w") as log:
+        proc = _cli(["predict", str(data), "--run", str(trained_run), "--out", str(folder / "p.csv"), "--device",
+                     "cpu"], folder, stdout=log, stderr=subprocess.STDOUT, env_extra={"COLUMNS": "80"})
+        assert proc.wait(timeout=300) == 0, (folder / "log.txt").read_text()[-2000:]
+    return folder
+
+
+def test_output_redirected_to_a_file_has_no_bars_and_whole_names(predicted_in_a_process, tmp_path):
     """Logs: no carriage returns or bar characters when stdout is a file; a long file name printed whole."""
     import subprocess
     import sys
 
-    data = tmp_path / "data"
-    long_name = "a_cell_image_with_a_name_much_longer_than_eighty_columns_" + "x" * 40 + ".png"
-    write_image(data / long_name)
-    for i in range(60):  # enough images for predict's progress bar (>= 50)
-        write_image(data / f"c{i}.png", value=i)
-    log = tmp_path / "log.txt"
-    with open(log, "w") as f:
-        subprocess.run([sys.executable, "-m", "herlev_cli.main", "predict", str(data), "--run", str(trained_run),
-                        "--out", str(tmp_path / "p.csv"), "--device", "cpu"], stdout=f, stderr=subprocess.STDOUT,
-                       check=True, env={**os.environ, "COLUMNS": "80"})
-    text = log.read_text()
+    text = (predicted_in_a_process / "log.txt").read_text()
     assert "\r" not in text and "━" not in text and "\x1b" not in text
-    assert "61 image(s)" in text
+    assert "61 image(s)" in text and "x" * 40 + ".png" in text
     train_log = tmp_path / "train.txt"
     with open(train_log, "w") as f:  # no --quiet: the bars are left out because the output is a file
         subprocess.run([sys.executable, "-m", "herlev_cli.main", "train", "--data", str(_base(tmp_path)),
@@ -664,25 +672,24 @@ def test_compare_explanations_out_is_a_folder(folder, tmp_path, trained_run):
 
 # --- nothing left outside --out: torch's compiler cache, lr-find's scratch folder, a SIGTERM ------------------------
 
-def _cli(args, tmp, **kwargs):
+def _cli(args, tmp, env_extra=(), **kwargs):
+    """The `herlev` command as its own process, with TMPDIR `tmp/tmp` and XDG_CACHE_HOME `tmp/cache`."""
     import subprocess
     import sys
 
     (tmp / "tmp").mkdir(exist_ok=True)
-    env = {**os.environ, "TMPDIR": str(tmp / "tmp"), "XDG_CACHE_HOME": str(tmp / "cache"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "TMPDIR": str(tmp / "tmp"), "XDG_CACHE_HOME": str(tmp / "cache"), "OMP_NUM_THREADS": "1",
+           **dict(env_extra)}
     env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    kwargs = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kwargs}
     return subprocess.Popen([sys.executable, "-c", "from herlev_cli.main import main; main()", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+                            text=True, **kwargs)
 
 
-def test_nothing_left_in_the_temporary_folder(tmp_path, trained_run):
+def test_nothing_left_in_the_temporary_folder(predicted_in_a_process):
     """torch creates its compiler cache when timm imports torch._dynamo: in the user's cache folder, not in TMPDIR."""
-    data = _base(tmp_path)
-    proc = _cli(["predict", str(data), "--run", str(trained_run), "--out", str(tmp_path / "p.csv"), "--device", "cpu"],
-                tmp_path)
-    assert proc.wait(timeout=300) == 0, proc.stderr.read()
-    assert list((tmp_path / "tmp").iterdir()) == []
-    assert (tmp_path / "cache" / "herlev_fa" / "torchinductor").is_dir()
+    assert list((predicted_in_a_process / "tmp").iterdir()) == []
+    assert (predicted_in_a_process / "cache" / "herlev_fa" / "torchinductor").is_dir()
 
 
 @pytest.mark.parametrize("command", ["lr-find", "train"])

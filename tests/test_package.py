@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 PROBE = r"""
 import os, sys, warnings
 env, filters = dict(os.environ), list(warnings.filters)
@@ -11,18 +13,40 @@ assert dict(os.environ) == env, "import changed the environment"
 assert list(warnings.filters) == filters, "import changed the warning filters"
 heavy = sorted(m for m in ("torch", "fastai", "timm", "matplotlib", "captum", "albumentations") if m in sys.modules)
 print("heavy:" + ",".join(heavy))
-import herlev_fa.training.loop, herlev_fa.evaluation, herlev_fa.prediction, herlev_fa.reproduction
-import herlev_fa.explanation.attribution
+# the layers, in the order a user meets them: loading a run to predict, then evaluation and explanation
+import herlev_fa.prediction, herlev_fa.runs, herlev_fa.model.network
+from herlev_fa.runs import load_run
+run = load_run(sys.argv[1])
+light = sorted(m for m in ("fastai", "sklearn", "matplotlib", "albumentations", "captum", "accelerate")
+               if m in sys.modules)
+print("predict:" + ",".join(light + sorted(m for m in sys.modules if m.startswith("herlev_fa.training"))))
+import herlev_fa.evaluation, herlev_fa.explanation.report, herlev_fa.explanation.sanity
+import herlev_fa.explanation.faithfulness
+print("others:" + ",".join(sorted(m for m in sys.modules if m.startswith("herlev_fa.training") or m == "fastai")))
+import herlev_fa.training.loop, herlev_fa.reproduction, herlev_fa.explanation.attribution
 for name in ("train", "evaluate", "predict", "reproduce", "explain", "quantify"):
     print(name, type(getattr(herlev_fa, name)).__name__)
 """
 
 
-def test_import_is_light_and_changes_nothing():
-    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True).stdout.split("\n")
-    assert out[0] == "heavy:"
+@pytest.fixture(scope="module")
+def probe(trained_run) -> list[str]:
+    """What a fresh interpreter prints as it imports the package, loads a run, then imports every layer."""
+    return subprocess.run([sys.executable, "-c", PROBE, str(trained_run)], capture_output=True, text=True,
+                          check=True).stdout.split("\n")
+
+
+def test_import_is_light_and_changes_nothing(probe):
+    assert probe[0] == "heavy:"
     for name in ("train", "evaluate", "predict", "reproduce", "explain", "quantify"):
-        assert f"{name} function" in out, f"herlev_fa.{name} is not the function: {out}"
+        assert f"{name} function" in probe, f"herlev_fa.{name} is not the function: {probe}"
+
+
+def test_prediction_loads_a_run_without_the_trainer(probe):
+    """Loading a run and predicting need torch and timm: no fastai, training module, scikit-learn, matplotlib or
+    albumentations; evaluation and explanation import no training module either."""
+    assert probe[1] == "predict:", probe
+    assert probe[2] == "others:", probe
 
 
 def test_unknown_name_is_an_attribute_error():
@@ -66,26 +90,3 @@ def test_option_help_and_defaults_come_from_the_config():
         assert help_of(cls, name) in text, name
     assert "[default: 60]" in text and "[default: 224]" in text
     assert "<bool>" not in text.replace("--help <bool>", "")  # flags take no value (typer's own --help aside)
-
-
-LAYERS = r"""
-import sys
-import herlev_fa.prediction, herlev_fa.runs, herlev_fa.model.network
-from herlev_fa.runs import load_run
-run = load_run(sys.argv[1])
-light = sorted(m for m in ("fastai", "sklearn", "matplotlib", "albumentations", "captum", "accelerate")
-               if m in sys.modules)
-print("predict:" + ",".join(light + sorted(m for m in sys.modules if m.startswith("herlev_fa.training"))))
-import herlev_fa.evaluation, herlev_fa.explanation.report, herlev_fa.explanation.sanity
-import herlev_fa.explanation.faithfulness
-print("others:" + ",".join(sorted(m for m in sys.modules if m.startswith("herlev_fa.training") or m == "fastai")))
-"""
-
-
-def test_prediction_loads_a_run_without_the_trainer(trained_run):
-    """Loading a run and predicting need torch and timm: no fastai, training module, scikit-learn, matplotlib or
-    albumentations; evaluation and explanation import no training module either."""
-    out = subprocess.run([sys.executable, "-c", LAYERS, str(trained_run)], capture_output=True, text=True,
-                         check=True).stdout.split("\n")
-    assert out[0] == "predict:", out
-    assert out[1] == "others:", out
