@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from herlev_fa.config import EvalSettings, ModelConfig, PredictSettings
 from herlev_fa.errors import HerlevError
 from herlev_fa.metrics import decode, severity_metrics
-from herlev_fa.model.heads import (HEADS, ClsHead, ClsRegHead, CornHead, Head, RegHead, SordHead, get_head, head_names,
-                                   nearest_class, register_head)
+from herlev_fa.model.heads import (HEADS, AppendExpectedSeverity, ClsHead, ClsRegHead, CornHead, Head, RegHead,
+                                   SordHead, get_head, head_names, nearest_class, register_head)
 from herlev_fa.model.loss import SeverityLoss
 
 SEV = (0.0, 1.0, 2.0, 3.0, 4.0)
@@ -79,6 +79,51 @@ def test_decode_and_explained_columns_agree_with_split():
     explained = get_head("cls").explained(out[:, :5], SEV)  # cls gains the score column it computes
     assert (explained.shape == (1, 6)
             and explained[0, 5].item() == pytest.approx(get_head("cls").split(out[:, :5], SEV)[1].item()))
+
+
+def test_cls_reg_score_is_expected_severity():
+    logits = torch.tensor([[2.0, 0.5, -1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    out = AppendExpectedSeverity(SEV)(logits)
+    assert out.shape == (2, 6)
+    p = torch.softmax(logits, dim=1)
+    expected = (p * torch.arange(5.0)).sum(dim=1)
+    assert torch.allclose(out[:, 5], expected, atol=1e-6)
+    assert out[1, 5].item() == pytest.approx(2.0)  # uniform probabilities -> mean severity
+    assert torch.equal(out[:, :5], logits)
+
+
+def test_head_split_and_nearest_class():
+    sev = torch.tensor(SEV)
+    logits, score = get_head("cls_reg").split(torch.tensor([[0.0, 0, 0, 0, 0, 3.3]]), sev)
+    assert logits.shape == (1, 5) and score.item() == pytest.approx(3.3)
+    logits, score = get_head("reg").split(torch.tensor([[2.6]]), sev)
+    assert logits is None and score.item() == pytest.approx(2.6)
+    _, score = get_head("cls").split(torch.tensor([[0.0, 0, 0, 0, 100]]), sev)
+    assert score.item() == pytest.approx(4.0)
+    assert nearest_class(torch.tensor([-3.0, 0.49, 0.51, 2.5001, 9.0]), sev).tolist() == [0, 0, 1, 3, 4]
+
+
+def test_loss_equals_ce_plus_lambda_mse_by_hand():
+    out = torch.tensor([[1.0, 0.0, -1.0, 0.5, 0.0, 1.5], [0.0, 2.0, 0.0, 0.0, -1.0, 0.7]])
+    y = torch.tensor([3, 1])
+    ce = F.cross_entropy(out[:, :5], y).item()
+    mse = ((1.5 - 3.0) ** 2 + (0.7 - 1.0) ** 2) / 2
+    loss = SeverityLoss(get_head("cls_reg"), SEV, mse_weight=0.25)
+    assert loss(out, y).item() == pytest.approx(ce + 0.25 * mse, rel=1e-6)
+    assert loss.parts["ce"].item() == pytest.approx(ce, rel=1e-6)
+    assert loss.parts["mse"].item() == pytest.approx(mse, rel=1e-6)
+    assert SeverityLoss(get_head("cls"), SEV)(out[:, :5], y).item() == pytest.approx(ce, rel=1e-6)
+    assert SeverityLoss(get_head("reg"), SEV)(out[:, 5:], y).item() == pytest.approx(mse, rel=1e-6)
+
+
+def test_loss_activation_and_decodes():
+    loss = SeverityLoss(get_head("reg"), SEV)
+    act = loss.activation(torch.tensor([[0.2], [3.7]]))
+    assert loss.decodes(act).tolist() == [0, 4]
+    loss = SeverityLoss(get_head("cls_reg"), SEV)
+    act = loss.activation(torch.tensor([[0.0, 0.0, 5.0, 0.0, 0.0, 2.0]]))
+    assert act.shape == (1, 5) and act.sum().item() == pytest.approx(1.0)
+    assert loss.decodes(act).tolist() == [2]
 
 
 def test_cls_loss_logs_the_mse_it_does_not_train():
