@@ -126,7 +126,7 @@ DISPLAY_PX = 600  # an explanation panel is ~400 px wide at save_png's dpi: more
 def _for_display(image: np.ndarray, attr: np.ndarray, most: int = DISPLAY_PX) -> tuple[np.ndarray, np.ndarray]:
     """The image [H, W, 3] uint8 and its map [H, W] box-averaged to at most `most` pixels a side, for drawing.
 
-    A 5000 x 5000 cell drew in ~1 s per panel at full size; the colour scale is set from the full map before.
+    A 5000 x 5000 cell took ~14 s to draw at full size; the colour scale is set from the full map before.
     """
     h, w = attr.shape
     if max(h, w) <= most:
