@@ -94,7 +94,7 @@ def killed_cli(args: list[str], when=None, epoch: int | None = None, timeout: fl
       fit), where the fork waits for the kill: a kill at a known batch;
     - `when`: as soon as `when()` holds (polled every 20 ms): a kill at whatever the run is doing then.
 
-    Returns True if it was killed before it finished.
+    Returns True if it was killed before it finished (with `epoch`, a run that ends first fails the test).
     """
     import os
     import select
@@ -126,7 +126,9 @@ def killed_cli(args: list[str], when=None, epoch: int | None = None, timeout: fl
                 ready, _, _ = select.select([read], [], [], 0.02)
                 if ready:
                     if not os.read(read, 1):  # end of file: the child finished without reaching the batch
-                        return False
+                        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+                        pid = 0
+                        raise AssertionError(f"the run ended (exit {code}) before training epoch {epoch}: {args}")
                     os.kill(pid, signal.SIGKILL)
                     return True
             else:
