@@ -564,7 +564,8 @@ def predicted_in_a_process(tmp_path_factory, trained_run) -> Path:
 
 
 def test_output_redirected_to_a_file_has_no_bars_and_whole_names(predicted_in_a_process, tmp_path):
-    """Logs: no carriage returns or bar characters when stdout is a file; a long file name printed whole."""
+    """Logs: no carriage returns or bar characters when stdout is a file; a line longer than the terminal printed
+    whole (COLUMNS=80), not wrapped."""
     import subprocess
     import sys
 
