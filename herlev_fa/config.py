@@ -50,9 +50,13 @@ def defaults(cls: type) -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
 
-def check_device(device: str) -> None:
-    """Raises a SettingError unless `device` is one of DEVICES or a numbered GPU (`cuda:1`)."""
-    _check(device in DEVICES or device.startswith("cuda:"),
+def check_device(device: str, numbered: bool = True) -> None:
+    """Raises a SettingError unless `device` is one of DEVICES or, with `numbered`, a numbered GPU (`cuda:1`).
+
+    Training takes no numbered GPU: accelerate sets each process's GPU from LOCAL_RANK
+    (`training.distributed.process_group`); CUDA_VISIBLE_DEVICES chooses the GPUs it sees.
+    """
+    _check(device in DEVICES or (numbered and device.startswith("cuda:")),
            f"unknown device '{device}': choose one of {', '.join(DEVICES)}")
 
 
@@ -176,7 +180,7 @@ class TrainConfig:
                self.wd)
         _check(self.fold is None or 0 <= self.fold < self.data.folds,
                f"{{fold}} {{value}} is out of range: use 0..{self.data.folds - 1} or 'all'", self.fold)
-        _check(self.device in DEVICES, f"unknown device '{self.device}': choose one of {', '.join(DEVICES)}")
+        check_device(self.device, numbered=False)
         _check(0 <= self.mse_warmup <= 1, "{mse_warmup} {value} is out of range: use a fraction 0..1", self.mse_warmup)
         _check(0 <= self.label_smoothing < 1,
                "{label_smoothing} {value} is out of range: use a share 0 <= S < 1 (0.1 is common)",

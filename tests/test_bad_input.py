@@ -195,6 +195,10 @@ def test_a_setting_error_names_the_setting_in_python_and_the_option_on_the_comma
     assert caught.value.cli == "--bootstrap -1 is out of range: use 0 (no intervals) or more resamples"
     with pytest.raises(SettingError, match=r"^ema averages the weights .*: use it with keep last$"):
         TrainConfig(DataConfig(tmp_path), ema=0.99, keep="best")
+    # one device rule, one difference: training takes no numbered GPU (accelerate picks each process's)
+    assert EvalSettings(device="cuda:1").device == "cuda:1"
+    with pytest.raises(SettingError, match=r"^unknown device 'cuda:1': choose one of auto, cpu, cuda$"):
+        TrainConfig(DataConfig(tmp_path), device="cuda:1")
     result = runner.invoke(app, ["evaluate", str(tmp_path / "no-run"), "--bootstrap", "-1"])  # before the run is read
     assert_one_line_error(result, r"^error: --bootstrap -1 is out of range: use 0 \(no intervals\)")
     result = runner.invoke(app, ["predict", str(tmp_path), "--run", str(tmp_path / "no-run"), "--bs", "0"])
