@@ -1,4 +1,5 @@
-"""Small builders for test data: image files in any mode, Herlev-style folders."""
+"""Small builders for test data (image files in any mode, Herlev-style folders), figure checks, and ways to run
+the CLI or a script without a new interpreter (`killed_cli`, `run_script`)."""
 
 from __future__ import annotations
 
